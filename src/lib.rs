@@ -1,0 +1,14 @@
+//! `card`: Causal Autoregressive Diffusion language models in Rust, on candle.
+//!
+//! The model knows nothing about diffusion ([`model`]); an [`objective`] is the whole
+//! difference between ARM and CARD; one [`train`]er, one [`eval`]uation.
+
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod eval;
+pub mod model;
+pub mod noise;
+pub mod objective;
+pub mod train;

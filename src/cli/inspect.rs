@@ -1,0 +1,117 @@
+//! `card inspect`: look at the noise schedule, a preset's parameter count, a resolved config.
+
+use crate::config::{Config, MaskCount, MaskMode, NoiseConfig, WeightsConfig};
+use crate::model::{Params, Transformer};
+use crate::noise::tail_mask;
+use crate::objective::context_weights;
+use anyhow::{bail, Result};
+use rand::SeedableRng;
+
+#[derive(clap::Args, Debug)]
+pub struct InspectArgs {
+    #[command(subcommand)]
+    pub what: What,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum What {
+    /// The mask of x_t and the per-target weights for one sequence.
+    Noise(NoiseArgs),
+    /// Build a preset's model and count its parameters.
+    Params {
+        #[arg(long, default_value = "small")]
+        preset: String,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Print a preset's fully resolved config as TOML.
+    Config {
+        #[arg(long, default_value = "small")]
+        preset: String,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct NoiseArgs {
+    /// Sequence length L.
+    #[arg(long, default_value_t = 32)]
+    pub len: usize,
+    /// Noise level t in [0, 1]: ⌊tL⌋ tokens are masked.
+    #[arg(long, default_value_t = 0.5)]
+    pub t: f64,
+    /// Tail factor λ ≥ 1 (window width ⌈λN⌉).
+    #[arg(long = "lambda", default_value_t = NoiseConfig::default().tail_factor)]
+    pub tail_factor: f64,
+    #[arg(long, value_enum, default_value = "soft")]
+    pub mode: MaskMode,
+    #[arg(long, value_enum, default_value = "exact")]
+    pub count: MaskCount,
+    /// Reweighting decay p in (0, 1].
+    #[arg(long, default_value_t = WeightsConfig::default().p)]
+    pub p: f64,
+    /// Reweighting offset β > 0.
+    #[arg(long, default_value_t = WeightsConfig::default().beta)]
+    pub beta: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print JSON {"mask": [...L], "weights": [...L−1]}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: InspectArgs) -> Result<()> {
+    match args.what {
+        What::Noise(a) => noise(a),
+        What::Params { preset, sets } => {
+            let cfg = Config::load(&preset, &sets)?;
+            let params = Params::init(&cfg.model, candle_core::DType::F32, &candle_core::Device::Cpu, 0)?;
+            Transformer::from_params(&cfg.model, &params)?;
+            println!(
+                "{preset}: {} parameters ({} layers, d_model {}, {} heads, d_ff {}, vocab {})",
+                params.count(),
+                cfg.model.n_layers,
+                cfg.model.d_model,
+                cfg.model.n_heads,
+                cfg.model.d_ff,
+                cfg.model.vocab_size
+            );
+            Ok(())
+        }
+        What::Config { preset, sets } => {
+            print!("{}", Config::load(&preset, &sets)?.to_toml());
+            Ok(())
+        }
+    }
+}
+
+fn noise(a: NoiseArgs) -> Result<()> {
+    if a.len < 2 {
+        bail!("--len must be at least 2");
+    }
+    if !(0.0..=1.0).contains(&a.t) {
+        bail!("--t must be in [0, 1], got {}", a.t);
+    }
+    // The same checks as a training config.
+    let mut cfg = Config::default();
+    cfg.noise.tail_factor = a.tail_factor;
+    cfg.weights.p = a.p;
+    cfg.weights.beta = a.beta;
+    cfg.validate()?;
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(a.seed);
+    let mask = tail_mask(a.len, a.t, a.mode, a.tail_factor, a.count, &mut rng);
+    let weights = context_weights(&mask, a.p, a.beta);
+    if a.json {
+        let m: Vec<u8> = mask.iter().map(|&x| x as u8).collect();
+        println!("{}", serde_json::json!({ "mask": m, "weights": weights }));
+        return Ok(());
+    }
+    let row: String = mask.iter().map(|&m| if m { 'M' } else { '.' }).collect();
+    println!("x_t      {row}   ({} of {} masked)", mask.iter().filter(|&&m| m).count(), a.len);
+    println!("weights of targets 2..L:");
+    for (i, w) in weights.iter().enumerate() {
+        println!("  target {:>3}  w = {w:.4}", i + 2);
+    }
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! One file per subcommand; `main.rs` only parses and dispatches.
+
+pub mod bench;
+pub mod data;
+pub mod eval;
+pub mod inspect;
+pub mod train;

@@ -1,0 +1,118 @@
+//! `card train`: train a model from a preset, or continue a run exactly.
+
+use crate::config::{Config, ObjectiveKind};
+use crate::data::TextTokenizer;
+use crate::train::{checkpoint, default_device, load_data, Trainer};
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Preset name (tiny, small, base, bench-5m, paper-110m, paper-1b) or a .toml file
+    /// [default: small; with --resume, the run's saved config].
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Training objective (overrides train.objective).
+    #[arg(long, value_enum)]
+    pub objective: Option<ObjectiveKind>,
+    /// Run directory for checkpoints and metrics.jsonl [default: runs/<preset>-<objective>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Prepared data directory from `card data prepare` [default: embedded corpus].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Stop after this many optimizer steps (overrides train.max_steps).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Continue the run in this directory exactly where its last checkpoint left off.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Override any config field, e.g. --set train.lr=1e-3 --set noise.tail_factor=2.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Print a JSON summary as the last line.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let mut sets = args.sets.clone();
+    if let Some(o) = args.objective {
+        sets.push(format!("train.objective=\"{}\"", o.name()));
+    }
+    if let Some(n) = args.max_steps {
+        sets.push(format!("train.max_steps={n}"));
+    }
+    if let Some(d) = &args.data {
+        sets.push(format!("data.path={:?}", d.display().to_string()));
+    }
+    let device = default_device()?;
+    let (cfg, ckpt, out) = match &args.resume {
+        Some(dir) => {
+            let ckpt = checkpoint::load(dir, &device)?;
+            // The saved config, unless a preset is named, with the overrides applied on top.
+            let cfg = match &args.preset {
+                Some(p) => Config::load(p, &sets)?,
+                None => Config::from_toml_with_sets(&ckpt.config.to_toml(), &sets)?,
+            };
+            let out = args.out.clone().unwrap_or_else(|| dir.clone());
+            (cfg, Some(ckpt), out)
+        }
+        None => {
+            let preset = args.preset.as_deref().unwrap_or("small");
+            let cfg = Config::load(preset, &sets)?;
+            let out = args.out.clone().unwrap_or_else(|| {
+                PathBuf::from(format!("runs/{preset}-{}", cfg.train.objective.name()))
+            });
+            if out.join("latest").exists() {
+                bail!(
+                    "{} already holds a run; continue it with --resume {0} or choose another --out",
+                    out.display()
+                );
+            }
+            (cfg, None, out)
+        }
+    };
+    let tokenizer = match &ckpt {
+        Some(c) => Some(TextTokenizer::from_json(&c.tokenizer_json)?),
+        None => None,
+    };
+    let data = load_data(&cfg, tokenizer)?;
+    let mut trainer = match ckpt {
+        Some(c) => Trainer::resume(cfg, c, &data)?,
+        None => Trainer::new(cfg, &data, &device)?,
+    };
+    let c = &trainer.cfg;
+    eprintln!(
+        "training {} parameters, {} objective, on {} train / {} val tokens: {} steps of {} tokens -> {}",
+        trainer.params.count(),
+        c.train.objective.name(),
+        data.train.len(),
+        data.val.len(),
+        c.train.max_steps,
+        c.tokens_per_step(),
+        out.display()
+    );
+    if trainer.state.step > 0 {
+        eprintln!("resuming at step {}", trainer.state.step);
+    }
+    let summary = trainer.run(&out, !args.quiet)?;
+    let model = trainer.eval_model()?;
+    let sample = crate::eval::greedy_sample(&model, &data.tokenizer, "Alice", 40)?;
+    eprintln!(
+        "step {}: train loss {:.4}, val loss {} ({:.0} tok/s); checkpoint {}",
+        summary.steps,
+        summary.final_loss,
+        summary.val_loss.map_or("-".into(), |v| format!("{v:.4}")),
+        summary.tokens_per_s,
+        summary.checkpoint.display()
+    );
+    eprintln!("sample (greedy, prompt \"Alice\"): Alice{sample}");
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    }
+    Ok(())
+}

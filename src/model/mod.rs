@@ -1,0 +1,218 @@
+//! A decoder-only transformer that knows nothing about diffusion: token embedding (the
+//! vocabulary includes `[MASK]`), RoPE, pre-norm RMSNorm, SwiGLU, final RMSNorm, tied head.
+//! Attention is causal, bidirectional or an explicit additive mask, so every objective
+//! shares this one backbone.
+
+pub mod kv_cache;
+pub mod ops;
+pub mod params;
+
+use crate::config::ModelConfig;
+use candle_core::{DType, Device, Result, Tensor};
+pub use kv_cache::KvCache;
+pub use params::Params;
+
+/// Which keys each query may see.
+#[derive(Debug, Clone, Copy)]
+pub enum Attention<'a> {
+    /// Query i sees keys ≤ i (offset by any cached prefix).
+    Causal,
+    /// Every query sees every key.
+    Bidirectional,
+    /// An additive bias [Tq, Tk] (0 = visible, −∞ = hidden) in the model's dtype.
+    Mask(&'a Tensor),
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    /// [3d, d]: query, key and value projections fused into one matmul.
+    wqkv: Tensor,
+    wo: Tensor,
+    ffn_norm: Tensor,
+    /// [2f, d]: SwiGLU gate and up projections fused.
+    w_gate_up: Tensor,
+    w_down: Tensor,
+}
+
+pub struct Transformer {
+    pub cfg: ModelConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    head: Option<Tensor>,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// Parameter names and shapes in a fixed order (the order of checkpoints and optimizer state).
+pub fn param_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let (d, f, v) = (cfg.d_model, cfg.d_ff, cfg.vocab_size);
+    let mut out = vec![("embed.weight".to_string(), vec![v, d])];
+    for i in 0..cfg.n_layers {
+        let p = format!("layers.{i}");
+        out.push((format!("{p}.attn_norm.weight"), vec![d]));
+        out.push((format!("{p}.attn.wqkv.weight"), vec![3 * d, d]));
+        out.push((format!("{p}.attn.wo.weight"), vec![d, d]));
+        out.push((format!("{p}.ffn_norm.weight"), vec![d]));
+        out.push((format!("{p}.ffn.w_gate_up.weight"), vec![2 * f, d]));
+        out.push((format!("{p}.ffn.w_down.weight"), vec![d, f]));
+    }
+    out.push(("norm.weight".to_string(), vec![d]));
+    if !cfg.tie_embeddings {
+        out.push(("head.weight".to_string(), vec![v, d]));
+    }
+    out
+}
+
+impl Transformer {
+    /// Build from named tensors (plain tensors for inference, `Var`s for training).
+    pub fn from_tensors(cfg: &ModelConfig, get: impl Fn(&str) -> Result<Tensor>) -> Result<Self> {
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for i in 0..cfg.n_layers {
+            let p = format!("layers.{i}");
+            layers.push(Layer {
+                attn_norm: get(&format!("{p}.attn_norm.weight"))?,
+                wqkv: get(&format!("{p}.attn.wqkv.weight"))?,
+                wo: get(&format!("{p}.attn.wo.weight"))?,
+                ffn_norm: get(&format!("{p}.ffn_norm.weight"))?,
+                w_gate_up: get(&format!("{p}.ffn.w_gate_up.weight"))?,
+                w_down: get(&format!("{p}.ffn.w_down.weight"))?,
+            });
+        }
+        let embed = get("embed.weight")?;
+        let head = if cfg.tie_embeddings {
+            None
+        } else {
+            Some(get("head.weight")?)
+        };
+        let (cos, sin) = rope_tables(cfg, embed.dtype(), embed.device())?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed,
+            layers,
+            norm: get("norm.weight")?,
+            head,
+            cos,
+            sin,
+        })
+    }
+
+    pub fn from_params(cfg: &ModelConfig, params: &Params) -> Result<Self> {
+        Self::from_tensors(cfg, |n| params.tensor(n))
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.embed.dtype()
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embed.device()
+    }
+
+    /// Logits [B, T, V] for token ids [B, T]. With a cache, the ids continue the cached
+    /// prefix (positions start at its length) and their keys/values are appended to it.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        attn: Attention,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let offset = cache.as_ref().map_or(0, |c| c.len());
+        if offset + t > self.cfg.max_seq_len {
+            candle_core::bail!(
+                "sequence of {} tokens exceeds the model's context of {}",
+                offset + t,
+                self.cfg.max_seq_len
+            );
+        }
+        let mut x = self
+            .embed
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, self.cfg.d_model))?;
+        let cos = self.cos.narrow(0, offset, t)?;
+        let sin = self.sin.narrow(0, offset, t)?;
+        let bias = match attn {
+            Attention::Causal if t > 1 => Some(causal_bias(t, offset, x.dtype(), x.device())?),
+            Attention::Causal | Attention::Bidirectional => None,
+            Attention::Mask(m) => Some(m.clone()),
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = ops::rms_norm(&x, &layer.attn_norm, self.cfg.norm_eps)?;
+            let a = self.attention(layer, &h, &cos, &sin, bias.as_ref(), i, cache.as_deref_mut())?;
+            x = (x + a)?;
+            let h = ops::rms_norm(&x, &layer.ffn_norm, self.cfg.norm_eps)?;
+            let f = ops::linear(&ops::swiglu(&ops::linear(&h, &layer.w_gate_up)?)?, &layer.w_down)?;
+            x = (x + f)?;
+        }
+        if let Some(c) = cache {
+            c.advance(t);
+        }
+        let x = ops::rms_norm(&x, &self.norm, self.cfg.norm_eps)?;
+        ops::linear(&x, self.head.as_ref().unwrap_or(&self.embed))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        layer: &Layer,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        bias: Option<&Tensor>,
+        index: usize,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (b, t, d) = h.dims3()?;
+        let (nh, hd) = (self.cfg.n_heads, self.cfg.head_dim());
+        let qkv = ops::linear(h, &layer.wqkv)?.reshape((b, t, 3, nh, hd))?;
+        let split = |i: usize| -> Result<Tensor> {
+            qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous()
+        };
+        let q = ops::rope(&split(0)?, cos, sin)?;
+        let k = ops::rope(&split(1)?, cos, sin)?;
+        let v = split(2)?;
+        let (k, v) = match cache {
+            Some(c) => c.append(index, &k, &v)?,
+            None => (k, v),
+        };
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut scores = (q.matmul(&k.t()?)? * scale)?;
+        if let Some(bias) = bias {
+            scores = scores.broadcast_add(bias)?;
+        }
+        let probs = ops::softmax_last(&scores)?;
+        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
+        ops::linear(&out, &layer.wo)
+    }
+}
+
+/// Additive causal bias [t, offset + t] for queries at positions offset..offset+t.
+pub fn causal_bias(t: usize, offset: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let tk = offset + t;
+    let data: Vec<f32> = (0..t)
+        .flat_map(|i| (0..tk).map(move |j| if j <= offset + i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Tensor::from_vec(data, (t, tk), device)?.to_dtype(dtype)
+}
+
+fn rope_tables(cfg: &ModelConfig, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+    let half = cfg.head_dim() / 2;
+    let inv: Vec<f64> = (0..half)
+        .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim() as f64))
+        .collect();
+    let mut cos = Vec::with_capacity(cfg.max_seq_len * half);
+    let mut sin = Vec::with_capacity(cfg.max_seq_len * half);
+    for p in 0..cfg.max_seq_len {
+        for f in &inv {
+            let a = p as f64 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    let shape = (cfg.max_seq_len, half);
+    Ok((
+        Tensor::from_vec(cos, shape, device)?.to_dtype(dtype)?,
+        Tensor::from_vec(sin, shape, device)?.to_dtype(dtype)?,
+    ))
+}

@@ -1,0 +1,76 @@
+//! CARD (spec §2): soft-tail-masked input x_t, clean shifted targets x_0[2..L] at every
+//! position, each weighted by how ambiguous its (masked) context is.
+
+use super::{context_weights, shift, NoisyBatch, Objective};
+use crate::config::{Config, LossNorm, NoiseConfig, ObjectiveKind, WeightsConfig};
+use crate::noise::{sample_t, tail_mask};
+use rand::RngCore;
+
+pub struct Card {
+    pub noise: NoiseConfig,
+    pub weights: WeightsConfig,
+    pub mask_id: u32,
+}
+
+impl Card {
+    pub fn new(cfg: &Config, mask_id: u32) -> Self {
+        Self {
+            noise: cfg.noise.clone(),
+            weights: cfg.weights.clone(),
+            mask_id,
+        }
+    }
+}
+
+impl Objective for Card {
+    fn kind(&self) -> ObjectiveKind {
+        ObjectiveKind::Card
+    }
+
+    fn corrupt(
+        &self,
+        x0: &[u32],
+        batch: usize,
+        seq_len: usize,
+        t: Option<&[f64]>,
+        mut rng: &mut dyn RngCore,
+    ) -> NoisyBatch {
+        let t = match t {
+            Some(t) => t.to_vec(),
+            None => sample_t(batch, self.noise.t_sampling, &mut rng),
+        };
+        let mut xt = x0.to_vec();
+        let mut mask = Vec::with_capacity(batch * seq_len);
+        let mut weights = Vec::with_capacity(batch * (seq_len - 1));
+        for (b, &tb) in t.iter().enumerate() {
+            let n = &self.noise;
+            let m = tail_mask(seq_len, tb, n.mode, n.tail_factor, n.count, &mut rng);
+            for (i, &masked) in m.iter().enumerate() {
+                if masked {
+                    xt[b * seq_len + i] = self.mask_id;
+                }
+            }
+            if self.weights.enabled {
+                weights.extend(context_weights(&m, self.weights.p, self.weights.beta));
+            } else {
+                weights.extend(std::iter::repeat_n(1.0f32, seq_len - 1));
+            }
+            mask.extend(m);
+        }
+        let (input, targets) = shift(x0, &xt, batch, seq_len);
+        let denom = match self.weights.normalize {
+            LossNorm::Weight => weights.iter().map(|&w| w as f64).sum(),
+            LossNorm::Count => weights.len() as f64,
+        };
+        NoisyBatch {
+            batch,
+            input,
+            input_len: seq_len - 1,
+            targets,
+            weights,
+            denom,
+            t,
+            mask,
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Checkpoints: a directory per step (weights, EMA, optimizer moments as safetensors; config,
+//! tokenizer, state and a manifest of SHA-256 checksums), written to a temporary directory,
+//! fsynced and renamed into place, then published by atomically replacing the run's `latest`
+//! pointer. A kill at any moment leaves the previous checkpoint intact and loadable.
+
+use crate::config::{Config, ObjectiveKind};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const FORMAT_VERSION: u32 = 1;
+const KEEP: usize = 2;
+
+/// Everything besides tensors needed to continue a run exactly.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainState {
+    pub format_version: u32,
+    pub objective: ObjectiveKind,
+    /// Optimizer steps completed.
+    pub step: usize,
+    /// Training sequences consumed: the data position (the order is a function of seed and it).
+    pub data_cursor: u64,
+    pub tokens_seen: u64,
+    /// Noise and data RNGs are derived from (seed, step), so the seed is the whole RNG state.
+    pub seed: u64,
+    pub tokenizer_hash: String,
+    pub last_val_loss: Option<f64>,
+    pub elapsed_s: f64,
+}
+
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub config: Config,
+    pub state: TrainState,
+    pub tokenizer_json: String,
+    pub weights: HashMap<String, Tensor>,
+    pub ema: Option<HashMap<String, Tensor>>,
+    /// Optimizer moments `m.<name>` and `v.<name>`.
+    pub optim: Option<HashMap<String, Tensor>>,
+}
+
+impl Checkpoint {
+    /// Weights used for evaluation and decoding: the EMA when the run kept one.
+    pub fn eval_weights(&self) -> &HashMap<String, Tensor> {
+        self.ema.as_ref().unwrap_or(&self.weights)
+    }
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(format!("{:x}", Sha256::digest(&bytes)))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(f) = fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+/// Write a file atomically: temp file in the same directory, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    write_synced(&tmp, bytes)?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot rename into {}", path.display()))?;
+    if let Some(parent) = path.parent() {
+        sync_dir(parent);
+    }
+    Ok(())
+}
+
+fn save_tensors(map: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    candle_core::safetensors::save(map, path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    fs::File::open(path)?.sync_all()?;
+    Ok(())
+}
+
+/// Save a checkpoint under `run_dir/ckpt-<step>` and point `run_dir/latest` at it.
+pub fn save(run_dir: &Path, ckpt: &Checkpoint) -> Result<PathBuf> {
+    fs::create_dir_all(run_dir)
+        .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
+    let name = format!("ckpt-{:08}", ckpt.state.step);
+    let final_dir = run_dir.join(&name);
+    let tmp_dir = run_dir.join(format!(".{name}.tmp{}", std::process::id()));
+    if tmp_dir.exists() {
+        fs::remove_dir_all(&tmp_dir)?;
+    }
+    fs::create_dir(&tmp_dir)?;
+    save_tensors(&ckpt.weights, &tmp_dir.join("model.safetensors"))?;
+    if let Some(ema) = &ckpt.ema {
+        save_tensors(ema, &tmp_dir.join("ema.safetensors"))?;
+    }
+    if let Some(optim) = &ckpt.optim {
+        save_tensors(optim, &tmp_dir.join("optim.safetensors"))?;
+    }
+    write_synced(&tmp_dir.join("config.toml"), ckpt.config.to_toml().as_bytes())?;
+    write_synced(&tmp_dir.join("tokenizer.json"), ckpt.tokenizer_json.as_bytes())?;
+    write_synced(
+        &tmp_dir.join("state.json"),
+        serde_json::to_string_pretty(&ckpt.state)?.as_bytes(),
+    )?;
+    // The manifest is written last: a directory without a valid one is incomplete.
+    let mut manifest = BTreeMap::new();
+    for entry in fs::read_dir(&tmp_dir)? {
+        let p = entry?.path();
+        let file = p.file_name().unwrap().to_string_lossy().to_string();
+        manifest.insert(file, sha256_file(&p)?);
+    }
+    write_synced(
+        &tmp_dir.join("manifest.json"),
+        serde_json::to_string_pretty(&manifest)?.as_bytes(),
+    )?;
+    sync_dir(&tmp_dir);
+    if final_dir.exists() {
+        fs::remove_dir_all(&final_dir)?;
+    }
+    fs::rename(&tmp_dir, &final_dir)?;
+    sync_dir(run_dir);
+    write_atomic(&run_dir.join("latest"), name.as_bytes())?;
+    prune(run_dir, &name)?;
+    Ok(final_dir)
+}
+
+/// Keep the newest KEEP checkpoints (always the one just published).
+fn prune(run_dir: &Path, keep_name: &str) -> Result<()> {
+    let mut dirs: Vec<String> = fs::read_dir(run_dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("ckpt-"))
+        .collect();
+    dirs.sort();
+    let excess = dirs.len().saturating_sub(KEEP);
+    for name in dirs.into_iter().take(excess) {
+        if name != keep_name {
+            let _ = fs::remove_dir_all(run_dir.join(name));
+        }
+    }
+    Ok(())
+}
+
+/// A run directory (follows `latest`) or a checkpoint directory itself.
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    if !path.exists() {
+        bail!("checkpoint {} does not exist", path.display());
+    }
+    let latest = path.join("latest");
+    if latest.is_file() {
+        let name = fs::read_to_string(&latest)?.trim().to_string();
+        if name.is_empty() || name.contains('/') {
+            bail!("{} is corrupted", latest.display());
+        }
+        return Ok(path.join(name));
+    }
+    if path.join("manifest.json").is_file() {
+        return Ok(path.to_path_buf());
+    }
+    bail!(
+        "{} is not a checkpoint (no manifest.json) nor a run directory (no latest)",
+        path.display()
+    )
+}
+
+/// Load and verify a checkpoint: every file's checksum must match its manifest.
+pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
+    let dir = resolve(path)?;
+    let manifest_text = fs::read_to_string(dir.join("manifest.json")).with_context(|| {
+        format!("checkpoint {} is incomplete: no manifest.json", dir.display())
+    })?;
+    let manifest: BTreeMap<String, String> = serde_json::from_str(&manifest_text)
+        .with_context(|| format!("checkpoint {} has a corrupted manifest", dir.display()))?;
+    for required in ["model.safetensors", "config.toml", "tokenizer.json", "state.json"] {
+        if !manifest.contains_key(required) {
+            bail!("checkpoint {} is missing {required}", dir.display());
+        }
+    }
+    for (file, sum) in &manifest {
+        let p = dir.join(file);
+        if !p.is_file() {
+            bail!("checkpoint {} is missing {file}", dir.display());
+        }
+        if &sha256_file(&p)? != sum {
+            bail!(
+                "checkpoint {} is corrupted: {file} does not match its checksum",
+                dir.display()
+            );
+        }
+    }
+    let config = Config::from_toml(&fs::read_to_string(dir.join("config.toml"))?)
+        .with_context(|| format!("checkpoint {} has an invalid config", dir.display()))?;
+    let state: TrainState = serde_json::from_str(&fs::read_to_string(dir.join("state.json"))?)
+        .with_context(|| format!("checkpoint {} has an invalid state.json", dir.display()))?;
+    if state.format_version != FORMAT_VERSION {
+        bail!(
+            "checkpoint format {} is not supported (expected {FORMAT_VERSION})",
+            state.format_version
+        );
+    }
+    let read = |name: &str| -> Result<Option<HashMap<String, Tensor>>> {
+        if !manifest.contains_key(name) {
+            return Ok(None);
+        }
+        let map = candle_core::safetensors::load(dir.join(name), device)
+            .with_context(|| format!("checkpoint {}: cannot read {name}", dir.display()))?;
+        Ok(Some(map))
+    };
+    let weights = read("model.safetensors")?.expect("checked above");
+    Ok(Checkpoint {
+        tokenizer_json: fs::read_to_string(dir.join("tokenizer.json"))?,
+        ema: read("ema.safetensors")?,
+        optim: read("optim.safetensors")?,
+        dir,
+        config,
+        state,
+        weights,
+    })
+}

@@ -1,0 +1,444 @@
+//! The one trainer every objective shares: batches → objective.corrupt → model → loss →
+//! AdamW step (+ clipping, accumulation, EMA), periodic validation and atomic checkpoints.
+
+pub mod batches;
+pub mod checkpoint;
+pub mod optim;
+
+use crate::config::{Config, DType as CfgDType};
+use crate::data::Prepared;
+use crate::eval;
+use crate::model::{Params, Transformer};
+use crate::objective::{self, Objective};
+use anyhow::{bail, Context, Result};
+use batches::{derived_rng, eval_windows, Batches};
+use candle_core::{DType, Device, Tensor};
+use checkpoint::{Checkpoint, TrainState, FORMAT_VERSION};
+use indicatif::{ProgressBar, ProgressStyle};
+use optim::{clip_grad_norm, learning_rate, AdamW, Ema};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// Set by the CLI's signal handler: the trainer checkpoints and stops at the next step.
+pub static STOP: AtomicBool = AtomicBool::new(false);
+
+pub fn candle_dtype(d: CfgDType) -> DType {
+    match d {
+        CfgDType::F32 => DType::F32,
+        CfgDType::F64 => DType::F64,
+        CfgDType::Bf16 => DType::BF16,
+    }
+}
+
+/// CPU unless built with `cuda` and a GPU is present.
+pub fn default_device() -> Result<Device> {
+    #[cfg(feature = "cuda")]
+    {
+        return Ok(Device::cuda_if_available(0)?);
+    }
+    #[allow(unreachable_code)]
+    Ok(Device::Cpu)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepMetrics {
+    pub step: usize,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens_per_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    pub elapsed_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainSummary {
+    pub steps: usize,
+    pub final_loss: f64,
+    pub val_loss: Option<f64>,
+    pub tokens_per_s: f64,
+    pub checkpoint: PathBuf,
+    pub interrupted: bool,
+}
+
+pub struct Trainer<'a> {
+    pub cfg: Config,
+    pub params: Params,
+    pub model: Transformer,
+    pub objective: Box<dyn Objective>,
+    pub opt: AdamW,
+    pub ema: Option<Ema>,
+    pub state: TrainState,
+    data: &'a Prepared,
+    batches: Batches<'a>,
+}
+
+impl<'a> Trainer<'a> {
+    /// A fresh run (model vocabulary taken from the tokenizer).
+    pub fn new(mut cfg: Config, data: &'a Prepared, device: &Device) -> Result<Self> {
+        cfg.model.vocab_size = data.tokenizer.vocab_size();
+        Self::with_model_vocab(cfg, data, device)
+    }
+
+    /// A fresh run keeping cfg.model.vocab_size (≥ the tokenizer's; benchmarks use it to
+    /// keep a preset's exact shape on a smaller corpus).
+    pub fn with_model_vocab(cfg: Config, data: &'a Prepared, device: &Device) -> Result<Self> {
+        if cfg.model.vocab_size < data.tokenizer.vocab_size() {
+            bail!(
+                "model vocab {} is smaller than the tokenizer's {}",
+                cfg.model.vocab_size,
+                data.tokenizer.vocab_size()
+            );
+        }
+        cfg.validate()?;
+        let dtype = candle_dtype(cfg.train.dtype);
+        let params = Params::init(&cfg.model, dtype, device, cfg.train.seed)?;
+        let state = TrainState {
+            format_version: FORMAT_VERSION,
+            objective: cfg.train.objective,
+            step: 0,
+            data_cursor: 0,
+            tokens_seen: 0,
+            seed: cfg.train.seed,
+            tokenizer_hash: data.tokenizer.hash(),
+            last_val_loss: None,
+            elapsed_s: 0.0,
+        };
+        let opt = AdamW::new(&params)?;
+        let ema = if cfg.train.ema {
+            Some(Ema::new(&params, cfg.train.ema_decay)?)
+        } else {
+            None
+        };
+        Self::assemble(cfg, params, opt, ema, state, data)
+    }
+
+    /// Continue a checkpoint exactly. `cfg` may differ from the saved config only in
+    /// run-length and cadence fields (max_steps, eval/ckpt/log intervals).
+    pub fn resume(cfg: Config, ckpt: Checkpoint, data: &'a Prepared) -> Result<Self> {
+        let mut saved = ckpt.config.clone();
+        let mut wanted = cfg.clone();
+        wanted.model.vocab_size = saved.model.vocab_size;
+        for c in [&mut saved, &mut wanted] {
+            c.train.max_steps = 0;
+            c.train.eval_every = 0;
+            c.train.ckpt_every = 0;
+            c.train.log_every = 0;
+        }
+        if saved != wanted {
+            bail!(
+                "cannot resume {}: its config differs from the requested one in: {}",
+                ckpt.dir.display(),
+                config_diff(&saved, &wanted).join(", ")
+            );
+        }
+        if ckpt.state.tokenizer_hash != data.tokenizer.hash() {
+            bail!(
+                "cannot resume {}: it was trained with another tokenizer than the data's",
+                ckpt.dir.display()
+            );
+        }
+        let mut cfg = cfg;
+        cfg.model = ckpt.config.model.clone();
+        let params = Params::from_map(&cfg.model, &ckpt.weights)?;
+        let optim = ckpt
+            .optim
+            .as_ref()
+            .context("checkpoint has no optimizer state; it cannot be resumed")?;
+        let get = |prefix: &str| -> Result<Vec<Tensor>> {
+            params
+                .names
+                .iter()
+                .map(|n| {
+                    optim
+                        .get(&format!("{prefix}.{n}"))
+                        .cloned()
+                        .with_context(|| format!("optimizer state lacks {prefix}.{n}"))
+                })
+                .collect()
+        };
+        let opt = AdamW::with_state(&params, get("m")?, get("v")?, ckpt.state.step)?;
+        let ema = match (&ckpt.ema, cfg.train.ema) {
+            (Some(map), true) => Some(Ema {
+                weights: params
+                    .names
+                    .iter()
+                    .map(|n| map.get(n).cloned().with_context(|| format!("EMA lacks {n}")))
+                    .collect::<Result<_>>()?,
+                decay: cfg.train.ema_decay,
+            }),
+            _ => None,
+        };
+        Self::assemble(cfg, params, opt, ema, ckpt.state, data)
+    }
+
+    fn assemble(
+        cfg: Config,
+        params: Params,
+        opt: AdamW,
+        ema: Option<Ema>,
+        state: TrainState,
+        data: &'a Prepared,
+    ) -> Result<Self> {
+        let model = Transformer::from_params(&cfg.model, &params)?;
+        let objective = objective::build(&cfg, data.tokenizer.mask_id());
+        let batches = Batches::new(&data.train, cfg.train.seq_len, cfg.train.seed)?;
+        Ok(Self {
+            cfg,
+            params,
+            model,
+            objective,
+            opt,
+            ema,
+            state,
+            data,
+            batches,
+        })
+    }
+
+    /// One optimizer step over grad_accum micro-batches; returns (loss, grad norm).
+    pub fn step(&mut self) -> Result<(f64, f64)> {
+        let tc = &self.cfg.train;
+        let accum = tc.grad_accum;
+        let mut grads: Option<Vec<Tensor>> = None;
+        let mut loss_sum = 0.0;
+        for micro in 0..accum {
+            let x0 = self.batches.next(&mut self.state.data_cursor, tc.batch_size);
+            let index = (self.state.step * accum + micro) as u64;
+            let mut rng = derived_rng(tc.seed, 2, index);
+            let nb = self.objective.corrupt(&x0, tc.batch_size, tc.seq_len, None, &mut rng);
+            let loss = self.objective.loss(&self.model, &nb)?;
+            loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let store = (loss / accum as f64)?.backward()?;
+            let g: Vec<Tensor> = self
+                .params
+                .vars
+                .iter()
+                .zip(&self.params.names)
+                .map(|(v, n)| {
+                    store
+                        .get(v.as_tensor())
+                        .cloned()
+                        .with_context(|| format!("parameter {n} received no gradient"))
+                })
+                .collect::<Result<_>>()?;
+            grads = Some(match grads {
+                None => g,
+                Some(acc) => acc.iter().zip(&g).map(|(a, b)| a + b).collect::<candle_core::Result<_>>()?,
+            });
+        }
+        let mut grads = grads.expect("grad_accum >= 1");
+        let norm = clip_grad_norm(&mut grads, tc.grad_clip)?;
+        let lr = learning_rate(tc, self.state.step);
+        self.opt.step(&self.params, &grads, lr, tc)?;
+        self.state.step += 1;
+        if let Some(ema) = &mut self.ema {
+            ema.update(&self.params, self.state.step)?;
+        }
+        self.state.tokens_seen += self.cfg.tokens_per_step() as u64;
+        let loss = loss_sum / accum as f64;
+        if !loss.is_finite() {
+            bail!("loss became {loss} at step {}; lower train.lr", self.state.step);
+        }
+        Ok((loss, norm))
+    }
+
+    /// The model evaluation uses: EMA weights when kept, else the current weights (untracked).
+    pub fn eval_model(&self) -> Result<Transformer> {
+        let tensors: Vec<Tensor> = match &self.ema {
+            Some(e) => e.weights.clone(),
+            None => self.params.vars.iter().map(|v| v.as_tensor().detach()).collect(),
+        };
+        let names = &self.params.names;
+        Ok(Transformer::from_tensors(&self.cfg.model, |n| {
+            let i = names.iter().position(|x| x == n).expect("known name");
+            Ok(tensors[i].clone())
+        })?)
+    }
+
+    /// Exact AR validation loss (t = 0) over eval_batches batches of the validation split.
+    pub fn validate(&self) -> Result<f64> {
+        let tc = &self.cfg.train;
+        let windows = eval_windows(
+            &self.data.val,
+            tc.seq_len,
+            Some(tc.eval_batches * tc.batch_size),
+        );
+        if windows.is_empty() {
+            bail!("the validation split is empty");
+        }
+        Ok(eval::ar_nll(&self.eval_model()?, &windows, tc.batch_size)?.mean())
+    }
+
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        let weights = self.params.to_map()?;
+        let ema = self.ema.as_ref().map(|e| {
+            self.params.names.iter().cloned().zip(e.weights.iter().cloned()).collect::<HashMap<_, _>>()
+        });
+        let mut optim = HashMap::new();
+        for (i, n) in self.params.names.iter().enumerate() {
+            optim.insert(format!("m.{n}"), self.opt.m[i].clone());
+            optim.insert(format!("v.{n}"), self.opt.v[i].clone());
+        }
+        Ok(Checkpoint {
+            dir: PathBuf::new(),
+            config: self.cfg.clone(),
+            state: self.state.clone(),
+            tokenizer_json: self.data.tokenizer.to_json()?,
+            weights,
+            ema,
+            optim: Some(optim),
+        })
+    }
+
+    /// Train to max_steps, logging to `out/metrics.jsonl` and checkpointing into `out`.
+    pub fn run(&mut self, out: &Path, progress: bool) -> Result<TrainSummary> {
+        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        let metrics_path = out.join("metrics.jsonl");
+        truncate_metrics(&metrics_path, self.state.step)?;
+        let mut metrics = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)?;
+        let tc = self.cfg.train.clone();
+        let bar = if progress {
+            ProgressBar::new(tc.max_steps as u64)
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+            )
+            .expect("valid template"),
+        );
+        bar.set_position(self.state.step as u64);
+        let start = Instant::now();
+        let elapsed0 = self.state.elapsed_s;
+        let step0 = self.state.step;
+        let (mut last_loss, mut tps) = (f64::NAN, 0.0);
+        let mut ckpt_dir = out.to_path_buf();
+        let mut interrupted = false;
+        while self.state.step < tc.max_steps {
+            let t0 = Instant::now();
+            let (loss, norm) = self.step()?;
+            let dt = t0.elapsed().as_secs_f64();
+            last_loss = loss;
+            tps = self.cfg.tokens_per_step() as f64 / dt;
+            self.state.elapsed_s = elapsed0 + start.elapsed().as_secs_f64();
+            let step = self.state.step;
+            let done = step == tc.max_steps;
+            let mut val_loss = None;
+            if (tc.eval_every > 0 && step % tc.eval_every == 0) || done {
+                let v = self.validate()?;
+                self.state.last_val_loss = Some(v);
+                val_loss = Some(v);
+            }
+            if val_loss.is_some() || (tc.log_every > 0 && step % tc.log_every == 0) {
+                let m = StepMetrics {
+                    step,
+                    loss,
+                    lr: learning_rate(&tc, step - 1),
+                    grad_norm: norm,
+                    tokens_per_s: tps,
+                    val_loss,
+                    elapsed_s: self.state.elapsed_s,
+                };
+                writeln!(metrics, "{}", serde_json::to_string(&m)?)?;
+                metrics.flush()?;
+            }
+            let val_msg = self
+                .state
+                .last_val_loss
+                .map_or(String::new(), |v| format!("  val {v:.3}"));
+            bar.set_message(format!("loss {loss:.3}{val_msg}  {tps:.0} tok/s"));
+            bar.set_position(step as u64);
+            let stop = STOP.load(Ordering::SeqCst);
+            if done || stop || (tc.ckpt_every > 0 && step % tc.ckpt_every == 0) {
+                ckpt_dir = checkpoint::save(out, &self.checkpoint()?)?;
+            }
+            if stop {
+                interrupted = true;
+                bar.println(format!("interrupted: checkpoint saved at step {step}"));
+                break;
+            }
+        }
+        bar.finish_and_clear();
+        if self.state.step == step0 {
+            ckpt_dir = checkpoint::resolve(out).unwrap_or(ckpt_dir);
+        }
+        Ok(TrainSummary {
+            steps: self.state.step,
+            final_loss: last_loss,
+            val_loss: self.state.last_val_loss,
+            tokens_per_s: tps,
+            checkpoint: ckpt_dir,
+            interrupted,
+        })
+    }
+}
+
+/// Drop metric lines past `step` (written by a run killed after its last checkpoint).
+fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path)?;
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s as usize <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    checkpoint::write_atomic(path, kept.as_bytes())
+}
+
+/// Dotted keys whose values differ between two configs.
+pub fn config_diff(a: &Config, b: &Config) -> Vec<String> {
+    let ta = toml::Table::try_from(a).expect("config serialises");
+    let tb = toml::Table::try_from(b).expect("config serialises");
+    let mut out = Vec::new();
+    for (section, va) in &ta {
+        if let (Some(sa), Some(sb)) = (va.as_table(), tb.get(section).and_then(|v| v.as_table())) {
+            for (k, x) in sa {
+                if sb.get(k) != Some(x) {
+                    out.push(format!("{section}.{k}"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The data a config names: a prepared directory, or the embedded default corpus tokenized
+/// here (with `tokenizer` when continuing a run, so ids match the checkpoint).
+pub fn load_data(cfg: &Config, tokenizer: Option<crate::data::TextTokenizer>) -> Result<Prepared> {
+    if !cfg.data.path.is_empty() {
+        let data = Prepared::load(Path::new(&cfg.data.path))?;
+        if let Some(tok) = tokenizer {
+            if tok.hash() != data.tokenizer.hash() {
+                bail!(
+                    "data at {} uses another tokenizer than the checkpoint",
+                    cfg.data.path
+                );
+            }
+        }
+        return Ok(data);
+    }
+    crate::data::prepare(
+        crate::data::embedded_documents(),
+        tokenizer,
+        cfg.data.vocab_size,
+        cfg.data.val_fraction,
+        cfg.data.seed,
+    )
+}

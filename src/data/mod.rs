@@ -8,9 +8,14 @@
 
 pub mod clean;
 pub mod corpus;
+pub mod prepare;
+pub mod tokenizer;
 
+mod atomic;
 
 pub use corpus::{embedded_documents, read_documents};
+pub use prepare::{prepare, Prepared, PreparedMeta};
+pub use tokenizer::TextTokenizer;
 
 /// End-of-text token: appended after every document in a token stream.
 pub const EOT: &str = "<|endoftext|>";

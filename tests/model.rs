@@ -26,7 +26,13 @@ fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 }
 
 /// Weighted next-token loss under a given attention, as a scalar f64.
-fn loss_of(model: &Transformer, ids: &Tensor, targets: &Tensor, w: &Tensor, attn: Attention) -> Tensor {
+fn loss_of(
+    model: &Transformer,
+    ids: &Tensor,
+    targets: &Tensor,
+    w: &Tensor,
+    attn: Attention,
+) -> Tensor {
     let (b, t) = ids.dims2().unwrap();
     let logits = model.forward(ids, attn, None).unwrap();
     let logits = logits.reshape((b * t, model.cfg.vocab_size)).unwrap();
@@ -51,7 +57,15 @@ fn gradient_check(attn_kind: &str) {
     let w = Tensor::from_vec(w, b * t, &dev).unwrap();
     // An explicit mask that is neither causal nor full: query i sees keys j with (i + j) % 3 != 1 or j == i.
     let mask: Vec<f64> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if (i + j) % 3 != 1 || i == j { 0.0 } else { f64::NEG_INFINITY }))
+        .flat_map(|i| {
+            (0..t).map(move |j| {
+                if (i + j) % 3 != 1 || i == j {
+                    0.0
+                } else {
+                    f64::NEG_INFINITY
+                }
+            })
+        })
         .collect();
     let mask = Tensor::from_vec(mask, (t, t), &dev).unwrap();
     let attn = match attn_kind {
@@ -65,21 +79,40 @@ fn gradient_check(attn_kind: &str) {
     let eps = 1e-5;
     let mut checked = 0;
     for (name, var) in params.names.iter().zip(&params.vars) {
-        let g = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-        let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let base = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
         for _ in 0..4 {
             let k = rng.random_range(0..base.len());
             let eval_at = |delta: f64| {
                 let mut p = base.clone();
                 p[k] += delta;
-                var.set(&Tensor::from_vec(p, var.shape(), &dev).unwrap()).unwrap();
-                let l = loss_of(&model, &ids, &targets, &w, attn).to_scalar::<f64>().unwrap();
-                var.set(&Tensor::from_vec(base.clone(), var.shape(), &dev).unwrap()).unwrap();
+                var.set(&Tensor::from_vec(p, var.shape(), &dev).unwrap())
+                    .unwrap();
+                let l = loss_of(&model, &ids, &targets, &w, attn)
+                    .to_scalar::<f64>()
+                    .unwrap();
+                var.set(&Tensor::from_vec(base.clone(), var.shape(), &dev).unwrap())
+                    .unwrap();
                 l
             };
             let numeric = (eval_at(eps) - eval_at(-eps)) / (2.0 * eps);
             let err = (numeric - g[k]).abs() / (numeric.abs() + g[k].abs()).max(1e-6);
-            assert!(err < 1e-5, "{attn_kind} {name}[{k}]: analytic {} numeric {numeric}", g[k]);
+            assert!(
+                err < 1e-5,
+                "{attn_kind} {name}[{k}]: analytic {} numeric {numeric}",
+                g[k]
+            );
             checked += 1;
         }
     }
@@ -103,8 +136,10 @@ fn gradient_check_explicit_mask() {
 
 #[test]
 fn every_parameter_gets_a_nonzero_gradient() {
-    let mut cfg = Config::default();
-    cfg.model = small_cfg(40);
+    let mut cfg = Config {
+        model: small_cfg(40),
+        ..Config::default()
+    };
     cfg.train.seq_len = 16;
     let dev = Device::Cpu;
     let params = Params::init(&cfg.model, DType::F32, &dev, 4).unwrap();
@@ -115,16 +150,26 @@ fn every_parameter_gets_a_nonzero_gradient() {
     let nb = card.corrupt(&x0, 4, 16, Some(&[0.3, 0.5, 0.7, 0.9]), &mut rng);
     let grads = card.loss(&model, &nb).unwrap().backward().unwrap();
     for (name, var) in params.names.iter().zip(&params.vars) {
-        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient"));
-        let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: no gradient"));
+        let norm = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(norm > 0.0, "{name}: zero gradient");
     }
 }
 
 #[test]
 fn card_at_zero_noise_equals_arm() {
-    let mut cfg = Config::default();
-    cfg.model = small_cfg(40);
+    let mut cfg = Config {
+        model: small_cfg(40),
+        ..Config::default()
+    };
     cfg.weights.beta = 2.0; // weights 1/β cancel under Σw normalisation
     let dev = Device::Cpu;
     let params = Params::init(&cfg.model, DType::F32, &dev, 7).unwrap();
@@ -133,17 +178,32 @@ fn card_at_zero_noise_equals_arm() {
     let mut rng = rand_pcg::Pcg64::seed_from_u64(0);
     let card = Card::new(&cfg, 1);
     let nb_card = card.corrupt(&x0, 3, 20, Some(&[0.0; 3]), &mut rng);
-    assert!(nb_card.weights.iter().all(|&w| (w - 0.5).abs() < 1e-7), "weights must be 1/β");
+    assert!(
+        nb_card.weights.iter().all(|&w| (w - 0.5).abs() < 1e-7),
+        "weights must be 1/β"
+    );
     assert!(nb_card.mask.iter().all(|&m| !m));
     let nb_arm = Arm.corrupt(&x0, 3, 20, None, &mut rng);
     assert_eq!(nb_card.input, nb_arm.input);
     assert_eq!(nb_card.targets, nb_arm.targets);
-    let a = card.loss(&model, &nb_card).unwrap().to_scalar::<f32>().unwrap();
-    let b = Arm.loss(&model, &nb_arm).unwrap().to_scalar::<f32>().unwrap();
+    let a = card
+        .loss(&model, &nb_card)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let b = Arm
+        .loss(&model, &nb_arm)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!((a - b).abs() < 1e-6, "card {a} arm {b}");
     // And with noise the two differ (the test can fail).
     let nb_noisy = card.corrupt(&x0, 3, 20, Some(&[0.5; 3]), &mut rng);
-    let c = card.loss(&model, &nb_noisy).unwrap().to_scalar::<f32>().unwrap();
+    let c = card
+        .loss(&model, &nb_noisy)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!((c - b).abs() > 1e-4);
 }
 
@@ -153,7 +213,14 @@ fn plain_model(cfg: &ModelConfig, params: &Params) -> Transformer {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 #[test]
@@ -176,7 +243,11 @@ fn cached_logits_equal_full_recomputation() {
     let dev = Device::Cpu;
     let toks = random_ids(20, 50, 14);
     let full = model
-        .forward(&Tensor::from_vec(toks.clone(), (1, 20), &dev).unwrap(), Attention::Causal, None)
+        .forward(
+            &Tensor::from_vec(toks.clone(), (1, 20), &dev).unwrap(),
+            Attention::Causal,
+            None,
+        )
         .unwrap();
     let mut cache = KvCache::new(2, 1, 2, 8, 32, DType::F32, &dev).unwrap();
     let run = |cache: &mut KvCache, s: &[u32]| {
@@ -192,7 +263,10 @@ fn cached_logits_equal_full_recomputation() {
     assert!(max_abs_diff(&a, &full.narrow(1, 8, 2).unwrap()) < 1e-4);
     for i in 10..20 {
         let step = run(&mut cache, &toks[i..i + 1]);
-        assert!(max_abs_diff(&step, &full.narrow(1, i, 1).unwrap()) < 1e-4, "position {i}");
+        assert!(
+            max_abs_diff(&step, &full.narrow(1, i, 1).unwrap()) < 1e-4,
+            "position {i}"
+        );
     }
     assert_eq!(cache.len(), 20);
 }
@@ -202,7 +276,10 @@ fn parameter_count_matches_config() {
     for preset in ["tiny", "small", "bench-5m"] {
         let mut cfg = Config::load(preset, &[]).unwrap();
         cfg.model.vocab_size = 512;
-        let n: usize = param_shapes(&cfg.model).iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        let n: usize = param_shapes(&cfg.model)
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum();
         assert_eq!(n, cfg.model.n_params());
         let params = Params::init(&cfg.model, DType::F32, &Device::Cpu, 0).unwrap();
         assert_eq!(params.count(), n);
@@ -211,7 +288,10 @@ fn parameter_count_matches_config() {
     assert!(tiny.model.n_params() < 1_000_000);
     let big = Config::load("paper-1b", &[]).unwrap();
     let n = big.model.n_params();
-    assert!((900_000_000..1_200_000_000).contains(&n), "paper-1b has {n}");
+    assert!(
+        (900_000_000..1_200_000_000).contains(&n),
+        "paper-1b has {n}"
+    );
 }
 
 #[test]

@@ -118,7 +118,11 @@ pub fn bench_train(
             ratio_to_card: None,
         });
     }
-    if let Some(card) = out.iter().find(|b| b.objective == "card").map(|b| b.step_time_s) {
+    if let Some(card) = out
+        .iter()
+        .find(|b| b.objective == "card")
+        .map(|b| b.step_time_s)
+    {
         for b in &mut out {
             b.ratio_to_card = Some(b.step_time_s / card);
         }

@@ -53,7 +53,11 @@ fn parse_objectives(s: &str) -> Result<Vec<ObjectiveKind>> {
             ObjectiveKind::from_str(o.trim(), true).map_err(|_| {
                 anyhow::anyhow!(
                     "unknown objective '{o}' (known: {}, all)",
-                    ObjectiveKind::value_variants().iter().map(|v| v.name()).collect::<Vec<_>>().join(", ")
+                    ObjectiveKind::value_variants()
+                        .iter()
+                        .map(|v| v.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             })
         })

@@ -94,9 +94,15 @@ pub fn run(args: EvalArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
-    println!("checkpoint     {} (step {}, {} objective, {} weights)", report.checkpoint, report.step, report.objective, which);
+    println!(
+        "checkpoint     {} (step {}, {} objective, {} weights)",
+        report.checkpoint, report.step, report.objective, which
+    );
     println!("val tokens     {}", report.tokens);
-    println!("val loss       {:.4} nats/token (exact, t = 0)", report.val_loss);
+    println!(
+        "val loss       {:.4} nats/token (exact, t = 0)",
+        report.val_loss
+    );
     println!("perplexity     {:.2}", report.perplexity);
     println!("bits per byte  {:.4}", report.bits_per_byte);
     if !report.loss_vs_t.is_empty() {

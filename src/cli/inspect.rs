@@ -66,7 +66,12 @@ pub fn run(args: InspectArgs) -> Result<()> {
         What::Noise(a) => noise(a),
         What::Params { preset, sets } => {
             let cfg = Config::load(&preset, &sets)?;
-            let params = Params::init(&cfg.model, candle_core::DType::F32, &candle_core::Device::Cpu, 0)?;
+            let params = Params::init(
+                &cfg.model,
+                candle_core::DType::F32,
+                &candle_core::Device::Cpu,
+                0,
+            )?;
             Transformer::from_params(&cfg.model, &params)?;
             println!(
                 "{preset}: {} parameters ({} layers, d_model {}, {} heads, d_ff {}, vocab {})",
@@ -108,7 +113,11 @@ fn noise(a: NoiseArgs) -> Result<()> {
         return Ok(());
     }
     let row: String = mask.iter().map(|&m| if m { 'M' } else { '.' }).collect();
-    println!("x_t      {row}   ({} of {} masked)", mask.iter().filter(|&&m| m).count(), a.len);
+    println!(
+        "x_t      {row}   ({} of {} masked)",
+        mask.iter().filter(|&&m| m).count(),
+        a.len
+    );
     println!("weights of targets 2..L:");
     for (i, w) in weights.iter().enumerate() {
         println!("  target {:>3}  w = {w:.4}", i + 2);

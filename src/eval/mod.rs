@@ -27,14 +27,20 @@ pub fn ar_nll(model: &Transformer, windows: &[&[u32]], batch: usize) -> Result<N
     for same_len in windows.chunk_by(|a, b| a.len() == b.len()) {
         for sub in same_len.chunks(batch.max(1)) {
             let (b, l) = (sub.len(), sub[0].len());
-            let input: Vec<u32> = sub.iter().flat_map(|w| w[..l - 1].iter().copied()).collect();
+            let input: Vec<u32> = sub
+                .iter()
+                .flat_map(|w| w[..l - 1].iter().copied())
+                .collect();
             let targets: Vec<u32> = sub.iter().flat_map(|w| w[1..].iter().copied()).collect();
             let input = Tensor::from_vec(input, (b, l - 1), dev)?;
             let logits = model.forward(&input, Attention::Causal, None)?;
             let logits = logits.reshape((b * (l - 1), model.cfg.vocab_size))?;
             let targets = Tensor::from_vec(targets, b * (l - 1), dev)?;
             let nll = ops::token_nll(&logits, &targets)?;
-            sum.nll += nll.to_dtype(candle_core::DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+            sum.nll += nll
+                .to_dtype(candle_core::DType::F64)?
+                .sum_all()?
+                .to_scalar::<f64>()?;
             sum.tokens += (b * (l - 1)) as u64;
         }
     }
@@ -76,7 +82,10 @@ pub fn loss_vs_t(
             let x0: Vec<u32> = group.iter().flat_map(|w| w.iter().copied()).collect();
             let mut rng = derived_rng(seed, 7 + ti as u64, bi as u64);
             let nb = objective.corrupt(&x0, group.len(), l, Some(&vec![t; group.len()]), &mut rng);
-            loss += objective.loss(model, &nb)?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            loss += objective
+                .loss(model, &nb)?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
             let input = Tensor::from_slice(&nb.input, (nb.batch, nb.input_len), dev)?;
             let logits = model.forward(&input, Attention::Causal, None)?;
             let logits = logits.reshape((nb.batch * nb.input_len, model.cfg.vocab_size))?;

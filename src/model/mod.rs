@@ -126,10 +126,10 @@ impl Transformer {
                 self.cfg.max_seq_len
             );
         }
-        let mut x = self
-            .embed
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, self.cfg.d_model))?;
+        let mut x =
+            self.embed
+                .index_select(&ids.flatten_all()?, 0)?
+                .reshape((b, t, self.cfg.d_model))?;
         let cos = self.cos.narrow(0, offset, t)?;
         let sin = self.sin.narrow(0, offset, t)?;
         let bias = match attn {
@@ -139,10 +139,21 @@ impl Transformer {
         };
         for (i, layer) in self.layers.iter().enumerate() {
             let h = ops::rms_norm(&x, &layer.attn_norm, self.cfg.norm_eps)?;
-            let a = self.attention(layer, &h, &cos, &sin, bias.as_ref(), i, cache.as_deref_mut())?;
+            let a = self.attention(
+                layer,
+                &h,
+                &cos,
+                &sin,
+                bias.as_ref(),
+                i,
+                cache.as_deref_mut(),
+            )?;
             x = (x + a)?;
             let h = ops::rms_norm(&x, &layer.ffn_norm, self.cfg.norm_eps)?;
-            let f = ops::linear(&ops::swiglu(&ops::linear(&h, &layer.w_gate_up)?)?, &layer.w_down)?;
+            let f = ops::linear(
+                &ops::swiglu(&ops::linear(&h, &layer.w_gate_up)?)?,
+                &layer.w_down,
+            )?;
             x = (x + f)?;
         }
         if let Some(c) = cache {
@@ -167,7 +178,10 @@ impl Transformer {
         let (nh, hd) = (self.cfg.n_heads, self.cfg.head_dim());
         let qkv = ops::linear(h, &layer.wqkv)?.reshape((b, t, 3, nh, hd))?;
         let split = |i: usize| -> Result<Tensor> {
-            qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous()
+            qkv.narrow(2, i, 1)?
+                .squeeze(2)?
+                .transpose(1, 2)?
+                .contiguous()
         };
         let q = ops::rope(&split(0)?, cos, sin)?;
         let k = ops::rope(&split(1)?, cos, sin)?;
@@ -191,7 +205,15 @@ impl Transformer {
 pub fn causal_bias(t: usize, offset: usize, dtype: DType, device: &Device) -> Result<Tensor> {
     let tk = offset + t;
     let data: Vec<f32> = (0..t)
-        .flat_map(|i| (0..tk).map(move |j| if j <= offset + i { 0.0 } else { f32::NEG_INFINITY }))
+        .flat_map(|i| {
+            (0..tk).map(move |j| {
+                if j <= offset + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
         .collect();
     Tensor::from_vec(data, (t, tk), device)?.to_dtype(dtype)
 }

@@ -69,7 +69,12 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 /// Per-row weighted negative log-likelihood: Σ_i w_i · (−log softmax(logits_i)[target_i]) / denom.
 /// logits [N, V], targets [N] u32, weights [N] in the logits' dtype.
-pub fn weighted_nll(logits: &Tensor, targets: &Tensor, weights: &Tensor, denom: f64) -> Result<Tensor> {
+pub fn weighted_nll(
+    logits: &Tensor,
+    targets: &Tensor,
+    weights: &Tensor,
+    denom: f64,
+) -> Result<Tensor> {
     let logp = log_softmax_last(logits)?;
     let picked = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
     (picked * weights)?.sum_all()? * (-1.0 / denom)

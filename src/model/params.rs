@@ -50,13 +50,21 @@ impl Params {
                 .get(&name)
                 .with_context(|| format!("checkpoint lacks parameter {name}"))?;
             if t.dims() != shape.as_slice() {
-                bail!("parameter {name} has shape {:?}, config expects {:?}", t.dims(), shape);
+                bail!(
+                    "parameter {name} has shape {:?}, config expects {:?}",
+                    t.dims(),
+                    shape
+                );
             }
             names.push(name);
             vars.push(Var::from_tensor(t)?);
         }
         if map.len() != names.len() {
-            bail!("checkpoint has {} tensors, config expects {}", map.len(), names.len());
+            bail!(
+                "checkpoint has {} tensors, config expects {}",
+                map.len(),
+                names.len()
+            );
         }
         Ok(Self { names, vars })
     }

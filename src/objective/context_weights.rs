@@ -24,11 +24,19 @@ mod tests {
 
     /// The spec's explicit double sum, S_n = Σ_{i<n} C_i (1 − p)^{n−1−i}, 1-indexed.
     fn explicit(mask: &[bool], p: f64, beta: f64) -> Vec<f64> {
-        let m = |i: usize| if i == 0 { 0.0 } else { mask[i - 1] as u8 as f64 };
+        let m = |i: usize| {
+            if i == 0 {
+                0.0
+            } else {
+                mask[i - 1] as u8 as f64
+            }
+        };
         let c = |i: usize| m(i) * (1.0 + m(i - 1));
         (2..=mask.len())
             .map(|n| {
-                let s: f64 = (1..n).map(|i| c(i) * (1.0 - p).powi((n - 1 - i) as i32)).sum();
+                let s: f64 = (1..n)
+                    .map(|i| c(i) * (1.0 - p).powi((n - 1 - i) as i32))
+                    .sum();
                 1.0 / (beta + s)
             })
             .collect()

@@ -73,7 +73,12 @@ pub fn shifted_loss(model: &Transformer, nb: &NoisyBatch) -> Result<Tensor> {
 }
 
 /// Split clean sequences into the shifted pair (x[..L−1], x0[1..]) shared by ARM and CARD.
-pub(crate) fn shift(x0: &[u32], input_src: &[u32], batch: usize, seq_len: usize) -> (Vec<u32>, Vec<u32>) {
+pub(crate) fn shift(
+    x0: &[u32],
+    input_src: &[u32],
+    batch: usize,
+    seq_len: usize,
+) -> (Vec<u32>, Vec<u32>) {
     let mut input = Vec::with_capacity(batch * (seq_len - 1));
     let mut targets = Vec::with_capacity(batch * (seq_len - 1));
     for b in 0..batch {

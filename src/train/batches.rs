@@ -54,7 +54,11 @@ impl<'a> Batches<'a> {
     fn start_epoch(&mut self, epoch: u64) {
         let mut rng = derived_rng(self.seed, 1, epoch);
         let slack = self.tokens.len() - self.n_windows * self.seq_len;
-        self.offset = if slack > 0 { rand::Rng::random_range(&mut rng, 0..=slack.min(self.seq_len - 1)) } else { 0 };
+        self.offset = if slack > 0 {
+            rand::Rng::random_range(&mut rng, 0..=slack.min(self.seq_len - 1))
+        } else {
+            0
+        };
         self.order = (0..self.n_windows as u32).collect();
         self.order.shuffle(&mut rng);
         self.epoch = Some(epoch);
@@ -84,5 +88,7 @@ pub fn eval_windows(tokens: &[u32], seq_len: usize, max: Option<usize>) -> Vec<&
         return vec![tokens];
     }
     let n = max.map_or(n, |m| n.min(m));
-    (0..n).map(|i| &tokens[i * seq_len..(i + 1) * seq_len]).collect()
+    (0..n)
+        .map(|i| &tokens[i * seq_len..(i + 1) * seq_len])
+        .collect()
 }

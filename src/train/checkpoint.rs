@@ -57,7 +57,8 @@ fn sha256_file(path: &Path) -> Result<String> {
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut f =
+        fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     f.write_all(bytes)?;
     f.sync_all()?;
     Ok(())
@@ -105,8 +106,14 @@ pub fn save(run_dir: &Path, ckpt: &Checkpoint) -> Result<PathBuf> {
     if let Some(optim) = &ckpt.optim {
         save_tensors(optim, &tmp_dir.join("optim.safetensors"))?;
     }
-    write_synced(&tmp_dir.join("config.toml"), ckpt.config.to_toml().as_bytes())?;
-    write_synced(&tmp_dir.join("tokenizer.json"), ckpt.tokenizer_json.as_bytes())?;
+    write_synced(
+        &tmp_dir.join("config.toml"),
+        ckpt.config.to_toml().as_bytes(),
+    )?;
+    write_synced(
+        &tmp_dir.join("tokenizer.json"),
+        ckpt.tokenizer_json.as_bytes(),
+    )?;
     write_synced(
         &tmp_dir.join("state.json"),
         serde_json::to_string_pretty(&ckpt.state)?.as_bytes(),
@@ -176,11 +183,19 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
 pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     let dir = resolve(path)?;
     let manifest_text = fs::read_to_string(dir.join("manifest.json")).with_context(|| {
-        format!("checkpoint {} is incomplete: no manifest.json", dir.display())
+        format!(
+            "checkpoint {} is incomplete: no manifest.json",
+            dir.display()
+        )
     })?;
     let manifest: BTreeMap<String, String> = serde_json::from_str(&manifest_text)
         .with_context(|| format!("checkpoint {} has a corrupted manifest", dir.display()))?;
-    for required in ["model.safetensors", "config.toml", "tokenizer.json", "state.json"] {
+    for required in [
+        "model.safetensors",
+        "config.toml",
+        "tokenizer.json",
+        "state.json",
+    ] {
         if !manifest.contains_key(required) {
             bail!("checkpoint {} is missing {required}", dir.display());
         }

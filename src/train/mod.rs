@@ -168,7 +168,11 @@ impl<'a> Trainer<'a> {
                 weights: params
                     .names
                     .iter()
-                    .map(|n| map.get(n).cloned().with_context(|| format!("EMA lacks {n}")))
+                    .map(|n| {
+                        map.get(n)
+                            .cloned()
+                            .with_context(|| format!("EMA lacks {n}"))
+                    })
                     .collect::<Result<_>>()?,
                 decay: cfg.train.ema_decay,
             }),
@@ -208,10 +212,14 @@ impl<'a> Trainer<'a> {
         let mut grads: Option<Vec<Tensor>> = None;
         let mut loss_sum = 0.0;
         for micro in 0..accum {
-            let x0 = self.batches.next(&mut self.state.data_cursor, tc.batch_size);
+            let x0 = self
+                .batches
+                .next(&mut self.state.data_cursor, tc.batch_size);
             let index = (self.state.step * accum + micro) as u64;
             let mut rng = derived_rng(tc.seed, 2, index);
-            let nb = self.objective.corrupt(&x0, tc.batch_size, tc.seq_len, None, &mut rng);
+            let nb = self
+                .objective
+                .corrupt(&x0, tc.batch_size, tc.seq_len, None, &mut rng);
             let loss = self.objective.loss(&self.model, &nb)?;
             loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             let store = (loss / accum as f64)?.backward()?;
@@ -229,7 +237,11 @@ impl<'a> Trainer<'a> {
                 .collect::<Result<_>>()?;
             grads = Some(match grads {
                 None => g,
-                Some(acc) => acc.iter().zip(&g).map(|(a, b)| a + b).collect::<candle_core::Result<_>>()?,
+                Some(acc) => acc
+                    .iter()
+                    .zip(&g)
+                    .map(|(a, b)| a + b)
+                    .collect::<candle_core::Result<_>>()?,
             });
         }
         let mut grads = grads.expect("grad_accum >= 1");
@@ -243,7 +255,10 @@ impl<'a> Trainer<'a> {
         self.state.tokens_seen += self.cfg.tokens_per_step() as u64;
         let loss = loss_sum / accum as f64;
         if !loss.is_finite() {
-            bail!("loss became {loss} at step {}; lower train.lr", self.state.step);
+            bail!(
+                "loss became {loss} at step {}; lower train.lr",
+                self.state.step
+            );
         }
         Ok((loss, norm))
     }
@@ -252,7 +267,12 @@ impl<'a> Trainer<'a> {
     pub fn eval_model(&self) -> Result<Transformer> {
         let tensors: Vec<Tensor> = match &self.ema {
             Some(e) => e.weights.clone(),
-            None => self.params.vars.iter().map(|v| v.as_tensor().detach()).collect(),
+            None => self
+                .params
+                .vars
+                .iter()
+                .map(|v| v.as_tensor().detach())
+                .collect(),
         };
         let names = &self.params.names;
         Ok(Transformer::from_tensors(&self.cfg.model, |n| {
@@ -278,7 +298,12 @@ impl<'a> Trainer<'a> {
     pub fn checkpoint(&self) -> Result<Checkpoint> {
         let weights = self.params.to_map()?;
         let ema = self.ema.as_ref().map(|e| {
-            self.params.names.iter().cloned().zip(e.weights.iter().cloned()).collect::<HashMap<_, _>>()
+            self.params
+                .names
+                .iter()
+                .cloned()
+                .zip(e.weights.iter().cloned())
+                .collect::<HashMap<_, _>>()
         });
         let mut optim = HashMap::new();
         for (i, n) in self.params.names.iter().enumerate() {
@@ -334,12 +359,12 @@ impl<'a> Trainer<'a> {
             let step = self.state.step;
             let done = step == tc.max_steps;
             let mut val_loss = None;
-            if (tc.eval_every > 0 && step % tc.eval_every == 0) || done {
+            if (tc.eval_every > 0 && step.is_multiple_of(tc.eval_every)) || done {
                 let v = self.validate()?;
                 self.state.last_val_loss = Some(v);
                 val_loss = Some(v);
             }
-            if val_loss.is_some() || (tc.log_every > 0 && step % tc.log_every == 0) {
+            if val_loss.is_some() || (tc.log_every > 0 && step.is_multiple_of(tc.log_every)) {
                 let m = StepMetrics {
                     step,
                     loss,
@@ -359,7 +384,7 @@ impl<'a> Trainer<'a> {
             bar.set_message(format!("loss {loss:.3}{val_msg}  {tps:.0} tok/s"));
             bar.set_position(step as u64);
             let stop = STOP.load(Ordering::SeqCst);
-            if done || stop || (tc.ckpt_every > 0 && step % tc.ckpt_every == 0) {
+            if done || stop || (tc.ckpt_every > 0 && step.is_multiple_of(tc.ckpt_every)) {
                 ckpt_dir = checkpoint::save(out, &self.checkpoint()?)?;
             }
             if stop {

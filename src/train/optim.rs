@@ -33,7 +33,13 @@ impl AdamW {
         Ok(opt)
     }
 
-    pub fn step(&mut self, params: &Params, grads: &[Tensor], lr: f64, cfg: &TrainConfig) -> Result<()> {
+    pub fn step(
+        &mut self,
+        params: &Params,
+        grads: &[Tensor],
+        lr: f64,
+        cfg: &TrainConfig,
+    ) -> Result<()> {
         self.t += 1;
         let (b1, b2) = (cfg.beta1, cfg.beta2);
         let bc1 = 1.0 - b1.powi(self.t as i32);
@@ -58,7 +64,11 @@ impl AdamW {
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
     let mut sq = 0.0f64;
     for g in grads.iter() {
-        sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        sq += g
+            .sqr()?
+            .sum_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
     }
     let norm = sq.sqrt();
     if max_norm > 0.0 && norm > max_norm {

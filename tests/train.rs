@@ -1,0 +1,146 @@
+//! Trainer behaviour on the `tiny` preset: exact resume, corrupted checkpoints rejected,
+//! and a short run that learns well below the uniform-guess loss.
+
+use candle_core::Device;
+use card::config::{Config, ObjectiveKind};
+use card::data::Prepared;
+use card::train::{checkpoint, load_data, Trainer};
+use std::sync::OnceLock;
+
+fn tiny(steps: usize, objective: ObjectiveKind) -> Config {
+    let mut cfg = Config::load("tiny", &[]).unwrap();
+    cfg.train.max_steps = steps;
+    cfg.train.objective = objective;
+    cfg.train.eval_every = 0;
+    cfg.train.ckpt_every = 0;
+    cfg.train.eval_batches = 2;
+    cfg
+}
+
+fn data() -> &'static Prepared {
+    static DATA: OnceLock<Prepared> = OnceLock::new();
+    DATA.get_or_init(|| load_data(&tiny(1, ObjectiveKind::Card), None).unwrap())
+}
+
+fn weights_of(t: &Trainer) -> Vec<Vec<f32>> {
+    t.params
+        .vars
+        .iter()
+        .map(|v| {
+            v.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn resume_is_bit_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny(6, ObjectiveKind::Card);
+    cfg.train.grad_accum = 2; // exercise accumulation across the resume too
+    let mut straight = Trainer::new(cfg.clone(), data(), &Device::Cpu).unwrap();
+    straight.run(&dir.path().join("straight"), false).unwrap();
+
+    let mut half = cfg.clone();
+    half.train.max_steps = 3;
+    let run = dir.path().join("resumed");
+    Trainer::new(half, data(), &Device::Cpu)
+        .unwrap()
+        .run(&run, false)
+        .unwrap();
+    let ckpt = checkpoint::load(&run, &Device::Cpu).unwrap();
+    assert_eq!(ckpt.state.step, 3);
+    let mut resumed = Trainer::resume(cfg.clone(), ckpt, data()).unwrap();
+    resumed.run(&run, false).unwrap();
+
+    let (mut a, mut b) = (resumed.state.clone(), straight.state.clone());
+    (a.elapsed_s, b.elapsed_s) = (0.0, 0.0); // wall-clock time is the one field allowed to differ
+    assert_eq!(a, b);
+    assert_eq!(weights_of(&resumed), weights_of(&straight));
+    let (a, b) = (
+        resumed.ema.as_ref().unwrap(),
+        straight.ema.as_ref().unwrap(),
+    );
+    for (x, y) in a.weights.iter().zip(&b.weights) {
+        let d = (x - y)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(d, 0.0);
+    }
+    // The metrics log holds each step once.
+    let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(log.lines().count() >= 2);
+}
+
+#[test]
+fn resume_rejects_a_different_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny(2, ObjectiveKind::Card);
+    Trainer::new(cfg.clone(), data(), &Device::Cpu)
+        .unwrap()
+        .run(dir.path(), false)
+        .unwrap();
+    let ckpt = checkpoint::load(dir.path(), &Device::Cpu).unwrap();
+    let mut other = cfg.clone();
+    other.train.lr *= 2.0;
+    let err = Trainer::resume(other, ckpt, data())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("train.lr"), "{err}");
+    // max_steps may change: that is what resuming is for.
+    let ckpt = checkpoint::load(dir.path(), &Device::Cpu).unwrap();
+    let mut longer = cfg;
+    longer.train.max_steps = 4;
+    assert!(Trainer::resume(longer, ckpt, data()).is_ok());
+}
+
+#[test]
+fn corrupted_checkpoint_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    Trainer::new(tiny(1, ObjectiveKind::Arm), data(), &Device::Cpu)
+        .unwrap()
+        .run(dir.path(), false)
+        .unwrap();
+    let ckpt_dir = checkpoint::resolve(dir.path()).unwrap();
+    let file = ckpt_dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let n = bytes.len();
+    bytes[n - 10] ^= 0x55;
+    std::fs::write(&file, &bytes).unwrap();
+    let err = checkpoint::load(dir.path(), &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("corrupted"), "{err}");
+    // Truncation too.
+    std::fs::write(&file, &bytes[..n / 2]).unwrap();
+    assert!(checkpoint::load(dir.path(), &Device::Cpu).is_err());
+}
+
+#[test]
+fn tiny_card_run_learns() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny(200, ObjectiveKind::Card);
+    let mut t = Trainer::new(cfg, data(), &Device::Cpu).unwrap();
+    let before = t.validate().unwrap();
+    let summary = t.run(dir.path(), false).unwrap();
+    let uniform = (data().tokenizer.vocab_size() as f64).ln();
+    let after = summary.val_loss.unwrap();
+    assert!(
+        (before - uniform).abs() < 0.5,
+        "init {before} vs uniform {uniform}"
+    );
+    assert!(
+        after < uniform - 1.2,
+        "val loss {after} vs uniform {uniform}"
+    );
+}

@@ -146,6 +146,12 @@ fn run_prepare(p: PrepareArgs) -> Result<()> {
         prepared.tokenizer.mask_id(),
         &m.tokenizer_hash[..16]
     );
+    if p.tokenizer.is_none() && m.vocab_size < p.vocab_size {
+        println!(
+            "note: the training text only supports {} of the {} requested tokens (no pairs left to merge)",
+            m.vocab_size, p.vocab_size
+        );
+    }
     println!(
         "train: {} docs, {} tokens, {} bytes, {:.3} bytes/token",
         m.train_documents,

@@ -124,13 +124,21 @@ fn attaches_right(word: &str) -> bool {
 /// Join pre-tokenized words into running text: no space before `, . ; : ! ? ) ] } %` and
 /// clitics (`n't 's 're 've 'll 'd 'm`), no space after opening brackets and opening quotes.
 /// `` opens and '' closes a double quote (both written `"`); a bare `"` or `'` alternates
-/// between opening and closing within the call.
+/// between opening and closing within the call. A `.` right after an abbreviation ending in
+/// `.` (`Jr.`) is dropped.
 pub fn detokenize(words: &[&str]) -> String {
     let mut out = String::new();
     let mut glue_next = true; // no space before the next token
     let mut double_open = false;
     let mut single_open = false;
+    let mut prev = "";
     for &word in words {
+        // `Jr.` followed by the sentence's `.` is written once.
+        let abbreviation = prev.len() > 1 && prev.ends_with('.');
+        prev = word;
+        if word == "." && abbreviation {
+            continue;
+        }
         let (text, left, right) = match word {
             "``" => {
                 double_open = true;
@@ -221,5 +229,7 @@ mod tests {
             "He said \"hi\" [x]'s end"
         );
         assert_eq!(detokenize(&["``", "Yes", "''", "."]), "\"Yes\".");
+        assert_eq!(detokenize(&["Allen", "Jr.", ".", "Next"]), "Allen Jr. Next");
+        assert_eq!(detokenize(&["wait", ".", ".", "."]), "wait...");
     }
 }

@@ -78,7 +78,7 @@ pub fn prepare(
         .collect();
     let n = docs.len();
     if n < 2 {
-        bail!("need at least 2 non-empty documents to split into train and validation, got {n}");
+        bail!("need at least 2 non-empty documents to split into train and validation, got {n} (each input file is one document: pass several files or a directory)");
     }
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut rand_pcg::Pcg64::seed_from_u64(seed));

@@ -323,7 +323,14 @@ impl Config {
         }
         let cfg: Config = toml::Value::Table(value)
             .try_into()
-            .map_err(|e: toml::de::Error| anyhow::anyhow!("config: {}", e.message()))?;
+            .map_err(|e: toml::de::Error| {
+                let one_line = e
+                    .to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                anyhow::anyhow!("config: {one_line}")
+            })?;
         cfg.validate()?;
         Ok(cfg)
     }

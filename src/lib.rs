@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod fsutil;
 pub mod model;
 pub mod noise;
 pub mod objective;

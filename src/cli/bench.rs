@@ -5,6 +5,7 @@ use crate::config::{Config, ObjectiveKind};
 use crate::train::{default_device, load_data};
 use anyhow::{bail, Result};
 use clap::ValueEnum;
+use std::io::IsTerminal;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -73,10 +74,15 @@ fn train(a: TrainBenchArgs) -> Result<()> {
     let device = default_device()?;
     eprintln!("preparing data (embedded corpus unless data.path is set)");
     let data = load_data(&cfg, None)?;
+    let tty = std::io::stderr().is_terminal();
     let results = bench_train(&cfg, &data, &objectives, a.warmup, a.steps, &device, |m| {
-        eprint!("\r\x1b[2K{m}")
+        if tty {
+            eprint!("\r\x1b[2K{m}")
+        }
     })?;
-    eprintln!("\r\x1b[2K");
+    if tty {
+        eprint!("\r\x1b[2K");
+    }
     let c = &cfg;
     println!(
         "bench train: preset {} ({} params), batch {} x seq {} = {} tokens/step, {} threads, matmul peak {:.1} GFLOP/s",

@@ -5,8 +5,8 @@
 //! `clean/<short>/.complete` exists; it is written last, after every cleaned file was written
 //! atomically, so an interrupted run is redone from its tarball on the next call.
 
-use super::atomic::write_atomic;
 use super::clean::{clean_brown, decode_bytes, normalize_text};
+use crate::fsutil::write_atomic;
 use anyhow::{bail, Context, Result};
 use flate2::read::GzDecoder;
 use std::fs;

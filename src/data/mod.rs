@@ -12,8 +12,6 @@ pub mod fetch;
 pub mod prepare;
 pub mod tokenizer;
 
-mod atomic;
-
 pub use corpus::{embedded_documents, read_documents};
 pub use prepare::{prepare, Prepared, PreparedMeta};
 pub use tokenizer::TextTokenizer;

@@ -4,6 +4,7 @@
 //! pointer. A kill at any moment leaves the previous checkpoint intact and loadable.
 
 use crate::config::{Config, ObjectiveKind};
+use crate::fsutil::{sync_dir, write_atomic};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -56,28 +57,12 @@ fn sha256_file(path: &Path) -> Result<String> {
     Ok(format!("{:x}", Sha256::digest(&bytes)))
 }
 
+/// Write and fsync a file inside a staging directory (published later by one rename).
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f =
         fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     f.write_all(bytes)?;
     f.sync_all()?;
-    Ok(())
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(f) = fs::File::open(dir) {
-        let _ = f.sync_all();
-    }
-}
-
-/// Write a file atomically: temp file in the same directory, fsync, rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    write_synced(&tmp, bytes)?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot rename into {}", path.display()))?;
-    if let Some(parent) = path.parent() {
-        sync_dir(parent);
-    }
     Ok(())
 }
 
@@ -129,12 +114,12 @@ pub fn save(run_dir: &Path, ckpt: &Checkpoint) -> Result<PathBuf> {
         &tmp_dir.join("manifest.json"),
         serde_json::to_string_pretty(&manifest)?.as_bytes(),
     )?;
-    sync_dir(&tmp_dir);
+    sync_dir(Some(&tmp_dir));
     if final_dir.exists() {
         fs::remove_dir_all(&final_dir)?;
     }
     fs::rename(&tmp_dir, &final_dir)?;
-    sync_dir(run_dir);
+    sync_dir(Some(run_dir));
     write_atomic(&run_dir.join("latest"), name.as_bytes())?;
     prune(run_dir, &name)?;
     Ok(final_dir)

@@ -424,7 +424,7 @@ fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    checkpoint::write_atomic(path, kept.as_bytes())
+    crate::fsutil::write_atomic(path, kept.as_bytes())
 }
 
 /// Dotted keys whose values differ between two configs.

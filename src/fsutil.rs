@@ -1,4 +1,5 @@
-//! Atomic file writes: write to a temp file in the same directory, fsync, rename.
+//! Durable file writes shared by data preparation and checkpoints: temp file in the same
+//! directory, fsync, rename; fsync of directories after renames.
 
 use anyhow::{Context, Result};
 use std::fs::{self, File};
@@ -15,7 +16,7 @@ fn temp_path(path: &Path) -> PathBuf {
 }
 
 /// Write `bytes` to `path` atomically (the old file, if any, is replaced in one rename).
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_path(path);
     let result = (|| -> Result<()> {
         let mut f =
@@ -36,7 +37,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Best-effort fsync of a directory so that renames inside it are durable.
-pub(crate) fn sync_dir(dir: Option<&Path>) {
+pub fn sync_dir(dir: Option<&Path>) {
     if let Some(dir) = dir {
         let dir = if dir.as_os_str().is_empty() {
             Path::new(".")

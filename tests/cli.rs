@@ -1,0 +1,220 @@
+//! The `card` binary end to end: bad input gets a one-line error and a non-zero exit and
+//! changes nothing; the happy paths print what they promise.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn card(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_card"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("card runs")
+}
+
+/// Non-zero exit, exactly one stderr line starting with "error:" and containing `needle`.
+fn assert_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {stderr}"
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got:\n{stderr}");
+    assert!(lines[0].starts_with("error:"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.to_lowercase().contains(&needle.to_lowercase()),
+        "expected '{needle}' in: {stderr}"
+    );
+}
+
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.display().to_string(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn config_errors_are_one_line_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--preset", "nope"], "unknown preset"),
+        (&["--set", "train.nonsense=1"], "unknown config key"),
+        (&["--set", "nosuch.key=1"], "unknown config section"),
+        (
+            &["--set", "train.seq_len=1000"],
+            "exceeds the model's max_seq_len",
+        ),
+        (&["--set", "noise.tail_factor=0.5"], "λ"),
+        (&["--set", "weights.p=1.5"], "weights.p"),
+        (&["--set", "weights.p=0"], "weights.p"),
+        (&["--set", "weights.beta=-1"], "β"),
+        (&["--set", "train.lr=abc"], "train"),
+        (&["--data", "missing-dir"], "missing-dir"),
+    ];
+    for (extra, needle) in cases {
+        let mut args = vec!["train", "--preset", "tiny", "--out", "run", "--quiet"];
+        args.extend_from_slice(extra);
+        // `--preset nope` must win over the default preset.
+        if extra.first() == Some(&"--preset") {
+            args.drain(1..3);
+        }
+        let out = card(&args, cwd);
+        assert_error(&out, needle);
+        assert!(
+            !cwd.join("run").exists(),
+            "{extra:?} created the run directory"
+        );
+    }
+}
+
+#[test]
+fn inspect_noise_validates_and_prints_the_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    assert_error(&card(&["inspect", "noise", "--lambda", "0.9"], cwd), "λ");
+    assert_error(&card(&["inspect", "noise", "--p", "0"], cwd), "weights.p");
+    assert_error(&card(&["inspect", "noise", "--beta=-0.5"], cwd), "β");
+    assert_error(&card(&["inspect", "noise", "--t", "1.5"], cwd), "--t");
+    let out = card(
+        &[
+            "inspect", "noise", "--len", "40", "--t", "0.5", "--lambda", "1", "--json",
+        ],
+        cwd,
+    );
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mask: Vec<u64> = v["mask"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    let weights = v["weights"].as_array().unwrap();
+    assert_eq!(mask.len(), 40);
+    assert_eq!(weights.len(), 39);
+    // λ = 1: the 20 masks are the last 20 positions.
+    assert_eq!(mask, [vec![0; 20], vec![1; 20]].concat());
+    // Clean prefix → weight 1; first target after the first mask → 0.5.
+    assert_eq!(weights[19].as_f64().unwrap(), 1.0);
+    assert_eq!(weights[20].as_f64().unwrap(), 0.5);
+}
+
+#[test]
+fn data_prepare_rejects_bad_corpora() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    std::fs::write(cwd.join("empty.txt"), "").unwrap();
+    std::fs::write(
+        cwd.join("blob.txt"),
+        [0u8, 159, 146, 150, 0, 0, 1, 2, 3, 0, 0, 0],
+    )
+    .unwrap();
+    std::fs::create_dir(cwd.join("nothing")).unwrap();
+    let out = card(&["data", "prepare", "missing.txt", "--out", "p"], cwd);
+    assert_error(&out, "missing.txt");
+    assert_error(
+        &card(&["data", "prepare", "empty.txt", "--out", "p"], cwd),
+        "empty",
+    );
+    assert_error(
+        &card(&["data", "prepare", "blob.txt", "--out", "p"], cwd),
+        "binary",
+    );
+    assert_error(
+        &card(&["data", "prepare", "nothing", "--out", "p"], cwd),
+        "nothing",
+    );
+    assert!(!cwd.join("p").exists());
+}
+
+#[test]
+fn train_eval_resume_and_checkpoint_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let out = card(
+        &[
+            "train",
+            "--preset",
+            "tiny",
+            "--max-steps",
+            "3",
+            "--out",
+            "run",
+            "--quiet",
+            "--json",
+        ],
+        cwd,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(summary["steps"], 3);
+
+    // Training into an existing run without --resume is refused.
+    let before = snapshot(&cwd.join("run"));
+    let out = card(
+        &["train", "--preset", "tiny", "--out", "run", "--quiet"],
+        cwd,
+    );
+    assert_error(&out, "--resume");
+    // A resume with a different config is refused and changes nothing.
+    let out = card(
+        &[
+            "train",
+            "--resume",
+            "run",
+            "--set",
+            "train.lr=0.5",
+            "--quiet",
+        ],
+        cwd,
+    );
+    assert_error(&out, "train.lr");
+    assert_eq!(snapshot(&cwd.join("run")), before);
+
+    let out = card(&["eval", "run", "--json"], cwd);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["bits_per_byte"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["loss_vs_t"].as_array().unwrap().len(), 10);
+
+    // Corrupt the weights: eval and resume both refuse with a clear message.
+    let ckpt = cwd
+        .join("run")
+        .join(std::fs::read_to_string(cwd.join("run/latest")).unwrap());
+    let file = ckpt.join("model.safetensors");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    assert_error(&card(&["eval", "run"], cwd), "corrupted");
+    assert_error(
+        &card(&["train", "--resume", "run", "--quiet"], cwd),
+        "corrupted",
+    );
+    std::fs::write(&file, &bytes[..n / 3]).unwrap();
+    assert_error(&card(&["eval", "run"], cwd), "corrupted");
+    assert_error(&card(&["eval", "no-such-run"], cwd), "does not exist");
+}

@@ -23,6 +23,8 @@ enum Command {
     Train(card::cli::train::TrainArgs),
     /// Validation loss, perplexity and bits per byte of a checkpoint.
     Eval(card::cli::eval::EvalArgs),
+    /// Generate text with AR or CARD dynamic parallel decoding.
+    Generate(card::cli::generate::GenerateArgs),
     /// Inspect the noise schedule, parameter counts and configs.
     Inspect(card::cli::inspect::InspectArgs),
     /// Throughput benchmarks (ratios against a baseline in the same run).
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         Command::Data(a) => card::cli::data::run(a),
         Command::Train(a) => card::cli::train::run(a),
         Command::Eval(a) => card::cli::eval::run(a),
+        Command::Generate(a) => card::cli::generate::run(a),
         Command::Inspect(a) => card::cli::inspect::run(a),
         Command::Bench(a) => card::cli::bench::run(a),
     };

@@ -218,3 +218,145 @@ fn train_eval_resume_and_checkpoint_errors() {
     assert_error(&card(&["eval", "run"], cwd), "corrupted");
     assert_error(&card(&["eval", "no-such-run"], cwd), "does not exist");
 }
+
+#[test]
+fn generate_prints_json_and_rejects_bad_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    for (obj, out) in [("card", "card-run"), ("arm", "arm-run")] {
+        let o = card(
+            &[
+                "train",
+                "--preset",
+                "tiny",
+                "--objective",
+                obj,
+                "--max-steps",
+                "2",
+                "--out",
+                out,
+                "--quiet",
+            ],
+            cwd,
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    for decoder in ["ar", "card"] {
+        let out = card(
+            &[
+                "generate",
+                "card-run",
+                "--prompt",
+                "Alice",
+                "--max-new-tokens",
+                "8",
+                "--decoder",
+                decoder,
+                "--json",
+                "--trace",
+                "trace.jsonl",
+            ],
+            cwd,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        for key in [
+            "text",
+            "tokens",
+            "forward_passes",
+            "tokens_per_forward",
+            "tokens_per_s",
+        ] {
+            assert!(!last[key].is_null(), "{decoder}: missing {key} in {last}");
+        }
+        let trace = std::fs::read_to_string(cwd.join("trace.jsonl")).unwrap();
+        assert_eq!(
+            trace.lines().count() as u64,
+            last["forward_passes"].as_u64().unwrap()
+        );
+    }
+    // An empty prompt starts from <|endoftext|>.
+    let out = card(
+        &[
+            "generate",
+            "card-run",
+            "--prompt",
+            "",
+            "--max-new-tokens",
+            "4",
+        ],
+        cwd,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let base = [
+        "generate",
+        "card-run",
+        "--prompt",
+        "Alice",
+        "--decoder",
+        "card",
+    ];
+    let bad: &[(&[&str], &str)] = &[
+        (&["--block-size", "0"], "block size"),
+        (&["--step-limit", "0"], "step limit"),
+        (&["--threshold", "1.5"], "threshold"),
+        (&["--threshold=-0.1"], "threshold"),
+        (&["--max-new-tokens", "10000"], "context"),
+        (&["--top-p", "0"], "top-p"),
+    ];
+    for (extra, needle) in bad {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        assert_error(&card(&args, cwd), needle);
+    }
+    let long = "Alice ".repeat(200);
+    let args = [
+        "generate",
+        "card-run",
+        "--prompt",
+        &long,
+        "--max-new-tokens",
+        "8",
+    ];
+    assert_error(&card(&args, cwd), "--truncate-prompt");
+    let mut args = args.to_vec();
+    args.extend(["--truncate-prompt", "left"]);
+    assert!(card(&args, cwd).status.success());
+    // An ARM checkpoint is refused by the CARD decoder, naming the decoders that fit.
+    let out = card(
+        &[
+            "generate",
+            "arm-run",
+            "--prompt",
+            "Alice",
+            "--decoder",
+            "card",
+        ],
+        cwd,
+    );
+    assert_error(&out, "decoders that fit: ar");
+    // Unknown decoder: clap's own error, non-zero exit.
+    let out = card(
+        &[
+            "generate",
+            "card-run",
+            "--prompt",
+            "Alice",
+            "--decoder",
+            "magic",
+        ],
+        cwd,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("magic"));
+}

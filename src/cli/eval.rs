@@ -4,7 +4,6 @@
 use crate::config::ObjectiveKind;
 use crate::data::TextTokenizer;
 use crate::eval::{ar_nll, bits_per_byte, loss_vs_t, NoisePoint};
-use crate::model::Transformer;
 use crate::objective;
 use crate::train::{batches::eval_windows, checkpoint, default_device, load_data};
 use anyhow::{bail, Result};
@@ -52,16 +51,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let tokenizer = TextTokenizer::from_json(&ckpt.tokenizer_json)?;
     let data = load_data(&cfg, Some(tokenizer))?;
-    let (weights, which) = match (&ckpt.ema, args.no_ema) {
-        (Some(e), false) => (e, "ema"),
-        _ => (&ckpt.weights, "raw"),
+    let which = if ckpt.ema.is_some() && !args.no_ema {
+        "ema"
+    } else {
+        "raw"
     };
-    let model = Transformer::from_tensors(&cfg.model, |n| {
-        weights
-            .get(n)
-            .cloned()
-            .ok_or_else(|| candle_core::Error::Msg(format!("checkpoint lacks {n}")))
-    })?;
+    let model = ckpt.model(!args.no_ema)?;
     let windows = eval_windows(&data.val, cfg.train.seq_len, args.max_windows);
     if windows.is_empty() {
         bail!("the validation split is empty");

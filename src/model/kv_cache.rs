@@ -1,14 +1,14 @@
-//! Exact key/value cache with rollback. Buffers are preallocated to the model's context, so
-//! the decode loop writes in place and never reallocates. `len` counts committed positions;
-//! a forward pass writes its keys/values after them (scratch) and advances `len`, and
-//! `truncate` rolls back to any earlier length — CARD's draft blocks are scratch until committed.
+//! Exact key/value cache with rollback, one length per batch row. Buffers are preallocated,
+//! so the decode loop writes in place and never reallocates. A forward pass writes its
+//! keys/values after each row's length (scratch) and advances it; `truncate_row` rolls a row
+//! back to any earlier length — CARD's draft blocks are scratch until committed.
 
 use candle_core::{DType, Device, Result, Tensor};
 
 pub struct KvCache {
     keys: Vec<Tensor>,
     values: Vec<Tensor>,
-    len: usize,
+    lens: Vec<usize>,
     capacity: usize,
 }
 
@@ -28,50 +28,81 @@ impl KvCache {
         Ok(Self {
             keys: (0..n_layers).map(|_| alloc()).collect::<Result<_>>()?,
             values: (0..n_layers).map(|_| alloc()).collect::<Result<_>>()?,
-            len: 0,
+            lens: vec![0; batch],
             capacity,
         })
     }
 
+    /// Length of row 0 (all rows, when they are kept in step).
     pub fn len(&self) -> usize {
-        self.len
+        self.lens[0]
+    }
+
+    pub fn lens(&self) -> &[usize] {
+        &self.lens
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.lens.iter().all(|&l| l == 0)
     }
 
     pub fn capacity(&self) -> usize {
         self.capacity
     }
 
-    /// Write k/v [B, H, t, hd] of `layer` after the current length and return the keys and
-    /// values of all positions so far. The length moves only in `advance`, once per forward.
+    pub fn batch(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// True when every row has the same length.
+    pub fn uniform(&self) -> bool {
+        self.lens.iter().all(|&l| l == self.lens[0])
+    }
+
+    /// Write k/v [B, H, t, hd] of `layer` after each row's length and return the keys and
+    /// values of positions 0..max_len+t. Lengths move only in `advance`, once per forward.
     pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let t = k.dim(2)?;
-        if self.len + t > self.capacity {
+        let max = *self.lens.iter().max().expect("batch >= 1");
+        if max + t > self.capacity {
             candle_core::bail!(
-                "KV cache full: {} + {} positions exceed its capacity of {}",
-                self.len,
-                t,
+                "KV cache full: {max} + {t} positions exceed its capacity of {}",
                 self.capacity
             );
         }
-        self.keys[layer].slice_set(&k.contiguous()?, 2, self.len)?;
-        self.values[layer].slice_set(&v.contiguous()?, 2, self.len)?;
-        let end = self.len + t;
+        let (k, v) = (k.contiguous()?, v.contiguous()?);
+        if self.uniform() {
+            self.keys[layer].slice_set(&k, 2, max)?;
+            self.values[layer].slice_set(&v, 2, max)?;
+        } else {
+            for (r, &len) in self.lens.iter().enumerate() {
+                let (kr, vr) = (k.narrow(0, r, 1)?, v.narrow(0, r, 1)?);
+                self.keys[layer].narrow(0, r, 1)?.slice_set(&kr, 2, len)?;
+                self.values[layer].narrow(0, r, 1)?.slice_set(&vr, 2, len)?;
+            }
+        }
         Ok((
-            self.keys[layer].narrow(2, 0, end)?,
-            self.values[layer].narrow(2, 0, end)?,
+            self.keys[layer].narrow(2, 0, max + t)?,
+            self.values[layer].narrow(2, 0, max + t)?,
         ))
     }
 
-    pub(crate) fn advance(&mut self, t: usize) {
-        self.len += t;
+    /// After a forward of t tokens: row r keeps `valid[r]` of them (all t when None).
+    pub(crate) fn advance(&mut self, t: usize, valid: Option<&[usize]>) {
+        for (r, len) in self.lens.iter_mut().enumerate() {
+            *len += valid.map_or(t, |v| v[r]);
+        }
     }
 
-    /// Roll back to `len` positions (no data moves; later writes overwrite the scratch).
+    /// Roll every row back to at most `len` positions (no data moves).
     pub fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
+        for l in &mut self.lens {
+            *l = (*l).min(len);
+        }
+    }
+
+    /// Roll one row back to at most `len` positions.
+    pub fn truncate_row(&mut self, row: usize, len: usize) {
+        self.lens[row] = self.lens[row].min(len);
     }
 }

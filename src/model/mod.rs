@@ -109,33 +109,75 @@ impl Transformer {
         self.embed.device()
     }
 
-    /// Logits [B, T, V] for token ids [B, T]. With a cache, the ids continue the cached
-    /// prefix (positions start at its length) and their keys/values are appended to it.
+    /// Logits [B, T, V] for token ids [B, T]. With a cache, row r continues its cached
+    /// prefix (positions start at the row's length) and its keys/values are appended.
     pub fn forward(
         &self,
         ids: &Tensor,
         attn: Attention,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        self.forward_ragged(ids, attn, cache, None)
+    }
+
+    /// Like `forward`, but row r holds only `valid[r]` real tokens followed by padding: the
+    /// padding's outputs are meaningless and the cache keeps only the real tokens.
+    pub fn forward_ragged(
+        &self,
+        ids: &Tensor,
+        attn: Attention,
         mut cache: Option<&mut KvCache>,
+        valid: Option<&[usize]>,
     ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let offset = cache.as_ref().map_or(0, |c| c.len());
-        if offset + t > self.cfg.max_seq_len {
-            candle_core::bail!(
-                "sequence of {} tokens exceeds the model's context of {}",
-                offset + t,
-                self.cfg.max_seq_len
-            );
+        let lens: Vec<usize> = cache.as_ref().map_or(vec![0; b], |c| c.lens().to_vec());
+        let valid_of = |r: usize| valid.map_or(t, |v| v[r]);
+        for (r, &len) in lens.iter().enumerate() {
+            if len + valid_of(r) > self.cfg.max_seq_len {
+                candle_core::bail!(
+                    "sequence of {} tokens exceeds the model's context of {}",
+                    len + valid_of(r),
+                    self.cfg.max_seq_len
+                );
+            }
         }
+        let uniform = valid.is_none() && lens.iter().all(|&l| l == lens[0]);
         let mut x =
             self.embed
                 .index_select(&ids.flatten_all()?, 0)?
                 .reshape((b, t, self.cfg.d_model))?;
-        let cos = self.cos.narrow(0, offset, t)?;
-        let sin = self.sin.narrow(0, offset, t)?;
-        let bias = match attn {
-            Attention::Causal if t > 1 => Some(causal_bias(t, offset, x.dtype(), x.device())?),
-            Attention::Causal | Attention::Bidirectional => None,
-            Attention::Mask(m) => Some(m.clone()),
+        let (cos, sin, bias) = if uniform {
+            let offset = lens[0];
+            let bias = match attn {
+                Attention::Causal if t > 1 => Some(causal_bias(t, offset, x.dtype(), x.device())?),
+                Attention::Causal | Attention::Bidirectional => None,
+                Attention::Mask(m) => Some(m.clone()),
+            };
+            (
+                self.cos.narrow(0, offset, t)?,
+                self.sin.narrow(0, offset, t)?,
+                bias,
+            )
+        } else {
+            // Per-row positions (padding clamped to the table) and a per-row mask [B, 1, T, Tk].
+            let last = self.cfg.max_seq_len - 1;
+            let pos: Vec<u32> = lens
+                .iter()
+                .flat_map(|&l| (0..t).map(move |i| (l + i).min(last) as u32))
+                .collect();
+            let pos = Tensor::from_vec(pos, b * t, x.device())?;
+            let half = self.cfg.head_dim() / 2;
+            let cos = self.cos.index_select(&pos, 0)?.reshape((b, t, half))?;
+            let sin = self.sin.index_select(&pos, 0)?.reshape((b, t, half))?;
+            let bias = match attn {
+                Attention::Mask(m) => m.clone(),
+                _ => {
+                    let causal = matches!(attn, Attention::Causal);
+                    let valid: Vec<usize> = (0..b).map(valid_of).collect();
+                    ragged_bias(&lens, &valid, t, causal, x.dtype(), x.device())?
+                }
+            };
+            (cos, sin, Some(bias))
         };
         for (i, layer) in self.layers.iter().enumerate() {
             let h = ops::rms_norm(&x, &layer.attn_norm, self.cfg.norm_eps)?;
@@ -157,7 +199,7 @@ impl Transformer {
             x = (x + f)?;
         }
         if let Some(c) = cache {
-            c.advance(t);
+            c.advance(t, valid);
         }
         let x = ops::rms_norm(&x, &self.norm, self.cfg.norm_eps)?;
         ops::linear(&x, self.head.as_ref().unwrap_or(&self.embed))
@@ -216,6 +258,32 @@ pub fn causal_bias(t: usize, offset: usize, dtype: DType, device: &Device) -> Re
         })
         .collect();
     Tensor::from_vec(data, (t, tk), device)?.to_dtype(dtype)
+}
+
+/// Additive bias [B, 1, t, max_len + t] for rows with their own cached lengths. Row r's query
+/// i sits at position lens[r] + i; causally it sees keys up to itself, bidirectionally every
+/// real key of the row (padding queries see up to themselves, so no row is all −∞).
+pub fn ragged_bias(
+    lens: &[usize],
+    valid: &[usize],
+    t: usize,
+    causal: bool,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    let tk = lens.iter().max().copied().unwrap_or(0) + t;
+    let mut data = Vec::with_capacity(lens.len() * t * tk);
+    for (r, &len) in lens.iter().enumerate() {
+        for i in 0..t {
+            let visible = if causal {
+                len + i + 1
+            } else {
+                len + valid[r].max(i + 1)
+            };
+            data.extend((0..tk).map(|j| if j < visible { 0f32 } else { f32::NEG_INFINITY }));
+        }
+    }
+    Tensor::from_vec(data, (lens.len(), 1, t, tk), device)?.to_dtype(dtype)
 }
 
 fn rope_tables(cfg: &ModelConfig, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {

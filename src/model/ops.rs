@@ -35,11 +35,16 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 /// Rotary position embedding, non-interleaved halves (the convention of candle's `rope`).
-/// x: [B, H, T, hd]; cos/sin: [T, hd/2].
+/// x: [B, H, T, hd]; cos/sin: [T, hd/2], or [B, T, hd/2] for per-row positions.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     if !x.track_op() && x.dtype() != DType::F64 {
         return candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin);
     }
+    let (cos, sin) = if cos.rank() == 3 {
+        (&cos.unsqueeze(1)?, &sin.unsqueeze(1)?)
+    } else {
+        (cos, sin)
+    };
     let half = x.dim(D::Minus1)? / 2;
     let x1 = x.narrow(D::Minus1, 0, half)?;
     let x2 = x.narrow(D::Minus1, half, half)?;

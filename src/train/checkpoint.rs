@@ -50,6 +50,24 @@ impl Checkpoint {
     pub fn eval_weights(&self) -> &HashMap<String, Tensor> {
         self.ema.as_ref().unwrap_or(&self.weights)
     }
+
+    /// An inference model from the EMA weights when kept (and `use_ema`), else the raw ones.
+    pub fn model(&self, use_ema: bool) -> Result<crate::model::Transformer> {
+        let weights = if use_ema {
+            self.eval_weights()
+        } else {
+            &self.weights
+        };
+        Ok(crate::model::Transformer::from_tensors(
+            &self.config.model,
+            |n| {
+                weights
+                    .get(n)
+                    .cloned()
+                    .ok_or_else(|| candle_core::Error::Msg(format!("checkpoint lacks {n}")))
+            },
+        )?)
+    }
 }
 
 fn sha256_file(path: &Path) -> Result<String> {

@@ -1,0 +1,193 @@
+//! Decoders are strategies over the same model and KV cache: autoregressive, and CARD's
+//! confidence-based dynamic parallel decoding. All report the same statistics and emit the
+//! same per-step trace, which the CLI, the benchmarks and the playground read.
+
+pub mod ar;
+pub mod card;
+pub mod sampling;
+
+use crate::config::ObjectiveKind;
+use crate::model::{KvCache, Transformer};
+use anyhow::{bail, Result};
+use candle_core::Tensor;
+use serde::Serialize;
+
+pub use ar::ArDecoder;
+pub use card::{CardDecoder, CommitMode, Floor};
+pub use sampling::Sampling;
+
+/// Called with a row's generated tokens after each commit; true stops the row.
+pub type StopFn<'a> = &'a dyn Fn(&[u32]) -> bool;
+
+/// What every decoder needs besides the model and the prompts.
+pub struct GenOptions<'a> {
+    pub max_new_tokens: usize,
+    pub eos_id: u32,
+    pub mask_id: u32,
+    pub sampling: Sampling,
+    pub seed: u64,
+    pub stop: Option<StopFn<'a>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finish {
+    /// Generated `<|endoftext|>` (not included in the tokens).
+    Eos,
+    /// A stop condition matched.
+    Stop,
+    /// Reached max_new_tokens.
+    Length,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RowOutput {
+    /// Generated tokens, prompt excluded, truncated before `<|endoftext|>`.
+    pub tokens: Vec<u32>,
+    /// Forward passes this row took part in while still generating.
+    pub forward_passes: usize,
+    pub finish: Finish,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Generation {
+    pub rows: Vec<RowOutput>,
+    /// Batched forward passes run.
+    pub forward_passes: usize,
+    pub elapsed_s: f64,
+}
+
+impl Generation {
+    pub fn generated_tokens(&self) -> usize {
+        self.rows.iter().map(|r| r.tokens.len()).sum()
+    }
+
+    /// Mean over rows of generated tokens per forward pass.
+    pub fn tokens_per_forward(&self) -> f64 {
+        let n = self.rows.len().max(1) as f64;
+        self.rows
+            .iter()
+            .map(|r| r.tokens.len() as f64 / r.forward_passes.max(1) as f64)
+            .sum::<f64>()
+            / n
+    }
+
+    /// Generated tokens (prompt excluded) per second of wall time.
+    pub fn tokens_per_s(&self) -> f64 {
+        self.generated_tokens() as f64 / self.elapsed_s.max(1e-9)
+    }
+}
+
+/// One slot of a decoding window after a step.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotTrace {
+    /// Index in the generated sequence (0 = first generated token).
+    pub pos: usize,
+    /// The committed token, or the current top candidate of a still-masked slot.
+    pub token: u32,
+    pub confidence: f32,
+    pub masked: bool,
+}
+
+/// What one row did in one forward pass.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepTrace {
+    pub row: usize,
+    /// 1-based index of the batched forward pass.
+    pub forward: usize,
+    /// Step within the current block (1-based).
+    pub step: usize,
+    /// The window after this step.
+    pub slots: Vec<SlotTrace>,
+    /// Slots committed in this step.
+    pub committed: Vec<SlotTrace>,
+}
+
+pub trait Decoder {
+    fn name(&self) -> &'static str;
+
+    /// Objectives whose checkpoints this decoder can run.
+    fn fits(&self, objective: ObjectiveKind) -> bool;
+
+    fn generate(
+        &self,
+        model: &Transformer,
+        prompts: &[Vec<u32>],
+        opts: &GenOptions,
+        on_step: &mut dyn FnMut(&StepTrace),
+    ) -> Result<Generation>;
+}
+
+/// Refuse prompts that cannot fit: each prompt must be non-empty and leave room for
+/// max_new_tokens in the model's context.
+pub fn check_budget(model: &Transformer, prompts: &[Vec<u32>], max_new: usize) -> Result<()> {
+    if prompts.is_empty() {
+        bail!("no prompts given");
+    }
+    let ctx = model.cfg.max_seq_len;
+    for (i, p) in prompts.iter().enumerate() {
+        if p.is_empty() {
+            bail!("prompt {i} is empty (start it with <|endoftext|>)");
+        }
+        if p.len() + max_new > ctx {
+            bail!(
+                "prompt {i} has {} tokens; with max_new_tokens {max_new} that exceeds the model's context of {ctx} (use a shorter prompt, fewer new tokens, or --truncate-prompt left)",
+                p.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A cache for `batch` rows with room for the context plus one padded window of scratch.
+pub(crate) fn new_cache(model: &Transformer, batch: usize, scratch: usize) -> Result<KvCache> {
+    let c = &model.cfg;
+    Ok(KvCache::new(
+        c.n_layers,
+        batch,
+        c.n_heads,
+        c.head_dim(),
+        c.max_seq_len + scratch,
+        model.dtype(),
+        model.device(),
+    )?)
+}
+
+/// Run one ragged forward: row r feeds `inputs[r]` (possibly empty) after its cached prefix.
+/// Returns f32 logits [B, T, V] (rows padded to the longest input).
+pub(crate) fn forward_rows(
+    model: &Transformer,
+    cache: &mut KvCache,
+    inputs: &[Vec<u32>],
+    pad: u32,
+) -> Result<Tensor> {
+    let t = inputs.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
+    let valid: Vec<usize> = inputs.iter().map(|r| r.len()).collect();
+    let ids: Vec<u32> = inputs
+        .iter()
+        .flat_map(|r| {
+            r.iter()
+                .copied()
+                .chain(std::iter::repeat_n(pad, t - r.len()))
+        })
+        .collect();
+    let ids = Tensor::from_vec(ids, (inputs.len(), t), model.device())?;
+    let ragged = valid.iter().any(|&v| v != t);
+    let logits = model.forward_ragged(
+        &ids,
+        crate::model::Attention::Causal,
+        Some(cache),
+        ragged.then_some(valid.as_slice()),
+    )?;
+    Ok(logits.to_dtype(candle_core::DType::F32)?)
+}
+
+/// The logits of one row at one position, on the host.
+pub(crate) fn logits_at(logits: &Tensor, row: usize, pos: usize) -> Result<Vec<f32>> {
+    Ok(logits.get(row)?.get(pos)?.to_vec1::<f32>()?)
+}
+
+/// Per-row RNG for sampling, so a row's draws do not depend on its batch neighbours.
+pub(crate) fn row_rng(seed: u64, row: usize) -> rand_pcg::Pcg64 {
+    crate::train::batches::derived_rng(seed, 11, row as u64)
+}

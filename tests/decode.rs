@@ -1,0 +1,301 @@
+//! Decoding invariants on a briefly trained `tiny` CARD model: CARD with K = 1 or a
+//! floor-only threshold reproduces AR greedy decoding, every step commits, T_max = 1 commits
+//! a block per pass, batches equal one-by-one decoding, sampling is seeded, and ragged
+//! cached forwards equal full recomputation.
+
+use candle_core::{Device, Tensor};
+use card::config::{Config, ObjectiveKind};
+use card::data::{Prepared, TextTokenizer};
+use card::decode::{
+    ArDecoder, CardDecoder, CommitMode, Decoder, Floor, GenOptions, Generation, Sampling, StepTrace,
+};
+use card::model::{Attention, KvCache, Transformer};
+use card::train::{load_data, Trainer};
+use std::sync::OnceLock;
+
+struct Fixture {
+    data: Prepared,
+    model: Transformer,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let mut cfg = Config::load("tiny", &[]).unwrap();
+        cfg.train.objective = ObjectiveKind::Card;
+        cfg.train.max_steps = 80;
+        let data = load_data(&cfg, None).unwrap();
+        let model = {
+            let mut t = Trainer::new(cfg, &data, &Device::Cpu).unwrap();
+            for _ in 0..80 {
+                t.step().unwrap();
+            }
+            t.eval_model().unwrap()
+        };
+        Fixture { data, model }
+    })
+}
+
+fn tok() -> &'static TextTokenizer {
+    &fixture().data.tokenizer
+}
+
+fn prompts() -> Vec<Vec<u32>> {
+    ["Alice was beginning", "The Queen", "'Off with", "\"I"]
+        .iter()
+        .map(|p| tok().encode(p).unwrap())
+        .collect()
+}
+
+fn opts(max_new: usize, sampling: Sampling, seed: u64) -> GenOptions<'static> {
+    GenOptions {
+        max_new_tokens: max_new,
+        eos_id: tok().eot_id(),
+        mask_id: tok().mask_id(),
+        sampling,
+        seed,
+        stop: None,
+    }
+}
+
+fn run(d: &dyn Decoder, prompts: &[Vec<u32>], o: &GenOptions) -> (Generation, Vec<StepTrace>) {
+    let mut steps = Vec::new();
+    let g = d
+        .generate(&fixture().model, prompts, o, &mut |s| steps.push(s.clone()))
+        .unwrap();
+    (g, steps)
+}
+
+fn card(k: usize, t_max: usize, tau: f64, commit: CommitMode) -> CardDecoder {
+    CardDecoder {
+        block_size: k,
+        step_limit: t_max,
+        threshold: tau,
+        floor: Floor::Leftmost,
+        commit,
+    }
+}
+
+fn tokens(g: &Generation) -> Vec<Vec<u32>> {
+    g.rows.iter().map(|r| r.tokens.clone()).collect()
+}
+
+#[test]
+fn card_reduces_to_ar_greedy() {
+    let ps = prompts();
+    let o = opts(40, Sampling::default(), 0);
+    let (ar, _) = run(&ArDecoder, &ps[..1], &o);
+    assert!(
+        ar.rows[0].tokens.len() >= 10,
+        "AR stopped early: {:?}",
+        ar.rows[0]
+    );
+    for d in [
+        card(1, 1, 0.9, CommitMode::Block),
+        card(1, 4, 0.0, CommitMode::Block),
+        card(4, 4, 1.5, CommitMode::Block),
+        card(6, 9, 2.0, CommitMode::Block),
+        card(4, 4, 1.5, CommitMode::Sliding),
+    ] {
+        let (g, steps) = run(&d, &ps[..1], &o);
+        assert_eq!(tokens(&g), tokens(&ar), "{d:?}");
+        // Floor-only decoding commits exactly one token per pass, like AR.
+        assert!(steps.iter().all(|s| s.committed.len() == 1), "{d:?}");
+    }
+}
+
+#[test]
+fn every_step_commits_and_step_limit_one_fills_blocks_in_one_pass() {
+    let ps = prompts();
+    let o = opts(32, Sampling::default(), 0);
+    for d in [
+        card(4, 4, 0.9, CommitMode::Block),
+        card(8, 3, 0.5, CommitMode::Block),
+        card(4, 2, 0.7, CommitMode::Sliding),
+    ] {
+        let (g, steps) = run(&d, &ps, &o);
+        assert!(
+            steps.iter().all(|s| !s.committed.is_empty()),
+            "{d:?}: a step stalled"
+        );
+        for row in &g.rows {
+            assert!(row.tokens.len() <= 32);
+            assert!(!row.tokens.contains(&tok().mask_id()));
+        }
+    }
+    let d = card(4, 1, 1.0, CommitMode::Block);
+    let (g, steps) = run(&d, &ps[..1], &opts(32, Sampling::default(), 0));
+    assert!(steps
+        .iter()
+        .all(|s| s.step == 1 && s.slots.iter().all(|x| !x.masked)));
+    let row = &g.rows[0];
+    if row.tokens.len() == 32 {
+        assert_eq!(
+            row.forward_passes, 8,
+            "32 tokens in blocks of 4 need 8 passes"
+        );
+    }
+    assert!((row.tokens.len() as f64 / row.forward_passes as f64) > 1.0 || row.tokens.len() < 4);
+}
+
+#[test]
+fn batched_equals_one_by_one() {
+    let ps = prompts();
+    let o = opts(24, Sampling::default(), 0);
+    let decoders: Vec<Box<dyn Decoder>> = vec![
+        Box::new(ArDecoder),
+        Box::new(card(4, 4, 0.6, CommitMode::Block)),
+        Box::new(card(3, 2, 0.6, CommitMode::Sliding)),
+    ];
+    for d in &decoders {
+        let (batched, _) = run(d.as_ref(), &ps, &o);
+        for (i, p) in ps.iter().enumerate() {
+            let (single, _) = run(d.as_ref(), std::slice::from_ref(p), &o);
+            assert_eq!(
+                batched.rows[i].tokens,
+                single.rows[0].tokens,
+                "{} row {i}",
+                d.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn sampling_is_deterministic_for_a_seed() {
+    let ps = prompts();
+    let s = Sampling {
+        temperature: 1.0,
+        top_k: 50,
+        top_p: 0.95,
+        repetition_penalty: 1.1,
+    };
+    for d in [
+        &ArDecoder as &dyn Decoder,
+        &card(4, 4, 0.5, CommitMode::Block),
+    ] {
+        let (a, _) = run(d, &ps, &opts(24, s.clone(), 7));
+        let (b, _) = run(d, &ps, &opts(24, s.clone(), 7));
+        let (c, _) = run(d, &ps, &opts(24, s.clone(), 8));
+        assert_eq!(tokens(&a), tokens(&b), "{}", d.name());
+        assert_ne!(
+            tokens(&a),
+            tokens(&c),
+            "{}: seeds 7 and 8 gave the same text",
+            d.name()
+        );
+    }
+}
+
+#[test]
+fn stop_condition_and_budget_are_respected() {
+    let ps = prompts();
+    let stop = |gen: &[u32]| gen.len() >= 5;
+    let o = GenOptions {
+        stop: Some(&stop),
+        ..opts(30, Sampling::default(), 0)
+    };
+    for d in [
+        &ArDecoder as &dyn Decoder,
+        &card(4, 4, 0.5, CommitMode::Block),
+    ] {
+        let (g, _) = run(d, &ps[..1], &o);
+        let n = g.rows[0].tokens.len();
+        assert!((5..=8).contains(&n), "{}: {n} tokens", d.name());
+    }
+    assert!(ArDecoder
+        .generate(
+            &fixture().model,
+            &[vec![2; 60]],
+            &opts(10, Sampling::default(), 0),
+            &mut |_| {}
+        )
+        .is_err());
+}
+
+#[test]
+fn ragged_cached_forward_equals_full_recomputation() {
+    let model = &fixture().model;
+    let c = &model.cfg;
+    let dev = Device::Cpu;
+    let a: Vec<u32> = tok()
+        .encode("Alice was beginning to get very tired")
+        .unwrap();
+    let b: Vec<u32> = tok().encode("of sitting").unwrap();
+    let full = |s: &[u32]| {
+        let ids = Tensor::from_slice(s, (1, s.len()), &dev).unwrap();
+        model
+            .forward(&ids, Attention::Causal, None)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+    };
+    let mut cache = KvCache::new(
+        c.n_layers,
+        2,
+        c.n_heads,
+        c.head_dim(),
+        64,
+        model.dtype(),
+        &dev,
+    )
+    .unwrap();
+    // Prefill rows of different lengths in one padded forward.
+    let t = a.len().max(b.len());
+    let mut ids = a.clone();
+    ids.resize(t, 0);
+    let mut ids_b = b.clone();
+    ids_b.resize(t, 0);
+    ids.extend(ids_b);
+    let ids = Tensor::from_vec(ids, (2, t), &dev).unwrap();
+    let out = model
+        .forward_ragged(
+            &ids,
+            Attention::Causal,
+            Some(&mut cache),
+            Some(&[a.len(), b.len()]),
+        )
+        .unwrap();
+    assert_eq!(cache.lens(), &[a.len(), b.len()]);
+    let diff = |x: &Tensor, y: &Tensor| {
+        (x - y)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert!(
+        diff(
+            &out.get(0).unwrap().narrow(0, 0, a.len()).unwrap(),
+            &full(&a)
+        ) < 1e-4
+    );
+    assert!(
+        diff(
+            &out.get(1).unwrap().narrow(0, 0, b.len()).unwrap(),
+            &full(&b)
+        ) < 1e-4
+    );
+    // Continue both rows by two tokens each.
+    let ids = Tensor::from_vec(vec![5u32, 6, 7, 8], (2, 2), &dev).unwrap();
+    let out = model
+        .forward(&ids, Attention::Causal, Some(&mut cache))
+        .unwrap();
+    let a2: Vec<u32> = a.iter().copied().chain([5, 6]).collect();
+    let b2: Vec<u32> = b.iter().copied().chain([7, 8]).collect();
+    assert!(
+        diff(
+            &out.get(0).unwrap(),
+            &full(&a2).narrow(0, a.len(), 2).unwrap()
+        ) < 1e-4
+    );
+    assert!(
+        diff(
+            &out.get(1).unwrap(),
+            &full(&b2).narrow(0, b.len(), 2).unwrap()
+        ) < 1e-4
+    );
+}

@@ -1,8 +1,10 @@
 //! `card bench`: throughput benchmarks that print ratios against a baseline run in the same process.
 
-use crate::bench::bench_train;
+use crate::bench::{bench_decode, bench_train, DecodeBenchConfig};
 use crate::config::{Config, ObjectiveKind};
-use crate::train::{default_device, load_data};
+use crate::data::TextTokenizer;
+use crate::decode::CardDecoder;
+use crate::train::{checkpoint, default_device, load_data};
 use anyhow::{bail, Result};
 use clap::ValueEnum;
 use std::io::IsTerminal;
@@ -17,6 +19,33 @@ pub struct BenchArgs {
 pub enum BenchWhat {
     /// Training step time, tokens/s, peak memory and MFU of objectives side by side.
     Train(TrainBenchArgs),
+    /// AR vs CARD decoding speed and quality proxies on a fixed prompt set.
+    Decode(DecodeBenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DecodeBenchArgs {
+    /// A run directory or checkpoint directory (a CARD checkpoint).
+    pub checkpoint: std::path::PathBuf,
+    /// Generation lengths (lengths beyond the model's context are skipped).
+    #[arg(long, value_delimiter = ',', default_value = "32,128,512")]
+    pub lengths: Vec<usize>,
+    /// Batch sizes.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    pub batch: Vec<usize>,
+    /// CARD settings as K:T_max:τ, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "4:4:0.9,8:8:0.9,8:8:0.7,16:16:0.7"
+    )]
+    pub grid: Vec<String>,
+    /// Timed rounds per setting (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Print the rows as a JSON list on the last line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -42,6 +71,7 @@ pub struct TrainBenchArgs {
 pub fn run(args: BenchArgs) -> Result<()> {
     match args.what {
         BenchWhat::Train(a) => train(a),
+        BenchWhat::Decode(a) => decode(a),
     }
 }
 
@@ -112,6 +142,93 @@ fn train(a: TrainBenchArgs) -> Result<()> {
         } else {
             println!("{}", serde_json::to_string(&results)?);
         }
+    }
+    Ok(())
+}
+
+fn parse_grid(items: &[String]) -> Result<Vec<CardDecoder>> {
+    items
+        .iter()
+        .map(|g| {
+            let parts: Vec<&str> = g.split(':').collect();
+            let bad =
+                || anyhow::anyhow!("--grid entry '{g}' must look like K:T_max:τ, e.g. 8:8:0.9");
+            if parts.len() != 3 {
+                return Err(bad());
+            }
+            let d = CardDecoder {
+                block_size: parts[0].parse().map_err(|_| bad())?,
+                step_limit: parts[1].parse().map_err(|_| bad())?,
+                threshold: parts[2].parse().map_err(|_| bad())?,
+                ..CardDecoder::default()
+            };
+            d.validate()?;
+            Ok(d)
+        })
+        .collect()
+}
+
+fn decode(a: DecodeBenchArgs) -> Result<()> {
+    let grid = parse_grid(&a.grid)?;
+    if a.batch.contains(&0) || a.lengths.contains(&0) {
+        bail!("--batch and --lengths must be positive");
+    }
+    let device = default_device()?;
+    let ckpt = checkpoint::load(&a.checkpoint, &device)?;
+    if ckpt.state.objective != ObjectiveKind::Card {
+        bail!(
+            "bench decode needs a CARD checkpoint (this one is {})",
+            ckpt.state.objective.name()
+        );
+    }
+    let tok = TextTokenizer::from_json(&ckpt.tokenizer_json)?;
+    let model = ckpt.model(true)?;
+    let tty = std::io::stderr().is_terminal();
+    let cfg = DecodeBenchConfig {
+        lengths: a.lengths.clone(),
+        batches: a.batch.clone(),
+        grid,
+        rounds: a.rounds,
+    };
+    let (rows, bandwidth) = bench_decode(&model, &tok, &cfg, |m| {
+        if tty {
+            eprint!("\r\x1b[2K{m}")
+        }
+    })?;
+    if tty {
+        eprint!("\r\x1b[2K");
+    }
+    println!(
+        "bench decode: {} ({} params, {}), {} threads, copy bandwidth {:.1} GB/s, greedy, EOS ignored, median of {} rounds",
+        ckpt.dir.display(),
+        model.cfg.n_params(),
+        format!("{:?}", model.dtype()).to_lowercase(),
+        candle_core::utils::get_num_threads(),
+        bandwidth / 1e9,
+        a.rounds
+    );
+    println!("batch  len  decoder  K   T   tau   tokens/s  tok/fwd  xAR    entropy  rep4   self-NLL  bw%");
+    for r in &rows {
+        let opt = |x: Option<usize>| x.map_or("-".to_string(), |v| v.to_string());
+        println!(
+            "{:>5} {:>4}  {:<7} {:>3} {:>3} {:>5}  {:>8.1}  {:>7.2}  {:>5.2}  {:>7.3}  {:>5.3}  {:>8.3}  {:>4.1}",
+            r.batch,
+            r.max_new_tokens,
+            r.decoder,
+            opt(r.block_size),
+            opt(r.step_limit),
+            r.threshold.map_or("-".into(), |t| format!("{t:.2}")),
+            r.tokens_per_s,
+            r.tokens_per_forward,
+            r.ratio_to_ar,
+            r.unigram_entropy,
+            r.repeated_4gram_rate,
+            r.self_nll,
+            100.0 * r.bandwidth_fraction
+        );
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&rows)?);
     }
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! Held-out evaluation: exact autoregressive likelihood (t = 0, valid for ARM and CARD),
 //! perplexity, bits per byte, and CARD's loss as a function of the noise level t.
 
+pub mod quality;
+
 use crate::model::{ops, Attention, Transformer};
 use crate::objective::Objective;
 use crate::train::batches::derived_rng;

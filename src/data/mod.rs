@@ -8,6 +8,7 @@
 
 pub mod clean;
 pub mod corpus;
+pub mod eval_files;
 pub mod fetch;
 pub mod prepare;
 pub mod tokenizer;

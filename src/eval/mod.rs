@@ -2,6 +2,8 @@
 //! perplexity, bits per byte, and CARD's loss as a function of the noise level t.
 
 pub mod quality;
+pub mod report;
+pub mod zero_shot;
 
 use crate::model::{ops, Attention, Transformer};
 use crate::objective::Objective;

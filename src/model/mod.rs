@@ -23,6 +23,7 @@ pub enum Attention<'a> {
     Mask(&'a Tensor),
 }
 
+#[derive(Clone)]
 struct Layer {
     attn_norm: Tensor,
     /// [3d, d]: query, key and value projections fused into one matmul.
@@ -34,6 +35,7 @@ struct Layer {
     w_down: Tensor,
 }
 
+#[derive(Clone)]
 pub struct Transformer {
     pub cfg: ModelConfig,
     embed: Tensor,

@@ -96,6 +96,9 @@ pub struct DataConfig {
     pub vocab_size: usize,
     pub val_fraction: f64,
     pub seed: u64,
+    /// Train on only the first N tokens of the train split (0 = all): the data-efficiency
+    /// experiment's small fixed subset.
+    pub train_tokens: usize,
 }
 
 impl Default for DataConfig {
@@ -105,6 +108,7 @@ impl Default for DataConfig {
             vocab_size: 8192,
             val_fraction: 0.1,
             seed: 0,
+            train_tokens: 0,
         }
     }
 }

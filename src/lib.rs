@@ -9,6 +9,7 @@ pub mod config;
 pub mod data;
 pub mod decode;
 pub mod eval;
+pub mod experiment;
 pub mod fsutil;
 pub mod model;
 pub mod noise;

@@ -27,6 +27,8 @@ enum Command {
     Generate(card::cli::generate::GenerateArgs),
     /// Inspect the noise schedule, parameter counts and configs.
     Inspect(card::cli::inspect::InspectArgs),
+    /// Run one of the paper's experiments (report, CSV and plots in results/NAME).
+    Experiment(card::cli::experiment::ExperimentArgs),
     /// Throughput benchmarks (ratios against a baseline in the same run).
     Bench(card::cli::bench::BenchArgs),
 }
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => card::cli::eval::run(a),
         Command::Generate(a) => card::cli::generate::run(a),
         Command::Inspect(a) => card::cli::inspect::run(a),
+        Command::Experiment(a) => card::cli::experiment::run_cli(a),
         Command::Bench(a) => card::cli::bench::run(a),
     };
     match result {

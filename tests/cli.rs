@@ -360,3 +360,46 @@ fn generate_prints_json_and_rejects_bad_options() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("magic"));
 }
+
+#[test]
+fn every_experiment_smoke_run_writes_report_csv_and_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    for name in [
+        "masking-ablation",
+        "tail-factor",
+        "objectives",
+        "decoding-calibration",
+        "data-efficiency",
+        "ema",
+    ] {
+        let out = card(&["experiment", name, "--smoke"], cwd);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let folder = cwd.join("results").join(name);
+        let report = std::fs::read_to_string(folder.join("report.md")).unwrap();
+        assert!(
+            report.contains("Machine:") && report.contains("| "),
+            "{name}: report lacks its table"
+        );
+        let csv = std::fs::read_to_string(folder.join("results.csv")).unwrap();
+        assert!(csv.lines().count() >= 2, "{name}: empty CSV");
+        if name != "ema" {
+            let svgs = std::fs::read_dir(&folder).unwrap().filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "svg")
+            });
+            assert!(svgs.count() >= 1, "{name}: no plot");
+        }
+    }
+    // A second call reuses the finished runs instead of training again.
+    let out = card(&["experiment", "ema", "--smoke"], cwd);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("done earlier"));
+    assert_error(&card(&["experiment", "nope"], cwd), "unknown experiment");
+}

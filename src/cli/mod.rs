@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod data;
 pub mod eval;
+pub mod experiment;
 pub mod generate;
 pub mod inspect;
 pub mod train;

@@ -447,6 +447,17 @@ pub fn config_diff(a: &Config, b: &Config) -> Vec<String> {
 /// The data a config names: a prepared directory, or the embedded default corpus tokenized
 /// here (with `tokenizer` when continuing a run, so ids match the checkpoint).
 pub fn load_data(cfg: &Config, tokenizer: Option<crate::data::TextTokenizer>) -> Result<Prepared> {
+    let mut data = load_full_data(cfg, tokenizer)?;
+    if cfg.data.train_tokens > 0 && cfg.data.train_tokens < data.train.len() {
+        // Bytes scale with the kept fraction (used only for reporting).
+        let kept = cfg.data.train_tokens as f64 / data.train.len() as f64;
+        data.train.truncate(cfg.data.train_tokens);
+        data.train_bytes = (data.train_bytes as f64 * kept) as u64;
+    }
+    Ok(data)
+}
+
+fn load_full_data(cfg: &Config, tokenizer: Option<crate::data::TextTokenizer>) -> Result<Prepared> {
     if !cfg.data.path.is_empty() {
         let data = Prepared::load(Path::new(&cfg.data.path))?;
         if let Some(tok) = tokenizer {

@@ -1,0 +1,276 @@
+//! The paper's experiments as commands. Each experiment is a set of training runs (variants ×
+//! seeds) on one preset and one corpus, evaluated the same way, written up as
+//! `results/NAME/{report.md, results.csv, *.svg}`. Runs live in `results/NAME/runs/`: a
+//! finished run keeps its `result.json` and is skipped on the next call, an interrupted one
+//! resumes from its last checkpoint.
+
+pub mod paper;
+pub mod plot;
+pub mod report;
+
+use crate::config::Config;
+use crate::data::Prepared;
+use crate::eval::report::{evaluate, EvalOptions};
+use crate::train::{checkpoint, default_device, load_data, Trainer};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct ExpOptions {
+    pub out: PathBuf,
+    /// Seconds-long end-to-end check: 10 steps, one seed, small evaluation.
+    pub smoke: bool,
+    /// Multiplies the training steps (bigger machines: --scale 10).
+    pub scale: f64,
+    pub seeds: Vec<u64>,
+    pub preset: String,
+    /// Extra config overrides applied to every run.
+    pub sets: Vec<String>,
+    /// Zero-shot tasks (documents per task) when the eval files are installed.
+    pub zero_shot_limit: Option<usize>,
+    pub eval_data: PathBuf,
+    /// The command line, recorded in the report.
+    pub command: String,
+}
+
+impl ExpOptions {
+    /// Training steps of a run whose default length is `base`.
+    pub fn steps(&self, base: usize) -> usize {
+        if self.smoke {
+            10
+        } else {
+            ((base as f64 * self.scale).round() as usize).max(1)
+        }
+    }
+
+    pub fn seeds(&self) -> Vec<u64> {
+        if self.smoke {
+            self.seeds.iter().take(1).copied().collect()
+        } else {
+            self.seeds.clone()
+        }
+    }
+
+    fn eval_windows(&self) -> Option<usize> {
+        self.smoke.then_some(4)
+    }
+}
+
+/// One training run of an experiment.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// Variant name (shared by the seeds of one variant).
+    pub variant: String,
+    pub sets: Vec<String>,
+    pub seed: u64,
+    pub steps: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResult {
+    pub variant: String,
+    pub seed: u64,
+    pub objective: String,
+    pub steps: usize,
+    pub tokens_seen: u64,
+    pub val_loss: f64,
+    pub bits_per_byte: f64,
+    /// Median training tokens/s over the logged steps.
+    pub tokens_per_s: f64,
+    /// (step, validation loss) from the run's metrics log.
+    pub curve: Vec<(usize, f64)>,
+    pub zero_shot_avg: Option<f64>,
+    pub checkpoint: String,
+    pub config: String,
+}
+
+/// Trains (or resumes, or reuses) runs and caches prepared data between them.
+pub struct Runner {
+    pub opts: ExpOptions,
+    data: HashMap<String, Prepared>,
+}
+
+impl Runner {
+    pub fn new(opts: ExpOptions) -> Self {
+        Self {
+            opts,
+            data: HashMap::new(),
+        }
+    }
+
+    pub fn config(&self, spec: &RunSpec) -> Result<Config> {
+        let mut sets = self.opts.sets.clone();
+        sets.extend(spec.sets.iter().cloned());
+        sets.push(format!("train.seed={}", spec.seed));
+        sets.push(format!("train.max_steps={}", spec.steps));
+        sets.push(format!("train.eval_every={}", (spec.steps / 10).max(1)));
+        sets.push(format!("train.ckpt_every={}", (spec.steps / 4).max(1)));
+        if self.opts.smoke {
+            sets.push("train.eval_batches=1".into());
+        }
+        Config::load(&self.opts.preset, &sets)
+    }
+
+    fn data_for(&mut self, cfg: &Config) -> Result<&Prepared> {
+        let key = toml::to_string(&cfg.data)?;
+        if !self.data.contains_key(&key) {
+            let d = load_data(cfg, None)?;
+            self.data.insert(key.clone(), d);
+        }
+        Ok(&self.data[&key])
+    }
+
+    pub fn run_dir(&self, spec: &RunSpec) -> PathBuf {
+        self.opts
+            .out
+            .join("runs")
+            .join(format!("{}-s{}", spec.variant, spec.seed))
+    }
+
+    pub fn run(&mut self, spec: &RunSpec) -> Result<RunResult> {
+        let dir = self.run_dir(spec);
+        let done = dir.join("result.json");
+        if done.is_file() {
+            let r: RunResult = serde_json::from_str(&std::fs::read_to_string(&done)?)
+                .with_context(|| format!("{} is corrupted; delete it to rerun", done.display()))?;
+            eprintln!(
+                "  {} seed {}: done earlier (val loss {:.4})",
+                spec.variant, spec.seed, r.val_loss
+            );
+            return Ok(r);
+        }
+        let cfg = self.config(spec)?;
+        let device = default_device()?;
+        eprintln!(
+            "  {} seed {}: {} steps ...",
+            spec.variant, spec.seed, spec.steps
+        );
+        {
+            let data = self.data_for(&cfg)?;
+            let mut trainer = if dir.join("latest").is_file() {
+                let ckpt = checkpoint::load(&dir, &device)?;
+                Trainer::resume(cfg.clone(), ckpt, data)?
+            } else {
+                Trainer::new(cfg.clone(), data, &device)?
+            };
+            trainer.run(&dir, false)?;
+            if crate::train::STOP.load(std::sync::atomic::Ordering::SeqCst) {
+                anyhow::bail!("interrupted; rerun the same command to resume");
+            }
+        }
+        let ckpt = checkpoint::load(&dir, &device)?;
+        let zero_shot = self.opts.zero_shot_limit.is_some()
+            && crate::data::eval_files::task_file(&self.opts.eval_data, "piqa").is_ok();
+        let eval_opts = EvalOptions {
+            max_windows: self.opts.eval_windows(),
+            noise_levels: Vec::new(),
+            tasks: if zero_shot {
+                crate::data::eval_files::TASKS
+                    .iter()
+                    .map(|t| t.0.to_string())
+                    .filter(|t| t != "lambada")
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            limit: self.opts.zero_shot_limit,
+            data_dir: self.opts.eval_data.clone(),
+            ..EvalOptions::default()
+        };
+        let report = evaluate(&ckpt, &eval_opts)?;
+        let (curve, tps) = read_metrics(&dir.join("metrics.jsonl"))?;
+        let result = RunResult {
+            variant: spec.variant.clone(),
+            seed: spec.seed,
+            objective: ckpt.state.objective.name().to_string(),
+            steps: ckpt.state.step,
+            tokens_seen: ckpt.state.tokens_seen,
+            val_loss: report.val_loss,
+            bits_per_byte: report.bits_per_byte,
+            tokens_per_s: tps,
+            curve,
+            zero_shot_avg: report.zero_shot.map(|z| z.average_acc_norm),
+            checkpoint: ckpt.dir.display().to_string(),
+            config: ckpt.config.to_toml(),
+        };
+        crate::fsutil::write_atomic(&done, serde_json::to_string_pretty(&result)?.as_bytes())?;
+        eprintln!(
+            "    val loss {:.4}, {:.4} bits/byte",
+            result.val_loss, result.bits_per_byte
+        );
+        Ok(result)
+    }
+}
+
+/// Validation curve and median logged tokens/s of a run.
+fn read_metrics(path: &Path) -> Result<(Vec<(usize, f64)>, f64)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut curve = Vec::new();
+    let mut tps = Vec::new();
+    for line in text.lines() {
+        let v: serde_json::Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(_) => continue,
+        };
+        let step = v["step"].as_u64().unwrap_or(0) as usize;
+        if let Some(l) = v["val_loss"].as_f64() {
+            curve.push((step, l));
+        }
+        if let Some(t) = v["tokens_per_s"].as_f64() {
+            tps.push(t);
+        }
+    }
+    Ok((curve, crate::bench::median(&mut tps)))
+}
+
+/// Mean and sample standard deviation (0 for one value).
+pub fn mean_sd(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    if xs.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let m = xs.iter().sum::<f64>() / n;
+    let sd = if xs.len() > 1 {
+        (xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    (m, sd)
+}
+
+/// "1.234 ± 0.010" (± over seeds; no ± for one seed).
+pub fn fmt_mean_sd(xs: &[f64], digits: usize) -> String {
+    let (m, sd) = mean_sd(xs);
+    if xs.len() > 1 {
+        format!("{m:.digits$} ± {sd:.digits$}")
+    } else {
+        format!("{m:.digits$}")
+    }
+}
+
+pub const NAMES: &[&str] = &[
+    "masking-ablation",
+    "tail-factor",
+    "objectives",
+    "decoding-calibration",
+    "data-efficiency",
+    "ema",
+];
+
+pub fn run(name: &str, opts: ExpOptions) -> Result<PathBuf> {
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("cannot create {}", opts.out.display()))?;
+    let mut runner = Runner::new(opts);
+    match name {
+        "masking-ablation" => paper::masking_ablation(&mut runner),
+        "tail-factor" => paper::tail_factor(&mut runner),
+        "objectives" => paper::objectives(&mut runner),
+        "decoding-calibration" => paper::decoding_calibration(&mut runner),
+        "data-efficiency" => paper::data_efficiency(&mut runner),
+        "ema" => paper::ema(&mut runner),
+        other => anyhow::bail!("unknown experiment '{other}' (known: {})", NAMES.join(", ")),
+    }?;
+    Ok(runner.opts.out.join("report.md"))
+}

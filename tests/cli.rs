@@ -403,3 +403,31 @@ fn every_experiment_smoke_run_writes_report_csv_and_plots() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("done earlier"));
     assert_error(&card(&["experiment", "nope"], cwd), "unknown experiment");
 }
+
+#[test]
+fn a_killed_run_leaves_a_loadable_checkpoint_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_card"))
+        .args(["train", "--preset", "tiny", "--out", "run", "--quiet", "--max-steps", "100000"])
+        .args(["--set", "train.ckpt_every=3", "--set", "train.eval_every=0"])
+        .current_dir(cwd)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the first checkpoint, then kill at an arbitrary moment (SIGKILL: no cleanup).
+    let start = std::time::Instant::now();
+    while !cwd.join("run/latest").exists() && start.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = card(&["eval", "run", "--json", "--max-windows", "2"], cwd);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let step = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["step"].as_u64().unwrap();
+    assert!(step >= 3 && step % 3 == 0, "step {step}");
+    let target = (step + 2).to_string();
+    let out = card(&["train", "--resume", "run", "--max-steps", &target, "--quiet", "--json"], cwd);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

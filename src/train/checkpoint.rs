@@ -143,8 +143,14 @@ pub fn save(run_dir: &Path, ckpt: &Checkpoint) -> Result<PathBuf> {
     Ok(final_dir)
 }
 
-/// Keep the newest KEEP checkpoints (always the one just published).
+/// Keep the newest KEEP checkpoints (always the one just published); remove staging
+/// directories a killed run left behind.
 fn prune(run_dir: &Path, keep_name: &str) -> Result<()> {
+    for e in fs::read_dir(run_dir)?.filter_map(|e| e.ok()) {
+        if e.file_name().to_string_lossy().starts_with(".ckpt-") {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
     let mut dirs: Vec<String> = fs::read_dir(run_dir)?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().to_string())

@@ -409,7 +409,16 @@ fn a_killed_run_leaves_a_loadable_checkpoint_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path();
     let mut child = Command::new(env!("CARGO_BIN_EXE_card"))
-        .args(["train", "--preset", "tiny", "--out", "run", "--quiet", "--max-steps", "100000"])
+        .args([
+            "train",
+            "--preset",
+            "tiny",
+            "--out",
+            "run",
+            "--quiet",
+            "--max-steps",
+            "100000",
+        ])
         .args(["--set", "train.ckpt_every=3", "--set", "train.eval_every=0"])
         .current_dir(cwd)
         .stderr(std::process::Stdio::null())
@@ -424,10 +433,31 @@ fn a_killed_run_leaves_a_loadable_checkpoint_and_resumes() {
     child.kill().unwrap();
     child.wait().unwrap();
     let out = card(&["eval", "run", "--json", "--max-windows", "2"], cwd);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let step = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["step"].as_u64().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let step = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["step"]
+        .as_u64()
+        .unwrap();
     assert!(step >= 3 && step % 3 == 0, "step {step}");
     let target = (step + 2).to_string();
-    let out = card(&["train", "--resume", "run", "--max-steps", &target, "--quiet", "--json"], cwd);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = card(
+        &[
+            "train",
+            "--resume",
+            "run",
+            "--max-steps",
+            &target,
+            "--quiet",
+            "--json",
+        ],
+        cwd,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -3,6 +3,7 @@
 //! Attention is causal, bidirectional or an explicit additive mask, so every objective
 //! shares this one backbone.
 
+pub mod fused;
 pub mod kv_cache;
 pub mod ops;
 pub mod params;
@@ -148,20 +149,22 @@ impl Transformer {
             self.embed
                 .index_select(&ids.flatten_all()?, 0)?
                 .reshape((b, t, self.cfg.d_model))?;
-        let (cos, sin, bias) = if uniform {
+        // Per-row positions and masks only when rows differ; otherwise the fused causal path.
+        let ragged: Option<Tensor>;
+        let (cos, sin, mask) = if uniform {
             let offset = lens[0];
-            let bias = match attn {
-                Attention::Causal if t > 1 => Some(causal_bias(t, offset, x.dtype(), x.device())?),
-                Attention::Causal | Attention::Bidirectional => None,
-                Attention::Mask(m) => Some(m.clone()),
+            let mask = match attn {
+                Attention::Causal => (Some(offset), None),
+                Attention::Bidirectional => (None, None),
+                Attention::Mask(m) => (None, Some(m)),
             };
             (
                 self.cos.narrow(0, offset, t)?,
                 self.sin.narrow(0, offset, t)?,
-                bias,
+                mask,
             )
         } else {
-            // Per-row positions (padding clamped to the table) and a per-row mask [B, 1, T, Tk].
+            // Padding positions are clamped to the table; the mask is [B, 1, T, Tk].
             let last = self.cfg.max_seq_len - 1;
             let pos: Vec<u32> = lens
                 .iter()
@@ -171,27 +174,26 @@ impl Transformer {
             let half = self.cfg.head_dim() / 2;
             let cos = self.cos.index_select(&pos, 0)?.reshape((b, t, half))?;
             let sin = self.sin.index_select(&pos, 0)?.reshape((b, t, half))?;
-            let bias = match attn {
-                Attention::Mask(m) => m.clone(),
+            ragged = match attn {
+                Attention::Mask(m) => Some(m.clone()),
                 _ => {
                     let causal = matches!(attn, Attention::Causal);
                     let valid: Vec<usize> = (0..b).map(valid_of).collect();
-                    ragged_bias(&lens, &valid, t, causal, x.dtype(), x.device())?
+                    Some(ragged_bias(
+                        &lens,
+                        &valid,
+                        t,
+                        causal,
+                        x.dtype(),
+                        x.device(),
+                    )?)
                 }
             };
-            (cos, sin, Some(bias))
+            (cos, sin, (None, ragged.as_ref()))
         };
         for (i, layer) in self.layers.iter().enumerate() {
             let h = ops::rms_norm(&x, &layer.attn_norm, self.cfg.norm_eps)?;
-            let a = self.attention(
-                layer,
-                &h,
-                &cos,
-                &sin,
-                bias.as_ref(),
-                i,
-                cache.as_deref_mut(),
-            )?;
+            let a = self.attention(layer, &h, &cos, &sin, mask, i, cache.as_deref_mut())?;
             x = (x + a)?;
             let h = ops::rms_norm(&x, &layer.ffn_norm, self.cfg.norm_eps)?;
             let f = ops::linear(
@@ -214,32 +216,25 @@ impl Transformer {
         h: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        bias: Option<&Tensor>,
+        mask: (Option<usize>, Option<&Tensor>),
         index: usize,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let (b, t, d) = h.dims3()?;
         let (nh, hd) = (self.cfg.n_heads, self.cfg.head_dim());
         let qkv = ops::linear(h, &layer.wqkv)?.reshape((b, t, 3, nh, hd))?;
-        let split = |i: usize| -> Result<Tensor> {
-            qkv.narrow(2, i, 1)?
-                .squeeze(2)?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = ops::rope(&split(0)?, cos, sin)?;
-        let k = ops::rope(&split(1)?, cos, sin)?;
-        let v = split(2)?;
+        // Views [b, nh, t, hd] into qkv; rope reads them strided and returns them contiguous.
+        let split =
+            |i: usize| -> Result<Tensor> { qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2) };
+        let q = ops::rope(&split(0)?, cos, sin)?.contiguous()?;
+        let k = ops::rope(&split(1)?, cos, sin)?.contiguous()?;
+        let v = split(2)?.contiguous()?;
         let (k, v) = match cache {
             Some(c) => c.append(index, &k, &v)?,
             None => (k, v),
         };
         let scale = 1.0 / (hd as f64).sqrt();
-        let mut scores = (q.matmul(&k.t()?)? * scale)?;
-        if let Some(bias) = bias {
-            scores = scores.broadcast_add(bias)?;
-        }
-        let probs = ops::softmax_last(&scores)?;
+        let probs = ops::attention_softmax(&q.matmul(&k.t()?)?, scale, mask.0, mask.1)?;
         let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
         ops::linear(&out, &layer.wo)
     }

@@ -1,64 +1,77 @@
-//! Numeric building blocks with two paths: composite ops that candle can differentiate
-//! (used whenever a tensor tracks gradients) and candle's fused kernels, which have no
-//! backward and would silently cut the graph, used only for inference tensors.
+//! Numeric building blocks, in three implementations picked per call:
+//! - CPU f32/f64 tensors run the kernels of [`super::fused`], which have their own backward
+//!   (training and inference alike);
+//! - elsewhere, tensors that track gradients run [`composite`] ops candle can differentiate;
+//! - elsewhere, inference tensors run candle's fused kernels, which have no backward and would
+//!   silently cut the graph.
 
-use candle_core::{DType, Result, Tensor, D};
+use super::fused;
+use candle_core::{DType, Result, Tensor};
 
 /// Softmax over the last dimension.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    if fused::supported(x) {
+        return fused::softmax_last(x, 1.0, None);
+    }
     if !x.track_op() && x.dtype() != DType::F64 {
         return candle_nn::ops::softmax_last_dim(x);
     }
-    // The shift is a constant for the gradient: softmax is invariant to it.
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+    composite::softmax_last(x)
 }
 
-/// Log-softmax over the last dimension (always differentiable; used by the losses).
+/// Attention probabilities softmax(scale·scores + mask) over the keys: scores [.., Tq, Tk];
+/// `causal = Some(offset)` lets query q see keys 0..=offset+q; `bias` is an additive mask
+/// [Tq, Tk] (0 = visible, −∞ = hidden).
+pub fn attention_softmax(
+    scores: &Tensor,
+    scale: f64,
+    causal: Option<usize>,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    if fused::supported(scores) {
+        return match bias {
+            None => fused::softmax_last(scores, scale, causal),
+            Some(b) => fused::softmax_last(&(scores * scale)?.broadcast_add(b)?, 1.0, causal),
+        };
+    }
+    softmax_last(&composite::attention_logits(scores, scale, causal, bias)?)
+}
+
+/// Log-softmax over the last dimension (always differentiable).
 pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let shifted = x.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    shifted.broadcast_sub(&lse)
+    composite::log_softmax_last(x)
 }
 
 /// RMSNorm: x / sqrt(mean(x²) + eps) * weight.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused::supported(x) && weight.dtype() == x.dtype() && weight.device().is_cpu() {
+        return fused::rms_norm(x, weight, eps);
+    }
     if !x.track_op() && !weight.track_op() && x.dtype() != DType::F64 {
         return candle_nn::ops::rms_norm(x, weight, eps as f32);
     }
-    let d = x.dim(D::Minus1)? as f64;
-    let ms = (x.sqr()?.sum_keepdim(D::Minus1)? / d)?;
-    let inv = (ms + eps)?.sqrt()?.recip()?;
-    x.broadcast_mul(&inv)?.broadcast_mul(weight)
+    composite::rms_norm(x, weight, eps)
 }
 
 /// Rotary position embedding, non-interleaved halves (the convention of candle's `rope`).
-/// x: [B, H, T, hd]; cos/sin: [T, hd/2], or [B, T, hd/2] for per-row positions.
+/// x: [B, H, T, hd] (any strides with a unit last stride); cos/sin: [T, hd/2], or
+/// [B, T, hd/2] for per-row positions.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if fused::supported(x) && cos.rank() == 2 && cos.dtype() == x.dtype() && cos.device().is_cpu() {
+        return fused::rope(x, cos, sin);
+    }
     if !x.track_op() && x.dtype() != DType::F64 {
         return candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin);
     }
-    let (cos, sin) = if cos.rank() == 3 {
-        (&cos.unsqueeze(1)?, &sin.unsqueeze(1)?)
-    } else {
-        (cos, sin)
-    };
-    let half = x.dim(D::Minus1)? / 2;
-    let x1 = x.narrow(D::Minus1, 0, half)?;
-    let x2 = x.narrow(D::Minus1, half, half)?;
-    let a = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
-    let b = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
-    Tensor::cat(&[a, b], D::Minus1)
+    composite::rope(x, cos, sin)
 }
 
 /// SiLU(gate) * up, with gate and up the two halves of the last dimension.
 pub fn swiglu(gate_up: &Tensor) -> Result<Tensor> {
-    let f = gate_up.dim(D::Minus1)? / 2;
-    let gate = gate_up.narrow(D::Minus1, 0, f)?;
-    let up = gate_up.narrow(D::Minus1, f, f)?;
-    gate.silu()? * up
+    if fused::supported(gate_up) {
+        return fused::swiglu(gate_up);
+    }
+    composite::swiglu(gate_up)
 }
 
 /// x [.., in] times w [out, in]ᵀ, flattening leading dimensions into one matmul.
@@ -80,13 +93,111 @@ pub fn weighted_nll(
     weights: &Tensor,
     denom: f64,
 ) -> Result<Tensor> {
-    let logp = log_softmax_last(logits)?;
-    let picked = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
-    (picked * weights)?.sum_all()? * (-1.0 / denom)
+    if fused::supported(logits) {
+        let nll = fused::nll_rows(logits, targets)?;
+        return (nll * weights)?.sum_all()? * (1.0 / denom);
+    }
+    composite::weighted_nll(logits, targets, weights, denom)
 }
 
 /// Per-row NLL without reduction (evaluation).
 pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let logp = log_softmax_last(logits)?;
-    logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()
+    if fused::supported(logits) {
+        return fused::nll_rows(logits, targets);
+    }
+    composite::token_nll(logits, targets)
+}
+
+/// The differentiable reference implementations, built from candle ops only (the fallback
+/// off CPU, and the reference the fused kernels are tested against).
+pub mod composite {
+    use candle_core::{Result, Tensor, D};
+
+    pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+        // The shift is a constant for the gradient: softmax is invariant to it.
+        let max = x.max_keepdim(D::Minus1)?.detach();
+        let e = x.broadcast_sub(&max)?.exp()?;
+        e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+    }
+
+    /// scale·scores plus the causal and/or explicit additive masks (see `attention_softmax`).
+    pub fn attention_logits(
+        scores: &Tensor,
+        scale: f64,
+        causal: Option<usize>,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let mut s = (scores * scale)?;
+        if let Some(offset) = causal {
+            let (tq, tk) = (s.dim(D::Minus2)?, s.dim(D::Minus1)?);
+            if tk > offset + 1 {
+                let mask = crate::model::causal_bias(tq, offset, s.dtype(), s.device())?;
+                s = s.broadcast_add(&mask)?;
+            }
+        }
+        if let Some(b) = bias {
+            s = s.broadcast_add(b)?;
+        }
+        Ok(s)
+    }
+
+    pub fn attention_softmax(
+        scores: &Tensor,
+        scale: f64,
+        causal: Option<usize>,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        softmax_last(&attention_logits(scores, scale, causal, bias)?)
+    }
+
+    pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
+        let max = x.max_keepdim(D::Minus1)?.detach();
+        let shifted = x.broadcast_sub(&max)?;
+        let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+        shifted.broadcast_sub(&lse)
+    }
+
+    pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+        let d = x.dim(D::Minus1)? as f64;
+        let ms = (x.sqr()?.sum_keepdim(D::Minus1)? / d)?;
+        let inv = (ms + eps)?.sqrt()?.recip()?;
+        x.broadcast_mul(&inv)?.broadcast_mul(weight)
+    }
+
+    pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (cos, sin) = if cos.rank() == 3 {
+            (&cos.unsqueeze(1)?, &sin.unsqueeze(1)?)
+        } else {
+            (cos, sin)
+        };
+        let half = x.dim(D::Minus1)? / 2;
+        let x1 = x.narrow(D::Minus1, 0, half)?;
+        let x2 = x.narrow(D::Minus1, half, half)?;
+        let a = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
+        let b = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
+        Tensor::cat(&[a, b], D::Minus1)
+    }
+
+    pub fn swiglu(gate_up: &Tensor) -> Result<Tensor> {
+        let f = gate_up.dim(D::Minus1)? / 2;
+        let gate = gate_up.narrow(D::Minus1, 0, f)?;
+        let up = gate_up.narrow(D::Minus1, f, f)?;
+        gate.silu()? * up
+    }
+
+    pub fn weighted_nll(
+        logits: &Tensor,
+        targets: &Tensor,
+        weights: &Tensor,
+        denom: f64,
+    ) -> Result<Tensor> {
+        let logp = log_softmax_last(logits)?;
+        let picked = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
+        (picked * weights)?.sum_all()? * (-1.0 / denom)
+    }
+
+    pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let logp = log_softmax_last(logits)?;
+        logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()
+    }
 }

@@ -1,0 +1,291 @@
+//! Fused CPU kernels with their own backward, for the training path (`ops.rs` is the entry
+//! point and falls back to composite candle ops where these do not apply).
+//!
+//! Every kernel works row by row over the last dimension; rows are spread over candle's
+//! worker pool in fixed units, and every value is produced by one sequential loop, so
+//! results do not depend on thread scheduling (bit-identical reruns). Reductions across
+//! rows (an RMSNorm weight gradient) sum fixed blocks, then the blocks in order.
+//! Only f32 and f64 CPU tensors are supported: see [`supported`].
+
+mod loss;
+mod norm;
+mod pointwise;
+mod simd;
+mod softmax;
+
+use candle_core::{CpuStorage, DType, Layout, Result, Tensor, WithDType};
+use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
+
+pub use loss::nll_rows;
+pub use norm::rms_norm;
+pub use pointwise::{rope, swiglu};
+pub use softmax::softmax_last;
+
+/// Whether the fused kernels handle this tensor (CPU, f32 or f64).
+pub fn supported(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// The float types the kernels run on; the f32 hot loops dispatch to SIMD code.
+pub trait Real:
+    WithDType
+    + PartialOrd
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + AddAssign
+    + SubAssign
+    + MulAssign
+{
+    const ZERO: Self;
+    const ONE: Self;
+    const NEG_INF: Self;
+    fn exp(self) -> Self;
+    fn ln(self) -> Self;
+    fn sqrt(self) -> Self;
+    /// buf[j] ← exp(buf[j] − shift); returns their sum in a fixed order.
+    fn exp_inplace_sum(buf: &mut [Self], shift: Self) -> Self {
+        let mut s = Self::ZERO;
+        for v in buf.iter_mut() {
+            *v = (*v - shift).exp();
+            s += *v;
+        }
+        s
+    }
+    /// Σ_j exp(x[j] − shift) in a fixed order.
+    fn exp_sum(x: &[Self], shift: Self) -> Self {
+        let mut s = Self::ZERO;
+        for &v in x {
+            s += (v - shift).exp();
+        }
+        s
+    }
+    /// out[j] = exp(x[j] − shift) · scale.
+    fn exp_shift_scale(x: &[Self], shift: Self, scale: Self, out: &mut [Self]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = (v - shift).exp() * scale;
+        }
+    }
+    /// Largest element (−∞ for an empty or all −∞ slice).
+    fn max_of(x: &[Self]) -> Self {
+        let mut m = Self::NEG_INF;
+        for &v in x {
+            if v > m {
+                m = v;
+            }
+        }
+        m
+    }
+    /// Σ a[j]·b[j] in a fixed order.
+    fn dot(a: &[Self], b: &[Self]) -> Self {
+        let mut s = Self::ZERO;
+        for (&x, &y) in a.iter().zip(b) {
+            s += x * y;
+        }
+        s
+    }
+}
+
+impl Real for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const NEG_INF: Self = f64::NEG_INFINITY;
+    fn exp(self) -> Self {
+        f64::exp(self)
+    }
+    fn ln(self) -> Self {
+        f64::ln(self)
+    }
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
+    }
+}
+
+impl Real for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const NEG_INF: Self = f32::NEG_INFINITY;
+    fn exp(self) -> Self {
+        simd::exp_f32(self)
+    }
+    fn ln(self) -> Self {
+        f32::ln(self)
+    }
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
+    }
+    fn exp_inplace_sum(buf: &mut [Self], shift: Self) -> Self {
+        simd::exp_inplace_sum(buf, shift)
+    }
+    fn exp_sum(x: &[Self], shift: Self) -> Self {
+        simd::exp_sum(x, shift)
+    }
+    fn exp_shift_scale(x: &[Self], shift: Self, scale: Self, out: &mut [Self]) {
+        simd::exp_shift_scale(x, shift, scale, out)
+    }
+    fn max_of(x: &[Self]) -> Self {
+        simd::max_of(x)
+    }
+    fn dot(a: &[Self], b: &[Self]) -> Self {
+        simd::dot(a, b)
+    }
+}
+
+/// Start offsets of the rows (last dimension) of a layout whose last stride is 1.
+pub(crate) struct Rows {
+    pub n: usize,
+    pub len: usize,
+    /// None: rows are contiguous from `start`.
+    offsets: Option<Vec<usize>>,
+    start: usize,
+}
+
+impl Rows {
+    pub fn new(l: &Layout) -> Result<Self> {
+        let dims = l.dims();
+        let Some((&len, lead)) = dims.split_last() else {
+            candle_core::bail!("fused op on a scalar");
+        };
+        let n: usize = lead.iter().product();
+        if l.is_contiguous() {
+            return Ok(Self {
+                n,
+                len,
+                offsets: None,
+                start: l.start_offset(),
+            });
+        }
+        let stride = l.stride();
+        if len > 1 && stride[dims.len() - 1] != 1 {
+            candle_core::bail!("fused op needs a unit stride in the last dimension");
+        }
+        let mut offsets = Vec::with_capacity(n);
+        let mut idx = vec![0usize; lead.len()];
+        for _ in 0..n {
+            let off: usize = idx.iter().zip(stride).map(|(i, s)| i * s).sum();
+            offsets.push(l.start_offset() + off);
+            for d in (0..lead.len()).rev() {
+                idx[d] += 1;
+                if idx[d] < lead[d] {
+                    break;
+                }
+                idx[d] = 0;
+            }
+        }
+        Ok(Self {
+            n,
+            len,
+            offsets: Some(offsets),
+            start: l.start_offset(),
+        })
+    }
+
+    #[inline]
+    pub fn row<'a, T>(&self, data: &'a [T], i: usize) -> &'a [T] {
+        let o = match &self.offsets {
+            None => self.start + i * self.len,
+            Some(v) => v[i],
+        };
+        &data[o..o + self.len]
+    }
+}
+
+/// A contiguous slice of `l.shape().elem_count()` elements of a storage.
+pub(crate) fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    let data = T::cpu_storage_as_slice(s)?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("fused op needs a contiguous operand"),
+    }
+}
+
+/// Output buffer written row by row from several threads.
+pub(crate) struct Out<T> {
+    ptr: usize,
+    row_len: usize,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T> Out<T> {
+    pub fn new(v: &mut Vec<T>, row_len: usize) -> Self {
+        Self {
+            ptr: v.as_mut_ptr() as usize,
+            row_len,
+            _t: std::marker::PhantomData,
+        }
+    }
+
+    /// The `i`-th row.
+    ///
+    /// # Safety
+    /// Each row index must be handed out to at most one caller at a time, and `i` must be
+    /// within the buffer the `Out` was made from.
+    #[allow(clippy::mut_from_ref)]
+    #[inline]
+    pub unsafe fn row(&self, i: usize) -> &mut [T] {
+        std::slice::from_raw_parts_mut((self.ptr as *mut T).add(i * self.row_len), self.row_len)
+    }
+}
+
+/// A zero-initialised vector of `n` elements.
+pub(crate) fn zeros<T: Real>(n: usize) -> Vec<T> {
+    vec![T::ZERO; n]
+}
+
+/// Run `f(row)` for every row in 0..n, spread over candle's worker pool in fixed units when
+/// the work (`n · cost` elements) is large enough to pay for the dispatch.
+pub(crate) fn par_rows(n: usize, cost: usize, f: impl Fn(usize) + Sync) {
+    const MIN_WORK: usize = 32 * 1024;
+    const UNIT_WORK: usize = 16 * 1024;
+    if n * cost < MIN_WORK || n < 2 {
+        (0..n).for_each(f);
+        return;
+    }
+    let per_unit = (UNIT_WORK / cost.max(1)).max(1);
+    let units = n.div_ceil(per_unit);
+    candle_core::utils::barrier_pool().execute_chunked(units, |r| {
+        for u in r {
+            for i in u * per_unit..n.min((u + 1) * per_unit) {
+                f(i);
+            }
+        }
+    });
+}
+
+/// Run `f(block, rows)` over fixed blocks of `block` rows, collecting one result per block in
+/// block order (for deterministic reductions across rows).
+pub(crate) fn par_blocks<R: Send + Sync + Default + Clone>(
+    n: usize,
+    block: usize,
+    f: impl Fn(std::ops::Range<usize>) -> R + Sync,
+) -> Vec<R> {
+    let units = n.div_ceil(block);
+    let mut out = vec![R::default(); units];
+    let slots = Out::new(&mut out, 1);
+    par_rows(units, block * 64, |u| {
+        let r = f(u * block..n.min((u + 1) * block));
+        // SAFETY: unit u writes only slot u.
+        unsafe { slots.row(u)[0] = r };
+    });
+    out
+}
+
+/// Dispatch a storage to a generic kernel over f32 / f64.
+macro_rules! dispatch {
+    ($s:expr, $name:expr, |$t:ident| $body:expr) => {
+        match $s {
+            candle_core::CpuStorage::F32(_) => {
+                type $t = f32;
+                $body
+            }
+            candle_core::CpuStorage::F64(_) => {
+                type $t = f64;
+                $body
+            }
+            _ => candle_core::bail!("{}: only f32 and f64 are supported", $name),
+        }
+    };
+}
+pub(crate) use dispatch;

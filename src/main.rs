@@ -29,6 +29,8 @@ enum Command {
     Inspect(card::cli::inspect::InspectArgs),
     /// Throughput benchmarks (ratios against a baseline in the same run).
     Bench(card::cli::bench::BenchArgs),
+    /// Serve a checkpoint over an OpenAI-compatible HTTP API, with a decoding playground.
+    Serve(card::cli::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => card::cli::generate::run(a),
         Command::Inspect(a) => card::cli::inspect::run(a),
         Command::Bench(a) => card::cli::bench::run(a),
+        Command::Serve(a) => card::cli::serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

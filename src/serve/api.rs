@@ -189,7 +189,8 @@ fn int(m: &Map<String, Value>, k: &str) -> Result<Option<i64>, ApiError> {
         Some(v) => match (v.as_i64(), v.as_u64(), v.as_f64()) {
             (Some(i), _, _) => Ok(Some(i)),
             (None, Some(_), _) => Ok(Some(i64::MAX)),
-            (None, None, Some(f)) if f.fract() == 0.0 && f.abs() < 9e15 => Ok(Some(f as i64)),
+            // Whole numbers written as floats (1e30 included) are range-checked, not type errors.
+            (None, None, Some(f)) if f.fract() == 0.0 => Ok(Some(f as i64)),
             _ => Err(ApiError::bad_type(k, "an integer")),
         },
     }

@@ -14,4 +14,5 @@ pub mod fsutil;
 pub mod model;
 pub mod noise;
 pub mod objective;
+pub mod serve;
 pub mod train;

@@ -48,6 +48,8 @@ enum Command {
     Experiment(card::cli::experiment::ExperimentArgs),
     /// Throughput benchmarks (ratios against a baseline in the same run).
     Bench(card::cli::bench::BenchArgs),
+    /// Serve a checkpoint over an OpenAI-compatible HTTP API, with a decoding playground.
+    Serve(card::cli::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => card::cli::inspect::run(a),
         Command::Experiment(a) => card::cli::experiment::run_cli(a),
         Command::Bench(a) => card::cli::bench::run(a),
+        Command::Serve(a) => card::cli::serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,4 +6,5 @@ pub mod eval;
 pub mod experiment;
 pub mod generate;
 pub mod inspect;
+pub mod serve;
 pub mod train;

@@ -1,0 +1,260 @@
+//! `card serve`: an OpenAI-compatible HTTP API (axum + tokio) over a checkpoint, with SSE
+//! streaming, a bounded queue with batching across requests, and the playground page.
+//!
+//! Decoding never runs on the async runtime: the [`engine`] owns worker threads that batch
+//! compatible requests into one `generate` call and stream committed text back over channels.
+
+pub mod api;
+pub mod engine;
+mod http;
+
+use crate::data::TextTokenizer;
+use crate::train::{checkpoint, default_device};
+use anyhow::{Context, Result};
+use api::{ApiError, ModelInfo};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use engine::{Engine, EngineConfig};
+use serde_json::json;
+use std::future::IntoFuture;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub struct ServeOptions {
+    pub checkpoint: PathBuf,
+    pub host: String,
+    pub port: u16,
+    /// Requests admitted at once (waiting or decoding); more get 429.
+    pub queue: usize,
+    /// Rows (prompts × n) decoded together in one batch.
+    pub max_batch: usize,
+    pub workers: usize,
+    pub max_body_bytes: usize,
+    /// Pause after every forward pass (slow motion for demos and tests).
+    pub step_delay: Duration,
+    /// On SIGTERM/ctrl-c: time in-flight requests get to finish before they are cancelled.
+    pub shutdown_grace: Duration,
+    pub model_name: Option<String>,
+    pub no_ema: bool,
+}
+
+pub(crate) struct App {
+    pub engine: Arc<Engine>,
+    pub tok: TextTokenizer,
+    pub info: ModelInfo,
+    pub max_body_bytes: usize,
+    pub created: u64,
+    pub objective: &'static str,
+    pub max_batch: usize,
+    pub workers: usize,
+}
+
+pub(crate) fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub fn run(o: ServeOptions) -> Result<()> {
+    if o.queue == 0 || o.max_batch == 0 || o.workers == 0 {
+        anyhow::bail!("--queue, --max-batch and --workers must be at least 1");
+    }
+    let device = default_device()?;
+    let ckpt = checkpoint::load(&o.checkpoint, &device)?;
+    let tok = TextTokenizer::from_json(&ckpt.tokenizer_json)?;
+    let model = ckpt.model(!o.no_ema)?;
+    let objective = ckpt.state.objective;
+    let (ar_fits, card_fits) = api::fits(objective);
+    let id = o.model_name.clone().unwrap_or_else(|| {
+        let run = ckpt
+            .dir
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| "model".into());
+        format!("card-{}-{run}", objective.name())
+    });
+    let info = ModelInfo {
+        id,
+        context: model.cfg.max_seq_len,
+        vocab: tok.vocab_size(),
+        default_decoder: if card_fits { "card" } else { "ar" },
+        card_fits,
+        ar_fits,
+    };
+    let engine = Engine::new(
+        model,
+        tok.clone(),
+        EngineConfig {
+            capacity: o.queue,
+            max_batch: o.max_batch,
+            workers: o.workers,
+            step_delay: o.step_delay,
+        },
+    );
+    let app = Arc::new(App {
+        engine: Arc::clone(&engine),
+        tok,
+        info,
+        max_body_bytes: o.max_body_bytes,
+        created: now_s(),
+        objective: objective.name(),
+        max_batch: o.max_batch,
+        workers: o.workers,
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let workers = engine.start();
+    let served = rt.block_on(serve(app, &o));
+    engine.cancel_everything();
+    for w in workers {
+        let _ = w.join();
+    }
+    rt.shutdown_timeout(Duration::from_secs(1));
+    served?;
+    eprintln!("card serve: stopped");
+    Ok(())
+}
+
+async fn serve(app: Arc<App>, o: &ServeOptions) -> Result<()> {
+    let addr = format!("{}:{}", o.host, o.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    // The first stdout line names the address (tests start the server on port 0 and read it).
+    println!(
+        "card serve: listening on http://{local} (model {}, context {}, decoder {})",
+        app.info.id, app.info.context, app.info.default_decoder
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let engine = Arc::clone(&app.engine);
+    let grace = o.shutdown_grace;
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        while !crate::train::STOP.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!(
+            "card serve: shutting down; {} request(s) in flight get {:.1}s to finish",
+            engine.admitted(),
+            grace.as_secs_f64()
+        );
+        engine.close();
+        let _ = stopping_tx.send(());
+        let e = Arc::clone(&engine);
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            e.cancel_everything();
+        });
+    };
+    let server = tokio::spawn(
+        axum::serve(listener, router(app))
+            .with_graceful_shutdown(shutdown)
+            .into_future(),
+    );
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => return Ok(r.context("the server task failed")??),
+        _ = stopping_rx => {}
+    }
+    // Connections close once their requests end; don't wait forever on a stuck client.
+    match tokio::time::timeout(grace + Duration::from_secs(5), &mut server).await {
+        Ok(r) => Ok(r.context("the server task failed")??),
+        Err(_) => {
+            eprintln!("card serve: connections still open after the grace period; closing");
+            Ok(())
+        }
+    }
+}
+
+fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(playground_page))
+        .route("/health", get(health))
+        .route("/v1/models", get(models))
+        .route("/v1/completions", post(http::completions))
+        .route("/v1/chat/completions", post(http::chat_completions))
+        .route("/v1/playground/stream", post(http::playground_stream))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app)
+}
+
+async fn playground_page() -> Html<&'static str> {
+    Html(include_str!("playground.html"))
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+async fn health(axum::extract::State(app): axum::extract::State<Arc<App>>) -> Response {
+    let e = &app.engine;
+    let s = &e.stats;
+    let closed = e.is_closed();
+    let body = json!({
+        "status": if closed { "shutting_down" } else { "ok" },
+        "model": app.info.id,
+        "objective": app.objective,
+        "context": app.info.context,
+        "queue": {"admitted": e.admitted(), "capacity": e.capacity(),
+                  "max_batch": app.max_batch, "workers": app.workers},
+        "forward_passes": s.forward_passes.load(Ordering::SeqCst),
+        "batches": s.batches.load(Ordering::SeqCst),
+        "active_rows": s.active_rows.load(Ordering::SeqCst),
+        "completed": s.completed.load(Ordering::SeqCst),
+        "cancelled": s.cancelled.load(Ordering::SeqCst),
+        "max_batch_rows": s.max_batch_rows.load(Ordering::SeqCst),
+    });
+    let status = if closed {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn models(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+) -> Json<serde_json::Value> {
+    let i = &app.info;
+    let d = crate::decode::CardDecoder::default();
+    let decoders: Vec<&str> = [("ar", i.ar_fits), ("card", i.card_fits)]
+        .iter()
+        .filter(|(_, f)| *f)
+        .map(|(n, _)| *n)
+        .collect();
+    Json(json!({"object": "list", "data": [{
+        "id": i.id,
+        "object": "model",
+        "created": app.created,
+        "owned_by": "card",
+        "objective": app.objective,
+        "context_length": i.context,
+        "decoders": decoders,
+        "defaults": {"decoder": i.default_decoder, "block_size": d.block_size,
+                     "step_limit": d.step_limit, "threshold": d.threshold},
+    }]}))
+}

@@ -1,0 +1,893 @@
+//! `card serve` end to end over loopback: a real `card serve` process on a free port with a
+//! `tiny` checkpoint trained here, spoken to with a minimal HTTP/1.1 client (so the tests see
+//! exactly what goes over the wire, including SSE framing and dropped connections).
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn checkpoint() -> &'static Path {
+    static CKPT: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, p) = CKPT.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_card"))
+            .args([
+                "train",
+                "--preset",
+                "tiny",
+                "--max-steps",
+                "2",
+                "--out",
+                "run",
+                "--quiet",
+            ])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let p = dir.path().join("run");
+        (dir, p)
+    });
+    p
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_card"))
+            .arg("serve")
+            .arg(checkpoint())
+            .args(["--port", "0", "--model-name", "tiny"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_string();
+        Server { child, addr }
+    }
+
+    fn health(&self) -> Value {
+        get(&self.addr, "/health").json()
+    }
+
+    fn terminate(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn send(addr: &str, method: &str, path: &str, body: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    s
+}
+
+/// Status line and headers; the reader is left at the body.
+fn read_head(r: &mut impl BufRead) -> (u16, Vec<(String, String)>) {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("0")
+        .parse()
+        .unwrap();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    (status, headers)
+}
+
+/// A body reader that undoes chunked transfer encoding.
+struct Chunked<R> {
+    inner: R,
+    left: usize,
+    done: bool,
+}
+
+impl<R: BufRead> Read for Chunked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.done {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            let mut line = String::new();
+            self.inner.read_line(&mut line)?;
+            if line.trim().is_empty() {
+                line.clear();
+                self.inner.read_line(&mut line)?;
+            }
+            self.left = usize::from_str_radix(line.trim(), 16).unwrap_or(0);
+            if self.left == 0 {
+                self.done = true;
+                return Ok(0);
+            }
+        }
+        let n = buf.len().min(self.left);
+        let n = self.inner.read(&mut buf[..n])?;
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+fn body_reader(r: BufReader<TcpStream>, headers: &[(String, String)]) -> Box<dyn BufRead> {
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        Box::new(BufReader::new(Chunked {
+            inner: r,
+            left: 0,
+            done: false,
+        }))
+    } else {
+        Box::new(r)
+    }
+}
+
+fn request(addr: &str, method: &str, path: &str, body: &[u8]) -> Resp {
+    let mut r = BufReader::new(send(addr, method, path, body));
+    let (status, headers) = read_head(&mut r);
+    let mut body = String::new();
+    body_reader(r, &headers).read_to_string(&mut body).unwrap();
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn get(addr: &str, path: &str) -> Resp {
+    request(addr, "GET", path, b"")
+}
+
+fn post(addr: &str, path: &str, body: &Value) -> Resp {
+    request(addr, "POST", path, body.to_string().as_bytes())
+}
+
+/// An open SSE response.
+struct Events {
+    status: u16,
+    reader: Box<dyn BufRead>,
+}
+
+impl Events {
+    fn open(addr: &str, path: &str, body: &Value) -> Events {
+        let mut r = BufReader::new(send(addr, "POST", path, body.to_string().as_bytes()));
+        let (status, headers) = read_head(&mut r);
+        if status == 200 {
+            let ct = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+            assert_eq!(ct.map(|c| c.1.as_str()), Some("text/event-stream"));
+        }
+        Events {
+            status,
+            reader: body_reader(r, &headers),
+        }
+    }
+
+    /// The next event's data ("[DONE]" included), or None at the end of the stream.
+    fn next(&mut self) -> Option<String> {
+        let mut data = Vec::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            let l = line.trim_end_matches(['\r', '\n']);
+            if l.is_empty() {
+                if !data.is_empty() {
+                    return Some(data.join("\n"));
+                }
+                continue;
+            }
+            if let Some(d) = l.strip_prefix("data:") {
+                data.push(d.trim_start().to_string());
+            }
+        }
+    }
+
+    /// Every event up to [DONE], parsed; panics if the stream ends without it.
+    fn all(&mut self) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Some(d) = self.next() {
+            if d == "[DONE]" {
+                return out;
+            }
+            out.push(serde_json::from_str(&d).unwrap());
+        }
+        panic!("the stream ended without [DONE] after {out:?}");
+    }
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn assert_error(r: &Resp, status: u16, code: &str, case: &str) {
+    assert_eq!(r.status, status, "{case}: {}", r.body);
+    let e = &r.json()["error"];
+    for key in ["message", "type", "param", "code"] {
+        assert!(e.get(key).is_some(), "{case}: no {key} in {}", r.body);
+    }
+    assert!(!e["message"].as_str().unwrap().is_empty(), "{case}");
+    assert_eq!(e["code"], code, "{case}: {}", r.body);
+}
+
+#[test]
+fn completions_chat_models_health_and_streaming() {
+    let s = Server::start(&[]);
+    let h = s.health();
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["context"], 64);
+    let m = get(&s.addr, "/v1/models").json();
+    assert_eq!(m["object"], "list");
+    assert_eq!(m["data"][0]["id"], "tiny");
+    assert_eq!(m["data"][0]["decoders"], json!(["ar", "card"]));
+    let page = get(&s.addr, "/");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("card playground") && !page.body.contains("http://"));
+
+    for decoder in ["ar", "card"] {
+        let body = json!({"model": "tiny", "prompt": "Alice", "max_tokens": 8,
+            "temperature": 0, "decoder": decoder});
+        let r = post(&s.addr, "/v1/completions", &body);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = r.json();
+        assert_eq!(v["object"], "text_completion");
+        let choice = &v["choices"][0];
+        assert!(["stop", "length"].contains(&choice["finish_reason"].as_str().unwrap()));
+        let u = &v["usage"];
+        let n = u["completion_tokens"].as_u64().unwrap();
+        assert!((1..=8).contains(&n), "{v}");
+        assert_eq!(u["total_tokens"], u["prompt_tokens"].as_u64().unwrap() + n);
+        assert!(u["forward_passes"].as_u64().unwrap() >= 1);
+        assert!(u["tokens_per_forward"].as_f64().unwrap() > 0.0);
+        assert_eq!(u["decoder"], decoder);
+        let text = choice["text"].as_str().unwrap().to_string();
+
+        // Streaming gives the same greedy text, in pieces, then a finish chunk and usage.
+        let mut stream_body = body.clone();
+        stream_body["stream"] = json!(true);
+        stream_body["stream_options"] = json!({"include_usage": true});
+        let mut ev = Events::open(&s.addr, "/v1/completions", &stream_body);
+        assert_eq!(ev.status, 200);
+        let events = ev.all();
+        let streamed: String = events
+            .iter()
+            .filter_map(|e| e["choices"].get(0).and_then(|c| c["text"].as_str()))
+            .collect();
+        assert_eq!(streamed, text, "{decoder}: {events:?}");
+        let last_choice = events
+            .iter()
+            .rev()
+            .find(|e| e["choices"].get(0).is_some())
+            .unwrap();
+        assert_eq!(
+            last_choice["choices"][0]["finish_reason"],
+            choice["finish_reason"]
+        );
+        assert_eq!(events.last().unwrap()["usage"]["completion_tokens"], n);
+
+        // A stop string taken from the text cuts it there.
+        let chars: Vec<char> = text.chars().collect();
+        if let Some(i) =
+            (2..chars.len()).find(|&i| chars[i] != '\u{FFFD}' && !chars[..i].contains(&chars[i]))
+        {
+            let stop: String = chars[i..i + 1].iter().collect();
+            let mut b = body.clone();
+            b["stop"] = json!([stop]);
+            let v = post(&s.addr, "/v1/completions", &b).json();
+            let cut = &text[..text.find(&stop).unwrap()];
+            assert_eq!(v["choices"][0]["text"], cut, "stop {stop:?} in {text:?}");
+            assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        }
+    }
+
+    // Several prompts × n choices, and a token-id prompt.
+    let v = post(
+        &s.addr,
+        "/v1/completions",
+        &json!({"prompt": ["Alice", "The"], "n": 2, "max_tokens": 4}),
+    )
+    .json();
+    let idx: Vec<u64> = v["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(idx, [0, 1, 2, 3]);
+    let v = post(
+        &s.addr,
+        "/v1/completions",
+        &json!({"prompt": [5, 6, 7], "max_tokens": 3}),
+    )
+    .json();
+    assert_eq!(v["usage"]["prompt_tokens"], 3);
+
+    // Chat, whole and streamed.
+    let chat = json!({"model": "tiny", "messages": [{"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello"}], "max_tokens": 6, "temperature": 0});
+    let v = post(&s.addr, "/v1/chat/completions", &chat).json();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    let content = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut sc = chat.clone();
+    sc["stream"] = json!(true);
+    let events = Events::open(&s.addr, "/v1/chat/completions", &sc).all();
+    assert_eq!(events[0]["object"], "chat.completion.chunk");
+    assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
+    let streamed: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(streamed, content);
+    assert!(events.last().unwrap()["choices"][0]["finish_reason"].is_string());
+
+    // The playground stream forwards the decoder trace.
+    let events = Events::open(
+        &s.addr,
+        "/v1/playground/stream",
+        &json!({"prompt": "Alice", "max_tokens": 8, "decoder": "card", "threshold": 0.0}),
+    )
+    .all();
+    let steps: Vec<&Value> = events.iter().filter(|e| e["type"] == "step").collect();
+    assert!(!steps.is_empty());
+    assert!(
+        steps[0]["slots"].as_array().unwrap().len() > 1,
+        "CARD decodes a window"
+    );
+    assert!(steps
+        .iter()
+        .all(|s| s["committed"].as_array().is_some_and(|c| !c.is_empty())));
+    let done = events.last().unwrap();
+    assert_eq!(done["type"], "done");
+    // τ = 0 commits a whole block per pass.
+    assert!(
+        done["usage"]["tokens_per_forward"].as_f64().unwrap() > 1.0,
+        "{done}"
+    );
+}
+
+#[test]
+fn bad_input_gets_openai_style_errors() {
+    let s = Server::start(&["--max-body-bytes", "4096"]);
+    let c = "/v1/completions";
+    let chat = "/v1/chat/completions";
+    let long_prompt = "Alice was beginning to get very tired. ".repeat(20);
+    let cases: Vec<(&str, Value, u16, &str)> = vec![
+        (
+            c,
+            json!({"prompt": "x", "max_tokens": -3}),
+            422,
+            "invalid_value",
+        ),
+        (
+            c,
+            json!({"prompt": "x", "max_tokens": 0}),
+            422,
+            "invalid_value",
+        ),
+        (
+            c,
+            json!({"prompt": "x", "max_tokens": 64}),
+            422,
+            "invalid_value",
+        ),
+        (
+            c,
+            json!({"prompt": "x", "max_tokens": 1e30}),
+            422,
+            "invalid_value",
+        ),
+        (
+            c,
+            json!({"prompt": "x", "max_tokens": "8"}),
+            400,
+            "invalid_type",
+        ),
+        (
+            c,
+            json!({"prompt": "x", "max_tokens": 2.5}),
+            400,
+            "invalid_type",
+        ),
+        (
+            c,
+            json!({"prompt": long_prompt, "max_tokens": 8}),
+            422,
+            "context_length_exceeded",
+        ),
+        (
+            c,
+            json!({"prompt": "x", "temperature": -1}),
+            422,
+            "invalid_value",
+        ),
+        (
+            c,
+            json!({"prompt": "x", "temperature": 1e9}),
+            422,
+            "invalid_value",
+        ),
+        (
+            c,
+            json!({"prompt": "x", "temperature": "hot"}),
+            400,
+            "invalid_type",
+        ),
+        (c, json!({"prompt": "x", "top_p": 0}), 422, "invalid_value"),
+        (c, json!({"prompt": "x", "n": 0}), 422, "invalid_value"),
+        (c, json!({"prompt": "x", "n": 1000}), 422, "invalid_value"),
+        (
+            c,
+            json!({"prompt": "x", "stream": "yes"}),
+            400,
+            "invalid_type",
+        ),
+        (c, json!({"prompt": "x", "seed": 1.5}), 400, "invalid_type"),
+        (
+            c,
+            json!({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}),
+            422,
+            "invalid_value",
+        ),
+        (c, json!({"prompt": "x", "stop": [1]}), 400, "invalid_type"),
+        (
+            c,
+            json!({"prompt": "x", "decoder": "zz"}),
+            422,
+            "invalid_value",
+        ),
+        (c, json!({"prompt": "x", "decoder": 5}), 400, "invalid_type"),
+        (
+            c,
+            json!({"prompt": "x", "block_size": 0}),
+            422,
+            "invalid_value",
+        ),
+        (
+            c,
+            json!({"prompt": "x", "step_limit": -1}),
+            422,
+            "invalid_value",
+        ),
+        (
+            c,
+            json!({"prompt": "x", "threshold": 2}),
+            422,
+            "invalid_value",
+        ),
+        (
+            c,
+            json!({"prompt": "x", "block_sise": 4}),
+            422,
+            "unknown_parameter",
+        ),
+        (
+            c,
+            json!({"prompt": "x", "logprobs": 5}),
+            422,
+            "invalid_value",
+        ),
+        (
+            c,
+            json!({"prompt": "x", "model": "gpt-4"}),
+            404,
+            "model_not_found",
+        ),
+        (c, json!({"prompt": []}), 422, "invalid_value"),
+        (c, json!({"prompt": [99999]}), 422, "invalid_value"),
+        (c, json!({"prompt": {"text": "x"}}), 400, "invalid_type"),
+        (
+            chat,
+            json!({"max_tokens": 4}),
+            400,
+            "missing_required_parameter",
+        ),
+        (chat, json!({"messages": []}), 422, "invalid_value"),
+        (chat, json!({"messages": "hi"}), 400, "invalid_type"),
+        (
+            chat,
+            json!({"messages": [{"role": "robot", "content": "x"}]}),
+            422,
+            "invalid_value",
+        ),
+        (
+            chat,
+            json!({"messages": [{"role": "user", "content": 3}]}),
+            400,
+            "invalid_type",
+        ),
+        (
+            "/v1/playground/stream",
+            json!({"prompt": ["a", "b"]}),
+            422,
+            "invalid_value",
+        ),
+    ];
+    for (path, body, status, code) in &cases {
+        let r = post(&s.addr, path, body);
+        assert_error(&r, *status, code, &format!("{path} {body}"));
+    }
+    let raw: &[(&[u8], u16, &str)] = &[
+        (b"{\"prompt\": ", 400, "invalid_json"),
+        (b"", 400, "invalid_json"),
+        (b"[1, 2]", 400, "invalid_json"),
+        (b"\xff\xfe", 400, "invalid_json"),
+    ];
+    for (body, status, code) in raw {
+        let r = request(&s.addr, "POST", c, body);
+        assert_error(&r, *status, code, &String::from_utf8_lossy(body));
+    }
+    let big = json!({"prompt": "a".repeat(5000)});
+    assert_error(&post(&s.addr, c, &big), 413, "body_too_large", "big body");
+    assert_error(&get(&s.addr, "/v1/nope"), 404, "not_found", "unknown route");
+    assert_error(
+        &get(&s.addr, c),
+        405,
+        "method_not_allowed",
+        "GET completions",
+    );
+    // Errors in a stream request come back before the stream starts, as JSON.
+    let ev = Events::open(
+        &s.addr,
+        c,
+        &json!({"prompt": "x", "stream": true, "top_p": 7}),
+    );
+    assert_eq!(ev.status, 422);
+    // Still serving after all that.
+    assert_eq!(
+        post(&s.addr, c, &json!({"prompt": "x", "max_tokens": 2})).status,
+        200
+    );
+}
+
+#[test]
+fn queue_overflow_gets_429_and_frees_up() {
+    let s = Server::start(&["--queue", "2", "--workers", "1", "--step-delay-ms", "40"]);
+    let slow = json!({"prompt": "Alice was", "temperature": 0, "max_tokens": 50, "decoder": "ar", "stream": true});
+    let mut a = Events::open(&s.addr, "/v1/completions", &slow);
+    let mut b = Events::open(&s.addr, "/v1/completions", &slow);
+    assert!(a.next().is_some() && b.next().is_some());
+    // Greedy " was was …" runs its full 50 tokens (2 s): both are still in the queue.
+    assert_eq!(s.health()["queue"]["admitted"], 2);
+    let start = Instant::now();
+    let r = post(
+        &s.addr,
+        "/v1/completions",
+        &json!({"prompt": "x", "max_tokens": 2}),
+    );
+    let waited = start.elapsed();
+    eprintln!("429 answered in {waited:?}");
+    assert!(
+        waited < Duration::from_secs(5),
+        "429 must not wait ({waited:?})"
+    );
+    assert_error(&r, 429, "queue_full", "third request");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    drop((a, b));
+    wait_until("the queue to drain", Duration::from_secs(10), || {
+        s.health()["queue"]["admitted"] == 0
+    });
+    assert_eq!(
+        post(
+            &s.addr,
+            "/v1/completions",
+            &json!({"prompt": "x", "max_tokens": 2})
+        )
+        .status,
+        200
+    );
+}
+
+#[test]
+fn client_disconnect_stops_generation() {
+    let s = Server::start(&["--step-delay-ms", "30"]);
+    for (i, decoder) in ["ar", "card"].iter().enumerate() {
+        let body = json!({"prompt": "Alice was", "temperature": 0, "max_tokens": 60, "decoder": decoder,
+            "stream": true, "threshold": 1.0, "block_size": 4, "step_limit": 4});
+        let before = s.health()["forward_passes"].as_u64().unwrap();
+        let mut ev = Events::open(&s.addr, "/v1/completions", &body);
+        for _ in 0..3 {
+            ev.next().unwrap();
+        }
+        drop(ev);
+        wait_until("the generation to stop", Duration::from_secs(5), || {
+            s.health()["active_rows"] == 0
+        });
+        let h = s.health();
+        let used = h["forward_passes"].as_u64().unwrap() - before;
+        std::thread::sleep(Duration::from_millis(300));
+        let h2 = s.health();
+        assert_eq!(
+            h2["forward_passes"], h["forward_passes"],
+            "work continued after the disconnect"
+        );
+        // A full generation takes 60 passes; a dropped one stops within a few.
+        assert!(
+            used < 20,
+            "{decoder}: {used} forward passes after disconnecting"
+        );
+        assert_eq!(h2["cancelled"], (i + 1) as u64);
+        eprintln!("{decoder}: disconnected after 3 events; {used} forward passes in all");
+    }
+    // A non-streaming client that gives up is cancelled too.
+    let before = s.health()["forward_passes"].as_u64().unwrap();
+    let conn = send(
+        &s.addr,
+        "POST",
+        "/v1/completions",
+        json!({"prompt": "Alice was", "temperature": 0, "max_tokens": 60, "decoder": "ar"})
+            .to_string()
+            .as_bytes(),
+    );
+    wait_until("decoding to start", Duration::from_secs(5), || {
+        s.health()["active_rows"] == 1
+    });
+    drop(conn);
+    wait_until("the generation to stop", Duration::from_secs(5), || {
+        s.health()["active_rows"] == 0
+    });
+    let used = s.health()["forward_passes"].as_u64().unwrap() - before;
+    assert!(used < 40, "{used} forward passes");
+}
+
+#[test]
+fn sigterm_finishes_in_flight_requests_then_exits() {
+    // Within the grace period an in-flight stream completes normally.
+    let mut s = Server::start(&["--step-delay-ms", "20", "--shutdown-grace-s", "10"]);
+    let body = json!({"prompt": "Alice was", "temperature": 0, "max_tokens": 40, "decoder": "ar", "stream": true});
+    let mut ev = Events::open(&s.addr, "/v1/completions", &body);
+    ev.next().unwrap();
+    s.terminate();
+    let events = ev.all();
+    assert_eq!(
+        events.last().unwrap()["choices"][0]["finish_reason"],
+        "length"
+    );
+    let status = wait_exit(&mut s.child);
+    assert!(status.success(), "{status:?}");
+    assert!(
+        TcpStream::connect(&s.addr).is_err(),
+        "still accepting after shutdown"
+    );
+
+    // Past the grace period it is cancelled with an error event, and the stream still ends.
+    let mut s = Server::start(&["--step-delay-ms", "50", "--shutdown-grace-s", "0.2"]);
+    let body = json!({"prompt": "Alice was", "temperature": 0, "max_tokens": 60, "decoder": "ar", "stream": true});
+    let mut ev = Events::open(&s.addr, "/v1/completions", &body);
+    ev.next().unwrap();
+    s.terminate();
+    let events = ev.all();
+    assert_eq!(
+        events.last().unwrap()["error"]["code"],
+        "cancelled",
+        "{events:?}"
+    );
+    assert!(wait_exit(&mut s.child).success());
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the server did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[test]
+fn load_test_concurrent_streaming_clients() {
+    const CLIENTS: usize = 16;
+    const PER_CLIENT: usize = 4;
+    const LIMIT: Duration = Duration::from_secs(120);
+    let s = Server::start(&[]);
+    let start = Instant::now();
+    let results: Vec<(f64, f64, u64)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                let addr = s.addr.clone();
+                scope.spawn(move || {
+                    (0..PER_CLIENT)
+                        .map(|i| {
+                            let decoder = if (c + i) % 2 == 0 { "card" } else { "ar" };
+                            let body = json!({"prompt": "Alice was", "max_tokens": 24,
+                                "decoder": decoder, "stream": true,
+                                "stream_options": {"include_usage": true}});
+                            let t0 = Instant::now();
+                            let mut ev = Events::open(&addr, "/v1/completions", &body);
+                            assert_eq!(ev.status, 200);
+                            let mut first = None;
+                            let mut events = Vec::new();
+                            while let Some(d) = ev.next() {
+                                first.get_or_insert(t0.elapsed().as_secs_f64());
+                                if d == "[DONE]" {
+                                    break;
+                                }
+                                events.push(serde_json::from_str::<Value>(&d).unwrap());
+                            }
+                            let u = &events.last().expect("events")["usage"];
+                            let tokens = u["completion_tokens"].as_u64().expect("usage at the end");
+                            (t0.elapsed().as_secs_f64(), first.unwrap_or(0.0), tokens)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let wall = start.elapsed();
+    assert!(wall < LIMIT, "load test took {wall:?}");
+    assert_eq!(results.len(), CLIENTS * PER_CLIENT, "lost responses");
+    let mut lat: Vec<f64> = results.iter().map(|r| r.0).collect();
+    let mut ttft: Vec<f64> = results.iter().map(|r| r.1).collect();
+    lat.sort_by(f64::total_cmp);
+    ttft.sort_by(f64::total_cmp);
+    let tokens: u64 = results.iter().map(|r| r.2).sum();
+    let h = s.health();
+    eprintln!(
+        "load test: {CLIENTS} concurrent streaming clients × {PER_CLIENT} requests (AR and CARD mixed, 24 tokens) in {:.2}s: latency p50 {:.0} ms, p95 {:.0} ms; first event p50 {:.0} ms, p95 {:.0} ms; {:.1} requests/s, {:.0} tokens/s; {} batches, largest {} rows",
+        wall.as_secs_f64(),
+        percentile(&lat, 0.5) * 1e3,
+        percentile(&lat, 0.95) * 1e3,
+        percentile(&ttft, 0.5) * 1e3,
+        percentile(&ttft, 0.95) * 1e3,
+        results.len() as f64 / wall.as_secs_f64(),
+        tokens as f64 / wall.as_secs_f64(),
+        h["batches"],
+        h["max_batch_rows"],
+    );
+    assert_eq!(h["completed"], (CLIENTS * PER_CLIENT) as u64);
+    assert!(
+        h["max_batch_rows"].as_u64().unwrap() > 1,
+        "concurrent requests were never batched"
+    );
+}
+
+fn have(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn openai_python_client_completes_and_streams() {
+    if !have("python3", &["-c", "import openai"]) {
+        eprintln!("SKIPPED: the openai Python package is not installed (.ci/run installs it)");
+        return;
+    }
+    let s = Server::start(&[]);
+    let out = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/openai_client_check.py"))
+        .args([
+            "--base-url",
+            &format!("http://{}/v1", s.addr),
+            "--model",
+            "tiny",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success());
+    assert!(stdout.contains("openai client check: ok"));
+}
+
+#[test]
+fn playground_in_headless_chromium() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let browser = root.join("scripts/browser");
+    if !Path::new("/usr/bin/chromium").exists()
+        || !browser.join("node_modules/playwright-core").exists()
+        || !have("node", &["--version"])
+    {
+        eprintln!("SKIPPED: needs /usr/bin/chromium, node and scripts/browser/node_modules (.ci/run installs them)");
+        return;
+    }
+    let s = Server::start(&[]);
+    let shots = root.join("target/artifacts");
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = Command::new("node")
+        .arg(browser.join("playground_check.mjs"))
+        .args(["--url", &format!("http://{}/", s.addr)])
+        .args(["--out".as_ref(), shots.as_os_str()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success());
+    assert!(stdout.contains("playground check: ok"));
+    assert!(shots.join("playground.png").exists());
+}

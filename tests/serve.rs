@@ -622,12 +622,15 @@ fn bad_input_gets_openai_style_errors() {
 #[test]
 fn queue_overflow_gets_429_and_frees_up() {
     let s = Server::start(&["--queue", "2", "--workers", "1", "--step-delay-ms", "40"]);
-    let slow = json!({"prompt": "Alice was", "temperature": 0, "max_tokens": 50, "decoder": "ar", "stream": true});
+    let slow = json!({"prompt": "Alice was", "temperature": 0, "max_tokens": 50, "decoder": "ar", "stream": true, "ignore_eos": true});
     let mut a = Events::open(&s.addr, "/v1/completions", &slow);
-    let mut b = Events::open(&s.addr, "/v1/completions", &slow);
-    assert!(a.next().is_some() && b.next().is_some());
-    // Greedy " was was …" runs its full 50 tokens (2 s): both are still in the queue.
-    assert_eq!(s.health()["queue"]["admitted"], 2);
+    let b = Events::open(&s.addr, "/v1/completions", &slow);
+    // `a` decodes (50 tokens with EOS ignored: 2 s) while `b` waits for the one worker;
+    // both hold a queue place.
+    assert!(a.next().is_some());
+    wait_until("both requests admitted", Duration::from_secs(5), || {
+        s.health()["queue"]["admitted"] == 2
+    });
     let start = Instant::now();
     let r = post(
         &s.addr,
@@ -661,7 +664,7 @@ fn queue_overflow_gets_429_and_frees_up() {
 fn client_disconnect_stops_generation() {
     let s = Server::start(&["--step-delay-ms", "30"]);
     for (i, decoder) in ["ar", "card"].iter().enumerate() {
-        let body = json!({"prompt": "Alice was", "temperature": 0, "max_tokens": 60, "decoder": decoder,
+        let body = json!({"prompt": "Alice was", "temperature": 0, "max_tokens": 60, "ignore_eos": true, "decoder": decoder,
             "stream": true, "threshold": 1.0, "block_size": 4, "step_limit": 4});
         let before = s.health()["forward_passes"].as_u64().unwrap();
         let mut ev = Events::open(&s.addr, "/v1/completions", &body);
@@ -694,7 +697,7 @@ fn client_disconnect_stops_generation() {
         &s.addr,
         "POST",
         "/v1/completions",
-        json!({"prompt": "Alice was", "temperature": 0, "max_tokens": 60, "decoder": "ar"})
+        json!({"prompt": "Alice was", "temperature": 0, "max_tokens": 60, "decoder": "ar", "ignore_eos": true})
             .to_string()
             .as_bytes(),
     );
@@ -731,7 +734,7 @@ fn sigterm_finishes_in_flight_requests_then_exits() {
 
     // Past the grace period it is cancelled with an error event, and the stream still ends.
     let mut s = Server::start(&["--step-delay-ms", "50", "--shutdown-grace-s", "0.2"]);
-    let body = json!({"prompt": "Alice was", "temperature": 0, "max_tokens": 60, "decoder": "ar", "stream": true});
+    let body = json!({"prompt": "Alice was", "temperature": 0, "max_tokens": 60, "decoder": "ar", "stream": true, "ignore_eos": true});
     let mut ev = Events::open(&s.addr, "/v1/completions", &body);
     ev.next().unwrap();
     s.terminate();

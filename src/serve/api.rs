@@ -126,6 +126,7 @@ const COMMON: &[&str] = &[
     "top_p",
     "top_k",
     "repetition_penalty",
+    "ignore_eos",
     "stop",
     "seed",
     "n",
@@ -359,7 +360,11 @@ fn common(m: &Map<String, Value>, info: &ModelInfo, max_key: &str) -> Result<Com
         }
     }
     Ok(Common {
-        settings: DecodeSettings { decoder, sampling },
+        settings: DecodeSettings {
+            decoder,
+            sampling,
+            ignore_eos: boolean(m, "ignore_eos")?,
+        },
         n: int_in(m, "n", 1, MAX_N)?.unwrap_or(1),
         seed: int(m, "seed")?.map(|s| s as u64),
         stream: boolean(m, "stream")?,

@@ -43,6 +43,8 @@ impl DecoderChoice {
 pub struct DecodeSettings {
     pub decoder: DecoderChoice,
     pub sampling: Sampling,
+    /// Keep generating past `<|endoftext|>` (vLLM's `ignore_eos`): fixed-length benchmarks.
+    pub ignore_eos: bool,
 }
 
 /// One request, already validated and tokenized: one row per (prompt, choice).
@@ -385,7 +387,12 @@ impl Engine {
         let stop = |gen: &[u32]| -> bool { self.stop_row(&state, &jobs, gen) };
         let opts = GenOptions {
             max_new_tokens: budget,
-            eos_id: self.tok.eot_id(),
+            // An id no token has: EOS never ends a row.
+            eos_id: if spec.settings.ignore_eos {
+                u32::MAX
+            } else {
+                self.tok.eot_id()
+            },
             mask_id: self.tok.mask_id(),
             sampling: spec.settings.sampling.clone(),
             seed,

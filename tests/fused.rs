@@ -341,3 +341,28 @@ fn fused_kernels_are_bit_identical_across_runs() {
         assert!(run() == first, "a rerun differs");
     }
 }
+
+#[test]
+fn small_row_matmul_matches_candle() {
+    use card::model::ops::linear;
+    let dev = candle_core::Device::Cpu;
+    for (m, k, n) in [(2, 64, 100), (5, 37, 33), (16, 130, 257), (1, 8, 8)] {
+        let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+        let want = x.matmul(&w.t().unwrap()).unwrap();
+        let got = linear(&x, &w).unwrap();
+        let diff = (want - got)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-3, "m {m} k {k} n {n}: {diff}");
+    }
+    // Three leading dimensions flatten into the rows.
+    let x = Tensor::randn(0f32, 1.0, (1, 3, 20), &dev).unwrap();
+    let w = Tensor::randn(0f32, 1.0, (7, 20), &dev).unwrap();
+    assert_eq!(linear(&x, &w).unwrap().dims(), &[1, 3, 7]);
+}

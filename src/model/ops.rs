@@ -79,7 +79,19 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let dims = x.dims();
     let inner = dims[dims.len() - 1];
     let rows: usize = dims[..dims.len() - 1].iter().product();
-    let out = x.reshape((rows, inner))?.matmul(&w.t()?)?;
+    let x2 = x.reshape((rows, inner))?;
+    // Decoding steps (a few rows, no gradient): read the weights once instead of packing them.
+    let small = (2..=fused::SMALL_MATMUL_ROWS).contains(&rows)
+        && !x.track_op()
+        && !w.track_op()
+        && x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+        && x.device().is_cpu();
+    let out = if small {
+        fused::small_matmul(&x2, w)?
+    } else {
+        x2.matmul(&w.t()?)?
+    };
     let mut shape = dims.to_vec();
     *shape.last_mut().expect("rank >= 1") = w.dim(0)?;
     out.reshape(shape)

@@ -11,6 +11,7 @@ mod loss;
 mod norm;
 mod pointwise;
 mod simd;
+mod small_matmul;
 mod softmax;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor, WithDType};
@@ -19,6 +20,7 @@ use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
 pub use loss::nll_rows;
 pub use norm::rms_norm;
 pub use pointwise::{rope, swiglu};
+pub use small_matmul::{small_matmul, MAX_ROWS as SMALL_MATMUL_ROWS};
 pub use softmax::softmax_last;
 
 /// Whether the fused kernels handle this tensor (CPU, f32 or f64).

@@ -169,6 +169,139 @@ fn bd3lm_noised_blocks_see_no_later_block() {
 }
 
 #[test]
+fn diffusion_config_sections_parse_validate_and_clip() {
+    let sets = [
+        "mdlm.schedule=log-linear",
+        "bd3lm.block_size=16",
+        "bd3lm.clip_low=0.3",
+        "bd3lm.clip_high=0.8",
+    ]
+    .map(String::from);
+    let cfg = Config::load("tiny", &sets).unwrap();
+    assert_eq!(cfg.bd3lm.block_size, 16);
+    let bad = ["bd3lm.clip_low=0.9", "bd3lm.clip_high=0.5"].map(String::from);
+    let err = Config::load("tiny", &bad).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("clip_low < clip_high"),
+        "{err:#}"
+    );
+    assert!(Config::load("tiny", &["bd3lm.nope=1".to_string()]).is_err());
+    // Clipped training levels stay in [0.3, 0.8]; the bound's objective uses [eps, 1].
+    let x0 = random_x0(4 * 64, 40, 1);
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(3);
+    let nb = Bd3lm::new(&cfg, MASK).corrupt(&x0, 4, 64, None, &mut rng);
+    assert_eq!(nb.t.len(), 4 * 4);
+    assert!(nb.t.iter().all(|&t| (0.3..=0.8).contains(&t)), "{:?}", nb.t);
+    let wide = objective::build_for_bound(
+        &Config {
+            train: card::config::TrainConfig {
+                objective: ObjectiveKind::Bd3lm,
+                ..cfg.train.clone()
+            },
+            ..cfg.clone()
+        },
+        MASK,
+    );
+    let nb = wide.corrupt(&x0, 4, 64, None, &mut rng);
+    assert!(
+        nb.t.iter().any(|&t| !(0.3..=0.8).contains(&t)),
+        "{:?}",
+        nb.t
+    );
+    // Log-linear: a masked token's weight is 1/t, its masking probability (1 − ε)t.
+    let mdlm = Mdlm::new(&cfg, MASK);
+    let nb = mdlm.corrupt(&x0, 4, 64, Some(&[0.5; 4]), &mut rng);
+    for (i, &w) in nb.weights.iter().enumerate() {
+        assert_eq!(w, if nb.mask[i] { 2.0 } else { 0.0 });
+    }
+}
+
+/// Mean and standard error.
+fn mean_se(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0);
+    (m, (var / n).sqrt())
+}
+
+#[test]
+fn nelbo_estimators_match_exact_enumeration() {
+    // For one sequence of L = 6 the NELBO Σ_k (1/C(L,k)) Σ_{|m|=k} mean_{i∈m} CE_i can be
+    // enumerated; both the training form (1/t weights) and the bound's count form estimate it.
+    let (vocab, len) = (9, 6);
+    let (_, model) = small_model(vocab, 3.0);
+    let cfg = Config::default();
+    let x0 = random_x0(len, vocab, 11);
+    let choose = |n: usize, k: usize| (0..k).fold(1.0, |a, i| a * (n - i) as f64 / (i + 1) as f64);
+    let mut exact = card::objective::NoisyBatch {
+        batch: 0,
+        input: Vec::new(),
+        input_len: len,
+        targets: Vec::new(),
+        weights: Vec::new(),
+        denom: 1.0,
+        t: Vec::new(),
+        mask: Vec::new(),
+    };
+    for subset in 1u32..(1 << len) {
+        let k = subset.count_ones() as usize;
+        for (i, &tok) in x0.iter().enumerate() {
+            let m = subset >> i & 1 == 1;
+            exact.input.push(if m { MASK } else { tok });
+            exact.targets.push(tok);
+            exact.weights.push(if m {
+                (1.0 / (k as f64 * choose(len, k))) as f32
+            } else {
+                0.0
+            });
+            exact.mask.push(m);
+        }
+        exact.batch += 1;
+    }
+    let mdlm = Mdlm::new(&cfg, MASK);
+    let truth: f64 = mdlm
+        .row_nelbo(&model, &exact)
+        .unwrap()
+        .unwrap()
+        .iter()
+        .sum();
+    let reps = 3000;
+    let many: Vec<u32> = (0..reps).flat_map(|_| x0.iter().copied()).collect();
+    let mut se_of = Vec::new();
+    for count_form in [true, false] {
+        let obj = Mdlm {
+            count_form,
+            ..Mdlm::new(&cfg, MASK)
+        };
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(21);
+        let nb = obj.corrupt(&many, reps, len, None, &mut rng);
+        let rows = obj.row_nelbo(&model, &nb).unwrap().unwrap();
+        let (m, se) = mean_se(&rows);
+        assert!(
+            (m - truth).abs() < 4.0 * se + 0.01 * truth,
+            "count form {count_form}: {m} ± {se} vs {truth}"
+        );
+        se_of.push(se);
+    }
+    assert!(
+        se_of[0] < se_of[1],
+        "the count form has the smaller error: {se_of:?}"
+    );
+    // BD3LM's count form with one block is MDLM's.
+    let mut one = cfg.clone();
+    one.train.objective = ObjectiveKind::Bd3lm;
+    one.bd3lm.block_size = len;
+    let obj = objective::build_for_bound(&one, MASK);
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(22);
+    let nb = obj.corrupt(&many, reps, len, None, &mut rng);
+    let (m, se) = mean_se(&obj.row_nelbo(&model, &nb).unwrap().unwrap());
+    assert!(
+        (m - truth).abs() < 4.0 * se,
+        "BD3LM count form {m} ± {se} vs {truth}"
+    );
+}
+
+#[test]
 fn gradient_check_through_bd3lm_loss() {
     let (vocab, batch, len) = (11, 2, 6);
     let (params, model) = small_model(vocab, 10.0);

@@ -202,12 +202,14 @@ fn bound_report(
     println!("val tokens     {}", report.tokens);
     let se = b.se;
     let d = stable_decimals(se);
+    let e = d + 1;
     println!(
-        "val loss     ≤ {:.d$} ± {se:.1e} nats/token (NELBO bound, {} noise draws per window)",
+        "val loss     ≤ {:.d$} ± {se:.e$} nats/token (NELBO bound, {} noise draws per window)",
         b.nats_per_token, b.t_samples
     );
     let dp = stable_decimals(ppl * se);
-    println!("perplexity   ≤ {ppl:.dp$} ± {:.1e}", ppl * se);
+    let ep = dp + 1;
+    println!("perplexity   ≤ {ppl:.dp$} ± {:.ep$}", ppl * se);
     let bpb_se = report.bits_per_byte * se / b.nats_per_token.max(1e-12);
     let db = stable_decimals(bpb_se);
     println!("bits per byte ≤ {:.db$}", report.bits_per_byte);

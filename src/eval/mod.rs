@@ -171,7 +171,7 @@ impl Default for BoundBudget {
     fn default() -> Self {
         Self {
             min_samples: 2,
-            max_samples: 32,
+            max_samples: 64,
             target_se: 0.002,
         }
     }

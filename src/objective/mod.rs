@@ -80,13 +80,26 @@ pub fn build(cfg: &Config, mask_id: u32) -> Box<dyn Objective> {
     }
 }
 
-/// The objective whose noise draws estimate the likelihood bound: as `build`, but BD3LM's
-/// clipped training range of t is widened back to [eps, 1].
+/// The objective whose noise draws estimate the likelihood bound: for MDLM and BD3LM the
+/// unclipped NELBO in its count form (a uniform number of masks per sequence or block,
+/// weighted n/k: the same bound as 1/t weights over t ∈ (0, 1], with less variance); the
+/// others as `build`.
 pub fn build_for_bound(cfg: &Config, mask_id: u32) -> Box<dyn Objective> {
-    let mut c = cfg.clone();
-    c.bd3lm.clip_low = 0.0;
-    c.bd3lm.clip_high = 1.0;
-    build(&c, mask_id)
+    match cfg.train.objective {
+        ObjectiveKind::Mdlm => Box::new(Mdlm {
+            count_form: true,
+            ..Mdlm::new(cfg, mask_id)
+        }),
+        ObjectiveKind::Bd3lm => {
+            let mut c = cfg.clone();
+            c.bd3lm.clip_low = 0.0;
+            c.bd3lm.clip_high = 1.0;
+            let mut b = Bd3lm::new(&c, mask_id);
+            b.count_form = true;
+            Box::new(b)
+        }
+        _ => build(cfg, mask_id),
+    }
 }
 
 /// Causal next-token loss: logits at input position i are scored against targets[i].

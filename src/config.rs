@@ -200,6 +200,10 @@ impl Default for WeightsConfig {
 pub enum ObjectiveKind {
     Arm,
     Card,
+    /// Masked diffusion (Sahoo et al., 2024): bidirectional, NELBO-trained.
+    Mdlm,
+    /// Block diffusion (Arriola et al., 2025): diffusion inside blocks, AR across them.
+    Bd3lm,
 }
 
 impl ObjectiveKind {
@@ -207,6 +211,68 @@ impl ObjectiveKind {
         match self {
             ObjectiveKind::Arm => "arm",
             ObjectiveKind::Card => "card",
+            ObjectiveKind::Mdlm => "mdlm",
+            ObjectiveKind::Bd3lm => "bd3lm",
+        }
+    }
+
+    /// True for the diffusion baselines, whose likelihood is only bounded (NELBO), not exact.
+    pub fn is_diffusion(self) -> bool {
+        matches!(self, ObjectiveKind::Mdlm | ObjectiveKind::Bd3lm)
+    }
+}
+
+/// Masking schedule of the diffusion baselines: a token is masked with probability
+/// 1 − α_t, and the NELBO weights a masked token's cross-entropy by −α'_t / (1 − α_t).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiffusionSchedule {
+    /// α_t = 1 − t: mask probability t, weight 1/t.
+    Linear,
+    /// σ(t) = −log(1 − (1 − ε)t), α_t = e^{−σ(t)}: mask probability (1 − ε)t, weight 1/t
+    /// (MDLM's default; α_1 = ε keeps the fully noised state away from certainty).
+    LogLinear,
+}
+
+/// MDLM (spec §4). Its schedule, floor and antithetic sampling also drive BD3LM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MdlmConfig {
+    pub schedule: DiffusionSchedule,
+    /// Floor of t: training and the bound draw t from [eps, 1].
+    pub eps: f64,
+    /// Antithetic (stratified) t across a batch instead of independent draws.
+    pub antithetic: bool,
+}
+
+impl Default for MdlmConfig {
+    fn default() -> Self {
+        Self {
+            schedule: DiffusionSchedule::Linear,
+            eps: 1e-3,
+            antithetic: true,
+        }
+    }
+}
+
+/// BD3LM (spec §4): block size and the optional clipped mask rate of training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Bd3lmConfig {
+    /// B': tokens per block (the last block of a sequence may be shorter).
+    pub block_size: usize,
+    /// Training draws each block's t from [max(eps, clip_low), clip_high] (clipped
+    /// schedule); evaluation's bound always uses [eps, 1].
+    pub clip_low: f64,
+    pub clip_high: f64,
+}
+
+impl Default for Bd3lmConfig {
+    fn default() -> Self {
+        Self {
+            block_size: 8,
+            clip_low: 0.0,
+            clip_high: 1.0,
         }
     }
 }
@@ -293,6 +359,8 @@ pub struct Config {
     pub noise: NoiseConfig,
     pub weights: WeightsConfig,
     pub train: TrainConfig,
+    pub mdlm: MdlmConfig,
+    pub bd3lm: Bd3lmConfig,
 }
 
 pub const PRESETS: &[(&str, &str)] = &[
@@ -387,6 +455,33 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&self.data.val_fraction) {
             bail!("data.val_fraction must be in [0, 1]");
+        }
+        self.validate_diffusion()?;
+        Ok(())
+    }
+
+    fn validate_diffusion(&self) -> Result<()> {
+        let m = &self.mdlm;
+        if !(m.eps > 0.0 && m.eps < 1.0) {
+            bail!("mdlm.eps must be in (0, 1), got {}", m.eps);
+        }
+        let b = &self.bd3lm;
+        if b.block_size == 0 {
+            bail!("bd3lm.block_size must be at least 1");
+        }
+        if !(0.0 <= b.clip_low && b.clip_low < b.clip_high && b.clip_high <= 1.0) {
+            bail!(
+                "bd3lm clip range must satisfy 0 ≤ clip_low < clip_high ≤ 1, got [{}, {}]",
+                b.clip_low,
+                b.clip_high
+            );
+        }
+        if b.clip_high <= m.eps {
+            bail!(
+                "bd3lm.clip_high {} must exceed the floor mdlm.eps {}",
+                b.clip_high,
+                m.eps
+            );
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 use crate::data::eval_files::TASKS;
 use crate::decode::{CardDecoder, Sampling};
 use crate::eval::report::{evaluate, EvalOptions, EvalReport, GenerationEval};
+use crate::eval::BoundBudget;
 use crate::train::{checkpoint, default_device};
 use anyhow::{bail, Result};
 use std::path::PathBuf;
@@ -57,6 +58,12 @@ pub struct EvalArgs {
     /// Reference (ARM) checkpoint scoring the samples' generative perplexity [default: itself].
     #[arg(long)]
     pub judge: Option<PathBuf>,
+    /// MDLM/BD3LM: most noise draws per window for the NELBO bound.
+    #[arg(long, default_value_t = BoundBudget::default().max_samples)]
+    pub t_samples: usize,
+    /// MDLM/BD3LM: stop drawing once the bound's standard error (nats/token) is this small.
+    #[arg(long, default_value_t = BoundBudget::default().target_se)]
+    pub bound_se: f64,
     /// Print one JSON object instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -118,6 +125,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
         limit: a.limit,
         data_dir: a.eval_data.clone(),
         generation,
+        bound_budget: BoundBudget {
+            max_samples: a.t_samples,
+            target_se: a.bound_se,
+            ..BoundBudget::default()
+        },
+        seed: a.seed,
         ..EvalOptions::default()
     };
     let r = evaluate(&ckpt, &opts)?;
@@ -135,9 +148,20 @@ fn print_report(r: &EvalReport) {
         r.checkpoint, r.step, r.objective, r.weights
     );
     println!("val tokens     {}", r.tokens);
-    println!("val loss       {:.4} nats/token (exact, t = 0)", r.val_loss);
-    println!("perplexity     {:.2}", r.perplexity);
-    println!("bits per byte  {:.4}", r.bits_per_byte);
+    if let (Some(se), Some(draws)) = (r.val_loss_se, r.t_samples) {
+        // A bound: print only the digits its Monte Carlo error supports.
+        let (d, e) = (stable_decimals(se), stable_decimals(se) + 1);
+        println!("val loss     ≤ {:.d$} ± {se:.e$} nats/token (NELBO bound, {draws} noise draws per window)", r.val_loss);
+        let pse = r.perplexity_se.unwrap_or(0.0);
+        let (dp, ep) = (stable_decimals(pse), stable_decimals(pse) + 1);
+        println!("perplexity   ≤ {:.dp$} ± {pse:.ep$}", r.perplexity);
+        let db = stable_decimals(r.bits_per_byte * se / r.val_loss.max(1e-12));
+        println!("bits per byte ≤ {:.db$}", r.bits_per_byte);
+    } else {
+        println!("val loss       {:.4} nats/token (exact, t = 0)", r.val_loss);
+        println!("perplexity     {:.2}", r.perplexity);
+        println!("bits per byte  {:.4}", r.bits_per_byte);
+    }
     if !r.loss_vs_t.is_empty() {
         println!("\n   t   CARD loss   mean CE (all targets)");
         for p in &r.loss_vs_t {
@@ -170,4 +194,13 @@ fn print_report(r: &EvalReport) {
             g.distinct_1, g.distinct_2, g.mean_length, g.tokens_per_forward
         );
     }
+}
+
+/// Decimals that keep a figure with standard error `se` stable: the most (up to 4) whose
+/// last digit is at least twice the error.
+fn stable_decimals(se: f64) -> usize {
+    (0..=4)
+        .rev()
+        .find(|&d| 10f64.powi(-(d as i32)) >= 2.0 * se)
+        .unwrap_or(0)
 }

@@ -1,10 +1,11 @@
-//! `card generate`: decode from a checkpoint with AR or CARD dynamic parallel decoding,
-//! printing statistics, optionally streaming committed text and writing a per-step trace.
+//! `card generate`: decode from a checkpoint with AR or CARD dynamic parallel decoding (or
+//! the MDLM / BD3LM samplers for those baselines), printing statistics, optionally streaming committed text and writing a per-step trace.
 
 use crate::config::ObjectiveKind;
 use crate::data::TextTokenizer;
 use crate::decode::{
-    ArDecoder, CardDecoder, CommitMode, Decoder, Floor, GenOptions, Generation, Sampling, StepTrace,
+    ArDecoder, Bd3lmDecoder, CardDecoder, CommitMode, Decoder, Floor, GenOptions, Generation,
+    MdlmDecoder, Reveal, Sampling, StepTrace,
 };
 use crate::train::{checkpoint, default_device};
 use anyhow::{bail, Context, Result};
@@ -15,6 +16,10 @@ use std::path::PathBuf;
 pub enum DecoderKind {
     Ar,
     Card,
+    /// MDLM ancestral denoising of a fixed-length canvas (MDLM checkpoints).
+    Mdlm,
+    /// BD3LM block-by-block denoising with a KV cache (BD3LM checkpoints).
+    Bd3lm,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -50,6 +55,13 @@ pub struct GenerateArgs {
     pub floor: Floor,
     #[arg(long, value_enum, default_value = "block")]
     pub commit: CommitMode,
+    /// MDLM: denoising steps over the canvas; BD3LM: steps per block (its block size is the
+    /// checkpoint's) [default: MDLM one per new token, BD3LM one per block slot].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// BD3LM: reveal slots ancestrally or by confidence (≥ --threshold).
+    #[arg(long, value_enum, default_value = "ancestral")]
+    pub reveal: Reveal,
     /// 0 = greedy.
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f64,
@@ -100,12 +112,24 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         bail!("--threshold τ must be in [0, 1], got {}", a.threshold);
     }
     card.validate()?;
+    if a.steps == Some(0) {
+        bail!("--steps must be at least 1");
+    }
+    let device = default_device()?;
+    let ckpt = checkpoint::load(&a.checkpoint, &device)?;
     let decoder: Box<dyn Decoder> = match a.decoder {
         DecoderKind::Ar => Box::new(ArDecoder),
         DecoderKind::Card => Box::new(card),
+        DecoderKind::Mdlm => Box::new(MdlmDecoder {
+            steps: a.steps.unwrap_or(0),
+        }),
+        DecoderKind::Bd3lm => Box::new(Bd3lmDecoder {
+            block_size: ckpt.config.bd3lm.block_size,
+            steps: a.steps.unwrap_or(0),
+            reveal: a.reveal,
+            threshold: a.threshold,
+        }),
     };
-    let device = default_device()?;
-    let ckpt = checkpoint::load(&a.checkpoint, &device)?;
     let objective = ckpt.state.objective;
     if !decoder.fits(objective) {
         bail!(
@@ -206,7 +230,12 @@ pub fn run(a: GenerateArgs) -> Result<()> {
 }
 
 fn fitting_decoders(objective: ObjectiveKind) -> Vec<&'static str> {
-    let all: [Box<dyn Decoder>; 2] = [Box::new(ArDecoder), Box::new(CardDecoder::default())];
+    let all: [Box<dyn Decoder>; 4] = [
+        Box::new(ArDecoder),
+        Box::new(CardDecoder::default()),
+        Box::new(MdlmDecoder::default()),
+        Box::new(Bd3lmDecoder::default()),
+    ];
     all.iter()
         .filter(|d| d.fits(objective))
         .map(|d| d.name())
@@ -338,6 +367,8 @@ impl GenerateArgs {
         match self.decoder {
             DecoderKind::Ar => "ar",
             DecoderKind::Card => "card",
+            DecoderKind::Mdlm => "mdlm",
+            DecoderKind::Bd3lm => "bd3lm",
         }
     }
 }

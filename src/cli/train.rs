@@ -101,7 +101,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let summary = trainer.run(&out, !args.quiet)?;
     let model = trainer.eval_model()?;
-    let sample = crate::eval::greedy_sample(&model, &data.tokenizer, "Alice", 40)?;
+    let sample = quick_sample(&trainer.cfg, &model, &data.tokenizer)?;
     eprintln!(
         "step {}: train loss {:.4}, val loss {} ({:.0} tok/s); checkpoint {}",
         summary.steps,
@@ -115,4 +115,35 @@ pub fn run(args: TrainArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&summary)?);
     }
     Ok(())
+}
+
+/// A greedy 40-token continuation of "Alice" with a decoder that fits the objective.
+fn quick_sample(
+    cfg: &Config,
+    model: &crate::model::Transformer,
+    tok: &TextTokenizer,
+) -> Result<String> {
+    use crate::decode::{Bd3lmDecoder, Decoder, GenOptions, MdlmDecoder, Sampling};
+    let decoder: Box<dyn Decoder> = match cfg.train.objective {
+        ObjectiveKind::Arm | ObjectiveKind::Card => {
+            return crate::eval::greedy_sample(model, tok, "Alice", 40);
+        }
+        ObjectiveKind::Mdlm => Box::new(MdlmDecoder::default()),
+        ObjectiveKind::Bd3lm => Box::new(Bd3lmDecoder {
+            block_size: cfg.bd3lm.block_size,
+            ..Bd3lmDecoder::default()
+        }),
+    };
+    let prompt = tok.encode("Alice")?;
+    let max_new = 40.min(model.cfg.max_seq_len.saturating_sub(prompt.len()));
+    let opts = GenOptions {
+        max_new_tokens: max_new,
+        eos_id: tok.eot_id(),
+        mask_id: tok.mask_id(),
+        sampling: Sampling::default(),
+        seed: 0,
+        stop: None,
+    };
+    let g = decoder.generate(model, &[prompt], &opts, &mut |_| {})?;
+    tok.decode(&g.rows[0].tokens)
 }

@@ -1,9 +1,12 @@
-//! Decoders are strategies over the same model and KV cache: autoregressive, and CARD's
-//! confidence-based dynamic parallel decoding. All report the same statistics and emit the
+//! Decoders are strategies over the same model and KV cache: autoregressive, CARD's
+//! confidence-based dynamic parallel decoding, and the diffusion baselines' samplers (MDLM,
+//! BD3LM). All report the same statistics and emit the
 //! same per-step trace, which the CLI, the benchmarks and the playground read.
 
 pub mod ar;
+pub mod bd3lm;
 pub mod card;
+pub mod mdlm;
 pub mod sampling;
 
 use crate::config::ObjectiveKind;
@@ -13,7 +16,9 @@ use candle_core::Tensor;
 use serde::Serialize;
 
 pub use ar::ArDecoder;
+pub use bd3lm::{Bd3lmDecoder, Reveal};
 pub use card::{CardDecoder, CommitMode, Floor};
+pub use mdlm::MdlmDecoder;
 pub use sampling::Sampling;
 
 /// Called with a row's generated tokens after each commit; true stops the row.

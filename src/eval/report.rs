@@ -5,7 +5,7 @@ use super::quality::{continuation_nll, distinct_n, repeated_ngram_rate, unigram_
 use super::zero_shot::{
     load_task, score_lambada, score_mc, ExactScorer, LambadaResult, McResult, Scorer,
 };
-use super::{ar_nll, bits_per_byte, loss_vs_t, NoisePoint};
+use super::{ar_nll, bits_per_byte, loss_vs_t, nelbo, BoundBudget, NoisePoint};
 use crate::bench::decode::PROMPTS;
 use crate::config::ObjectiveKind;
 use crate::data::{eval_files, TextTokenizer};
@@ -34,6 +34,10 @@ pub struct EvalOptions {
     /// Where `card data fetch --eval` put the task files.
     pub data_dir: PathBuf,
     pub generation: Option<GenerationEval>,
+    /// MDLM/BD3LM: how many noise draws the NELBO bound may take.
+    pub bound_budget: BoundBudget,
+    /// Seed of the bound's noise draws.
+    pub seed: u64,
 }
 
 impl Default for EvalOptions {
@@ -48,6 +52,8 @@ impl Default for EvalOptions {
             limit: None,
             data_dir: PathBuf::from("data"),
             generation: None,
+            bound_budget: BoundBudget::default(),
+            seed: 0,
         }
     }
 }
@@ -95,9 +101,20 @@ pub struct EvalReport {
     pub step: usize,
     pub weights: &'static str,
     pub tokens: u64,
+    /// "exact" (autoregressive likelihood) or "nelbo" (the diffusion bound).
+    pub estimator: &'static str,
+    /// True when val_loss, perplexity and bits_per_byte are upper bounds.
+    pub bound: bool,
     pub val_loss: f64,
     pub perplexity: f64,
     pub bits_per_byte: f64,
+    /// Monte Carlo standard errors of a bound.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_loss_se: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub perplexity_se: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub t_samples: Option<usize>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub loss_vs_t: Vec<NoisePoint>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -121,9 +138,32 @@ pub fn evaluate(ckpt: &Checkpoint, opts: &EvalOptions) -> Result<EvalReport> {
         bail!("the validation split is empty");
     }
     let batch = cfg.train.batch_size;
-    let sum = ar_nll(&model, &windows, batch)?;
-    let mean = sum.mean();
     let objective = ckpt.state.objective;
+    // (tokens, nats/token, standard error and draws of a bound)
+    let (tokens, mean, bound) = if objective.is_diffusion() {
+        if opts.bound_budget.max_samples == 0 {
+            bail!("the bound needs at least one noise draw per window");
+        }
+        let obj = objective::build_for_bound(&cfg, tok.mask_id());
+        let b = nelbo(
+            &model,
+            obj.as_ref(),
+            &windows,
+            batch,
+            opts.bound_budget,
+            opts.seed,
+        )?;
+        (b.tokens, b.nats_per_token, Some((b.se, b.t_samples)))
+    } else {
+        let sum = ar_nll(&model, &windows, batch)?;
+        (sum.tokens, sum.mean(), None)
+    };
+    if objective.is_diffusion() && (!opts.tasks.is_empty() || opts.lambada) {
+        bail!(
+            "zero-shot and LAMBADA scoring of {} checkpoints (by their ELBO) is not implemented yet",
+            objective.name()
+        );
+    }
     let loss_vs_t = if objective == ObjectiveKind::Card && !opts.noise_levels.is_empty() {
         let obj = objective::build(&cfg, tok.mask_id());
         let subset = &windows[..windows.len().min(4 * batch)];
@@ -169,10 +209,15 @@ pub fn evaluate(ckpt: &Checkpoint, opts: &EvalOptions) -> Result<EvalReport> {
         } else {
             "raw"
         },
-        tokens: sum.tokens,
+        tokens,
+        estimator: if bound.is_some() { "nelbo" } else { "exact" },
+        bound: bound.is_some(),
         val_loss: mean,
         perplexity: mean.exp(),
         bits_per_byte: bits_per_byte(mean, data.val.len() as u64, data.val_bytes),
+        val_loss_se: bound.map(|b| b.0),
+        perplexity_se: bound.map(|b| b.0 * mean.exp()),
+        t_samples: bound.map(|b| b.1),
         loss_vs_t,
         zero_shot,
         lambada,

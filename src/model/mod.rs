@@ -303,3 +303,64 @@ fn rope_tables(cfg: &ModelConfig, dtype: DType, device: &Device) -> Result<(Tens
         Tensor::from_vec(sin, shape, device)?.to_dtype(dtype)?,
     ))
 }
+
+/// Explicit positions, kept apart from the cached decoding path above.
+impl Transformer {
+    /// Logits for ids [B, T] whose RoPE positions are given explicitly (one position per
+    /// column, shared by the rows), without a cache. BD3LM trains on x_t ⊕ x_0 with both
+    /// halves at positions 0..L−1. Only the first `head_len` columns get logits
+    /// ([B, head_len, V]); the others serve as keys and values only.
+    pub fn forward_at(
+        &self,
+        ids: &Tensor,
+        positions: &[u32],
+        attn: Attention,
+        head_len: usize,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        if positions.len() != t || head_len > t {
+            candle_core::bail!(
+                "forward_at: {} positions and {head_len} logit columns for {t} tokens",
+                positions.len()
+            );
+        }
+        if let Some(&p) = positions
+            .iter()
+            .find(|&&p| p as usize >= self.cfg.max_seq_len)
+        {
+            candle_core::bail!(
+                "position {p} exceeds the model's context of {}",
+                self.cfg.max_seq_len
+            );
+        }
+        let mut x =
+            self.embed
+                .index_select(&ids.flatten_all()?, 0)?
+                .reshape((b, t, self.cfg.d_model))?;
+        let pos = Tensor::from_slice(positions, t, x.device())?;
+        let cos = self.cos.index_select(&pos, 0)?;
+        let sin = self.sin.index_select(&pos, 0)?;
+        let mask = match attn {
+            Attention::Causal => (Some(0), None),
+            Attention::Bidirectional => (None, None),
+            Attention::Mask(m) => (None, Some(m)),
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = ops::rms_norm(&x, &layer.attn_norm, self.cfg.norm_eps)?;
+            x = (&x + self.attention(layer, &h, &cos, &sin, mask, i, None)?)?;
+            let h = ops::rms_norm(&x, &layer.ffn_norm, self.cfg.norm_eps)?;
+            let f = ops::linear(
+                &ops::swiglu(&ops::linear(&h, &layer.w_gate_up)?)?,
+                &layer.w_down,
+            )?;
+            x = (x + f)?;
+        }
+        let x = if head_len < t {
+            x.narrow(1, 0, head_len)?.contiguous()?
+        } else {
+            x
+        };
+        let x = ops::rms_norm(&x, &self.norm, self.cfg.norm_eps)?;
+        ops::linear(&x, self.head.as_ref().unwrap_or(&self.embed))
+    }
+}

@@ -1,0 +1,239 @@
+//! MDLM ancestral sampling: the prompt followed by a canvas of max_new_tokens `[MASK]`s is
+//! denoised over T steps under bidirectional attention, without a KV cache. Going from
+//! t = k/T to s = (k−1)/T under the linear schedule, each still-masked slot is revealed with
+//! probability (t − s)/t = 1/k, as a token drawn from the model's x_0 prediction (SUBS:
+//! never `[MASK]`); revealed slots never change again. The model has no time input, so a
+//! step that revealed nothing leaves the next forward's input unchanged: that forward is
+//! skipped and its predictions reused.
+
+use super::{
+    check_budget, logits_at, row_rng, Decoder, Finish, GenOptions, Generation, RowOutput,
+    SlotTrace, StepTrace,
+};
+use crate::config::ObjectiveKind;
+use crate::model::{Attention, Transformer};
+use anyhow::Result;
+use candle_core::{DType, Tensor};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct MdlmDecoder {
+    /// T: denoising steps over the whole canvas (0 = one per generated token).
+    pub steps: usize,
+}
+
+/// One masked-or-revealed slot of a diffusion canvas.
+#[derive(Debug, Clone)]
+pub(crate) struct Slot {
+    pub token: Option<u32>,
+    pub cand: u32,
+    pub conf: f32,
+}
+
+impl Slot {
+    pub fn masked() -> Self {
+        Self {
+            token: None,
+            cand: 0,
+            conf: 0.0,
+        }
+    }
+
+    pub fn trace(&self, pos: usize) -> SlotTrace {
+        SlotTrace {
+            pos,
+            token: self.token.unwrap_or(self.cand),
+            confidence: self.conf,
+            masked: self.token.is_none(),
+        }
+    }
+}
+
+/// Ancestral reveal at step `step` (1-based) of `steps`: each masked slot independently with
+/// probability 1/(steps − step + 1), so the last step reveals everything left.
+pub(crate) fn ancestral_reveal(
+    slots: &[Slot],
+    step: usize,
+    steps: usize,
+    rng: &mut impl Rng,
+) -> Vec<usize> {
+    let remaining = steps.saturating_sub(step) + 1;
+    let p = 1.0 / remaining as f64;
+    (0..slots.len())
+        .filter(|&j| slots[j].token.is_none())
+        .filter(|_| remaining == 1 || rng.random::<f64>() < p)
+        .collect()
+}
+
+/// Logits [rows, T, V] (f32) of the given canvases under bidirectional attention; rows of
+/// different lengths are padded and attend only to their own real tokens.
+pub(crate) fn bidirectional_logits(
+    model: &Transformer,
+    canvases: &[Vec<u32>],
+    pad: u32,
+) -> Result<Tensor> {
+    let t = canvases.iter().map(|c| c.len()).max().unwrap_or(1);
+    let valid: Vec<usize> = canvases.iter().map(|c| c.len()).collect();
+    let ids: Vec<u32> = canvases
+        .iter()
+        .flat_map(|c| {
+            c.iter()
+                .copied()
+                .chain(std::iter::repeat_n(pad, t - c.len()))
+        })
+        .collect();
+    let ids = Tensor::from_vec(ids, (canvases.len(), t), model.device())?;
+    let ragged = valid.iter().any(|&v| v != t);
+    let logits = model.forward_ragged(
+        &ids,
+        Attention::Bidirectional,
+        None,
+        ragged.then_some(valid.as_slice()),
+    )?;
+    Ok(logits.to_dtype(DType::F32)?)
+}
+
+struct Row {
+    slots: Vec<Slot>,
+    /// Left-contiguous revealed tokens accepted so far (before EOS/stop).
+    gen: Vec<u32>,
+    /// The slots changed since the predictions in `slots` were made.
+    stale: bool,
+    done: bool,
+    finish: Finish,
+    forwards: usize,
+}
+
+/// Move newly left-contiguous revealed slots into `gen`, stopping at EOS or a stop match.
+fn accept_prefix(row: &mut Row, opts: &GenOptions) {
+    while !row.done && row.gen.len() < row.slots.len() {
+        let Some(tok) = row.slots[row.gen.len()].token else {
+            return;
+        };
+        if tok == opts.eos_id {
+            (row.done, row.finish) = (true, Finish::Eos);
+            return;
+        }
+        row.gen.push(tok);
+        if opts.stop.is_some_and(|s| s(&row.gen)) {
+            (row.done, row.finish) = (true, Finish::Stop);
+        }
+    }
+    if row.gen.len() == row.slots.len() {
+        row.done = true;
+    }
+}
+
+impl Decoder for MdlmDecoder {
+    fn name(&self) -> &'static str {
+        "mdlm"
+    }
+
+    fn fits(&self, objective: ObjectiveKind) -> bool {
+        objective == ObjectiveKind::Mdlm
+    }
+
+    fn generate(
+        &self,
+        model: &Transformer,
+        prompts: &[Vec<u32>],
+        opts: &GenOptions,
+        on_step: &mut dyn FnMut(&StepTrace),
+    ) -> Result<Generation> {
+        check_budget(model, prompts, opts.max_new_tokens)?;
+        let start = Instant::now();
+        let n = opts.max_new_tokens;
+        let steps = if self.steps == 0 { n } else { self.steps };
+        let mut rngs: Vec<_> = (0..prompts.len()).map(|r| row_rng(opts.seed, r)).collect();
+        let mut rows: Vec<Row> = prompts
+            .iter()
+            .map(|_| Row {
+                slots: vec![Slot::masked(); n],
+                gen: Vec::new(),
+                stale: true,
+                done: n == 0,
+                finish: Finish::Length,
+                forwards: 0,
+            })
+            .collect();
+        let mut forwards = 0;
+        for step in 1..=steps.max(1) {
+            if rows.iter().all(|r| r.done) {
+                break;
+            }
+            // Refresh the predictions of the rows whose canvas changed.
+            let fresh: Vec<usize> = (0..rows.len())
+                .filter(|&r| !rows[r].done && rows[r].stale)
+                .collect();
+            if !fresh.is_empty() {
+                let canvases: Vec<Vec<u32>> = fresh
+                    .iter()
+                    .map(|&r| {
+                        let gen = rows[r]
+                            .slots
+                            .iter()
+                            .map(|s| s.token.unwrap_or(opts.mask_id));
+                        prompts[r].iter().copied().chain(gen).collect()
+                    })
+                    .collect();
+                let logits = bidirectional_logits(model, &canvases, opts.mask_id)?;
+                forwards += 1;
+                for (i, &r) in fresh.iter().enumerate() {
+                    let p = prompts[r].len();
+                    let row = &mut rows[r];
+                    row.forwards += 1;
+                    row.stale = false;
+                    for j in 0..n {
+                        if row.slots[j].token.is_some() {
+                            continue;
+                        }
+                        let l = logits_at(&logits, i, p + j)?;
+                        let context = [prompts[r].as_slice(), row.gen.as_slice()];
+                        let (cand, conf) =
+                            opts.sampling
+                                .pick(&l, &context, &[opts.mask_id], &mut rngs[r]);
+                        (row.slots[j].cand, row.slots[j].conf) = (cand, conf);
+                    }
+                }
+            }
+            for (r, row) in rows.iter_mut().enumerate() {
+                if row.done {
+                    continue;
+                }
+                let chosen = ancestral_reveal(&row.slots, step, steps, &mut rngs[r]);
+                for &j in &chosen {
+                    row.slots[j].token = Some(row.slots[j].cand);
+                }
+                row.stale = !chosen.is_empty();
+                on_step(&StepTrace {
+                    row: r,
+                    forward: forwards,
+                    step,
+                    slots: row
+                        .slots
+                        .iter()
+                        .enumerate()
+                        .map(|(j, s)| s.trace(j))
+                        .collect(),
+                    committed: chosen.iter().map(|&j| row.slots[j].trace(j)).collect(),
+                });
+                accept_prefix(row, opts);
+            }
+        }
+        let rows = rows
+            .into_iter()
+            .map(|r| RowOutput {
+                tokens: r.gen,
+                forward_passes: r.forwards,
+                finish: r.finish,
+            })
+            .collect();
+        Ok(Generation {
+            rows,
+            forward_passes: forwards,
+            elapsed_s: start.elapsed().as_secs_f64(),
+        })
+    }
+}

@@ -1,0 +1,224 @@
+//! BD3LM (spec §4): masked diffusion inside blocks of B' tokens, autoregressive across
+//! blocks. Training runs x_t ⊕ x_0 (2L tokens) in one forward under the three-part mask
+//! below, both halves at positions 0..L−1, and scores the noised half like MDLM.
+//!
+//! Blocks are cut from position 0; when B' does not divide L the last block is shorter and is
+//! treated like any other. Each (sequence, block) draws its own noise level t (antithetic
+//! over the batch's blocks), and the loss is Σ_b Σ_{i masked} w(t_{block(i)})·CE / (B·L), the
+//! NELBO per token, normalised like MDLM's.
+
+use super::mdlm::{mask_count, mask_row, sample_counts, sample_levels, subs_loss, subs_row_nelbo};
+use super::{NoisyBatch, Objective};
+use crate::config::{Config, MdlmConfig, ObjectiveKind};
+use crate::model::{Attention, Transformer};
+use candle_core::{DType, Device, Result, Tensor};
+use rand::RngCore;
+use std::sync::Mutex;
+
+/// Visibility [2L, 2L] (row = query, column = key, true = visible) over x_t ⊕ x_0, where
+/// position p < L is the noised token p and L + p the clean token p:
+/// 1. a noised token sees the noised tokens of its own block (block-diagonal);
+/// 2. a noised token sees the clean tokens of strictly earlier blocks (offset block-causal);
+/// 3. a clean token sees the clean tokens of its own and earlier blocks (block-causal).
+///
+/// Clean tokens never see noised ones.
+pub fn bd3lm_mask(len: usize, block: usize) -> Vec<bool> {
+    assert!(block >= 1, "block size must be at least 1");
+    let n = 2 * len;
+    let mut out = Vec::with_capacity(n * n);
+    for q in 0..n {
+        let (q_clean, qb) = (q >= len, (q % len) / block);
+        for k in 0..n {
+            let (k_clean, kb) = (k >= len, (k % len) / block);
+            out.push(match (q_clean, k_clean) {
+                (false, false) => kb == qb,
+                (false, true) => kb < qb,
+                (true, true) => kb <= qb,
+                (true, false) => false,
+            });
+        }
+    }
+    out
+}
+
+/// The mask as an additive bias [2L, 2L] (0 visible, −∞ hidden).
+pub fn bd3lm_bias(len: usize, block: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let bias: Vec<f32> = bd3lm_mask(len, block)
+        .into_iter()
+        .map(|v| if v { 0.0 } else { f32::NEG_INFINITY })
+        .collect();
+    Tensor::from_vec(bias, (2 * len, 2 * len), device)?.to_dtype(dtype)
+}
+
+pub struct Bd3lm {
+    pub cfg: MdlmConfig,
+    pub block_size: usize,
+    /// Training range of t (evaluation's bound uses [eps, 1]).
+    pub clip: (f64, f64),
+    pub mask_id: u32,
+    /// Draw a mask count per block instead of a level t (the bound's estimator, as MDLM's).
+    pub count_form: bool,
+    /// Biases built so far, one per (L, dtype, device): built once, reused every step.
+    biases: Mutex<Vec<(usize, DType, Tensor)>>,
+}
+
+impl Bd3lm {
+    pub fn new(cfg: &Config, mask_id: u32) -> Self {
+        Self {
+            cfg: cfg.mdlm.clone(),
+            block_size: cfg.bd3lm.block_size,
+            clip: (cfg.bd3lm.clip_low, cfg.bd3lm.clip_high),
+            mask_id,
+            count_form: false,
+            biases: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn n_blocks(&self, seq_len: usize) -> usize {
+        seq_len.div_ceil(self.block_size)
+    }
+
+    fn bias(&self, len: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+        let mut cache = self.biases.lock().expect("bias cache lock");
+        if let Some((_, _, b)) = cache
+            .iter()
+            .find(|(l, d, b)| *l == len && *d == dtype && b.device().same_device(device))
+        {
+            return Ok(b.clone());
+        }
+        let b = bd3lm_bias(len, self.block_size, dtype, device)?;
+        cache.push((len, dtype, b.clone()));
+        Ok(b)
+    }
+
+    /// The count form: each (sequence, block) masks a uniform k-subset of its n tokens,
+    /// k uniform on 1..=n, weight n/k; `t` records k/n.
+    fn corrupt_counts(
+        &self,
+        x0: &[u32],
+        batch: usize,
+        seq_len: usize,
+        rng: &mut dyn RngCore,
+    ) -> NoisyBatch {
+        let bs = self.block_size;
+        let lens: Vec<usize> = (0..batch)
+            .flat_map(|_| (0..seq_len).step_by(bs).map(|s| bs.min(seq_len - s)))
+            .collect();
+        let counts = sample_counts(&lens, self.cfg.antithetic, rng);
+        let n = batch * seq_len;
+        let (mut input, mut weights, mut mask) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let mut start = 0;
+        for (&len, &k) in lens.iter().zip(&counts) {
+            let (xt, w, m) = mask_count(&x0[start..start + len], k, self.mask_id, rng);
+            input.extend(xt);
+            weights.extend(w);
+            mask.extend(m);
+            start += len;
+        }
+        NoisyBatch {
+            batch,
+            input,
+            input_len: seq_len,
+            targets: x0.to_vec(),
+            weights,
+            denom: n as f64,
+            t: lens
+                .iter()
+                .zip(&counts)
+                .map(|(&l, &k)| k as f64 / l as f64)
+                .collect(),
+            mask,
+        }
+    }
+
+    /// Logits [B·L, V] of the noised half of x_t ⊕ x_0.
+    fn logits(&self, model: &Transformer, nb: &NoisyBatch) -> Result<Tensor> {
+        let (b, l) = (nb.batch, nb.input_len);
+        let mut ids = Vec::with_capacity(2 * b * l);
+        for r in 0..b {
+            ids.extend_from_slice(&nb.input[r * l..(r + 1) * l]);
+            ids.extend_from_slice(&nb.targets[r * l..(r + 1) * l]);
+        }
+        let dev = model.device();
+        let ids = Tensor::from_vec(ids, (b, 2 * l), dev)?;
+        let positions: Vec<u32> = (0..2 * l).map(|p| (p % l) as u32).collect();
+        let bias = self.bias(l, model.dtype(), dev)?;
+        let logits = model.forward_at(&ids, &positions, Attention::Mask(&bias), l)?;
+        logits.reshape((b * l, model.cfg.vocab_size))
+    }
+}
+
+impl Objective for Bd3lm {
+    fn kind(&self) -> ObjectiveKind {
+        ObjectiveKind::Bd3lm
+    }
+
+    fn shifted(&self) -> bool {
+        false
+    }
+
+    /// `t` fixes the levels: one per sequence (all its blocks) or one per (sequence, block).
+    /// The returned `t` holds one level per (sequence, block).
+    fn corrupt(
+        &self,
+        x0: &[u32],
+        batch: usize,
+        seq_len: usize,
+        t: Option<&[f64]>,
+        rng: &mut dyn RngCore,
+    ) -> NoisyBatch {
+        let nb = self.n_blocks(seq_len);
+        if self.count_form && t.is_none() {
+            return self.corrupt_counts(x0, batch, seq_len, rng);
+        }
+        let t: Vec<f64> = match t {
+            Some(t) if t.len() == batch => {
+                t.iter().flat_map(|&x| std::iter::repeat_n(x, nb)).collect()
+            }
+            Some(t) => {
+                assert_eq!(t.len(), batch * nb, "one level per sequence or per block");
+                t.to_vec()
+            }
+            None => {
+                let lo = self.cfg.eps.max(self.clip.0);
+                sample_levels(batch * nb, self.cfg.antithetic, lo, self.clip.1, rng)
+            }
+        };
+        let n = batch * seq_len;
+        let (mut input, mut weights, mut mask) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for b in 0..batch {
+            let row = &x0[b * seq_len..(b + 1) * seq_len];
+            let level = |i: usize| t[b * nb + i / self.block_size];
+            let (xt, w, m) = mask_row(row, level, &self.cfg, self.mask_id, rng);
+            input.extend(xt);
+            weights.extend(w);
+            mask.extend(m);
+        }
+        NoisyBatch {
+            batch,
+            input,
+            input_len: seq_len,
+            targets: x0.to_vec(),
+            weights,
+            denom: n as f64,
+            t,
+            mask,
+        }
+    }
+
+    fn loss(&self, model: &Transformer, nb: &NoisyBatch) -> Result<Tensor> {
+        subs_loss(&self.logits(model, nb)?, nb, self.mask_id)
+    }
+
+    fn row_nelbo(&self, model: &Transformer, nb: &NoisyBatch) -> Result<Option<Vec<f64>>> {
+        subs_row_nelbo(&self.logits(model, nb)?, nb, self.mask_id).map(Some)
+    }
+}

@@ -1,0 +1,619 @@
+//! The diffusion baselines: the BD3LM mask against a hand-built one, BD3LM with one block is
+//! MDLM, gradients through the BD3LM loss, the NELBO bound on validation (finite, seeded,
+//! falling with training), the MDLM and BD3LM samplers, and the CLI around them.
+
+use candle_core::{DType, Device, Tensor};
+use card::config::{Config, ModelConfig, ObjectiveKind};
+use card::data::Prepared;
+use card::decode::{
+    Bd3lmDecoder, Decoder, GenOptions, Generation, MdlmDecoder, Reveal, Sampling, StepTrace,
+};
+use card::eval::{nelbo, BoundBudget};
+use card::model::{Params, Transformer};
+use card::objective::{self, bd3lm_mask, Bd3lm, Mdlm, Objective};
+use card::train::{batches::eval_windows, checkpoint, load_data, Trainer};
+use rand::{Rng, SeedableRng};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+const MASK: u32 = 1;
+
+/// The mask drawn block by block: for block [s, e), noised rows see noised [s, e) and clean
+/// [0, s); clean rows see clean [0, e).
+fn hand_built_mask(len: usize, block: usize) -> Vec<Vec<bool>> {
+    let mut m = vec![vec![false; 2 * len]; 2 * len];
+    let mut s = 0;
+    while s < len {
+        let e = (s + block).min(len);
+        for q in s..e {
+            m[q][s..e].fill(true);
+            m[q][len..len + s].fill(true);
+            m[len + q][len..len + e].fill(true);
+        }
+        s = e;
+    }
+    m
+}
+
+fn as_rows(flat: &[bool], n: usize) -> Vec<Vec<bool>> {
+    flat.chunks(n).map(|r| r.to_vec()).collect()
+}
+
+#[test]
+fn bd3lm_mask_matches_hand_built_reference() {
+    // L = 4, B' = 2 written out: rows x_t[0..4], x_0[0..4]; columns the same.
+    let literal = [
+        "11000000", "11000000", "00111100", "00111100", "00001100", "00001100", "00001111",
+        "00001111",
+    ];
+    let literal: Vec<Vec<bool>> = literal
+        .iter()
+        .map(|r| r.chars().map(|c| c == '1').collect())
+        .collect();
+    assert_eq!(as_rows(&bd3lm_mask(4, 2), 8), literal);
+    assert_eq!(hand_built_mask(4, 2), literal);
+    // Block sizes 1, 2, 4, and L not a multiple of B' (the last block is shorter).
+    for (len, block) in [
+        (4, 1),
+        (6, 2),
+        (8, 4),
+        (8, 1),
+        (7, 3),
+        (7, 4),
+        (5, 5),
+        (3, 8),
+    ] {
+        assert_eq!(
+            as_rows(&bd3lm_mask(len, block), 2 * len),
+            hand_built_mask(len, block),
+            "L = {len}, B' = {block}"
+        );
+    }
+}
+
+fn small_model(vocab: usize, scale: f64) -> (Params, Transformer) {
+    let cfg = ModelConfig {
+        vocab_size: vocab,
+        d_model: 16,
+        n_layers: 2,
+        n_heads: 2,
+        d_ff: 24,
+        max_seq_len: 32,
+        ..ModelConfig::default()
+    };
+    let params = Params::init(&cfg, DType::F64, &Device::Cpu, 3).unwrap();
+    for v in &params.vars {
+        if v.rank() == 2 {
+            v.set(&(v.as_tensor() * scale).unwrap()).unwrap();
+        }
+    }
+    let model = Transformer::from_params(&cfg, &params).unwrap();
+    (params, model)
+}
+
+fn random_x0(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(2..vocab as u32)).collect()
+}
+
+fn scalar(t: Tensor) -> f64 {
+    t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+}
+
+#[test]
+fn bd3lm_with_one_block_is_mdlm() {
+    let (vocab, batch, len) = (13, 3, 10);
+    let (_, model) = small_model(vocab, 4.0);
+    let mut cfg = Config::default();
+    cfg.bd3lm.block_size = len;
+    let mdlm = Mdlm::new(&cfg, MASK);
+    let bd3lm = Bd3lm::new(&cfg, MASK);
+    let x0 = random_x0(batch * len, vocab, 5);
+    for seed in 0..3 {
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
+        let nb = mdlm.corrupt(&x0, batch, len, None, &mut rng);
+        assert!(nb.mask.iter().any(|&m| m) && nb.mask.iter().any(|&m| !m));
+        let a = scalar(mdlm.loss(&model, &nb).unwrap());
+        let b = scalar(bd3lm.loss(&model, &nb).unwrap());
+        assert!(a.is_finite() && a > 0.0);
+        assert!((a - b).abs() <= 1e-10 * a.abs(), "MDLM {a} vs BD3LM {b}");
+        let ra = mdlm.row_nelbo(&model, &nb).unwrap().unwrap();
+        let rb = bd3lm.row_nelbo(&model, &nb).unwrap().unwrap();
+        for (x, y) in ra.iter().zip(&rb) {
+            assert!((x - y).abs() <= 1e-10 * x.abs().max(1.0));
+        }
+        // The per-token normalisation: Σ rows / (B·L) is the loss.
+        let total: f64 = ra.iter().sum::<f64>() / (batch * len) as f64;
+        assert!((total - a).abs() <= 1e-10 * a);
+    }
+    // With smaller blocks the noised half sees clean earlier blocks: a different loss.
+    cfg.bd3lm.block_size = 2;
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(0);
+    let nb = mdlm.corrupt(&x0, batch, len, None, &mut rng);
+    let a = scalar(mdlm.loss(&model, &nb).unwrap());
+    let b = scalar(Bd3lm::new(&cfg, MASK).loss(&model, &nb).unwrap());
+    assert!(
+        (a - b).abs() > 1e-6,
+        "block size 2 should differ: {a} vs {b}"
+    );
+}
+
+#[test]
+fn bd3lm_noised_blocks_see_no_later_block() {
+    // Blocks 0 and 1 fully masked, blocks 2 and 3 clean: changing the tokens of blocks 2 and 3
+    // (in both halves) must not change the loss of blocks 0 and 1 (it would under MDLM).
+    let (vocab, len, block) = (13, 8, 2);
+    let (_, model) = small_model(vocab, 4.0);
+    let mut cfg = Config::default();
+    cfg.bd3lm.block_size = block;
+    let obj = Bd3lm::new(&cfg, MASK);
+    let x0 = random_x0(len, vocab, 8);
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(1);
+    let t = vec![0.6; obj.n_blocks(len)];
+    let nb = obj.corrupt(&x0, 1, len, Some(&t), &mut rng);
+    let mut a = nb.clone();
+    for (i, &tok) in x0.iter().enumerate() {
+        let masked = i < 4;
+        a.input[i] = if masked { MASK } else { tok };
+        a.weights[i] = if masked { 1.0 } else { 0.0 };
+    }
+    let mut b = a.clone();
+    for i in 4..len {
+        b.targets[i] = 2 + (b.targets[i] + 1) % (vocab as u32 - 2);
+        b.input[i] = b.targets[i];
+    }
+    let la = obj.row_nelbo(&model, &a).unwrap().unwrap()[0];
+    let lb = obj.row_nelbo(&model, &b).unwrap().unwrap()[0];
+    assert!((la - lb).abs() < 1e-12, "{la} vs {lb}");
+}
+
+#[test]
+fn diffusion_config_sections_parse_validate_and_clip() {
+    let sets = [
+        "mdlm.schedule=log-linear",
+        "bd3lm.block_size=16",
+        "bd3lm.clip_low=0.3",
+        "bd3lm.clip_high=0.8",
+    ]
+    .map(String::from);
+    let cfg = Config::load("tiny", &sets).unwrap();
+    assert_eq!(cfg.bd3lm.block_size, 16);
+    let bad = ["bd3lm.clip_low=0.9", "bd3lm.clip_high=0.5"].map(String::from);
+    let err = Config::load("tiny", &bad).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("clip_low < clip_high"),
+        "{err:#}"
+    );
+    assert!(Config::load("tiny", &["bd3lm.nope=1".to_string()]).is_err());
+    // Clipped training levels stay in [0.3, 0.8]; the bound's objective uses [eps, 1].
+    let x0 = random_x0(4 * 64, 40, 1);
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(3);
+    let nb = Bd3lm::new(&cfg, MASK).corrupt(&x0, 4, 64, None, &mut rng);
+    assert_eq!(nb.t.len(), 4 * 4);
+    assert!(nb.t.iter().all(|&t| (0.3..=0.8).contains(&t)), "{:?}", nb.t);
+    let wide = objective::build_for_bound(
+        &Config {
+            train: card::config::TrainConfig {
+                objective: ObjectiveKind::Bd3lm,
+                ..cfg.train.clone()
+            },
+            ..cfg.clone()
+        },
+        MASK,
+    );
+    let nb = wide.corrupt(&x0, 4, 64, None, &mut rng);
+    assert!(
+        nb.t.iter().any(|&t| !(0.3..=0.8).contains(&t)),
+        "{:?}",
+        nb.t
+    );
+    // Log-linear: a masked token's weight is 1/t, its masking probability (1 − ε)t.
+    let mdlm = Mdlm::new(&cfg, MASK);
+    let nb = mdlm.corrupt(&x0, 4, 64, Some(&[0.5; 4]), &mut rng);
+    for (i, &w) in nb.weights.iter().enumerate() {
+        assert_eq!(w, if nb.mask[i] { 2.0 } else { 0.0 });
+    }
+}
+
+/// Mean and standard error.
+fn mean_se(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0);
+    (m, (var / n).sqrt())
+}
+
+#[test]
+fn nelbo_estimators_match_exact_enumeration() {
+    // For one sequence of L = 6 the NELBO Σ_k (1/C(L,k)) Σ_{|m|=k} mean_{i∈m} CE_i can be
+    // enumerated; both the training form (1/t weights) and the bound's count form estimate it.
+    let (vocab, len) = (9, 6);
+    let (_, model) = small_model(vocab, 3.0);
+    let cfg = Config::default();
+    let x0 = random_x0(len, vocab, 11);
+    let choose = |n: usize, k: usize| (0..k).fold(1.0, |a, i| a * (n - i) as f64 / (i + 1) as f64);
+    let mut exact = card::objective::NoisyBatch {
+        batch: 0,
+        input: Vec::new(),
+        input_len: len,
+        targets: Vec::new(),
+        weights: Vec::new(),
+        denom: 1.0,
+        t: Vec::new(),
+        mask: Vec::new(),
+    };
+    for subset in 1u32..(1 << len) {
+        let k = subset.count_ones() as usize;
+        for (i, &tok) in x0.iter().enumerate() {
+            let m = subset >> i & 1 == 1;
+            exact.input.push(if m { MASK } else { tok });
+            exact.targets.push(tok);
+            exact.weights.push(if m {
+                (1.0 / (k as f64 * choose(len, k))) as f32
+            } else {
+                0.0
+            });
+            exact.mask.push(m);
+        }
+        exact.batch += 1;
+    }
+    let mdlm = Mdlm::new(&cfg, MASK);
+    let truth: f64 = mdlm
+        .row_nelbo(&model, &exact)
+        .unwrap()
+        .unwrap()
+        .iter()
+        .sum();
+    let reps = 3000;
+    let many: Vec<u32> = (0..reps).flat_map(|_| x0.iter().copied()).collect();
+    let mut se_of = Vec::new();
+    for count_form in [true, false] {
+        let obj = Mdlm {
+            count_form,
+            ..Mdlm::new(&cfg, MASK)
+        };
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(21);
+        let nb = obj.corrupt(&many, reps, len, None, &mut rng);
+        let rows = obj.row_nelbo(&model, &nb).unwrap().unwrap();
+        let (m, se) = mean_se(&rows);
+        assert!(
+            (m - truth).abs() < 4.0 * se + 0.01 * truth,
+            "count form {count_form}: {m} ± {se} vs {truth}"
+        );
+        se_of.push(se);
+    }
+    assert!(
+        se_of[0] < se_of[1],
+        "the count form has the smaller error: {se_of:?}"
+    );
+    // BD3LM's count form with one block is MDLM's.
+    let mut one = cfg.clone();
+    one.train.objective = ObjectiveKind::Bd3lm;
+    one.bd3lm.block_size = len;
+    let obj = objective::build_for_bound(&one, MASK);
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(22);
+    let nb = obj.corrupt(&many, reps, len, None, &mut rng);
+    let (m, se) = mean_se(&obj.row_nelbo(&model, &nb).unwrap().unwrap());
+    assert!(
+        (m - truth).abs() < 4.0 * se,
+        "BD3LM count form {m} ± {se} vs {truth}"
+    );
+}
+
+#[test]
+fn gradient_check_through_bd3lm_loss() {
+    let (vocab, batch, len) = (11, 2, 6);
+    let (params, model) = small_model(vocab, 10.0);
+    let mut cfg = Config::default();
+    cfg.bd3lm.block_size = 2;
+    let obj = Bd3lm::new(&cfg, MASK);
+    let x0 = random_x0(batch * len, vocab, 4);
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(2);
+    let nb = obj.corrupt(&x0, batch, len, None, &mut rng);
+    let loss = obj.loss(&model, &nb).unwrap();
+    let grads = loss.backward().unwrap();
+    let mut pick = rand_pcg::Pcg64::seed_from_u64(9);
+    let eps = 1e-5;
+    let mut checked = 0;
+    for (name, var) in params.names.iter().zip(&params.vars) {
+        let g = grads.get(var.as_tensor()).unwrap();
+        let g = g.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let base = var.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for _ in 0..3 {
+            let k = pick.random_range(0..base.len());
+            let at = |delta: f64| {
+                let mut p = base.clone();
+                p[k] += delta;
+                var.set(&Tensor::from_vec(p, var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+                let l = scalar(obj.loss(&model, &nb).unwrap());
+                var.set(&Tensor::from_vec(base.clone(), var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+                l
+            };
+            let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+            let err = (numeric - g[k]).abs() / (numeric.abs() + g[k].abs()).max(1e-6);
+            assert!(
+                err < 1e-5,
+                "{name}[{k}]: analytic {} numeric {numeric}",
+                g[k]
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 20);
+}
+
+fn tiny(objective: ObjectiveKind) -> Config {
+    let mut cfg = Config::load("tiny", &[]).unwrap();
+    cfg.train.objective = objective;
+    cfg.train.eval_every = 0;
+    cfg.train.ckpt_every = 0;
+    cfg.train.batch_size = 8;
+    cfg.train.warmup_steps = 5;
+    cfg.bd3lm.block_size = 4;
+    cfg
+}
+
+fn data() -> &'static Prepared {
+    static DATA: OnceLock<Prepared> = OnceLock::new();
+    DATA.get_or_init(|| load_data(&tiny(ObjectiveKind::Mdlm), None).unwrap())
+}
+
+const STEPS: usize = 30;
+
+/// (bound before training, after, the trained model) per objective.
+fn trained(objective: ObjectiveKind) -> &'static (f64, f64, Transformer) {
+    static MDLM: OnceLock<(f64, f64, Transformer)> = OnceLock::new();
+    static BD3LM: OnceLock<(f64, f64, Transformer)> = OnceLock::new();
+    let cell = if objective == ObjectiveKind::Mdlm {
+        &MDLM
+    } else {
+        &BD3LM
+    };
+    cell.get_or_init(|| {
+        let cfg = tiny(objective);
+        let mut t = Trainer::new(cfg.clone(), data(), &Device::Cpu).unwrap();
+        let before = bound(&cfg, &t.eval_model().unwrap(), 7);
+        for _ in 0..STEPS {
+            t.step().unwrap();
+        }
+        let model = t.eval_model().unwrap();
+        let after = bound(&cfg, &model, 7);
+        (before, after, model)
+    })
+}
+
+fn bound(cfg: &Config, model: &Transformer, seed: u64) -> f64 {
+    let windows = eval_windows(&data().val, cfg.train.seq_len, Some(16));
+    let obj = objective::build_for_bound(cfg, data().tokenizer.mask_id());
+    let budget = BoundBudget {
+        min_samples: 2,
+        max_samples: 2,
+        target_se: 0.0,
+    };
+    let b = nelbo(model, obj.as_ref(), &windows, 16, budget, seed).unwrap();
+    assert!(b.nats_per_token.is_finite() && b.se.is_finite() && b.se > 0.0);
+    assert_eq!(b.t_samples, 2);
+    b.nats_per_token
+}
+
+#[test]
+fn nelbo_is_finite_seeded_and_falls_with_training() {
+    for obj in [ObjectiveKind::Mdlm, ObjectiveKind::Bd3lm] {
+        let (before, after, model) = trained(obj);
+        eprintln!("{obj:?}: NELBO bound {before:.3} -> {after:.3} nats/token");
+        let cfg = tiny(obj);
+        assert_eq!(
+            bound(&cfg, model, 7),
+            *after,
+            "{obj:?}: same seed, same bound"
+        );
+        assert_ne!(bound(&cfg, model, 8), *after, "{obj:?}: the seed matters");
+        let uniform = (data().tokenizer.vocab_size() as f64).ln();
+        assert!(
+            *after < before - 0.5 && *after < uniform,
+            "{obj:?}: bound {before} -> {after} (uniform {uniform})"
+        );
+    }
+}
+
+fn opts(max_new: usize, sampling: Sampling, seed: u64) -> GenOptions<'static> {
+    GenOptions {
+        max_new_tokens: max_new,
+        // An id the model cannot emit, so every row runs to its full length.
+        eos_id: u32::MAX,
+        mask_id: data().tokenizer.mask_id(),
+        sampling,
+        seed,
+        stop: None,
+    }
+}
+
+fn prompts() -> Vec<Vec<u32>> {
+    ["Alice was beginning", "The Queen", "'Off"]
+        .iter()
+        .map(|p| data().tokenizer.encode(p).unwrap())
+        .collect()
+}
+
+fn run(d: &dyn Decoder, model: &Transformer, p: &[Vec<u32>], o: &GenOptions) -> Generation {
+    let mut steps: Vec<StepTrace> = Vec::new();
+    let g = d
+        .generate(model, p, o, &mut |s| steps.push(s.clone()))
+        .unwrap();
+    assert!(!steps.is_empty());
+    let committed: usize = steps.iter().map(|s| s.committed.len()).sum();
+    assert_eq!(
+        committed,
+        g.generated_tokens(),
+        "every token committed once"
+    );
+    g
+}
+
+fn tokens(g: &Generation) -> Vec<Vec<u32>> {
+    g.rows.iter().map(|r| r.tokens.clone()).collect()
+}
+
+#[test]
+fn samplers_fill_the_length_without_masks_and_are_seeded() {
+    let warm = Sampling {
+        temperature: 1.0,
+        ..Sampling::default()
+    };
+    let decoders: Vec<(ObjectiveKind, Box<dyn Decoder>)> = vec![
+        (ObjectiveKind::Mdlm, Box::new(MdlmDecoder { steps: 12 })),
+        (ObjectiveKind::Mdlm, Box::new(MdlmDecoder::default())),
+        (
+            ObjectiveKind::Bd3lm,
+            Box::new(Bd3lmDecoder {
+                block_size: 4,
+                ..Bd3lmDecoder::default()
+            }),
+        ),
+        (
+            ObjectiveKind::Bd3lm,
+            Box::new(Bd3lmDecoder {
+                block_size: 4,
+                steps: 2,
+                reveal: Reveal::Confidence,
+                threshold: 0.5,
+            }),
+        ),
+    ];
+    for (obj, d) in &decoders {
+        assert!(d.fits(*obj));
+        let model = &trained(*obj).2;
+        for n in [1, 13] {
+            let g = run(d.as_ref(), model, &prompts(), &opts(n, warm.clone(), 3));
+            for row in &g.rows {
+                assert_eq!(row.tokens.len(), n, "{}", d.name());
+                assert!(!row.tokens.contains(&data().tokenizer.mask_id()));
+            }
+            let again = run(d.as_ref(), model, &prompts(), &opts(n, warm.clone(), 3));
+            assert_eq!(tokens(&g), tokens(&again), "{}: seeded", d.name());
+        }
+        let a = run(d.as_ref(), model, &prompts(), &opts(13, warm.clone(), 3));
+        let b = run(d.as_ref(), model, &prompts(), &opts(13, warm.clone(), 4));
+        assert_ne!(tokens(&a), tokens(&b), "{}: the seed matters", d.name());
+        // A batch decodes each row as it would alone (ragged rows, per-row caches).
+        let greedy = Sampling::default();
+        let batch = run(d.as_ref(), model, &prompts(), &opts(9, greedy.clone(), 0));
+        for (i, p) in prompts().iter().enumerate() {
+            let o = opts(9, greedy.clone(), 0);
+            let alone = run(d.as_ref(), model, std::slice::from_ref(p), &o);
+            assert_eq!(
+                alone.rows[0].tokens,
+                batch.rows[i].tokens,
+                "{} row {i}",
+                d.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn mdlm_skips_forwards_when_nothing_changed() {
+    let model = &trained(ObjectiveKind::Mdlm).2;
+    let d = MdlmDecoder { steps: 64 };
+    let g = run(&d, model, &prompts()[..1], &opts(8, Sampling::default(), 1));
+    // 64 steps reveal 8 tokens: at most 8 passes change the canvas, so at most 8 forwards.
+    assert!(g.forward_passes <= 8, "{} forwards", g.forward_passes);
+    assert_eq!(g.rows[0].tokens.len(), 8);
+}
+
+fn card(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_card"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("card runs")
+}
+
+#[test]
+fn cli_trains_evaluates_and_decodes_an_mdlm_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let out = card(
+        &[
+            "train",
+            "--preset",
+            "tiny",
+            "--objective",
+            "mdlm",
+            "--max-steps",
+            "2",
+            "--quiet",
+            "--out",
+            "run",
+        ],
+        cwd,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ckpt = checkpoint::load(&cwd.join("run"), &Device::Cpu).unwrap();
+    assert_eq!(ckpt.state.objective, ObjectiveKind::Mdlm);
+
+    let eval = card(&["eval", "run", "--max-windows", "16"], cwd);
+    let text = String::from_utf8_lossy(&eval.stdout);
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
+    assert!(
+        text.contains("val loss     ≤") && text.contains("perplexity   ≤"),
+        "{text}"
+    );
+    assert!(text.contains("NELBO"), "{text}");
+
+    let json = card(&["eval", "run", "--max-windows", "16", "--json"], cwd);
+    let last = String::from_utf8_lossy(&json.stdout);
+    let v: serde_json::Value = serde_json::from_str(last.lines().last().unwrap()).unwrap();
+    assert_eq!(v["bound"], true);
+    assert_eq!(v["estimator"], "nelbo");
+    assert!(v["val_loss"].as_f64().unwrap().is_finite());
+    assert!(v["val_loss_se"].as_f64().unwrap() >= 0.0);
+
+    let refused = card(
+        &["generate", "run", "--prompt", "Alice", "--decoder", "card"],
+        cwd,
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("decoders that fit: mdlm") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+
+    let gen = card(
+        &[
+            "generate",
+            "run",
+            "--prompt",
+            "Alice",
+            "--decoder",
+            "mdlm",
+            "--steps",
+            "4",
+            "--max-new-tokens",
+            "6",
+            "--json",
+        ],
+        cwd,
+    );
+    assert!(
+        gen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gen.stderr)
+    );
+    let line = String::from_utf8_lossy(&gen.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
+    assert_eq!(v["decoder"], "mdlm");
+    assert!(v["forward_passes"].as_u64().unwrap() <= 4);
+}

@@ -1,8 +1,9 @@
 //! `card eval`: validation loss, perplexity and bits per byte at t = 0 (exact likelihood),
 //! CARD's loss as a function of t, zero-shot tasks, LAMBADA and generation quality.
 
+use crate::cli::generate::CardArgs;
 use crate::data::eval_files::TASKS;
-use crate::decode::{CardDecoder, Sampling};
+use crate::decode::Sampling;
 use crate::eval::report::{evaluate, EvalOptions, EvalReport, GenerationEval};
 use crate::eval::BoundBudget;
 use crate::train::{checkpoint, default_device};
@@ -44,12 +45,8 @@ pub struct EvalArgs {
     pub gen_samples: usize,
     #[arg(long, default_value_t = 64)]
     pub gen_length: usize,
-    #[arg(long, default_value_t = CardDecoder::default().block_size)]
-    pub block_size: usize,
-    #[arg(long, default_value_t = CardDecoder::default().step_limit)]
-    pub step_limit: usize,
-    #[arg(long, default_value_t = CardDecoder::default().threshold)]
-    pub threshold: f64,
+    #[command(flatten)]
+    pub card: CardArgs,
     /// Sampling temperature for --generation (0 = greedy).
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f64,
@@ -88,16 +85,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let generation = if a.generation {
         let card = match a.gen_decoder.as_str() {
             "ar" => None,
-            "card" => {
-                let c = CardDecoder {
-                    block_size: a.block_size,
-                    step_limit: a.step_limit,
-                    threshold: a.threshold,
-                    ..CardDecoder::default()
-                };
-                c.validate()?;
-                Some(c)
-            }
+            "card" => Some(a.card.decoder()?),
             other => bail!("unknown --gen-decoder '{other}' (ar, card)"),
         };
         let sampling = Sampling {

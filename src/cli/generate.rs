@@ -28,6 +28,42 @@ pub enum Truncate {
     Left,
 }
 
+/// CARD decoding knobs, shared by `generate` and `eval --generation`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CardArgs {
+    /// CARD: K, slots decoded in parallel.
+    #[arg(long, default_value_t = CardDecoder::default().block_size)]
+    pub block_size: usize,
+    /// CARD: T_max, passes after which a block's remaining slots are filled.
+    #[arg(long, default_value_t = CardDecoder::default().step_limit)]
+    pub step_limit: usize,
+    /// CARD (and BD3LM --reveal confidence): τ in [0, 1], commit slots at least this confident.
+    #[arg(long, default_value_t = CardDecoder::default().threshold)]
+    pub threshold: f64,
+    #[arg(long, value_enum, default_value = "leftmost")]
+    pub floor: Floor,
+    #[arg(long, value_enum, default_value = "block")]
+    pub commit: CommitMode,
+}
+
+impl CardArgs {
+    /// The validated decoder (τ must lie in [0, 1] on the command line).
+    pub fn decoder(&self) -> Result<CardDecoder> {
+        if !(0.0..=1.0).contains(&self.threshold) {
+            bail!("--threshold τ must be in [0, 1], got {}", self.threshold);
+        }
+        let card = CardDecoder {
+            block_size: self.block_size,
+            step_limit: self.step_limit,
+            threshold: self.threshold,
+            floor: self.floor,
+            commit: self.commit,
+        };
+        card.validate()?;
+        Ok(card)
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
     /// A run directory (its latest checkpoint) or a checkpoint directory.
@@ -42,19 +78,8 @@ pub struct GenerateArgs {
     pub max_new_tokens: usize,
     #[arg(long, value_enum, default_value = "ar")]
     pub decoder: DecoderKind,
-    /// CARD: K, slots decoded in parallel.
-    #[arg(long, default_value_t = CardDecoder::default().block_size)]
-    pub block_size: usize,
-    /// CARD: T_max, passes after which a block's remaining slots are filled.
-    #[arg(long, default_value_t = CardDecoder::default().step_limit)]
-    pub step_limit: usize,
-    /// CARD: τ in [0, 1], commit slots at least this confident.
-    #[arg(long, default_value_t = CardDecoder::default().threshold)]
-    pub threshold: f64,
-    #[arg(long, value_enum, default_value = "leftmost")]
-    pub floor: Floor,
-    #[arg(long, value_enum, default_value = "block")]
-    pub commit: CommitMode,
+    #[command(flatten)]
+    pub card: CardArgs,
     /// MDLM: denoising steps over the canvas; BD3LM: steps per block (its block size is the
     /// checkpoint's) [default: MDLM one per new token, BD3LM one per block slot].
     #[arg(long)]
@@ -101,17 +126,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         repetition_penalty: a.repetition_penalty,
     };
     sampling.validate()?;
-    let card = CardDecoder {
-        block_size: a.block_size,
-        step_limit: a.step_limit,
-        threshold: a.threshold,
-        floor: a.floor,
-        commit: a.commit,
-    };
-    if !(0.0..=1.0).contains(&a.threshold) {
-        bail!("--threshold τ must be in [0, 1], got {}", a.threshold);
-    }
-    card.validate()?;
+    let card = a.card.decoder()?;
     if a.steps == Some(0) {
         bail!("--steps must be at least 1");
     }
@@ -127,7 +142,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             block_size: ckpt.config.bd3lm.block_size,
             steps: a.steps.unwrap_or(0),
             reveal: a.reveal,
-            threshold: a.threshold,
+            threshold: card.threshold,
         }),
     };
     let objective = ckpt.state.objective;

@@ -15,8 +15,8 @@
 
 use super::mdlm::{ancestral_reveal, Slot};
 use super::{
-    check_budget, logits_at, new_cache, row_rng, Decoder, Finish, GenOptions, Generation,
-    RowOutput, StepTrace,
+    check_budget, forward_padded, logits_at, new_cache, padded, row_rng, Decoder, Finish,
+    GenOptions, Generation, RowOutput, StepTrace,
 };
 use crate::config::ObjectiveKind;
 use crate::model::{Attention, KvCache, Transformer};
@@ -174,17 +174,8 @@ fn forward_blocks(
     block: usize,
     pad: u32,
 ) -> Result<Tensor> {
-    let t = inputs.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
-    let valid: Vec<usize> = inputs.iter().map(|r| r.len()).collect();
-    let ids: Vec<u32> = inputs
-        .iter()
-        .flat_map(|r| {
-            r.iter()
-                .copied()
-                .chain(std::iter::repeat_n(pad, t - r.len()))
-        })
-        .collect();
-    let ids = Tensor::from_vec(ids, (inputs.len(), t), model.device())?;
+    let (ids, valid) = padded(inputs, pad, model.device())?;
+    let t = ids.dim(1)?;
     let bias = block_causal_bias(
         cache.lens(),
         &valid,
@@ -193,14 +184,7 @@ fn forward_blocks(
         model.dtype(),
         model.device(),
     )?;
-    let ragged = valid.iter().any(|&v| v != t);
-    let logits = model.forward_ragged(
-        &ids,
-        Attention::Mask(&bias),
-        Some(cache),
-        ragged.then_some(valid.as_slice()),
-    )?;
-    Ok(logits.to_dtype(DType::F32)?)
+    forward_padded(model, &ids, &valid, Attention::Mask(&bias), Some(cache))
 }
 
 impl Decoder for Bd3lmDecoder {

@@ -7,13 +7,13 @@
 //! skipped and its predictions reused.
 
 use super::{
-    check_budget, logits_at, row_rng, Decoder, Finish, GenOptions, Generation, RowOutput,
-    SlotTrace, StepTrace,
+    check_budget, forward_padded, logits_at, padded, row_rng, Decoder, Finish, GenOptions,
+    Generation, RowOutput, SlotTrace, StepTrace,
 };
 use crate::config::ObjectiveKind;
 use crate::model::{Attention, Transformer};
 use anyhow::Result;
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -74,25 +74,8 @@ pub(crate) fn bidirectional_logits(
     canvases: &[Vec<u32>],
     pad: u32,
 ) -> Result<Tensor> {
-    let t = canvases.iter().map(|c| c.len()).max().unwrap_or(1);
-    let valid: Vec<usize> = canvases.iter().map(|c| c.len()).collect();
-    let ids: Vec<u32> = canvases
-        .iter()
-        .flat_map(|c| {
-            c.iter()
-                .copied()
-                .chain(std::iter::repeat_n(pad, t - c.len()))
-        })
-        .collect();
-    let ids = Tensor::from_vec(ids, (canvases.len(), t), model.device())?;
-    let ragged = valid.iter().any(|&v| v != t);
-    let logits = model.forward_ragged(
-        &ids,
-        Attention::Bidirectional,
-        None,
-        ragged.then_some(valid.as_slice()),
-    )?;
-    Ok(logits.to_dtype(DType::F32)?)
+    let (ids, valid) = padded(canvases, pad, model.device())?;
+    forward_padded(model, &ids, &valid, Attention::Bidirectional, None)
 }
 
 struct Row {

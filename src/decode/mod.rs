@@ -158,14 +158,13 @@ pub(crate) fn new_cache(model: &Transformer, batch: usize, scratch: usize) -> Re
     )?)
 }
 
-/// Run one ragged forward: row r feeds `inputs[r]` (possibly empty) after its cached prefix.
-/// Returns f32 logits [B, T, V] (rows padded to the longest input).
-pub(crate) fn forward_rows(
-    model: &Transformer,
-    cache: &mut KvCache,
+/// Rows of different lengths padded to the longest (at least 1): ids [B, T] and each row's
+/// real length.
+pub(crate) fn padded(
     inputs: &[Vec<u32>],
     pad: u32,
-) -> Result<Tensor> {
+    device: &candle_core::Device,
+) -> Result<(Tensor, Vec<usize>)> {
     let t = inputs.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
     let valid: Vec<usize> = inputs.iter().map(|r| r.len()).collect();
     let ids: Vec<u32> = inputs
@@ -176,15 +175,38 @@ pub(crate) fn forward_rows(
                 .chain(std::iter::repeat_n(pad, t - r.len()))
         })
         .collect();
-    let ids = Tensor::from_vec(ids, (inputs.len(), t), model.device())?;
+    Ok((Tensor::from_vec(ids, (inputs.len(), t), device)?, valid))
+}
+
+/// One forward over padded rows (see `padded`); f32 logits [B, T, V].
+pub(crate) fn forward_padded(
+    model: &Transformer,
+    ids: &Tensor,
+    valid: &[usize],
+    attn: crate::model::Attention,
+    cache: Option<&mut KvCache>,
+) -> Result<Tensor> {
+    let t = ids.dim(1)?;
     let ragged = valid.iter().any(|&v| v != t);
-    let logits = model.forward_ragged(
+    let logits = model.forward_ragged(ids, attn, cache, ragged.then_some(valid))?;
+    Ok(logits.to_dtype(candle_core::DType::F32)?)
+}
+
+/// Run one causal pass: row r feeds `inputs[r]` (possibly empty) after its cached prefix.
+pub(crate) fn forward_rows(
+    model: &Transformer,
+    cache: &mut KvCache,
+    inputs: &[Vec<u32>],
+    pad: u32,
+) -> Result<Tensor> {
+    let (ids, valid) = padded(inputs, pad, model.device())?;
+    forward_padded(
+        model,
         &ids,
+        &valid,
         crate::model::Attention::Causal,
         Some(cache),
-        ragged.then_some(valid.as_slice()),
-    )?;
-    Ok(logits.to_dtype(candle_core::DType::F32)?)
+    )
 }
 
 /// The logits of one row at one position, on the host.

@@ -41,19 +41,19 @@ pub fn matmul_peak_gflops(device: &Device, n: usize, rounds: usize) -> Result<f6
     Ok(2.0 * (n * n * n) as f64 / median(&mut times) / 1e9)
 }
 
-/// Resident-set high-water mark of this process in MiB (Linux), 0 elsewhere.
-pub fn peak_rss_mb() -> f64 {
+/// A `/proc/self/status` field in MiB (Linux), 0 elsewhere.
+fn status_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// Reset the high-water mark so each benchmark reports its own peak (Linux ≥ 4.0).
-pub fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+/// Resident-set high-water mark of this process in MiB.
+pub fn peak_rss_mb() -> f64 {
+    status_mb("VmHWM:")
 }

@@ -1,7 +1,7 @@
 //! Training throughput of objectives side by side in one process, against a matmul peak
 //! measured on the same machine.
 
-use super::{matmul_peak_gflops, median, peak_rss_mb, reset_peak_rss};
+use super::{matmul_peak_gflops, median, peak_rss_mb};
 use crate::config::{Config, ObjectiveKind};
 use crate::data::Prepared;
 use crate::train::Trainer;
@@ -19,6 +19,8 @@ pub struct TrainBench {
     pub step_time_s: f64,
     /// Real tokens (batch × seq_len) per second.
     pub tokens_per_s: f64,
+    /// Peak resident memory (MiB): in-process high-water mark after this objective's warm-up;
+    /// `card bench train` replaces it with a measurement in a process of its own.
     pub peak_rss_mb: f64,
     /// Model FLOPs per second over the measured matmul peak.
     pub mfu: f64,
@@ -39,34 +41,53 @@ pub fn bench_train(
 ) -> Result<Vec<TrainBench>> {
     progress("measuring the matmul peak");
     let peak = matmul_peak_gflops(device, 1024, 7)?;
-    let mut out: Vec<TrainBench> = Vec::new();
+    // Phase 1, one objective at a time: build and warm up. The memory recorded is this
+    // process's high-water mark so far (exact for the first objective; the CLI measures each
+    // objective in a process of its own).
+    let mut trainers = Vec::new();
+    let mut peaks = Vec::new();
     for &obj in objectives {
+        progress(&format!("{}: warm-up", obj.name()));
         let mut c = cfg.clone();
         c.train.objective = obj;
         c.train.max_steps = warmup + steps;
-        reset_peak_rss();
-        let mut trainer = Trainer::with_model_vocab(c.clone(), data, device)?;
-        for _ in 0..warmup {
+        let mut trainer = Trainer::with_model_vocab(c, data, device)?;
+        for _ in 0..warmup.max(1) {
             trainer.step()?;
         }
-        let mut times = Vec::with_capacity(steps);
-        for i in 0..steps {
-            progress(&format!("{}: step {}/{}", obj.name(), i + 1, steps));
+        peaks.push(peak_rss_mb());
+        trainers.push(trainer);
+    }
+    // Phase 2: timed steps interleaved round-robin, so a noisy machine slows every objective
+    // alike and the ratios stay meaningful.
+    let mut times = vec![Vec::with_capacity(steps); objectives.len()];
+    for i in 0..steps {
+        for (o, trainer) in trainers.iter_mut().enumerate() {
+            progress(&format!(
+                "{}: step {}/{}",
+                objectives[o].name(),
+                i + 1,
+                steps
+            ));
             let t = Instant::now();
             trainer.step()?;
             device.synchronize()?;
-            times.push(t.elapsed().as_secs_f64());
+            times[o].push(t.elapsed().as_secs_f64());
         }
-        let step_time = median(&mut times);
+    }
+    let mut out: Vec<TrainBench> = Vec::new();
+    for (o, trainer) in trainers.iter().enumerate() {
+        let c = &trainer.cfg;
+        let step_time = median(&mut times[o]);
         let tokens = c.tokens_per_step();
         let flops = c.model.train_flops_per_token(c.train.seq_len) * tokens as f64;
         out.push(TrainBench {
-            objective: obj.name().to_string(),
+            objective: objectives[o].name().to_string(),
             params: trainer.params.count(),
             tokens_per_step: tokens,
             step_time_s: step_time,
             tokens_per_s: tokens as f64 / step_time,
-            peak_rss_mb: peak_rss_mb(),
+            peak_rss_mb: peaks[o],
             mfu: flops / step_time / (peak * 1e9),
             matmul_peak_gflops: peak,
             ratio_to_card: None,

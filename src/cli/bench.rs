@@ -66,6 +66,9 @@ pub struct TrainBenchArgs {
     /// Print JSON as the last line: one object for one objective, else a list.
     #[arg(long)]
     pub json: bool,
+    /// Internal: build one objective's trainer, run the warm-up, print its peak memory.
+    #[arg(long, hide = true)]
+    pub memory_probe: bool,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -104,14 +107,30 @@ fn train(a: TrainBenchArgs) -> Result<()> {
     let device = default_device()?;
     eprintln!("preparing data (embedded corpus unless data.path is set)");
     let data = load_data(&cfg, None)?;
+    if a.memory_probe {
+        let mut c = cfg.clone();
+        c.train.objective = objectives[0];
+        let mut trainer = crate::train::Trainer::with_model_vocab(c, &data, &device)?;
+        for _ in 0..a.warmup.max(1) {
+            trainer.step()?;
+        }
+        println!("{}", crate::bench::peak_rss_mb());
+        return Ok(());
+    }
     let tty = std::io::stderr().is_terminal();
-    let results = bench_train(&cfg, &data, &objectives, a.warmup, a.steps, &device, |m| {
+    let mut results = bench_train(&cfg, &data, &objectives, a.warmup, a.steps, &device, |m| {
         if tty {
             eprint!("\r\x1b[2K{m}")
         }
     })?;
     if tty {
         eprint!("\r\x1b[2K");
+    }
+    // Each objective's memory, measured in a process of its own.
+    for r in &mut results {
+        if let Some(mb) = probe_memory(&a, &r.objective) {
+            r.peak_rss_mb = mb;
+        }
     }
     let c = &cfg;
     println!(
@@ -231,4 +250,29 @@ fn decode(a: DecodeBenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&rows)?);
     }
     Ok(())
+}
+
+/// Peak RSS (MiB) of a child `card` running one objective's warm-up, or None if it fails.
+fn probe_memory(a: &TrainBenchArgs, objective: &str) -> Option<f64> {
+    let exe = std::env::current_exe().ok()?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args([
+        "bench",
+        "train",
+        "--memory-probe",
+        "--preset",
+        &a.preset,
+        "--objective",
+        objective,
+    ]);
+    cmd.args(["--warmup", &a.warmup.to_string()]);
+    for s in &a.sets {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.stderr(std::process::Stdio::null()).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    out.status
+        .success()
+        .then(|| text.lines().last()?.trim().parse().ok())
+        .flatten()
 }

@@ -190,7 +190,7 @@ fn sampling_is_deterministic_for_a_seed() {
 #[test]
 fn stop_condition_and_budget_are_respected() {
     let ps = prompts();
-    let stop = |gen: &[u32]| gen.len() >= 5;
+    let stop = |_row: usize, gen: &[u32]| gen.len() >= 5;
     let o = GenOptions {
         stop: Some(&stop),
         ..opts(30, Sampling::default(), 0)

@@ -197,7 +197,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     }
     let stops = a.stop.clone();
     let stop_tok = tok.clone();
-    let stop_fn = move |gen: &[u32]| -> bool {
+    let stop_fn = move |_row: usize, gen: &[u32]| -> bool {
         let text = stop_tok.decode(gen).unwrap_or_default();
         stops.iter().any(|s| text.contains(s.as_str()))
     };

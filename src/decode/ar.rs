@@ -74,7 +74,7 @@ impl Decoder for ArDecoder {
                     (done[r], row.finish) = (true, Finish::Eos);
                 } else {
                     row.tokens.push(tok);
-                    if opts.stop.is_some_and(|s| s(&row.tokens)) {
+                    if opts.stop.is_some_and(|s| s(r, &row.tokens)) {
                         (done[r], row.finish) = (true, Finish::Stop);
                     } else if row.tokens.len() >= opts.max_new_tokens {
                         done[r] = true;

@@ -316,7 +316,7 @@ impl Decoder for Bd3lmDecoder {
                     }
                     row.gen.push(tok);
                     row.text.push(tok);
-                    if opts.stop.is_some_and(|f| f(&row.gen)) {
+                    if opts.stop.is_some_and(|f| f(r, &row.gen)) {
                         (row.done, row.finish) = (true, Finish::Stop);
                         break;
                     }

@@ -143,7 +143,7 @@ impl CardDecoder {
 }
 
 /// Append committed tokens to a row, stopping at EOS, a stop condition or the budget.
-fn accept(row: &mut Row, tokens: &[u32], opts: &GenOptions) {
+fn accept(r: usize, row: &mut Row, tokens: &[u32], opts: &GenOptions) {
     for &tok in tokens {
         if tok == opts.eos_id {
             (row.done, row.finish) = (true, Finish::Eos);
@@ -151,7 +151,7 @@ fn accept(row: &mut Row, tokens: &[u32], opts: &GenOptions) {
         }
         row.gen.push(tok);
         row.pending.push(tok);
-        if opts.stop.is_some_and(|s| s(&row.gen)) {
+        if opts.stop.is_some_and(|s| s(r, &row.gen)) {
             (row.done, row.finish) = (true, Finish::Stop);
             return;
         }
@@ -306,7 +306,7 @@ impl Decoder for CardDecoder {
                     .drain(..ready)
                     .map(|s| s.token.expect("filled"))
                     .collect();
-                accept(row, &tokens, opts);
+                accept(r, row, &tokens, opts);
                 if row.done {
                     row.window.clear();
                 }

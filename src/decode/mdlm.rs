@@ -90,7 +90,7 @@ struct Row {
 }
 
 /// Move newly left-contiguous revealed slots into `gen`, stopping at EOS or a stop match.
-fn accept_prefix(row: &mut Row, opts: &GenOptions) {
+fn accept_prefix(r: usize, row: &mut Row, opts: &GenOptions) {
     while !row.done && row.gen.len() < row.slots.len() {
         let Some(tok) = row.slots[row.gen.len()].token else {
             return;
@@ -100,7 +100,7 @@ fn accept_prefix(row: &mut Row, opts: &GenOptions) {
             return;
         }
         row.gen.push(tok);
-        if opts.stop.is_some_and(|s| s(&row.gen)) {
+        if opts.stop.is_some_and(|s| s(r, &row.gen)) {
             (row.done, row.finish) = (true, Finish::Stop);
         }
     }
@@ -202,7 +202,7 @@ impl Decoder for MdlmDecoder {
                         .collect(),
                     committed: chosen.iter().map(|&j| row.slots[j].trace(j)).collect(),
                 });
-                accept_prefix(row, opts);
+                accept_prefix(r, row, opts);
             }
         }
         let rows = rows

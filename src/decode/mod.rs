@@ -21,8 +21,8 @@ pub use card::{CardDecoder, CommitMode, Floor};
 pub use mdlm::MdlmDecoder;
 pub use sampling::Sampling;
 
-/// Called with a row's generated tokens after each commit; true stops the row.
-pub type StopFn<'a> = &'a dyn Fn(&[u32]) -> bool;
+/// Called with (row index, the row's generated tokens) after each commit; true stops the row.
+pub type StopFn<'a> = &'a dyn Fn(usize, &[u32]) -> bool;
 
 /// What every decoder needs besides the model and the prompts.
 pub struct GenOptions<'a> {

@@ -380,11 +380,10 @@ impl Engine {
             .unwrap_or_else(|| self.stats.batches.load(Ordering::SeqCst) ^ 0x5eed_0000_0000_0000);
         let state = RefCell::new(BatchState {
             rows,
-            current: None,
             last_forward: 0,
             start: std::time::Instant::now(),
         });
-        let stop = |gen: &[u32]| -> bool { self.stop_row(&state, &jobs, gen) };
+        let stop = |r: usize, gen: &[u32]| -> bool { self.stop_row(&state, &jobs, r, gen) };
         let opts = GenOptions {
             max_new_tokens: budget,
             // An id no token has: EOS never ends a row.
@@ -432,11 +431,14 @@ impl Engine {
     }
 
     /// The stop hook: called for the row whose step was traced last.
-    fn stop_row(&self, state: &RefCell<BatchState>, jobs: &[Queued], gen: &[u32]) -> bool {
+    fn stop_row(
+        &self,
+        state: &RefCell<BatchState>,
+        jobs: &[Queued],
+        r: usize,
+        gen: &[u32],
+    ) -> bool {
         let st = state.borrow();
-        let Some(r) = st.current else {
-            return false;
-        };
         let row = &st.rows[r];
         let job = &jobs[row.job];
         if self.is_cancelled(job) || gen.len() >= row.max {
@@ -464,7 +466,6 @@ impl Engine {
                 std::thread::sleep(self.cfg.step_delay);
             }
         }
-        st.current = Some(step.row);
         let elapsed_s = st.start.elapsed().as_secs_f64();
         let Some(row) = st.rows.get_mut(step.row) else {
             return;
@@ -601,8 +602,6 @@ impl RowState {
 
 struct BatchState {
     rows: Vec<RowState>,
-    /// The row whose step was traced last: the one the decoder's stop hook is about.
-    current: Option<usize>,
     last_forward: usize,
     start: std::time::Instant,
 }

@@ -617,3 +617,56 @@ fn cli_trains_evaluates_and_decodes_an_mdlm_checkpoint() {
     assert_eq!(v["decoder"], "mdlm");
     assert!(v["forward_passes"].as_u64().unwrap() <= 4);
 }
+
+#[test]
+fn elbo_scorer_is_exact_for_one_token_and_deterministic() {
+    use card::eval::zero_shot::{ElboScorer, Scorer};
+    use card::model::Attention;
+    let (_p, model) = small_model(23, 3.0);
+    let mut cfg = Config::default();
+    cfg.train.objective = ObjectiveKind::Mdlm;
+    let obj = objective::build_for_bound(&cfg, 1);
+    let scorer = ElboScorer {
+        model: &model,
+        objective: obj.as_ref(),
+        mask_id: 1,
+        block: None,
+        samples: 4,
+        seed: 0,
+    };
+    let ctx = random_x0(9, 23, 5);
+    // One continuation token: every draw masks exactly it with weight 1, so the bound is
+    // log p(x | context, [MASK]) under SUBS — computed here by hand.
+    let (ll, greedy) = scorer.loglik(&ctx, &[7]).unwrap();
+    assert!(greedy.is_none());
+    let mut ids = ctx.clone();
+    ids.push(1);
+    let input = Tensor::from_vec(ids, (1, 10), &Device::Cpu).unwrap();
+    let logits = model
+        .forward(&input, Attention::Bidirectional, None)
+        .unwrap();
+    let row: Vec<f64> = logits
+        .squeeze(0)
+        .unwrap()
+        .get(9)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let lse = row
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 1)
+        .map(|(_, x)| x.exp())
+        .sum::<f64>()
+        .ln();
+    assert!(
+        (ll - (row[7] - lse)).abs() < 1e-9,
+        "{ll} vs {}",
+        row[7] - lse
+    );
+    // Longer continuations: a bound below the one-token value, the same for the same seed.
+    let (a, _) = scorer.loglik(&ctx, &[7, 8, 9, 10]).unwrap();
+    let (b, _) = scorer.loglik(&ctx, &[7, 8, 9, 10]).unwrap();
+    assert_eq!(a, b);
+    assert!(a < ll);
+}

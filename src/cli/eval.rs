@@ -170,9 +170,14 @@ fn print_report(r: &EvalReport) {
         );
     }
     if let Some(l) = &r.lambada {
+        let acc = match (l.accuracy, l.accuracy_se) {
+            (Some(a), Some(se)) => format!("last-word accuracy {a:.3} (± {se:.3})"),
+            _ => "last-word accuracy n/a (a bound has no greedy check)".to_string(),
+        };
+        let le = if r.bound { "≤ " } else { "" };
         println!(
-            "\nLAMBADA ({} passages): last-word accuracy {:.3} (± {:.3}), target perplexity {:.1}, {:.3} bits/byte",
-            l.n, l.accuracy, l.accuracy_se, l.target_perplexity, l.bits_per_byte
+            "\nLAMBADA ({} passages): {acc}, target perplexity {le}{:.1}, {le}{:.3} bits/byte",
+            l.n, l.target_perplexity, l.bits_per_byte
         );
     }
     if let Some(g) = &r.generation {

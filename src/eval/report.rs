@@ -3,7 +3,7 @@
 
 use super::quality::{continuation_nll, distinct_n, repeated_ngram_rate, unigram_entropy};
 use super::zero_shot::{
-    load_task, score_lambada, score_mc, ExactScorer, LambadaResult, McResult, Scorer,
+    load_task, score_lambada, score_mc, ElboScorer, ExactScorer, LambadaResult, McResult, Scorer,
 };
 use super::{ar_nll, bits_per_byte, loss_vs_t, nelbo, BoundBudget, NoisePoint};
 use crate::bench::decode::PROMPTS;
@@ -158,12 +158,7 @@ pub fn evaluate(ckpt: &Checkpoint, opts: &EvalOptions) -> Result<EvalReport> {
         let sum = ar_nll(&model, &windows, batch)?;
         (sum.tokens, sum.mean(), None)
     };
-    if objective.is_diffusion() && (!opts.tasks.is_empty() || opts.lambada) {
-        bail!(
-            "zero-shot and LAMBADA scoring of {} checkpoints (by their ELBO) is not implemented yet",
-            objective.name()
-        );
-    }
+
     let loss_vs_t = if objective == ObjectiveKind::Card && !opts.noise_levels.is_empty() {
         let obj = objective::build(&cfg, tok.mask_id());
         let subset = &windows[..windows.len().min(4 * batch)];
@@ -171,7 +166,22 @@ pub fn evaluate(ckpt: &Checkpoint, opts: &EvalOptions) -> Result<EvalReport> {
     } else {
         Vec::new()
     };
-    let scorer = ExactScorer(&model);
+    // Exact likelihood for ARM/CARD; for MDLM/BD3LM the ELBO (a lower bound).
+    let bound_objective = objective::build_for_bound(&cfg, tok.mask_id());
+    let exact = ExactScorer(&model);
+    let elbo = ElboScorer {
+        model: &model,
+        objective: bound_objective.as_ref(),
+        mask_id: tok.mask_id(),
+        block: (objective == ObjectiveKind::Bd3lm).then_some(cfg.bd3lm.block_size),
+        samples: 8,
+        seed: opts.seed,
+    };
+    let scorer: &dyn Scorer = if objective.is_diffusion() {
+        &elbo
+    } else {
+        &exact
+    };
     let zero_shot = if opts.tasks.is_empty() {
         None
     } else {
@@ -179,7 +189,7 @@ pub fn evaluate(ckpt: &Checkpoint, opts: &EvalOptions) -> Result<EvalReport> {
         for t in &opts.tasks {
             let mut docs = load_task(&eval_files::task_file(&opts.data_dir, t)?)?;
             docs.truncate(opts.limit.unwrap_or(usize::MAX));
-            tasks.push(score_mc(&scorer as &dyn Scorer, &tok, t, &docs)?);
+            tasks.push(score_mc(scorer, &tok, t, &docs)?);
         }
         let n = tasks.len() as f64;
         Some(ZeroShot {
@@ -192,7 +202,7 @@ pub fn evaluate(ckpt: &Checkpoint, opts: &EvalOptions) -> Result<EvalReport> {
     let lambada = if opts.lambada {
         let mut docs = load_task(&eval_files::task_file(&opts.data_dir, "lambada")?)?;
         docs.truncate(opts.limit.unwrap_or(usize::MAX));
-        Some(score_lambada(&scorer, &tok, &docs)?)
+        Some(score_lambada(scorer, &tok, &docs)?)
     } else {
         None
     };

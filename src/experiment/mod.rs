@@ -161,9 +161,7 @@ impl Runner {
             }
         }
         let ckpt = checkpoint::load(&dir, &device)?;
-        // Zero-shot scoring is exact-likelihood only (ARM, CARD).
         let zero_shot = self.opts.zero_shot_limit.is_some()
-            && !ckpt.state.objective.is_diffusion()
             && crate::data::eval_files::task_file(&self.opts.eval_data, "piqa").is_ok();
         let eval_opts = EvalOptions {
             max_windows: self.opts.eval_windows(),

@@ -312,13 +312,13 @@ mod tests {
     /// Scores a continuation by a table lookup: a hand-checkable toy model.
     struct Table(Vec<(Vec<u32>, f64)>);
     impl Scorer for Table {
-        fn loglik(&self, _ctx: &[u32], cont: &[u32]) -> Result<(f64, bool)> {
+        fn loglik(&self, _ctx: &[u32], cont: &[u32]) -> Result<(f64, Option<bool>)> {
             let ll = self
                 .0
                 .iter()
                 .find(|(c, _)| c == cont)
                 .map_or(-100.0, |x| x.1);
-            Ok((ll, ll > -1.0))
+            Ok((ll, Some(ll > -1.0)))
         }
     }
 

@@ -375,17 +375,11 @@ pub fn decoding_calibration(runner: &mut Runner) -> Result<()> {
         ),
         None => "AR".into(),
     };
-    // Pareto frontier: no other setting has both more tokens/forward and a lower NLL.
-    let frontier: Vec<(f64, f64)> = rows
+    let points: Vec<(f64, f64)> = rows
         .iter()
-        .filter(|a| {
-            !rows.iter().any(|b| {
-                b.tokens_per_forward > a.tokens_per_forward + 1e-12
-                    && b.self_nll < a.self_nll - 1e-12
-            })
-        })
         .map(|r| (r.tokens_per_forward, r.self_nll))
         .collect();
+    let frontier: Vec<(f64, f64)> = pareto(&points).into_iter().map(|i| points[i]).collect();
     let on_frontier = |r: &crate::bench::decode::DecodeBench| {
         frontier.contains(&(r.tokens_per_forward, r.self_nll))
     };
@@ -642,4 +636,34 @@ pub fn ema(runner: &mut Runner) -> Result<()> {
         .map(|(r, (w, wo))| vec![r.seed.to_string(), format!("{w:.5}"), format!("{wo:.5}")])
         .collect();
     write(&runner.opts, &report, &["seed", "bpb_ema", "bpb_raw"], &csv)
+}
+
+/// Indices of the points (tokens/forward ↑, NLL ↓) that no other point dominates: at least
+/// as good on both and better on one by more than rounding (identical decodes measured in
+/// different batches differ in the last bits).
+pub fn pareto(points: &[(f64, f64)]) -> Vec<usize> {
+    const EPS: f64 = 1e-6;
+    let dominates = |b: (f64, f64), a: (f64, f64)| {
+        b.0 >= a.0 - EPS && b.1 <= a.1 + EPS && (b.0 > a.0 + EPS || b.1 < a.1 - EPS)
+    };
+    (0..points.len())
+        .filter(|&i| !points.iter().any(|&b| dominates(b, points[i])))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pareto_keeps_only_undominated_points() {
+        let pts = [
+            (1.0, 2.0),
+            (2.0, 3.4),
+            (2.0, 3.7),
+            (1.0, 2.5),
+            (3.0, 3.4),
+            (1.0, 2.0 + 1e-12),
+        ];
+        // (2.0, 3.4) is dominated by (3.0, 3.4); (2.0, 3.7) and (1.0, 2.5) too; equal points stay.
+        assert_eq!(super::pareto(&pts), vec![0, 4, 5]);
+    }
 }

@@ -387,16 +387,14 @@ fn every_experiment_smoke_run_writes_report_csv_and_plots() {
         );
         let csv = std::fs::read_to_string(folder.join("results.csv")).unwrap();
         assert!(csv.lines().count() >= 2, "{name}: empty CSV");
-        if name != "ema" {
-            let svgs = std::fs::read_dir(&folder).unwrap().filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .path()
-                    .extension()
-                    .is_some_and(|x| x == "svg")
-            });
-            assert!(svgs.count() >= 1, "{name}: no plot");
-        }
+        let svgs = std::fs::read_dir(&folder).unwrap().filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "svg")
+        });
+        assert!(svgs.count() >= 1, "{name}: no plot");
     }
     // A second call reuses the finished runs instead of training again.
     let out = card(&["experiment", "ema", "--smoke"], cwd);

@@ -611,6 +611,31 @@ pub fn ema(runner: &mut Runner) -> Result<()> {
             out.push(evaluate(&ckpt, &opts)?.bits_per_byte);
         }
     }
+    let per_seed = |v: &[f64]| -> Vec<(f64, f64)> {
+        results
+            .iter()
+            .zip(v)
+            .map(|(r, &b)| (r.seed as f64, b))
+            .collect()
+    };
+    plot(
+        &runner.opts.out.join("ema.svg"),
+        "Validation bits per byte with and without EMA",
+        "seed",
+        "bits per byte",
+        &[
+            Series {
+                name: "EMA".into(),
+                points: per_seed(&with),
+            },
+            Series {
+                name: "raw (last step)".into(),
+                points: per_seed(&without),
+            },
+        ],
+        false,
+        None,
+    )?;
     let decay = results
         .first()
         .and_then(|r| crate::config::Config::from_toml(&r.config).ok())
@@ -623,7 +648,7 @@ pub fn ema(runner: &mut Runner) -> Result<()> {
             header: ["weights", "val bits/byte ↓"].map(String::from).to_vec(),
             rows: vec![vec!["EMA".into(), fmt_mean_sd(&with, 4)], vec!["raw (last step)".into(), fmt_mean_sd(&without, 4)]],
         }],
-        plots: vec![],
+        plots: vec![("ema.svg".into(), "Per seed: EMA and raw weights".into())],
         findings: vec![format!(
             "EMA minus raw: {:+.4} bits/byte (negative = EMA better).",
             mean_sd(&with).0 - mean_sd(&without).0

@@ -123,11 +123,9 @@ fn quick_sample(
     model: &crate::model::Transformer,
     tok: &TextTokenizer,
 ) -> Result<String> {
-    use crate::decode::{Bd3lmDecoder, Decoder, GenOptions, MdlmDecoder, Sampling};
+    use crate::decode::{ArDecoder, Bd3lmDecoder, Decoder, GenOptions, MdlmDecoder, Sampling};
     let decoder: Box<dyn Decoder> = match cfg.train.objective {
-        ObjectiveKind::Arm | ObjectiveKind::Card => {
-            return crate::eval::greedy_sample(model, tok, "Alice", 40);
-        }
+        ObjectiveKind::Arm | ObjectiveKind::Card => Box::new(ArDecoder),
         ObjectiveKind::Mdlm => Box::new(MdlmDecoder::default()),
         ObjectiveKind::Bd3lm => Box::new(Bd3lmDecoder {
             block_size: cfg.bd3lm.block_size,

@@ -109,45 +109,6 @@ pub fn loss_vs_t(
     Ok(out)
 }
 
-/// Greedy continuation of `prompt` (KV-cached), stopping at `<|endoftext|>` — a quick look
-/// at what a model learned.
-pub fn greedy_sample(
-    model: &Transformer,
-    tokenizer: &crate::data::TextTokenizer,
-    prompt: &str,
-    max_new: usize,
-) -> anyhow::Result<String> {
-    let mut ids = tokenizer.encode(prompt)?;
-    if ids.is_empty() {
-        ids.push(tokenizer.eot_id());
-    }
-    let cfg = &model.cfg;
-    let budget = max_new.min(cfg.max_seq_len.saturating_sub(ids.len()));
-    let mut cache = crate::model::KvCache::new(
-        cfg.n_layers,
-        1,
-        cfg.n_heads,
-        cfg.head_dim(),
-        cfg.max_seq_len,
-        model.dtype(),
-        model.device(),
-    )?;
-    let mut input = ids.clone();
-    let mut out = Vec::new();
-    for _ in 0..budget {
-        let x = Tensor::from_slice(&input, (1, input.len()), model.device())?;
-        let logits = model.forward(&x, Attention::Causal, Some(&mut cache))?;
-        let last = logits.squeeze(0)?.get(input.len() - 1)?;
-        let next = last.argmax(0)?.to_scalar::<u32>()?;
-        if next == tokenizer.eot_id() {
-            break;
-        }
-        out.push(next);
-        input = vec![next];
-    }
-    tokenizer.decode(&out)
-}
-
 /// The diffusion baselines' likelihood bound on a set of windows: the NELBO per token,
 /// averaged over `t_samples` independent noise draws per window, with its Monte Carlo
 /// standard error (from the spread of each window's draws; the windows are fixed).

@@ -259,15 +259,18 @@ impl Decoder for CardDecoder {
                     if row.window[j].token.is_some() {
                         continue;
                     }
-                    let l = if j == 0 {
-                        row.slot0.clone()
+                    // Slot 1 reads the kept prefix logits; the others this pass's outputs.
+                    let fresh;
+                    let l: &[f32] = if j == 0 {
+                        &row.slot0
                     } else {
-                        logits_at(logits.as_ref().expect("window ran"), r, p + j - 1)?
+                        fresh = logits_at(logits.as_ref().expect("window ran"), r, p + j - 1)?;
+                        &fresh
                     };
                     let context = [prompts[r].as_slice(), row.gen.as_slice()];
                     let (cand, conf) =
                         opts.sampling
-                            .pick(&l, &context, &[opts.mask_id], &mut rngs[r]);
+                            .pick(l, &context, &[opts.mask_id], &mut rngs[r]);
                     (row.window[j].cand, row.window[j].conf) = (cand, conf);
                 }
                 let chosen = self.choose(row);

@@ -58,6 +58,9 @@ impl Sampling {
         banned: &[u32],
         rng: &mut impl Rng,
     ) -> (u32, f32) {
+        if self.is_greedy() && self.repetition_penalty == 1.0 {
+            return greedy(logits, banned);
+        }
         let mut l: Vec<f64> = logits.iter().map(|&x| x as f64).collect();
         if self.repetition_penalty != 1.0 {
             let mut seen = vec![false; l.len()];
@@ -121,6 +124,25 @@ impl Sampling {
         let (i, p) = *probs.last().expect("at least one token survives filtering");
         (i as u32, (p / total) as f32)
     }
+}
+
+/// Argmax and its softmax probability straight from the logits (the decode loop's common
+/// case: no copy of the vocabulary-sized row).
+fn greedy(logits: &[f32], banned: &[u32]) -> (u32, f32) {
+    let allowed = |i: usize| !banned.contains(&(i as u32));
+    let (mut best, mut max) = (0, f64::NEG_INFINITY);
+    for (i, &x) in logits.iter().enumerate() {
+        if (x as f64) > max && allowed(i) {
+            (best, max) = (i, x as f64);
+        }
+    }
+    let z: f64 = logits
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| allowed(i))
+        .map(|(_, &x)| (x as f64 - max).exp())
+        .sum();
+    (best as u32, (1.0 / z) as f32)
 }
 
 /// Index and value of the maximum (first on ties).

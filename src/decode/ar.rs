@@ -80,7 +80,8 @@ impl Decoder for ArDecoder {
                         done[r] = true;
                     }
                 }
-                inputs[r] = vec![tok];
+                inputs[r].clear();
+                inputs[r].push(tok);
             }
             for r in 0..b {
                 if done[r] {

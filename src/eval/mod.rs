@@ -65,7 +65,8 @@ pub struct NoisePoint {
     pub mean_ce: f64,
 }
 
-/// The objective's loss at fixed noise levels over the given windows (fixed seed).
+/// The loss of a shifted objective (ARM, CARD) at fixed noise levels over the given windows
+/// (fixed seed).
 pub fn loss_vs_t(
     model: &Transformer,
     objective: &dyn Objective,
@@ -74,6 +75,9 @@ pub fn loss_vs_t(
     batch: usize,
     seed: u64,
 ) -> Result<Vec<NoisePoint>> {
+    if !objective.shifted() {
+        candle_core::bail!("loss_vs_t scores shifted objectives (ARM, CARD) only");
+    }
     let dev = model.device();
     let mut out = Vec::new();
     for (ti, &t) in ts.iter().enumerate() {
@@ -86,18 +90,21 @@ pub fn loss_vs_t(
             let x0: Vec<u32> = group.iter().flat_map(|w| w.iter().copied()).collect();
             let mut rng = derived_rng(seed, 7 + ti as u64, bi as u64);
             let nb = objective.corrupt(&x0, group.len(), l, Some(&vec![t; group.len()]), &mut rng);
-            loss += objective
-                .loss(model, &nb)?
-                .to_dtype(candle_core::DType::F64)?
-                .to_scalar::<f64>()?;
+            // One forward gives both: the shifted objectives' loss is Σ w·NLL / denom.
             let input = Tensor::from_slice(&nb.input, (nb.batch, nb.input_len), dev)?;
             let logits = model.forward(&input, Attention::Causal, None)?;
             let logits = logits.reshape((nb.batch * nb.input_len, model.cfg.vocab_size))?;
             let targets = Tensor::from_slice(&nb.targets, nb.targets.len(), dev)?;
-            ce += ops::token_nll(&logits, &targets)?
+            let nll = ops::token_nll(&logits, &targets)?
                 .to_dtype(candle_core::DType::F64)?
-                .mean_all()?
-                .to_scalar::<f64>()?;
+                .to_vec1::<f64>()?;
+            let weighted: f64 = nll
+                .iter()
+                .zip(&nb.weights)
+                .map(|(x, &w)| x * w as f64)
+                .sum();
+            loss += weighted / nb.denom;
+            ce += nll.iter().sum::<f64>() / nll.len().max(1) as f64;
             n += 1;
         }
         out.push(NoisePoint {

@@ -222,7 +222,14 @@ impl Transformer {
     ) -> Result<Tensor> {
         let (b, t, d) = h.dims3()?;
         let (nh, hd) = (self.cfg.n_heads, self.cfg.head_dim());
-        let qkv = ops::linear(h, &layer.wqkv)?.reshape((b, t, 3, nh, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let qkv = ops::linear(h, &layer.wqkv)?;
+        if cache.is_none() {
+            if let Some(out) = ops::attention(&qkv, cos, sin, nh, scale, mask)? {
+                return ops::linear(&out, &layer.wo);
+            }
+        }
+        let qkv = qkv.reshape((b, t, 3, nh, hd))?;
         // Views [b, nh, t, hd] into qkv; rope reads them strided and returns them contiguous.
         let split =
             |i: usize| -> Result<Tensor> { qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2) };
@@ -233,7 +240,6 @@ impl Transformer {
             Some(c) => c.append(index, &k, &v)?,
             None => (k, v),
         };
-        let scale = 1.0 / (hd as f64).sqrt();
         let probs = ops::attention_softmax(&q.matmul(&k.t()?)?, scale, mask.0, mask.1)?;
         let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
         ops::linear(&out, &layer.wo)

@@ -37,6 +37,30 @@ pub fn attention_softmax(
     softmax_last(&composite::attention_logits(scores, scale, causal, bias)?)
 }
 
+/// Multi-head attention from the fused projection qkv [B, T, 3d] to [B, T, d] in one fused
+/// kernel (RoPE with cos/sin [T, hd/2], scale, mask, softmax, value sum), or None where the
+/// kernel does not apply (off CPU, per-row positions, a causal offset, a per-row mask): the
+/// caller then runs the unfused path.
+pub fn attention(
+    qkv: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    n_heads: usize,
+    scale: f64,
+    mask: (Option<usize>, Option<&Tensor>),
+) -> Result<Option<Tensor>> {
+    if !fused::supported(qkv) || cos.rank() != 2 || cos.dtype() != qkv.dtype() {
+        return Ok(None);
+    }
+    let mask = match mask {
+        (Some(0), None) => fused::AttnMask::Causal,
+        (None, None) => fused::AttnMask::Full,
+        (None, Some(b)) if b.rank() == 2 => fused::AttnMask::Bias(b.clone()),
+        _ => return Ok(None),
+    };
+    fused::attention(qkv, cos, sin, n_heads, scale, mask).map(Some)
+}
+
 /// Log-softmax over the last dimension (always differentiable).
 pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
     composite::log_softmax_last(x)
@@ -76,6 +100,9 @@ pub fn swiglu(gate_up: &Tensor) -> Result<Tensor> {
 
 /// x [.., in] times w [out, in]ᵀ, flattening leading dimensions into one matmul.
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if (x.track_op() || w.track_op()) && fused::supported(x) && w.dtype() == x.dtype() {
+        return fused::linear(x, w);
+    }
     let dims = x.dims();
     let inner = dims[dims.len() - 1];
     let rows: usize = dims[..dims.len() - 1].iter().product();

@@ -7,6 +7,8 @@
 //! rows (an RMSNorm weight gradient) sum fixed blocks, then the blocks in order.
 //! Only f32 and f64 CPU tensors are supported: see [`supported`].
 
+mod attention;
+mod linear;
 mod loss;
 mod norm;
 mod pointwise;
@@ -17,6 +19,8 @@ mod softmax;
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor, WithDType};
 use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
 
+pub use attention::{attention, AttnMask};
+pub use linear::linear;
 pub use loss::nll_rows;
 pub use norm::rms_norm;
 pub use pointwise::{rope, swiglu};

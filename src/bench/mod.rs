@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use std::time::Instant;
 
 pub use decode::{bench_decode, DecodeBench, DecodeBenchConfig};
-pub use train::{bench_train, TrainBench};
+pub use train::{bench_train, memory_probe, MemoryProbe, TrainBench};
 
 pub fn median(xs: &mut [f64]) -> f64 {
     xs.sort_by(|a, b| a.partial_cmp(b).expect("no NaN timings"));
@@ -56,4 +56,9 @@ fn status_mb(field: &str) -> f64 {
 /// Resident-set high-water mark of this process in MiB.
 pub fn peak_rss_mb() -> f64 {
     status_mb("VmHWM:")
+}
+
+/// Current resident set of this process in MiB.
+pub fn rss_mb() -> f64 {
+    status_mb("VmRSS:")
 }

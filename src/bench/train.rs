@@ -1,7 +1,7 @@
 //! Training throughput of objectives side by side in one process, against a matmul peak
 //! measured on the same machine.
 
-use super::{matmul_peak_gflops, median, peak_rss_mb};
+use super::{matmul_peak_gflops, median, peak_rss_mb, rss_mb};
 use crate::config::{Config, ObjectiveKind};
 use crate::data::Prepared;
 use crate::train::Trainer;
@@ -22,6 +22,9 @@ pub struct TrainBench {
     /// Peak resident memory (MiB): in-process high-water mark after this objective's warm-up;
     /// `card bench train` replaces it with a measurement in a process of its own.
     pub peak_rss_mb: f64,
+    /// Resident memory after the timed steps minus after the warm-up (MiB), measured in the
+    /// child process; a leak per step shows here.
+    pub rss_growth_mb: Option<f64>,
     /// Model FLOPs per second over the measured matmul peak.
     pub mfu: f64,
     pub matmul_peak_gflops: f64,
@@ -88,6 +91,7 @@ pub fn bench_train(
             step_time_s: step_time,
             tokens_per_s: tokens as f64 / step_time,
             peak_rss_mb: peaks[o],
+            rss_growth_mb: None,
             mfu: flops / step_time / (peak * 1e9),
             matmul_peak_gflops: peak,
             ratio_to_card: None,
@@ -103,4 +107,46 @@ pub fn bench_train(
         }
     }
     Ok(out)
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct MemoryProbe {
+    /// Resident-set high-water mark of the whole run (MiB).
+    pub peak_rss_mb: f64,
+    /// Resident memory after the warm-up and after the last step (MiB).
+    pub rss_after_warmup_mb: f64,
+    pub rss_end_mb: f64,
+    pub rss_growth_mb: f64,
+    pub steps: usize,
+}
+
+/// One objective's memory in this process: warm-up steps, then `steps` more, reading the
+/// resident set at both ends (run it in a fresh process so nothing else shares the heap).
+pub fn memory_probe(
+    cfg: &Config,
+    data: &Prepared,
+    objective: ObjectiveKind,
+    warmup: usize,
+    steps: usize,
+    device: &Device,
+) -> Result<MemoryProbe> {
+    let mut c = cfg.clone();
+    c.train.objective = objective;
+    c.train.max_steps = warmup.max(1) + steps;
+    let mut trainer = Trainer::with_model_vocab(c, data, device)?;
+    for _ in 0..warmup.max(1) {
+        trainer.step()?;
+    }
+    let start = rss_mb();
+    for _ in 0..steps {
+        trainer.step()?;
+    }
+    let end = rss_mb();
+    Ok(MemoryProbe {
+        peak_rss_mb: peak_rss_mb(),
+        rss_after_warmup_mb: start,
+        rss_end_mb: end,
+        rss_growth_mb: end - start,
+        steps,
+    })
 }

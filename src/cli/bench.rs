@@ -66,7 +66,8 @@ pub struct TrainBenchArgs {
     /// Print JSON as the last line: one object for one objective, else a list.
     #[arg(long)]
     pub json: bool,
-    /// Internal: build one objective's trainer, run the warm-up, print its peak memory.
+    /// Internal: run one objective's warm-up and timed steps in this process and print its
+    /// memory as JSON (peak, and resident growth from the end of the warm-up to the end).
     #[arg(long, hide = true)]
     pub memory_probe: bool,
 }
@@ -108,13 +109,9 @@ fn train(a: TrainBenchArgs) -> Result<()> {
     eprintln!("preparing data (embedded corpus unless data.path is set)");
     let data = load_data(&cfg, None)?;
     if a.memory_probe {
-        let mut c = cfg.clone();
-        c.train.objective = objectives[0];
-        let mut trainer = crate::train::Trainer::with_model_vocab(c, &data, &device)?;
-        for _ in 0..a.warmup.max(1) {
-            trainer.step()?;
-        }
-        println!("{}", crate::bench::peak_rss_mb());
+        let probe =
+            crate::bench::memory_probe(&cfg, &data, objectives[0], a.warmup, a.steps, &device)?;
+        println!("{}", serde_json::to_string(&probe)?);
         return Ok(());
     }
     let tty = std::io::stderr().is_terminal();
@@ -123,14 +120,21 @@ fn train(a: TrainBenchArgs) -> Result<()> {
             eprint!("\r\x1b[2K{m}")
         }
     })?;
-    if tty {
-        eprint!("\r\x1b[2K");
-    }
     // Each objective's memory, measured in a process of its own.
     for r in &mut results {
-        if let Some(mb) = probe_memory(&a, &r.objective) {
-            r.peak_rss_mb = mb;
+        if tty {
+            eprint!(
+                "\r\x1b[2K{}: memory over {} steps in a process of its own",
+                r.objective, a.steps
+            );
         }
+        if let Some(p) = probe_memory(&a, &r.objective) {
+            r.peak_rss_mb = p.peak_rss_mb;
+            r.rss_growth_mb = Some(p.rss_growth_mb);
+        }
+    }
+    if tty {
+        eprint!("\r\x1b[2K");
     }
     let c = &cfg;
     println!(
@@ -143,14 +147,15 @@ fn train(a: TrainBenchArgs) -> Result<()> {
         candle_core::utils::get_num_threads(),
         results[0].matmul_peak_gflops
     );
-    println!("objective  step_time_s(median)  tokens/s  peak_rss_mb   MFU   ratio_to_card");
+    println!("objective  step_time_s(median)  tokens/s  peak_rss_mb  rss_growth_mb   MFU   ratio_to_card");
     for r in &results {
         println!(
-            "{:<9}  {:>19.4}  {:>8.0}  {:>11.0}  {:>4.1}%  {}",
+            "{:<9}  {:>19.4}  {:>8.0}  {:>11.0}  {:>13}  {:>4.1}%  {}",
             r.objective,
             r.step_time_s,
             r.tokens_per_s,
             r.peak_rss_mb,
+            r.rss_growth_mb.map_or("-".into(), |x| format!("{x:+.1}")),
             100.0 * r.mfu,
             r.ratio_to_card.map_or("-".into(), |x| format!("{x:.3}"))
         );
@@ -252,8 +257,9 @@ fn decode(a: DecodeBenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Peak RSS (MiB) of a child `card` running one objective's warm-up, or None if it fails.
-fn probe_memory(a: &TrainBenchArgs, objective: &str) -> Option<f64> {
+/// Memory of a child `card` running one objective's warm-up and timed steps, or None if it
+/// fails.
+fn probe_memory(a: &TrainBenchArgs, objective: &str) -> Option<crate::bench::MemoryProbe> {
     let exe = std::env::current_exe().ok()?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args([
@@ -266,6 +272,7 @@ fn probe_memory(a: &TrainBenchArgs, objective: &str) -> Option<f64> {
         objective,
     ]);
     cmd.args(["--warmup", &a.warmup.to_string()]);
+    cmd.args(["--steps", &a.steps.to_string()]);
     for s in &a.sets {
         cmd.args(["--set", s]);
     }
@@ -273,6 +280,6 @@ fn probe_memory(a: &TrainBenchArgs, objective: &str) -> Option<f64> {
     let text = String::from_utf8_lossy(&out.stdout);
     out.status
         .success()
-        .then(|| text.lines().last()?.trim().parse().ok())
+        .then(|| serde_json::from_str(text.lines().last()?).ok())
         .flatten()
 }

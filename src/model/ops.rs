@@ -125,7 +125,8 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 }
 
 /// Per-row weighted negative log-likelihood: Σ_i w_i · (−log softmax(logits_i)[target_i]) / denom.
-/// logits [N, V], targets [N] u32, weights [N] in the logits' dtype.
+/// logits [N, V] (or [.., V] with N rows: the fused kernel needs no reshape), targets [N] u32,
+/// weights [N] in the logits' dtype.
 pub fn weighted_nll(
     logits: &Tensor,
     targets: &Tensor,
@@ -136,7 +137,8 @@ pub fn weighted_nll(
         let nll = fused::nll_rows(logits, targets)?;
         return (nll * weights)?.sum_all()? * (1.0 / denom);
     }
-    composite::weighted_nll(logits, targets, weights, denom)
+    let v = logits.dim(candle_core::D::Minus1)?;
+    composite::weighted_nll(&logits.reshape(((), v))?, targets, weights, denom)
 }
 
 /// Per-row NLL without reduction (evaluation).

@@ -108,7 +108,6 @@ pub fn shifted_loss(model: &Transformer, nb: &NoisyBatch) -> Result<Tensor> {
     let n = nb.batch * nb.input_len;
     let input = Tensor::from_slice(&nb.input, (nb.batch, nb.input_len), dev)?;
     let logits = model.forward(&input, Attention::Causal, None)?;
-    let logits = logits.reshape((n, model.cfg.vocab_size))?;
     let targets = Tensor::from_slice(&nb.targets, n, dev)?;
     let weights = Tensor::from_slice(&nb.weights, n, dev)?.to_dtype(model.dtype())?;
     ops::weighted_nll(&logits, &targets, &weights, nb.denom)

@@ -4,8 +4,9 @@
 use super::{contiguous, dispatch, par_rows, zeros, Out, Real, Rows};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 
-/// Per-row negative log-likelihood −log softmax(logits_i)[target_i]: logits [N, V] (f32/f64
-/// CPU, unit stride in V), targets [N] u32. Differentiable in the logits.
+/// Per-row negative log-likelihood −log softmax(logits_i)[target_i]: logits [N, V] or
+/// [.., V] with N rows in all (f32/f64 CPU, unit stride in V), targets [N] u32; returns [N].
+/// Differentiable in the logits.
 pub fn nll_rows(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     logits.apply_op2(targets, Nll)
 }
@@ -21,9 +22,11 @@ fn targets_of<'a>(s: &'a CpuStorage, l: &Layout, n: usize, v: usize) -> Result<&
     Ok(t)
 }
 
+/// Logits of any rank ≥ 2: the leading dimensions are the rows (so callers need no reshape
+/// node, which would cost a full extra pass over the logits in the backward).
 fn check_rank2(l: &Layout) -> Result<()> {
-    if l.dims().len() != 2 {
-        candle_core::bail!("nll: logits must be [N, V], got {:?}", l.dims());
+    if l.dims().len() < 2 {
+        candle_core::bail!("nll: logits must be [.., V], got {:?}", l.dims());
     }
     Ok(())
 }

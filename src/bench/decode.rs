@@ -54,11 +54,32 @@ pub struct DecodeBench {
     pub bandwidth_fraction: f64,
 }
 
-/// STREAM-style copy bandwidth (bytes/s, read + write) of a 256 MiB f32 buffer, median of 5.
+/// STREAM-style copy bandwidth (bytes/s, read + write) of a 256 MiB f32 buffer, median of 7.
+/// On the CPU both buffers are touched first and the copy runs on all pool threads, as the
+/// decoder reads its weights (timing fresh allocations would measure page faults instead).
 pub fn copy_bandwidth(device: &Device) -> Result<f64> {
     let n = 64 * 1024 * 1024;
+    let rounds = 7;
+    if device.is_cpu() {
+        use rayon::prelude::*;
+        let src = vec![1f32; n];
+        let mut dst = vec![0f32; n];
+        let chunk = n.div_ceil(8 * rayon::current_num_threads().max(1));
+        let mut times: Vec<f64> = (0..rounds + 1)
+            .map(|_| {
+                let t = Instant::now();
+                dst.par_chunks_mut(chunk)
+                    .zip(src.par_chunks(chunk))
+                    .for_each(|(d, s)| d.copy_from_slice(s));
+                t.elapsed().as_secs_f64()
+            })
+            .skip(1) // warm-up
+            .collect();
+        std::hint::black_box(&dst);
+        return Ok(2.0 * 4.0 * n as f64 / median(&mut times));
+    }
     let a = Tensor::ones(n, candle_core::DType::F32, device)?;
-    let mut times: Vec<f64> = (0..5)
+    let mut times: Vec<f64> = (0..rounds)
         .map(|_| {
             let t = Instant::now();
             let b = a.copy()?;
@@ -91,9 +112,13 @@ pub fn bench_decode(
     progress: impl Fn(&str),
 ) -> Result<(Vec<DecodeBench>, f64)> {
     progress("measuring copy bandwidth");
-    let bandwidth = copy_bandwidth(model.device())?;
+    // Memory bandwidth on a shared machine drifts: it is sampled again after every round and
+    // the median of all samples is the reference.
+    let mut bandwidths = vec![copy_bandwidth(model.device())?];
     let weight_bytes = model.cfg.n_params() as f64 * model.dtype().size_in_bytes() as f64;
     let mut out = Vec::new();
+    // (row index in `out`, forward passes per second of each round)
+    let mut forward_rates: Vec<Vec<f64>> = Vec::new();
     for &batch in &cfg.batches {
         let prompts: Vec<Vec<u32>> = (0..batch)
             .map(|i| tok.encode(PROMPTS[i % PROMPTS.len()]))
@@ -120,23 +145,29 @@ pub fn bench_decode(
             for c in &cfg.grid {
                 decoders.push(("card".into(), Box::new(c.clone()), Some(c.clone())));
             }
-            let mut ar_tps = f64::NAN;
-            for (name, d, card) in decoders {
-                progress(&format!("batch {batch}, {len} tokens: {name} {card:?}"));
-                let mut tps = Vec::new();
-                let mut last = None;
-                for _ in 0..cfg.rounds.max(1) {
+            // Rounds interleaved across decoders, so drift on a busy machine hits all alike.
+            let mut tps = vec![Vec::new(); decoders.len()];
+            let mut fps = vec![Vec::new(); decoders.len()];
+            let mut last: Vec<Option<Generation>> = vec![None; decoders.len()];
+            for round in 0..cfg.rounds.max(1) {
+                for (i, (name, d, card)) in decoders.iter().enumerate() {
+                    progress(&format!(
+                        "batch {batch}, {len} tokens, round {}: {name} {card:?}",
+                        round + 1
+                    ));
                     let g = d.generate(model, &prompts, &opts, &mut |_| {})?;
-                    tps.push(g.tokens_per_s());
-                    last = Some(g);
+                    tps[i].push(g.tokens_per_s());
+                    fps[i].push(g.forward_passes as f64 / g.elapsed_s.max(1e-9));
+                    last[i] = Some(g);
                 }
-                let g = last.expect("at least one round");
-                let tokens_per_s = median(&mut tps);
-                if name == "ar" {
-                    ar_tps = tokens_per_s;
-                }
+                bandwidths.push(copy_bandwidth(model.device())?);
+            }
+            let ar_tps = median(&mut tps[0]);
+            for (i, (name, _, card)) in decoders.into_iter().enumerate() {
+                let g = last[i].take().expect("at least one round");
+                let tokens_per_s = median(&mut tps[i]);
                 let (ent, rep, nll) = quality(model, &prompts, &g)?;
-                let forwards_per_s = g.forward_passes as f64 / g.elapsed_s.max(1e-9);
+                forward_rates.push(std::mem::take(&mut fps[i]));
                 out.push(DecodeBench {
                     batch,
                     max_new_tokens: len,
@@ -152,10 +183,14 @@ pub fn bench_decode(
                     unigram_entropy: ent,
                     repeated_4gram_rate: rep,
                     self_nll: nll,
-                    bandwidth_fraction: forwards_per_s * weight_bytes / bandwidth,
+                    bandwidth_fraction: f64::NAN,
                 });
             }
         }
+    }
+    let bandwidth = median(&mut bandwidths);
+    for (row, rates) in out.iter_mut().zip(&mut forward_rates) {
+        row.bandwidth_fraction = median(rates) * weight_bytes / bandwidth;
     }
     Ok((out, bandwidth))
 }

@@ -108,7 +108,7 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let rows: usize = dims[..dims.len() - 1].iter().product();
     let x2 = x.reshape((rows, inner))?;
     // Decoding steps (a few rows, no gradient): read the weights once instead of packing them.
-    let small = (2..=fused::SMALL_MATMUL_ROWS).contains(&rows)
+    let small = (1..=fused::SMALL_MATMUL_ROWS).contains(&rows)
         && !x.track_op()
         && !w.track_op()
         && x.dtype() == DType::F32

@@ -4,9 +4,8 @@
 //! here a step of up to `MAX_ROWS` tokens reads the weights once, like an AR step.
 //! Inference only (no backward): `ops::linear` uses it for untracked f32 CPU tensors.
 
-use super::contiguous;
+use super::{contiguous, par_rows, Out};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 /// Row counts up to this take the small-m path.
 pub const MAX_ROWS: usize = 16;
@@ -34,18 +33,20 @@ impl CustomOp2 for SmallMatmul {
         let w = contiguous::<f32>(s2, l2)?;
         // Transposed output [n, m]: unit j owns row j, then one cheap transpose.
         let mut out_t = vec![0f32; n * m];
-        // rayon, not the spinning barrier pool: the caller works through the blocks itself
-        // when the other threads are busy, instead of waiting for them.
-        let block = n.div_ceil(4 * rayon::current_num_threads().max(1)).max(16);
-        out_t
-            .par_chunks_mut(block * m)
-            .enumerate()
-            .for_each(|(b, chunk)| {
-                for (jj, o) in chunk.chunks_mut(m).enumerate() {
-                    let j = b * block + jj;
-                    dots(x, &w[j * k..(j + 1) * k], k, o);
-                }
-            });
+        // candle's barrier pool, like the other per-token ops: its workers spin briefly
+        // between ops, whereas rayon's fall asleep and are woken by a syscall for each of
+        // the dozens of matmuls in a decoding step (~15% of a batch-1 step went there).
+        let block = n
+            .div_ceil(8 * candle_core::utils::get_num_threads())
+            .max(16);
+        let units = n.div_ceil(block);
+        let o = Out::new(&mut out_t, m);
+        par_rows(units, block * k, |b| {
+            for j in b * block..n.min((b + 1) * block) {
+                // SAFETY: unit b alone writes output rows j of its block, all below n.
+                dots(x, &w[j * k..(j + 1) * k], k, unsafe { o.row(j) });
+            }
+        });
         let mut out = vec![0f32; m * n];
         for j in 0..n {
             for i in 0..m {
@@ -63,56 +64,65 @@ pub fn small_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 }
 
 /// o[i] = x[i·k..(i+1)·k] · wrow for every input row i: the weight row is read once, each
-/// 8-wide chunk feeding one accumulator per input row.
+/// 8-wide chunk feeding one accumulator per input row. (Several weight rows per pass, to
+/// reuse the input chunks, measured slower: the extra weight streams cost more bandwidth
+/// than they save.)
 fn dots(x: &[f32], wrow: &[f32], k: usize, o: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-        return unsafe { dots_avx2(x, wrow, k, o) };
+        // A constant row count keeps the accumulators in registers. (An AVX-512 variant
+        // measured slower on this AMD machine.)
+        macro_rules! by_rows {
+            ($($m:literal)*) => {
+                match o.len() {
+                    // SAFETY (every arm): the CPU supports AVX2 and FMA (checked above).
+                    $($m => unsafe { avx2::dots::<$m>(x, wrow, k, o) },)*
+                    _ => unreachable!("at most MAX_ROWS input rows"),
+                }
+            };
+        }
+        return by_rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
     }
-    dots_impl(x, wrow, k, o)
+    for (i, oi) in o.iter_mut().enumerate() {
+        *oi = x[i * k..(i + 1) * k]
+            .iter()
+            .zip(wrow)
+            .map(|(a, b)| a * b)
+            .sum();
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dots_avx2(x: &[f32], wrow: &[f32], k: usize, o: &mut [f32]) {
-    dots_impl(x, wrow, k, o)
-}
+mod avx2 {
+    use std::arch::x86_64::*;
 
-#[inline(always)]
-fn dots_impl(x: &[f32], wrow: &[f32], k: usize, o: &mut [f32]) {
-    // A constant row count keeps the accumulators in registers.
-    macro_rules! by_rows {
-        ($($m:literal)*) => {
-            match o.len() {
-                $($m => dots_fixed::<$m>(x, wrow, k, o),)*
-                _ => unreachable!("at most MAX_ROWS rows"),
+    /// M input rows against one weight row, 8 lanes at a time, one accumulator per row.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dots<const M: usize>(x: &[f32], wrow: &[f32], k: usize, o: &mut [f32]) {
+        assert!(x.len() >= M * k && wrow.len() >= k && o.len() >= M);
+        let mut acc = [_mm256_setzero_ps(); M];
+        let (xp, wp) = (x.as_ptr(), wrow.as_ptr());
+        let full = k / 8 * 8;
+        let mut c = 0;
+        while c < full {
+            // SAFETY: c + 8 ≤ full ≤ k, so every load stays within x and wrow (asserted).
+            let wv = _mm256_loadu_ps(wp.add(c));
+            for (i, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i * k + c)), wv, *a);
             }
-        };
-    }
-    by_rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
-}
-
-#[inline(always)]
-fn dots_fixed<const M: usize>(x: &[f32], wrow: &[f32], k: usize, o: &mut [f32]) {
-    let mut acc = [[0f32; 8]; M];
-    let full = k / 8 * 8;
-    let mut c = 0;
-    while c < full {
-        let wv: [f32; 8] = wrow[c..c + 8].try_into().expect("8 lanes");
-        for (i, a) in acc.iter_mut().enumerate() {
-            let xv: [f32; 8] = x[i * k + c..i * k + c + 8].try_into().expect("8 lanes");
-            for l in 0..8 {
-                a[l] = xv[l].mul_add(wv[l], a[l]);
+            c += 8;
+        }
+        for (i, a) in acc.iter().enumerate() {
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), *a);
+            let mut s: f32 = lanes.iter().sum();
+            for c in full..k {
+                s += x[i * k + c] * wrow[c];
             }
+            o[i] = s;
         }
-        c += 8;
-    }
-    for (i, oi) in o.iter_mut().enumerate() {
-        let mut s: f32 = acc[i].iter().sum();
-        for c in full..k {
-            s += x[i * k + c] * wrow[c];
-        }
-        *oi = s;
     }
 }

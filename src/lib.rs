@@ -3,6 +3,7 @@
 //! The model knows nothing about diffusion ([`model`]); an [`objective`] is the whole
 //! difference between ARM and CARD; one [`train`]er, one [`eval`]uation.
 
+pub mod alloc;
 pub mod bench;
 pub mod cli;
 pub mod config;

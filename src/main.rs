@@ -4,8 +4,10 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 // glibc malloc returns large tensor buffers to the kernel and re-faults them every step.
+// Counted, so `card bench decode` can report allocations per token.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: card::alloc::Counting<mimalloc::MiMalloc> =
+    card::alloc::Counting(mimalloc::MiMalloc);
 
 // mimalloc itself still hands freed pages back to the kernel after a short delay (its "purge"),
 // so a training step's multi-megabyte activations were re-faulted and zeroed by the kernel every

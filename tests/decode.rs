@@ -299,3 +299,65 @@ fn ragged_cached_forward_equals_full_recomputation() {
         ) < 1e-4
     );
 }
+
+#[test]
+fn host_engine_logits_equal_full_recomputation() {
+    use card::model::engine::Engine;
+    let model = &fixture().model;
+    let dev = Device::Cpu;
+    let full = |s: &[u32]| -> Vec<Vec<f32>> {
+        let ids = Tensor::from_slice(s, (1, s.len()), &dev).unwrap();
+        let l = model.forward(&ids, Attention::Causal, None).unwrap();
+        l.squeeze(0).unwrap().to_vec2::<f32>().unwrap()
+    };
+    let mut engine = Engine::new(model, 3, model.cfg.max_seq_len).expect("a plain f32 CPU model");
+    let mut seqs: Vec<Vec<u32>> = vec![Vec::new(); 3];
+    // Pass 1: a prompt longer than the small-row kernel's 16 rows (the gemm path), a short
+    // one and an empty row; then appends of different lengths; then a rollback.
+    let long = tok()
+        .encode("Alice was beginning to get very tired of sitting by her sister on the bank")
+        .unwrap();
+    assert!(long.len() > 16);
+    // (inputs per row, rollback (row, by) before the pass)
+    type Pass = (Vec<Vec<u32>>, Option<(usize, usize)>);
+    let passes: Vec<Pass> = vec![
+        (vec![long, tok().encode("The Queen").unwrap(), vec![]], None),
+        (vec![vec![5], vec![7, 9], vec![3, 4, 11]], None),
+        (vec![vec![], vec![13], vec![2]], Some((1, 1))),
+    ];
+    for (inputs, rollback) in passes {
+        if let Some((row, by)) = rollback {
+            let len = engine.lens()[row] - by;
+            engine.truncate_row(row, len);
+            seqs[row].truncate(len);
+        }
+        engine.forward(&inputs).unwrap();
+        for (r, input) in inputs.iter().enumerate() {
+            let before = seqs[r].len();
+            seqs[r].extend(input);
+            assert_eq!(engine.lens()[r], seqs[r].len());
+            if input.is_empty() {
+                continue;
+            }
+            let reference = full(&seqs[r]);
+            for i in 0..input.len() {
+                let got = engine.logits(r, i);
+                let want = &reference[before + i];
+                let diff = got
+                    .iter()
+                    .zip(want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(
+                    diff < 1e-4,
+                    "row {r} position {}: max |Δ| {diff}",
+                    before + i
+                );
+            }
+        }
+    }
+    // Beyond the context: a clear error, nothing cached.
+    let too_long = vec![vec![1u32; model.cfg.max_seq_len], vec![], vec![]];
+    let err = engine.forward(&too_long).unwrap_err().to_string();
+    assert!(err.contains("exceeds the model's context"), "{err}");
+}

@@ -52,6 +52,10 @@ pub struct DecodeBench {
     /// Model weight bytes read per second (forwards/s × weight bytes) over the measured copy
     /// bandwidth: how close a memory-bound decoder is to the limit.
     pub bandwidth_fraction: f64,
+    /// Heap allocations per generated token over a whole generate call (setup included), and
+    /// their bytes: counted by the `card` binary's allocator (0 where it is not installed).
+    pub allocs_per_token: f64,
+    pub alloc_bytes_per_token: f64,
 }
 
 /// STREAM-style copy bandwidth (bytes/s, read + write) of a 256 MiB f32 buffer, median of 7.
@@ -148,6 +152,8 @@ pub fn bench_decode(
             // Rounds interleaved across decoders, so drift on a busy machine hits all alike.
             let mut tps = vec![Vec::new(); decoders.len()];
             let mut fps = vec![Vec::new(); decoders.len()];
+            let mut allocs = vec![Vec::new(); decoders.len()];
+            let mut alloc_bytes = vec![Vec::new(); decoders.len()];
             let mut last: Vec<Option<Generation>> = vec![None; decoders.len()];
             for round in 0..cfg.rounds.max(1) {
                 for (i, (name, d, card)) in decoders.iter().enumerate() {
@@ -155,7 +161,12 @@ pub fn bench_decode(
                         "batch {batch}, {len} tokens, round {}: {name} {card:?}",
                         round + 1
                     ));
+                    let (count0, bytes0) = crate::alloc::allocations();
                     let g = d.generate(model, &prompts, &opts, &mut |_| {})?;
+                    let (count1, bytes1) = crate::alloc::allocations();
+                    let n = g.generated_tokens().max(1) as f64;
+                    allocs[i].push((count1 - count0) as f64 / n);
+                    alloc_bytes[i].push((bytes1 - bytes0) as f64 / n);
                     tps[i].push(g.tokens_per_s());
                     fps[i].push(g.forward_passes as f64 / g.elapsed_s.max(1e-9));
                     last[i] = Some(g);
@@ -184,6 +195,8 @@ pub fn bench_decode(
                     repeated_4gram_rate: rep,
                     self_nll: nll,
                     bandwidth_fraction: f64::NAN,
+                    allocs_per_token: median(&mut allocs[i]),
+                    alloc_bytes_per_token: median(&mut alloc_bytes[i]),
                 });
             }
         }

@@ -231,11 +231,11 @@ fn decode(a: DecodeBenchArgs) -> Result<()> {
         bandwidth / 1e9,
         a.rounds
     );
-    println!("batch  len  decoder  K   T   tau   tokens/s  tok/fwd  xAR    entropy  rep4   self-NLL  bw%");
+    println!("batch  len  decoder  K   T   tau   tokens/s  tok/fwd  xAR    entropy  rep4   self-NLL  bw%   allocs/tok  KB/tok");
     for r in &rows {
         let opt = |x: Option<usize>| x.map_or("-".to_string(), |v| v.to_string());
         println!(
-            "{:>5} {:>4}  {:<7} {:>3} {:>3} {:>5}  {:>8.1}  {:>7.2}  {:>5.2}  {:>7.3}  {:>5.3}  {:>8.3}  {:>4.1}",
+            "{:>5} {:>4}  {:<7} {:>3} {:>3} {:>5}  {:>8.1}  {:>7.2}  {:>5.2}  {:>7.3}  {:>5.3}  {:>8.3}  {:>4.1}  {:>10.0}  {:>6.0}",
             r.batch,
             r.max_new_tokens,
             r.decoder,
@@ -248,7 +248,9 @@ fn decode(a: DecodeBenchArgs) -> Result<()> {
             r.unigram_entropy,
             r.repeated_4gram_rate,
             r.self_nll,
-            100.0 * r.bandwidth_fraction
+            100.0 * r.bandwidth_fraction,
+            r.allocs_per_token,
+            r.alloc_bytes_per_token / 1024.0
         );
     }
     if a.json {

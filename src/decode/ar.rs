@@ -1,8 +1,8 @@
 //! Autoregressive decoding: prefill the prompt, then one token per forward pass.
 
 use super::{
-    check_budget, forward_rows, logits_at, new_cache, row_rng, Decoder, Finish, GenOptions,
-    Generation, RowOutput, SlotTrace, StepTrace,
+    check_budget, row_rng, Decoder, Finish, GenOptions, Generation, RowOutput, SlotTrace,
+    StepTrace, Stepper,
 };
 use crate::config::ObjectiveKind;
 use crate::model::Transformer;
@@ -31,11 +31,17 @@ impl Decoder for ArDecoder {
         let start = Instant::now();
         let b = prompts.len();
         let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-        let mut cache = new_cache(model, b, longest + 1)?;
+        let mut stepper = Stepper::new(
+            model,
+            b,
+            longest + opts.max_new_tokens,
+            longest + 1,
+            opts.eos_id,
+        )?;
         let mut rngs: Vec<_> = (0..b).map(|r| row_rng(opts.seed, r)).collect();
         let mut rows: Vec<RowOutput> = (0..b)
             .map(|_| RowOutput {
-                tokens: Vec::new(),
+                tokens: Vec::with_capacity(opts.max_new_tokens),
                 forward_passes: 0,
                 finish: Finish::Length,
             })
@@ -43,8 +49,16 @@ impl Decoder for ArDecoder {
         let mut done = vec![opts.max_new_tokens == 0; b];
         let mut inputs: Vec<Vec<u32>> = prompts.to_vec();
         let mut forwards = 0;
+        // One trace buffer for every step: the loop allocates nothing of its own per token.
+        let mut trace = StepTrace {
+            row: 0,
+            forward: 0,
+            step: 1,
+            slots: Vec::with_capacity(1),
+            committed: Vec::with_capacity(1),
+        };
         while done.iter().any(|d| !d) {
-            let logits = forward_rows(model, &mut cache, &inputs, opts.eos_id)?;
+            stepper.forward(&inputs)?;
             forwards += 1;
             for r in 0..b {
                 if done[r] {
@@ -52,24 +66,23 @@ impl Decoder for ArDecoder {
                 }
                 let row = &mut rows[r];
                 row.forward_passes += 1;
-                let l = logits_at(&logits, r, inputs[r].len() - 1)?;
+                let l = stepper.logits(r, inputs[r].len() - 1);
                 let context = [prompts[r].as_slice(), row.tokens.as_slice()];
                 let (tok, conf) = opts
                     .sampling
-                    .pick(&l, &context, &[opts.mask_id], &mut rngs[r]);
+                    .pick(l, &context, &[opts.mask_id], &mut rngs[r]);
                 let slot = SlotTrace {
                     pos: row.tokens.len(),
                     token: tok,
                     confidence: conf,
                     masked: false,
                 };
-                on_step(&StepTrace {
-                    row: r,
-                    forward: forwards,
-                    step: 1,
-                    slots: vec![slot.clone()],
-                    committed: vec![slot],
-                });
+                (trace.row, trace.forward) = (r, forwards);
+                trace.slots.clear();
+                trace.slots.push(slot.clone());
+                trace.committed.clear();
+                trace.committed.push(slot);
+                on_step(&trace);
                 if tok == opts.eos_id {
                     (done[r], row.finish) = (true, Finish::Eos);
                 } else {

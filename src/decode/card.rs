@@ -9,8 +9,8 @@
 //! keys/values at the start of the next pass (which also predicts the next window's slot 1).
 
 use super::{
-    check_budget, forward_rows, logits_at, new_cache, row_rng, Decoder, Finish, GenOptions,
-    Generation, RowOutput, SlotTrace, StepTrace,
+    check_budget, row_rng, Decoder, Finish, GenOptions, Generation, RowOutput, SlotTrace,
+    StepTrace, Stepper,
 };
 use crate::config::ObjectiveKind;
 use crate::model::Transformer;
@@ -99,46 +99,35 @@ impl CardDecoder {
         Ok(())
     }
 
-    /// Indices of the masked slots to commit this step.
-    fn choose(&self, row: &Row) -> Vec<usize> {
-        let masked: Vec<usize> = (0..row.window.len())
-            .filter(|&j| row.window[j].token.is_none())
-            .collect();
-        let forced: Vec<usize> = match self.commit {
-            CommitMode::Block if row.step >= self.step_limit => masked.clone(),
-            CommitMode::Block => Vec::new(),
-            CommitMode::Sliding => {
-                // A slot past the step limit forces itself and everything left of it.
-                match masked
-                    .iter()
-                    .rposition(|&j| row.window[j].age >= self.step_limit)
-                {
-                    Some(k) => masked[..=k].to_vec(),
-                    None => Vec::new(),
-                }
-            }
+    /// Indices of the masked slots to commit this step, into `chosen` (a reused buffer).
+    fn choose(&self, row: &Row, chosen: &mut Vec<usize>) {
+        chosen.clear();
+        let w = &row.window;
+        let masked = |j: usize| w[j].token.is_none();
+        // Slots forced by the step limit: window indices below `forced_below`.
+        let forced_below = match self.commit {
+            CommitMode::Block if row.step >= self.step_limit => w.len(),
+            CommitMode::Block => 0,
+            // A slot past the step limit forces itself and every masked slot left of it.
+            CommitMode::Sliding => (0..w.len())
+                .rev()
+                .find(|&j| masked(j) && w[j].age >= self.step_limit)
+                .map_or(0, |j| j + 1),
         };
-        let mut chosen: Vec<usize> = masked
-            .iter()
-            .copied()
-            .filter(|&j| forced.contains(&j) || row.window[j].conf as f64 >= self.threshold)
-            .collect();
-        if chosen.is_empty() {
-            let floor = match self.floor {
-                Floor::Leftmost => masked[0],
-                Floor::MostConfident => *masked
-                    .iter()
-                    .max_by(|&&a, &&b| {
-                        row.window[a]
-                            .conf
-                            .total_cmp(&row.window[b].conf)
-                            .then(b.cmp(&a))
-                    })
-                    .expect("a step runs only with masked slots"),
-            };
-            chosen.push(floor);
-        }
         chosen
+            .extend((0..w.len()).filter(|&j| {
+                masked(j) && (j < forced_below || w[j].conf as f64 >= self.threshold)
+            }));
+        if chosen.is_empty() {
+            let mut candidates = (0..w.len()).filter(|&j| masked(j));
+            let floor = match self.floor {
+                Floor::Leftmost => candidates.next(),
+                Floor::MostConfident => {
+                    candidates.max_by(|&a, &b| w[a].conf.total_cmp(&w[b].conf).then(b.cmp(&a)))
+                }
+            };
+            chosen.push(floor.expect("a step runs only with masked slots"));
+        }
     }
 }
 
@@ -184,14 +173,20 @@ impl Decoder for CardDecoder {
         let b = prompts.len();
         let k = self.block_size;
         let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-        let mut cache = new_cache(model, b, longest + 2 * k)?;
+        let mut stepper = Stepper::new(
+            model,
+            b,
+            longest + opts.max_new_tokens,
+            longest + 2 * k,
+            opts.eos_id,
+        )?;
         let mut rngs: Vec<_> = (0..b).map(|r| row_rng(opts.seed, r)).collect();
         let mut rows: Vec<Row> = prompts
             .iter()
             .map(|p| Row {
-                gen: Vec::new(),
+                gen: Vec::with_capacity(opts.max_new_tokens),
                 pending: p.clone(),
-                window: Vec::new(),
+                window: Vec::with_capacity(k),
                 slot0: Vec::new(),
                 step: 0,
                 done: opts.max_new_tokens == 0,
@@ -200,6 +195,18 @@ impl Decoder for CardDecoder {
             })
             .collect();
         let mut forwards = 0;
+        // Buffers reused by every pass: the loop allocates nothing of its own per token.
+        let mut inputs: Vec<Vec<u32>> = (0..b).map(|_| Vec::new()).collect();
+        let mut before: Vec<usize> = Vec::with_capacity(b);
+        let mut chosen: Vec<usize> = Vec::with_capacity(k);
+        let mut tokens: Vec<u32> = Vec::with_capacity(k);
+        let mut trace = StepTrace {
+            row: 0,
+            forward: 0,
+            step: 0,
+            slots: Vec::with_capacity(k),
+            committed: Vec::with_capacity(k),
+        };
         loop {
             // Open windows: a new block, or top up a sliding window to K slots.
             for row in rows.iter_mut().filter(|r| !r.done) {
@@ -223,35 +230,33 @@ impl Decoder for CardDecoder {
             if rows.iter().all(|r| r.done) {
                 break;
             }
-            let inputs: Vec<Vec<u32>> = rows
-                .iter()
-                .map(|r| {
-                    if r.done {
-                        return Vec::new();
-                    }
+            for (input, r) in inputs.iter_mut().zip(&rows) {
+                input.clear();
+                if !r.done {
                     let drafts = r.window[..r.window.len() - 1]
                         .iter()
                         .map(|s| s.token.unwrap_or(opts.mask_id));
-                    r.pending.iter().copied().chain(drafts).collect()
-                })
-                .collect();
-            let before: Vec<usize> = cache.lens().to_vec();
-            let logits = if inputs.iter().any(|i| !i.is_empty()) {
+                    input.extend(r.pending.iter().copied().chain(drafts));
+                }
+            }
+            before.clear();
+            before.extend_from_slice(stepper.lens());
+            if inputs.iter().any(|i| !i.is_empty()) {
                 forwards += 1;
-                Some(forward_rows(model, &mut cache, &inputs, opts.eos_id)?)
-            } else {
-                None
-            };
+                stepper.forward(&inputs)?;
+            }
             for (r, row) in rows.iter_mut().enumerate() {
                 if row.done {
                     continue;
                 }
                 let p = row.pending.len();
-                cache.truncate_row(r, before[r] + p);
+                stepper.truncate_row(r, before[r] + p);
                 row.forwards += 1;
                 row.step += 1;
                 if p > 0 {
-                    row.slot0 = logits_at(logits.as_ref().expect("pending input ran"), r, p - 1)?;
+                    let l = stepper.logits(r, p - 1);
+                    row.slot0.clear();
+                    row.slot0.extend_from_slice(l);
                 }
                 row.pending.clear();
                 for j in 0..row.window.len() {
@@ -260,12 +265,10 @@ impl Decoder for CardDecoder {
                         continue;
                     }
                     // Slot 1 reads the kept prefix logits; the others this pass's outputs.
-                    let fresh;
                     let l: &[f32] = if j == 0 {
                         &row.slot0
                     } else {
-                        fresh = logits_at(logits.as_ref().expect("window ran"), r, p + j - 1)?;
-                        &fresh
+                        stepper.logits(r, p + j - 1)
                     };
                     let context = [prompts[r].as_slice(), row.gen.as_slice()];
                     let (cand, conf) =
@@ -273,28 +276,26 @@ impl Decoder for CardDecoder {
                             .pick(l, &context, &[opts.mask_id], &mut rngs[r]);
                     (row.window[j].cand, row.window[j].conf) = (cand, conf);
                 }
-                let chosen = self.choose(row);
+                self.choose(row, &mut chosen);
                 for &j in &chosen {
                     row.window[j].token = Some(row.window[j].cand);
                 }
-                let trace = |j: usize, s: &Slot| SlotTrace {
+                let slot_trace = |j: usize, s: &Slot| SlotTrace {
                     pos: row.gen.len() + j,
                     token: s.token.unwrap_or(s.cand),
                     confidence: s.conf,
                     masked: s.token.is_none(),
                 };
-                on_step(&StepTrace {
-                    row: r,
-                    forward: forwards,
-                    step: row.step,
-                    slots: row
-                        .window
-                        .iter()
-                        .enumerate()
-                        .map(|(j, s)| trace(j, s))
-                        .collect(),
-                    committed: chosen.iter().map(|&j| trace(j, &row.window[j])).collect(),
-                });
+                (trace.row, trace.forward, trace.step) = (r, forwards, row.step);
+                trace.slots.clear();
+                trace
+                    .slots
+                    .extend(row.window.iter().enumerate().map(|(j, s)| slot_trace(j, s)));
+                trace.committed.clear();
+                trace
+                    .committed
+                    .extend(chosen.iter().map(|&j| slot_trace(j, &row.window[j])));
+                on_step(&trace);
                 let ready = match self.commit {
                     CommitMode::Block if row.window.iter().all(|s| s.token.is_some()) => {
                         row.window.len()
@@ -304,11 +305,8 @@ impl Decoder for CardDecoder {
                         row.window.iter().take_while(|s| s.token.is_some()).count()
                     }
                 };
-                let tokens: Vec<u32> = row
-                    .window
-                    .drain(..ready)
-                    .map(|s| s.token.expect("filled"))
-                    .collect();
+                tokens.clear();
+                tokens.extend(row.window.drain(..ready).map(|s| s.token.expect("filled")));
                 accept(r, row, &tokens, opts);
                 if row.done {
                     row.window.clear();

@@ -10,6 +10,7 @@ pub mod mdlm;
 pub mod sampling;
 
 use crate::config::ObjectiveKind;
+use crate::model::engine::Engine;
 use crate::model::{KvCache, Transformer};
 use anyhow::{bail, Result};
 use candle_core::Tensor;
@@ -209,9 +210,95 @@ pub(crate) fn forward_rows(
     )
 }
 
-/// The logits of one row at one position, on the host.
+/// The logits of one row at one position, on the host (a copy: for the samplers that keep
+/// few positions; the per-token loops read through [`HostLogits`]).
 pub(crate) fn logits_at(logits: &Tensor, row: usize, pos: usize) -> Result<Vec<f32>> {
     Ok(logits.get(row)?.get(pos)?.to_vec1::<f32>()?)
+}
+
+/// The causal decoders' model-with-cache: the host engine for plain f32 CPU models (a pass
+/// allocates nothing), candle's forward with a [`KvCache`] otherwise.
+pub(crate) enum Stepper<'m> {
+    Host(Box<Engine<'m>>),
+    Candle {
+        model: &'m Transformer,
+        cache: KvCache,
+        /// The last pass's logits [B, T, V], on the host.
+        logits: Vec<f32>,
+        t: usize,
+        pad: u32,
+    },
+}
+
+impl<'m> Stepper<'m> {
+    /// `positions`: the most any row will hold (prompt + new tokens); `scratch`: extra room
+    /// candle's cache needs for a padded window; `pad`: the id padding rows in candle's path.
+    pub fn new(
+        model: &'m Transformer,
+        batch: usize,
+        positions: usize,
+        scratch: usize,
+        pad: u32,
+    ) -> Result<Self> {
+        let capacity = positions.min(model.cfg.max_seq_len);
+        if let Some(e) = Engine::new(model, batch, capacity) {
+            return Ok(Self::Host(Box::new(e)));
+        }
+        Ok(Self::Candle {
+            model,
+            cache: new_cache(model, batch, scratch)?,
+            logits: Vec::new(),
+            t: 0,
+            pad,
+        })
+    }
+
+    /// One causal pass: row r feeds `inputs[r]` (possibly empty) after its cached prefix.
+    pub fn forward(&mut self, inputs: &[Vec<u32>]) -> Result<()> {
+        match self {
+            Self::Host(e) => e.forward(inputs),
+            Self::Candle {
+                model,
+                cache,
+                logits,
+                t,
+                pad,
+            } => {
+                let l = forward_rows(model, cache, inputs, *pad)?;
+                *t = l.dim(1)?;
+                *logits = l.flatten_all()?.to_vec1::<f32>()?;
+                Ok(())
+            }
+        }
+    }
+
+    pub fn lens(&self) -> &[usize] {
+        match self {
+            Self::Host(e) => e.lens(),
+            Self::Candle { cache, .. } => cache.lens(),
+        }
+    }
+
+    pub fn truncate_row(&mut self, row: usize, len: usize) {
+        match self {
+            Self::Host(e) => e.truncate_row(row, len),
+            Self::Candle { cache, .. } => cache.truncate_row(row, len),
+        }
+    }
+
+    /// Logits of the last pass for row `row` after its `i`-th fed token.
+    pub fn logits(&self, row: usize, i: usize) -> &[f32] {
+        match self {
+            Self::Host(e) => e.logits(row, i),
+            Self::Candle {
+                model, logits, t, ..
+            } => {
+                let v = model.cfg.vocab_size;
+                let at = (row * t + i) * v;
+                &logits[at..at + v]
+            }
+        }
+    }
 }
 
 /// Per-row RNG for sampling, so a row's draws do not depend on its batch neighbours.

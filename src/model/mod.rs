@@ -3,6 +3,7 @@
 //! Attention is causal, bidirectional or an explicit additive mask, so every objective
 //! shares this one backbone.
 
+pub mod engine;
 pub mod fused;
 pub mod kv_cache;
 pub mod ops;

@@ -13,7 +13,7 @@ mod loss;
 mod norm;
 mod pointwise;
 mod simd;
-mod small_matmul;
+pub(crate) mod small_matmul;
 mod softmax;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor, WithDType};
@@ -26,6 +26,13 @@ pub use norm::rms_norm;
 pub use pointwise::{rope, swiglu};
 pub use small_matmul::{small_matmul, MAX_ROWS as SMALL_MATMUL_ROWS};
 pub use softmax::softmax_last;
+
+/// candle's thread count, read once: candle's own getter parses an environment variable
+/// (an allocation) on every call, dozens of times per decoded token.
+pub(crate) fn threads() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(candle_core::utils::get_num_threads)
+}
 
 /// Whether the fused kernels handle this tensor (CPU, f32 or f64).
 pub fn supported(x: &Tensor) -> bool {

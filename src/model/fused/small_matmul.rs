@@ -4,7 +4,7 @@
 //! here a step of up to `MAX_ROWS` tokens reads the weights once, like an AR step.
 //! Inference only (no backward): `ops::linear` uses it for untracked f32 CPU tensors.
 
-use super::{contiguous, par_rows, Out};
+use super::{contiguous, par_rows};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 /// Row counts up to this take the small-m path.
@@ -31,29 +31,60 @@ impl CustomOp2 for SmallMatmul {
         }
         let x = contiguous::<f32>(s1, l1)?;
         let w = contiguous::<f32>(s2, l2)?;
-        // Transposed output [n, m]: unit j owns row j, then one cheap transpose.
-        let mut out_t = vec![0f32; n * m];
-        // candle's barrier pool, like the other per-token ops: its workers spin briefly
-        // between ops, whereas rayon's fall asleep and are woken by a syscall for each of
-        // the dozens of matmuls in a decoding step (~15% of a batch-1 step went there).
-        let block = n
-            .div_ceil(8 * candle_core::utils::get_num_threads())
-            .max(16);
-        let units = n.div_ceil(block);
-        let o = Out::new(&mut out_t, m);
-        par_rows(units, block * k, |b| {
-            for j in b * block..n.min((b + 1) * block) {
-                // SAFETY: unit b alone writes output rows j of its block, all below n.
-                dots(x, &w[j * k..(j + 1) * k], k, unsafe { o.row(j) });
-            }
-        });
-        let mut out = vec![0f32; m * n];
-        for j in 0..n {
-            for i in 0..m {
-                out[i * n + j] = out_t[j * m + i];
-            }
-        }
+        let (mut out_t, mut out) = (vec![0f32; n * m], vec![0f32; m * n]);
+        matmul_into(x, m, k, w, n, &mut out_t, &mut out);
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+}
+
+/// out [m, n] = x [m, k] · w [n, k]ᵀ on host slices, m ≤ `MAX_ROWS`, through `out_t`
+/// [n, m] scratch (unit j owns weight row j, then one cheap transpose). Allocates nothing.
+pub(crate) fn matmul_into(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    out_t: &mut [f32],
+    out: &mut [f32],
+) {
+    assert!(m <= MAX_ROWS && x.len() >= m * k && w.len() >= n * k);
+    assert!(out_t.len() >= n * m && out.len() >= m * n);
+    // candle's barrier pool, like the other per-token ops: its workers spin briefly
+    // between ops, whereas rayon's fall asleep and are woken by a syscall for each of
+    // the dozens of matmuls in a decoding step (~15% of a batch-1 step went there).
+    let block = n.div_ceil(8 * super::threads()).max(16);
+    let units = n.div_ceil(block);
+    let o = OutRows {
+        ptr: out_t.as_mut_ptr() as usize,
+        m,
+    };
+    let x = &x[..m * k];
+    par_rows(units, block * k, |b| {
+        for j in b * block..n.min((b + 1) * block) {
+            // SAFETY: unit b alone writes output rows j of its block, all below n.
+            dots(x, &w[j * k..(j + 1) * k], k, unsafe { o.row(j) });
+        }
+    });
+    for j in 0..n {
+        for i in 0..m {
+            out[i * n + j] = out_t[j * m + i];
+        }
+    }
+}
+
+/// Rows of m floats in a buffer written from several threads.
+struct OutRows {
+    ptr: usize,
+    m: usize,
+}
+
+impl OutRows {
+    /// # Safety
+    /// Row j must lie in the buffer and be handed to one caller at a time.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row(&self, j: usize) -> &mut [f32] {
+        std::slice::from_raw_parts_mut((self.ptr as *mut f32).add(j * self.m), self.m)
     }
 }
 

@@ -59,40 +59,59 @@ pub struct DecodeBench {
 }
 
 /// STREAM-style copy bandwidth (bytes/s, read + write) of a 256 MiB f32 buffer, median of 7.
-/// On the CPU both buffers are touched first and the copy runs on all pool threads, as the
-/// decoder reads its weights (timing fresh allocations would measure page faults instead).
-pub fn copy_bandwidth(device: &Device) -> Result<f64> {
-    let n = 64 * 1024 * 1024;
-    let rounds = 7;
-    if device.is_cpu() {
-        use rayon::prelude::*;
-        let src = vec![1f32; n];
-        let mut dst = vec![0f32; n];
-        let chunk = n.div_ceil(8 * rayon::current_num_threads().max(1));
-        let mut times: Vec<f64> = (0..rounds + 1)
+/// On the CPU both buffers are allocated and touched once, and the copy runs on all pool
+/// threads, as the decoder reads its weights (timing fresh allocations would measure page
+/// faults instead).
+pub struct CopyBandwidth {
+    device: Device,
+    host: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+impl CopyBandwidth {
+    const N: usize = 64 * 1024 * 1024;
+    const ROUNDS: usize = 7;
+
+    pub fn new(device: &Device) -> Self {
+        let host = device
+            .is_cpu()
+            .then(|| (vec![1f32; Self::N], vec![0f32; Self::N]));
+        Self {
+            device: device.clone(),
+            host,
+        }
+    }
+
+    /// One measurement (median of its rounds).
+    pub fn sample(&mut self) -> Result<f64> {
+        let bytes = 2.0 * 4.0 * Self::N as f64;
+        if let Some((src, dst)) = &mut self.host {
+            use rayon::prelude::*;
+            let chunk = Self::N.div_ceil(8 * rayon::current_num_threads().max(1));
+            let mut times: Vec<f64> = (0..Self::ROUNDS + 1)
+                .map(|_| {
+                    let t = Instant::now();
+                    dst.par_chunks_mut(chunk)
+                        .zip(src.par_chunks(chunk))
+                        .for_each(|(d, s)| d.copy_from_slice(s));
+                    t.elapsed().as_secs_f64()
+                })
+                .skip(1) // warm-up
+                .collect();
+            std::hint::black_box(&dst);
+            return Ok(bytes / median(&mut times));
+        }
+        let a = Tensor::ones(Self::N, candle_core::DType::F32, &self.device)?;
+        let mut times: Vec<f64> = (0..Self::ROUNDS)
             .map(|_| {
                 let t = Instant::now();
-                dst.par_chunks_mut(chunk)
-                    .zip(src.par_chunks(chunk))
-                    .for_each(|(d, s)| d.copy_from_slice(s));
-                t.elapsed().as_secs_f64()
+                let b = a.copy()?;
+                self.device.synchronize()?;
+                drop(b);
+                Ok(t.elapsed().as_secs_f64())
             })
-            .skip(1) // warm-up
-            .collect();
-        std::hint::black_box(&dst);
-        return Ok(2.0 * 4.0 * n as f64 / median(&mut times));
+            .collect::<Result<_>>()?;
+        Ok(bytes / median(&mut times))
     }
-    let a = Tensor::ones(n, candle_core::DType::F32, device)?;
-    let mut times: Vec<f64> = (0..rounds)
-        .map(|_| {
-            let t = Instant::now();
-            let b = a.copy()?;
-            device.synchronize()?;
-            drop(b);
-            Ok(t.elapsed().as_secs_f64())
-        })
-        .collect::<Result<_>>()?;
-    Ok(2.0 * 4.0 * n as f64 / median(&mut times))
 }
 
 fn quality(model: &Transformer, prompts: &[Vec<u32>], g: &Generation) -> Result<(f64, f64, f64)> {
@@ -118,7 +137,8 @@ pub fn bench_decode(
     progress("measuring copy bandwidth");
     // Memory bandwidth on a shared machine drifts: it is sampled again after every round and
     // the median of all samples is the reference.
-    let mut bandwidths = vec![copy_bandwidth(model.device())?];
+    let mut stream = CopyBandwidth::new(model.device());
+    let mut bandwidths = vec![stream.sample()?];
     let weight_bytes = model.cfg.n_params() as f64 * model.dtype().size_in_bytes() as f64;
     let mut out = Vec::new();
     // (row index in `out`, forward passes per second of each round)
@@ -171,7 +191,7 @@ pub fn bench_decode(
                     fps[i].push(g.forward_passes as f64 / g.elapsed_s.max(1e-9));
                     last[i] = Some(g);
                 }
-                bandwidths.push(copy_bandwidth(model.device())?);
+                bandwidths.push(stream.sample()?);
             }
             let ar_tps = median(&mut tps[0]);
             for (i, (name, _, card)) in decoders.into_iter().enumerate() {

@@ -22,7 +22,7 @@ pub struct TrainBench {
     /// Peak resident memory (MiB): in-process high-water mark after this objective's warm-up;
     /// `card bench train` replaces it with a measurement in a process of its own.
     pub peak_rss_mb: f64,
-    /// Resident memory after the timed steps minus after the warm-up (MiB), measured in the
+    /// Resident growth (MiB) over `steps` steps after warm-up + `steps` steps, measured in a
     /// child process; a leak per step shows here.
     pub rss_growth_mb: Option<f64>,
     /// Model FLOPs per second over the measured matmul peak.
@@ -113,15 +113,16 @@ pub fn bench_train(
 pub struct MemoryProbe {
     /// Resident-set high-water mark of the whole run (MiB).
     pub peak_rss_mb: f64,
-    /// Resident memory after the warm-up and after the last step (MiB).
+    /// Resident memory after warm-up + `steps` steps, and after `steps` more (MiB).
     pub rss_after_warmup_mb: f64,
     pub rss_end_mb: f64,
     pub rss_growth_mb: f64,
     pub steps: usize,
 }
 
-/// One objective's memory in this process: warm-up steps, then `steps` more, reading the
-/// resident set at both ends (run it in a fresh process so nothing else shares the heap).
+/// One objective's memory in this process: warm-up and `steps` steps, then `steps` more,
+/// reading the resident set before and after those (run it in a fresh process so nothing
+/// else shares the heap).
 pub fn memory_probe(
     cfg: &Config,
     data: &Prepared,
@@ -132,9 +133,10 @@ pub fn memory_probe(
 ) -> Result<MemoryProbe> {
     let mut c = cfg.clone();
     c.train.objective = objective;
-    c.train.max_steps = warmup.max(1) + steps;
+    c.train.max_steps = warmup.max(1) + 2 * steps;
     let mut trainer = Trainer::with_model_vocab(c, data, device)?;
-    for _ in 0..warmup.max(1) {
+    // The allocator's pools fill over the first steps; growth is read over the second half.
+    for _ in 0..warmup.max(1) + steps {
         trainer.step()?;
     }
     let start = rss_mb();

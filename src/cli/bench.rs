@@ -66,8 +66,8 @@ pub struct TrainBenchArgs {
     /// Print JSON as the last line: one object for one objective, else a list.
     #[arg(long)]
     pub json: bool,
-    /// Internal: run one objective's warm-up and timed steps in this process and print its
-    /// memory as JSON (peak, and resident growth from the end of the warm-up to the end).
+    /// Internal: run one objective's warm-up and 2 × steps steps in this process and print its
+    /// memory as JSON (peak, and resident growth over the last `steps` steps).
     #[arg(long, hide = true)]
     pub memory_probe: bool,
 }

@@ -8,6 +8,7 @@
 //! row; `truncate_row` rolls a row back (CARD's draft windows are scratch).
 
 use super::fused::small_matmul::{matmul_into, MAX_ROWS};
+use super::fused::Real;
 use super::Transformer;
 use anyhow::{bail, Result};
 use candle_core::{CpuStorage, DType, Storage, Tensor};
@@ -341,7 +342,7 @@ fn attend(
         let mut max = f32::NEG_INFINITY;
         for (j, sj) in s.iter_mut().enumerate() {
             let kj = &k[base + j * hd..base + (j + 1) * hd];
-            *sj = q.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+            *sj = <f32 as Real>::dot(q, kj) * scale;
             max = max.max(*sj);
         }
         let mut z = 0.0;

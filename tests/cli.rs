@@ -496,3 +496,23 @@ fn training_memory_does_not_grow_over_hundreds_of_steps() {
         "resident memory grew {growth} MiB over 150 steps"
     );
 }
+
+#[test]
+fn threads_flag_is_validated_and_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = card(
+        &["--threads", "0", "inspect", "params", "--preset", "tiny"],
+        dir.path(),
+    );
+    assert_error(&out, "--threads must be at least 1");
+    let out = card(
+        &["inspect", "params", "--preset", "tiny", "--threads", "1"],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("parameters"));
+}

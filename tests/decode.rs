@@ -16,6 +16,10 @@ use std::sync::OnceLock;
 struct Fixture {
     data: Prepared,
     model: Transformer,
+    /// The trained weights twice: as plain tensors (the host engine decodes them) and as
+    /// training `Var`s (candle's forward with `KvCache` decodes them).
+    plain: Transformer,
+    vars: Transformer,
 }
 
 fn fixture() -> &'static Fixture {
@@ -25,14 +29,20 @@ fn fixture() -> &'static Fixture {
         cfg.train.objective = ObjectiveKind::Card;
         cfg.train.max_steps = 80;
         let data = load_data(&cfg, None).unwrap();
-        let model = {
-            let mut t = Trainer::new(cfg, &data, &Device::Cpu).unwrap();
-            for _ in 0..80 {
-                t.step().unwrap();
-            }
-            t.eval_model().unwrap()
-        };
-        Fixture { data, model }
+        let mut t = Trainer::new(cfg, &data, &Device::Cpu).unwrap();
+        for _ in 0..80 {
+            t.step().unwrap();
+        }
+        let model = t.eval_model().unwrap();
+        let mc = &t.cfg.model; // the vocabulary resolved from the data
+        let plain = Transformer::from_tensors(mc, |n| t.params.tensor(n)?.copy()).unwrap();
+        let vars = Transformer::from_params(mc, &t.params).unwrap();
+        Fixture {
+            data,
+            model,
+            plain,
+            vars,
+        }
     })
 }
 
@@ -360,4 +370,25 @@ fn host_engine_logits_equal_full_recomputation() {
     let too_long = vec![vec![1u32; model.cfg.max_seq_len], vec![], vec![]];
     let err = engine.forward(&too_long).unwrap_err().to_string();
     assert!(err.contains("exceeds the model's context"), "{err}");
+}
+
+#[test]
+fn host_engine_and_candle_path_decode_alike() {
+    // The same weights decoded by the two implementations of the cached forward.
+    let f = fixture();
+    let o = opts(24, Sampling::default(), 0);
+    let card = CardDecoder {
+        block_size: 4,
+        step_limit: 4,
+        threshold: 0.3,
+        ..CardDecoder::default()
+    };
+    for d in [&ArDecoder as &dyn Decoder, &card] {
+        let a = d.generate(&f.plain, &prompts(), &o, &mut |_| {}).unwrap();
+        let b = d.generate(&f.vars, &prompts(), &o, &mut |_| {}).unwrap();
+        for (ra, rb) in a.rows.iter().zip(&b.rows) {
+            assert_eq!(ra.tokens, rb.tokens, "{}: tokens differ", d.name());
+            assert_eq!(ra.forward_passes, rb.forward_passes, "{}", d.name());
+        }
+    }
 }

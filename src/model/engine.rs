@@ -72,43 +72,48 @@ fn host(t: &Tensor) -> Option<&[f32]> {
     let (ptr, len) = (data.as_ptr(), data.len());
     drop(guard);
     // SAFETY: the storage is kept alive by the tensor, which the returned slice borrows.
-    // Weights of a plain (non-`Var`) tensor are never written in place, so the slice stays
-    // valid and unchanged while it is borrowed (`Engine::new` refuses `Var`s).
+    // Weights are written in place only through a training `Var` (`Engine::new` refuses
+    // those; a detached view of one is only ever updated between decoding calls, while an
+    // engine lives inside one), so the slice stays valid and unchanged while borrowed.
     let all = unsafe { std::slice::from_raw_parts(ptr, len) };
     Some(&all[a..b])
 }
 
 impl<'m> Engine<'m> {
     /// An engine for `batch` rows with room for `capacity` positions each, or None when the
-    /// model is not plain f32 CPU tensors (then the decoders use candle's path).
+    /// model is not plain f32 CPU tensors of its config's shapes (then the decoders use
+    /// candle's path, which reports any mismatch).
     pub fn new(model: &'m Transformer, batch: usize, capacity: usize) -> Option<Self> {
-        let plain = |t: &'m Tensor| {
+        let c = &model.cfg;
+        let (d, f, v, half) = (c.d_model, c.d_ff, c.vocab_size, c.head_dim() / 2);
+        // A plain f32 CPU tensor of the size the config says, as a slice.
+        let plain = |t: &'m Tensor, len: usize| {
             (t.dtype() == DType::F32 && t.device().is_cpu() && !t.is_variable())
                 .then(|| host(t))
                 .flatten()
+                .filter(|s| s.len() == len)
                 .map(W)
         };
         let mut layers = Vec::with_capacity(model.layers.len());
         for l in &model.layers {
             layers.push(LayerW {
-                attn_norm: plain(&l.attn_norm)?,
-                wqkv: plain(&l.wqkv)?,
-                wo: plain(&l.wo)?,
-                ffn_norm: plain(&l.ffn_norm)?,
-                w_gate_up: plain(&l.w_gate_up)?,
-                w_down: plain(&l.w_down)?,
+                attn_norm: plain(&l.attn_norm, d)?,
+                wqkv: plain(&l.wqkv, 3 * d * d)?,
+                wo: plain(&l.wo, d * d)?,
+                ffn_norm: plain(&l.ffn_norm, d)?,
+                w_gate_up: plain(&l.w_gate_up, 2 * f * d)?,
+                w_down: plain(&l.w_down, d * f)?,
             });
         }
-        let c = &model.cfg;
         let size = c.n_layers * batch * c.n_heads * capacity * c.head_dim();
         Some(Self {
             model,
-            embed: plain(&model.embed)?,
+            embed: plain(&model.embed, v * d)?,
             layers,
-            norm: plain(&model.norm)?,
-            head: plain(model.head.as_ref().unwrap_or(&model.embed))?,
-            cos: plain(&model.cos)?,
-            sin: plain(&model.sin)?,
+            norm: plain(&model.norm, d)?,
+            head: plain(model.head.as_ref().unwrap_or(&model.embed), v * d)?,
+            cos: plain(&model.cos, c.max_seq_len * half)?,
+            sin: plain(&model.sin, c.max_seq_len * half)?,
             k: vec![0f32; size],
             v: vec![0f32; size],
             lens: vec![0; batch],

@@ -48,7 +48,12 @@ pub(crate) fn matmul_into(
     out_t: &mut [f32],
     out: &mut [f32],
 ) {
-    assert!(m <= MAX_ROWS && x.len() >= m * k && w.len() >= n * k);
+    assert!(
+        m <= MAX_ROWS && x.len() >= m * k && w.len() >= n * k,
+        "small matmul: m {m} k {k} n {n}, x {} w {}",
+        x.len(),
+        w.len()
+    );
     assert!(out_t.len() >= n * m && out.len() >= m * n);
     // candle's barrier pool, like the other per-token ops: its workers spin briefly
     // between ops, whereas rayon's fall asleep and are woken by a syscall for each of

@@ -7,8 +7,10 @@
 //! only real tokens are computed. Keys and values live in a host cache with one length per
 //! row; `truncate_row` rolls a row back (CARD's draft windows are scratch).
 
+use super::fused::norm::rms_norm_row;
+use super::fused::pointwise::{rotate, swiglu_row};
 use super::fused::small_matmul::{matmul_into, MAX_ROWS};
-use super::fused::Real;
+use super::fused::{gemm_into, threads, Real};
 use super::Transformer;
 use anyhow::{bail, Result};
 use candle_core::{CpuStorage, DType, Storage, Tensor};
@@ -188,7 +190,7 @@ impl<'m> Engine<'m> {
             }
             ws.x[i * d..(i + 1) * d].copy_from_slice(&self.embed.0[t * d..(t + 1) * d]);
         }
-        let eps = c.norm_eps as f32;
+        let eps = c.norm_eps;
         let batch = self.lens.len();
         for (li, l) in self.layers.iter().enumerate() {
             rms_norm(&ws.x[..n * d], l.attn_norm.0, eps, &mut ws.h[..n * d]);
@@ -202,7 +204,7 @@ impl<'m> Engine<'m> {
                 );
                 let row = &mut ws.qkv[i * 3 * d..(i + 1) * 3 * d];
                 for hh in 0..2 * nh {
-                    rope(&mut row[hh * hd..(hh + 1) * hd], cos, sin);
+                    rotate(&mut row[hh * hd..(hh + 1) * hd], cos, sin, false, 1.0);
                 }
                 for hh in 0..nh {
                     let at = (((li * batch + r) * nh + hh) * self.capacity + pos) * hd;
@@ -233,10 +235,10 @@ impl<'m> Engine<'m> {
                 &mut ws.ff,
             );
             for i in 0..n {
-                let (g, u) = ws.ff[i * 2 * f..(i + 1) * 2 * f].split_at(f);
-                for ((a, &g), &u) in ws.act[i * f..(i + 1) * f].iter_mut().zip(g).zip(u) {
-                    *a = g / (1.0 + (-g).exp()) * u;
-                }
+                swiglu_row(
+                    &ws.ff[i * 2 * f..(i + 1) * 2 * f],
+                    &mut ws.act[i * f..(i + 1) * f],
+                );
             }
             linear(&ws.act, n, f, l.w_down.0, d, &mut ws.scratch, &mut ws.proj);
             add(&mut ws.x[..n * d], &ws.proj[..n * d]);
@@ -264,26 +266,13 @@ fn linear(
         // A prompt: compute-bound, where gemm's packing pays off.
         // SAFETY: x holds n·k, w m·k and out n·m elements (workspace sizes).
         unsafe {
-            gemm::gemm(
-                n,
-                m,
-                k,
-                out.as_mut_ptr(),
-                1,
-                m as isize,
+            gemm_into(
+                (n, m, k),
+                (out.as_mut_ptr(), m as isize, 1),
                 false,
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.as_ptr(),
-                k as isize,
-                1,
-                0f32,
-                1f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::Rayon(super::fused::threads()),
+                (x.as_ptr(), k as isize, 1),
+                (w.as_ptr(), 1, k as isize),
+                gemm::Parallelism::Rayon(threads()),
             )
         };
         return;
@@ -291,24 +280,10 @@ fn linear(
     matmul_into(x, n, k, w, m, scratch, out);
 }
 
-fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+fn rms_norm(x: &[f32], w: &[f32], eps: f64, out: &mut [f32]) {
     let d = w.len();
     for (xi, oi) in x.chunks(d).zip(out.chunks_mut(d)) {
-        let ms = xi.iter().map(|a| a * a).sum::<f32>() / d as f32;
-        let inv = 1.0 / (ms + eps).sqrt();
-        for ((o, &a), &g) in oi.iter_mut().zip(xi).zip(w) {
-            *o = a * inv * g;
-        }
-    }
-}
-
-/// Rotary embedding of one head's vector in place (non-interleaved halves).
-fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
-    let half = cos.len();
-    for j in 0..half {
-        let (a, b) = (x[j], x[j + half]);
-        x[j] = a * cos[j] - b * sin[j];
-        x[j + half] = b * cos[j] + a * sin[j];
+        rms_norm_row(xi, w, eps, oi);
     }
 }
 
@@ -344,17 +319,10 @@ fn attend(
             unsafe { std::slice::from_raw_parts_mut((s_ptr as *mut f32).add(unit * cap), keys) };
         let out =
             unsafe { std::slice::from_raw_parts_mut((a_ptr as *mut f32).add(i * d + hh * hd), hd) };
-        let mut max = f32::NEG_INFINITY;
         for (j, sj) in s.iter_mut().enumerate() {
-            let kj = &k[base + j * hd..base + (j + 1) * hd];
-            *sj = <f32 as Real>::dot(q, kj) * scale;
-            max = max.max(*sj);
+            *sj = f32::dot(q, &k[base + j * hd..base + (j + 1) * hd]) * scale;
         }
-        let mut z = 0.0;
-        for sj in s.iter_mut() {
-            *sj = (*sj - max).exp();
-            z += *sj;
-        }
+        let z = f32::exp_inplace_sum(s, f32::max_of(s));
         out.fill(0.0);
         for (j, &p) in s.iter().enumerate() {
             let vj = &v[base + j * hd..base + (j + 1) * hd];

@@ -9,7 +9,8 @@
 //! probabilities in the backward (flash-attention style), so memory is O(T) per head rather
 //! than O(T²). Causal blocks skip the keys they cannot see.
 
-use super::{dispatch, par_rows, zeros, Real};
+use super::pointwise::rotate;
+use super::{dispatch, gemm_into, par_rows, zeros, Real};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use gemm::Parallelism;
 use std::sync::Mutex;
@@ -127,17 +128,14 @@ impl<T: Real> Geometry<T> {
         let d3 = 3 * self.d();
         for i in 0..t {
             let at = (bi * t + i) * d3 + which * self.d() + hh * self.hd;
-            let src = &qkv[at..at + hd];
             let row = &mut dst[i * hd..(i + 1) * hd];
-            if which == 2 {
-                row.copy_from_slice(src);
-                continue;
-            }
-            for j in 0..half {
-                let (c, s) = (self.cos[i * half + j], self.sin[i * half + j]);
-                let (a, bb) = (src[j], src[j + half]);
-                row[j] = (a * c - bb * s) * mul;
-                row[j + half] = (bb * c + a * s) * mul;
+            row.copy_from_slice(&qkv[at..at + hd]);
+            if which != 2 {
+                let (c, s) = (
+                    &self.cos[i * half..(i + 1) * half],
+                    &self.sin[i * half..(i + 1) * half],
+                );
+                rotate(row, c, s, false, mul);
             }
         }
     }
@@ -179,6 +177,7 @@ impl<T: Real> Geometry<T> {
                 false,
                 (qs[q0 * hd..].as_ptr(), hd as isize, 1),
                 (k.as_ptr(), 1, hd as isize),
+                Parallelism::None,
             );
         }
         if let Some(bias) = &self.bias {
@@ -190,40 +189,6 @@ impl<T: Real> Geometry<T> {
             }
         }
     }
-}
-
-/// dst[m×n] (+)= lhs[m×k] · rhs[k×n], each given as (pointer, row stride, column stride).
-///
-/// # Safety
-/// Every addressed element must lie within its allocation; dst must not alias the inputs.
-unsafe fn gemm_into<T: 'static + Real>(
-    (m, n, k): (usize, usize, usize),
-    dst: (*mut T, isize, isize),
-    accumulate: bool,
-    lhs: (*const T, isize, isize),
-    rhs: (*const T, isize, isize),
-) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst.0,
-        dst.2,
-        dst.1,
-        accumulate,
-        lhs.0,
-        lhs.2,
-        lhs.1,
-        rhs.0,
-        rhs.2,
-        rhs.1,
-        T::ONE,
-        T::ONE,
-        false,
-        false,
-        false,
-        Parallelism::None,
-    )
 }
 
 /// Raw pointer to a buffer written by several threads at disjoint places.
@@ -283,6 +248,7 @@ fn forward<T: Real>(g: &Geometry<T>, qkv: &[T]) -> (Vec<T>, Vec<f64>) {
                     false,
                     (buf.as_ptr(), kend as isize, 1),
                     (v.as_ptr(), hd as isize, 1),
+                    Parallelism::None,
                 );
             }
         }
@@ -327,6 +293,7 @@ fn backward<T: Real>(g: &Geometry<T>, qkv: &[T], out: &[T], grad: &[T], lse: &[f
                     true,
                     (p.as_ptr(), 1, kend as isize),
                     (d_o[q0 * hd..].as_ptr(), hd as isize, 1),
+                    Parallelism::None,
                 );
                 // dP = dO_blk · V[0..kend]ᵀ
                 gemm_into(
@@ -335,6 +302,7 @@ fn backward<T: Real>(g: &Geometry<T>, qkv: &[T], out: &[T], grad: &[T], lse: &[f
                     false,
                     (d_o[q0 * hd..].as_ptr(), hd as isize, 1),
                     (v.as_ptr(), 1, hd as isize),
+                    Parallelism::None,
                 );
             }
             // dS = P ⊙ (dP − D_i), in place in P.
@@ -356,6 +324,7 @@ fn backward<T: Real>(g: &Geometry<T>, qkv: &[T], out: &[T], grad: &[T], lse: &[f
                     false,
                     (p.as_ptr(), kend as isize, 1),
                     (k.as_ptr(), hd as isize, 1),
+                    Parallelism::None,
                 );
                 // dK[0..kend] += dSᵀ · Qs_blk
                 gemm_into(
@@ -364,6 +333,7 @@ fn backward<T: Real>(g: &Geometry<T>, qkv: &[T], out: &[T], grad: &[T], lse: &[f
                     true,
                     (p.as_ptr(), 1, kend as isize),
                     (q[q0 * hd..].as_ptr(), hd as isize, 1),
+                    Parallelism::None,
                 );
             }
         }
@@ -372,18 +342,15 @@ fn backward<T: Real>(g: &Geometry<T>, qkv: &[T], out: &[T], grad: &[T], lse: &[f
         for i in 0..t {
             let base = (bi * t + i) * 3 * d + hh * hd;
             for (which, grad_rows, mul) in [(0, &dq, g.scale), (1, &dk, T::ONE), (2, &dv, T::ONE)] {
-                let src = &grad_rows[i * hd..(i + 1) * hd];
                 // SAFETY: pair (bi, hh) alone writes head hh's q/k/v columns of row bi.
                 let row = unsafe { std::slice::from_raw_parts_mut(dst.at(base + which * d), hd) };
-                if which == 2 {
-                    row.copy_from_slice(src);
-                    continue;
-                }
-                for j in 0..half {
-                    let (c, s) = (g.cos[i * half + j], g.sin[i * half + j]);
-                    let (a, bb) = (src[j], src[j + half]);
-                    row[j] = (a * c + bb * s) * mul;
-                    row[j + half] = (bb * c - a * s) * mul;
+                row.copy_from_slice(&grad_rows[i * hd..(i + 1) * hd]);
+                if which != 2 {
+                    let (c, s) = (
+                        &g.cos[i * half..(i + 1) * half],
+                        &g.sin[i * half..(i + 1) * half],
+                    );
+                    rotate(row, c, s, true, mul);
                 }
             }
         }

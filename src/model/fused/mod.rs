@@ -10,8 +10,8 @@
 mod attention;
 mod linear;
 mod loss;
-mod norm;
-mod pointwise;
+pub(crate) mod norm;
+pub(crate) mod pointwise;
 mod simd;
 pub(crate) mod small_matmul;
 mod softmax;
@@ -283,6 +283,42 @@ pub(crate) fn par_blocks<R: Send + Sync + Default + Clone>(
         unsafe { slots.row(u)[0] = r };
     });
     out
+}
+
+/// dst[m×n] (+)= lhs[m×k] · rhs[k×n] with gemm, each operand given as (pointer, row stride,
+/// column stride); `accumulate` adds to dst instead of overwriting it.
+///
+/// # Safety
+/// Every addressed element must lie within its allocation; dst must not alias the inputs.
+pub(crate) unsafe fn gemm_into<T: 'static + Real>(
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut T, isize, isize),
+    accumulate: bool,
+    lhs: (*const T, isize, isize),
+    rhs: (*const T, isize, isize),
+    parallelism: gemm::Parallelism,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst.0,
+        dst.2,
+        dst.1,
+        accumulate,
+        lhs.0,
+        lhs.2,
+        lhs.1,
+        rhs.0,
+        rhs.2,
+        rhs.1,
+        T::ONE,
+        T::ONE,
+        false,
+        false,
+        false,
+        parallelism,
+    )
 }
 
 /// Dispatch a storage to a generic kernel over f32 / f64.

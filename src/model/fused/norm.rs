@@ -34,15 +34,19 @@ fn fwd<T: Real>(eps: f64, x: &[T], rows: &Rows, w: &[T]) -> Vec<T> {
     let mut out = zeros::<T>(rows.n * rows.len);
     let o = Out::new(&mut out, rows.len);
     par_rows(rows.n, rows.len, |i| {
-        let xi = rows.row(x, i);
-        let inv = inv_rms(xi, eps);
         // SAFETY: row i is written by this call only.
-        let dst = unsafe { o.row(i) };
-        for ((d, &x), &w) in dst.iter_mut().zip(xi).zip(w) {
-            *d = x * inv * w;
-        }
+        rms_norm_row(rows.row(x, i), w, eps, unsafe { o.row(i) });
     });
     out
+}
+
+/// out = x / sqrt(mean(x²) + eps) ⊙ w for one row.
+#[inline]
+pub(crate) fn rms_norm_row<T: Real>(x: &[T], w: &[T], eps: f64, out: &mut [T]) {
+    let inv = inv_rms(x, eps);
+    for ((d, &x), &w) in out.iter_mut().zip(x).zip(w) {
+        *d = x * inv * w;
+    }
 }
 
 impl CustomOp2 for RmsNorm {

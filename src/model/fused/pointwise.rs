@@ -28,14 +28,37 @@ fn swiglu_fwd<T: Real>(x: &[T], rows: &Rows) -> Vec<T> {
     let mut out = zeros::<T>(rows.n * f);
     let o = Out::new(&mut out, f);
     par_rows(rows.n, rows.len, |i| {
-        let (gate, up) = rows.row(x, i).split_at(f);
         // SAFETY: row i is written by this call only.
-        let dst = unsafe { o.row(i) };
-        for ((d, &g), &u) in dst.iter_mut().zip(gate).zip(up) {
-            *d = g / (T::ONE + (-g).exp()) * u;
-        }
+        swiglu_row(rows.row(x, i), unsafe { o.row(i) });
     });
     out
+}
+
+/// out = SiLU(gate) ⊙ up for one row gate_up = [gate | up].
+#[inline]
+pub(crate) fn swiglu_row<T: Real>(gate_up: &[T], out: &mut [T]) {
+    let (gate, up) = gate_up.split_at(out.len());
+    for ((d, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *d = g / (T::ONE + (-g).exp()) * u;
+    }
+}
+
+/// Rotate one head vector in place (non-interleaved halves) by the angles whose cos/sin are
+/// given, or with `inverse` by their transpose (the rotation's backward), times `mul`.
+#[inline]
+pub(crate) fn rotate<T: Real>(x: &mut [T], cos: &[T], sin: &[T], inverse: bool, mul: T) {
+    let half = cos.len();
+    let (x1, x2) = x.split_at_mut(half);
+    for j in 0..half {
+        let (a, b, c, s) = (x1[j], x2[j], cos[j], sin[j]);
+        if inverse {
+            x1[j] = (a * c + b * s) * mul;
+            x2[j] = (b * c - a * s) * mul;
+        } else {
+            x1[j] = (a * c - b * s) * mul;
+            x2[j] = (b * c + a * s) * mul;
+        }
+    }
 }
 
 fn check_even(l: &Layout, what: &str) -> Result<()> {
@@ -133,20 +156,10 @@ fn rope_rows<T: Real>(inverse: bool, x: &[T], rows: &Rows, t: usize, c: &[T], s:
     par_rows(rows.n, rows.len, |i| {
         let p = i % t;
         let (c, s) = (&c[p * half..(p + 1) * half], &s[p * half..(p + 1) * half]);
-        let (x1, x2) = rows.row(x, i).split_at(half);
         // SAFETY: row i is written by this call only.
-        let (a, b) = unsafe { o.row(i) }.split_at_mut(half);
-        if inverse {
-            for j in 0..half {
-                a[j] = x1[j] * c[j] + x2[j] * s[j];
-                b[j] = x2[j] * c[j] - x1[j] * s[j];
-            }
-        } else {
-            for j in 0..half {
-                a[j] = x1[j] * c[j] - x2[j] * s[j];
-                b[j] = x2[j] * c[j] + x1[j] * s[j];
-            }
-        }
+        let dst = unsafe { o.row(i) };
+        dst.copy_from_slice(rows.row(x, i));
+        rotate(dst, c, s, inverse, T::ONE);
     });
     out
 }

@@ -292,6 +292,16 @@ pub enum DType {
     Bf16,
 }
 
+impl DType {
+    pub fn candle(self) -> candle_core::DType {
+        match self {
+            DType::F32 => candle_core::DType::F32,
+            DType::F64 => candle_core::DType::F64,
+            DType::Bf16 => candle_core::DType::BF16,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
@@ -486,7 +496,25 @@ impl Config {
         Ok(())
     }
 
-    /// Sequences per optimizer step.
+    /// Dotted keys (`section.key`) whose values differ from `other`'s.
+    pub fn diff(&self, other: &Config) -> Vec<String> {
+        let ta = toml::Table::try_from(self).expect("config serialises");
+        let tb = toml::Table::try_from(other).expect("config serialises");
+        let mut out = Vec::new();
+        for (section, va) in &ta {
+            let sb = tb.get(section).and_then(|v| v.as_table());
+            if let (Some(sa), Some(sb)) = (va.as_table(), sb) {
+                for (k, x) in sa {
+                    if sb.get(k) != Some(x) {
+                        out.push(format!("{section}.{k}"));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Tokens per optimizer step.
     pub fn tokens_per_step(&self) -> usize {
         self.train.batch_size * self.train.grad_accum * self.train.seq_len
     }

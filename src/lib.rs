@@ -3,17 +3,17 @@
 //! The model knows nothing about diffusion ([`model`]); an [`objective`] is the whole
 //! difference between ARM and CARD; one [`train`]er, one [`eval`]uation.
 
-pub mod alloc;
 pub mod bench;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod data;
 pub mod decode;
 pub mod eval;
 pub mod experiment;
-pub mod fsutil;
 pub mod model;
 pub mod noise;
 pub mod objective;
+pub mod runtime;
 pub mod serve;
 pub mod train;

@@ -4,10 +4,11 @@
 //! allocates while it counts.
 
 use candle_core::Device;
-use card::alloc::{allocations, Counting};
 use card::config::{Config, ObjectiveKind};
+use card::data::load_data;
 use card::decode::{ArDecoder, CardDecoder, Decoder, GenOptions, Sampling};
-use card::train::{load_data, Trainer};
+use card::runtime::alloc::{allocations, Counting};
+use card::train::Trainer;
 
 #[global_allocator]
 static ALLOC: Counting<std::alloc::System> = Counting(std::alloc::System);

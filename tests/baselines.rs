@@ -3,15 +3,17 @@
 //! falling with training), the MDLM and BD3LM samplers, and the CLI around them.
 
 use candle_core::{DType, Device, Tensor};
+use card::checkpoint;
 use card::config::{Config, ModelConfig, ObjectiveKind};
 use card::data::Prepared;
+use card::data::{eval_windows, load_data};
 use card::decode::{
     Bd3lmDecoder, Decoder, GenOptions, Generation, MdlmDecoder, Reveal, Sampling, StepTrace,
 };
 use card::eval::{nelbo, BoundBudget};
 use card::model::{Params, Transformer};
 use card::objective::{self, bd3lm_mask, Bd3lm, Mdlm, Objective};
-use card::train::{batches::eval_windows, checkpoint, load_data, Trainer};
+use card::train::Trainer;
 use rand::{Rng, SeedableRng};
 use std::path::Path;
 use std::process::{Command, Output};

@@ -5,12 +5,13 @@
 
 use candle_core::{Device, Tensor};
 use card::config::{Config, ObjectiveKind};
+use card::data::load_data;
 use card::data::{Prepared, TextTokenizer};
 use card::decode::{
     ArDecoder, CardDecoder, CommitMode, Decoder, Floor, GenOptions, Generation, Sampling, StepTrace,
 };
 use card::model::{Attention, KvCache, Transformer};
-use card::train::{load_data, Trainer};
+use card::train::Trainer;
 use std::sync::OnceLock;
 
 struct Fixture {

@@ -2,9 +2,11 @@
 //! and a short run that learns well below the uniform-guess loss.
 
 use candle_core::Device;
+use card::checkpoint;
 use card::config::{Config, ObjectiveKind};
+use card::data::load_data;
 use card::data::Prepared;
-use card::train::{checkpoint, load_data, Trainer};
+use card::train::Trainer;
 use std::sync::OnceLock;
 
 fn tiny(steps: usize, objective: ObjectiveKind) -> Config {

@@ -3,7 +3,7 @@
 //! proxies (unigram entropy, repeated 4-grams, the model's own NLL of what it generated).
 
 use super::median;
-use crate::data::TextTokenizer;
+use crate::data::{TextTokenizer, PROMPTS};
 use crate::decode::{ArDecoder, CardDecoder, Decoder, GenOptions, Generation, Sampling};
 use crate::eval::quality::{continuation_nll, repeated_ngram_rate, unigram_entropy};
 use crate::model::Transformer;
@@ -11,18 +11,6 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 use std::time::Instant;
-
-/// Fixed prompts (openings in the style of the default corpus).
-pub const PROMPTS: &[&str] = &[
-    "Alice was beginning to get very tired of sitting by her sister",
-    "The Queen turned crimson with fury, and",
-    "'Curiouser and curiouser!' cried Alice",
-    "The Mock Turtle sighed deeply, and began",
-    "There was a table set out under a tree",
-    "The King and Queen of Hearts were seated on their throne",
-    "'Would you tell me, please, which way I ought to go",
-    "Once upon a time there were three little sisters",
-];
 
 pub struct DecodeBenchConfig {
     pub lengths: Vec<usize>,
@@ -181,9 +169,9 @@ pub fn bench_decode(
                         "batch {batch}, {len} tokens, round {}: {name} {card:?}",
                         round + 1
                     ));
-                    let (count0, bytes0) = crate::alloc::allocations();
+                    let (count0, bytes0) = crate::runtime::alloc::allocations();
                     let g = d.generate(model, &prompts, &opts, &mut |_| {})?;
-                    let (count1, bytes1) = crate::alloc::allocations();
+                    let (count1, bytes1) = crate::runtime::alloc::allocations();
                     let n = g.generated_tokens().max(1) as f64;
                     allocs[i].push((count1 - count0) as f64 / n);
                     alloc_bytes[i].push((bytes1 - bytes0) as f64 / n);

@@ -1,10 +1,11 @@
 //! `card bench`: throughput benchmarks that print ratios against a baseline run in the same process.
 
 use crate::bench::{bench_decode, bench_train, DecodeBenchConfig};
+use crate::checkpoint;
 use crate::config::{Config, ObjectiveKind};
-use crate::data::TextTokenizer;
+use crate::data::load_data;
 use crate::decode::CardDecoder;
-use crate::train::{checkpoint, default_device, load_data};
+use crate::runtime::device as default_device;
 use anyhow::{bail, Result};
 use clap::ValueEnum;
 use std::io::IsTerminal;
@@ -198,15 +199,14 @@ fn decode(a: DecodeBenchArgs) -> Result<()> {
         bail!("--batch and --lengths must be positive");
     }
     let device = default_device()?;
-    let ckpt = checkpoint::load(&a.checkpoint, &device)?;
-    if ckpt.state.objective != ObjectiveKind::Card {
+    let ckpt = checkpoint::open(&a.checkpoint, &device, true)?;
+    if ckpt.objective() != ObjectiveKind::Card {
         bail!(
             "bench decode needs a CARD checkpoint (this one is {})",
-            ckpt.state.objective.name()
+            ckpt.objective().name()
         );
     }
-    let tok = TextTokenizer::from_json(&ckpt.tokenizer_json)?;
-    let model = ckpt.model(true)?;
+    let (tok, model) = (&ckpt.tokenizer, &ckpt.model);
     let tty = std::io::stderr().is_terminal();
     let cfg = DecodeBenchConfig {
         lengths: a.lengths.clone(),
@@ -214,7 +214,7 @@ fn decode(a: DecodeBenchArgs) -> Result<()> {
         grid,
         rounds: a.rounds,
     };
-    let (rows, bandwidth) = bench_decode(&model, &tok, &cfg, |m| {
+    let (rows, bandwidth) = bench_decode(model, tok, &cfg, |m| {
         if tty {
             eprint!("\r\x1b[2K{m}")
         }

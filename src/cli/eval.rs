@@ -1,12 +1,13 @@
 //! `card eval`: validation loss, perplexity and bits per byte at t = 0 (exact likelihood),
 //! CARD's loss as a function of t, zero-shot tasks, LAMBADA and generation quality.
 
+use crate::checkpoint;
 use crate::cli::generate::CardArgs;
 use crate::data::eval_files::TASKS;
 use crate::decode::Sampling;
 use crate::eval::report::{evaluate, EvalOptions, EvalReport, GenerationEval};
 use crate::eval::BoundBudget;
-use crate::train::{checkpoint, default_device};
+use crate::runtime::device as default_device;
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 
@@ -68,7 +69,7 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let device = default_device()?;
-    let ckpt = checkpoint::load(&a.checkpoint, &device)?;
+    let ckpt = checkpoint::open(&a.checkpoint, &device, !a.no_ema)?;
     let tasks: Vec<String> = if a.tasks.iter().any(|t| t == "all") {
         TASKS
             .iter()
@@ -107,7 +108,6 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let opts = EvalOptions {
         data: a.data.clone(),
         max_windows: a.max_windows,
-        use_ema: !a.no_ema,
         tasks,
         lambada: a.lambada,
         limit: a.limit,

@@ -1,13 +1,14 @@
 //! `card generate`: decode from a checkpoint with AR or CARD dynamic parallel decoding (or
 //! the MDLM / BD3LM samplers for those baselines), printing statistics, optionally streaming committed text and writing a per-step trace.
 
+use crate::checkpoint;
 use crate::config::ObjectiveKind;
 use crate::data::TextTokenizer;
 use crate::decode::{
     ArDecoder, Bd3lmDecoder, CardDecoder, CommitMode, Decoder, Floor, GenOptions, Generation,
     MdlmDecoder, Reveal, Sampling, StepTrace,
 };
-use crate::train::{checkpoint, default_device};
+use crate::runtime::device as default_device;
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::PathBuf;
@@ -131,7 +132,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         bail!("--steps must be at least 1");
     }
     let device = default_device()?;
-    let ckpt = checkpoint::load(&a.checkpoint, &device)?;
+    let ckpt = checkpoint::open(&a.checkpoint, &device, !a.no_ema)?;
     let decoder: Box<dyn Decoder> = match a.decoder {
         DecoderKind::Ar => Box::new(ArDecoder),
         DecoderKind::Card => Box::new(card),
@@ -154,8 +155,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             fitting_decoders(objective).join(", ")
         );
     }
-    let tok = TextTokenizer::from_json(&ckpt.tokenizer_json)?;
-    let model = ckpt.model(!a.no_ema)?;
+    let (tok, model) = (&ckpt.tokenizer, &ckpt.model);
     let mut texts = a.prompt.clone();
     for f in &a.prompt_file {
         texts.push(
@@ -220,15 +220,15 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         )),
         None => None,
     };
-    let mut streamer = Streamer::new(&tok, a.stream);
+    let mut streamer = Streamer::new(tok, a.stream);
     if a.stream {
         print!("{}", texts[0]);
         std::io::stdout().flush()?;
     }
     let mut trace_err: Option<anyhow::Error> = None;
-    let result = decoder.generate(&model, &prompts, &opts, &mut |step: &StepTrace| {
+    let result = decoder.generate(model, &prompts, &opts, &mut |step: &StepTrace| {
         if let Some(f) = trace_file.as_mut() {
-            if let Err(e) = write_trace(f, step, &tok) {
+            if let Err(e) = write_trace(f, step, tok) {
                 trace_err.get_or_insert(e);
             }
         }
@@ -241,7 +241,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         f.flush()?;
     }
     streamer.finish(&result);
-    report(&a, &texts, &prompts, &result, &tok)
+    report(&a, &texts, &prompts, &result, tok)
 }
 
 fn fitting_decoders(objective: ObjectiveKind) -> Vec<&'static str> {

@@ -1,4 +1,5 @@
-//! One file per subcommand; `main.rs` only parses and dispatches.
+//! The `card` command line: parse, dispatch, print errors as one line. One file per
+//! subcommand; clap lives only here.
 
 pub mod bench;
 pub mod data;
@@ -8,3 +9,66 @@ pub mod generate;
 pub mod inspect;
 pub mod serve;
 pub mod train;
+mod values;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Causal Autoregressive Diffusion (CARD) language models: train, decode, evaluate.
+#[derive(Parser)]
+#[command(name = "card", version, about, long_about = None)]
+struct Cli {
+    /// Compute threads (default: RAYON_NUM_THREADS, else the number of physical cores).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch and prepare corpora (tokenizer, token shards).
+    Data(data::DataArgs),
+    /// Train a model (CARD by default) from a preset; resumable.
+    Train(train::TrainArgs),
+    /// Validation loss, perplexity and bits per byte of a checkpoint.
+    Eval(eval::EvalArgs),
+    /// Generate text with AR or CARD dynamic parallel decoding.
+    Generate(generate::GenerateArgs),
+    /// Inspect the noise schedule, parameter counts and configs.
+    Inspect(inspect::InspectArgs),
+    /// Run one of the paper's experiments (report, CSV and plots in results/NAME).
+    Experiment(experiment::ExperimentArgs),
+    /// Throughput benchmarks (ratios against a baseline in the same run).
+    Bench(bench::BenchArgs),
+    /// Serve a checkpoint over an OpenAI-compatible HTTP API, with a decoding playground.
+    Serve(serve::ServeArgs),
+}
+
+/// Parse the command line, set up the process, run the subcommand.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = crate::runtime::set_threads(cli.threads) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    // Ctrl-C / SIGTERM: the trainer saves a checkpoint and stops; a second signal exits.
+    crate::runtime::install_signal_handler();
+    let result = match cli.command {
+        Command::Data(a) => data::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Experiment(a) => experiment::run_cli(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Serve(a) => serve::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

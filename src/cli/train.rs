@@ -1,8 +1,11 @@
 //! `card train`: train a model from a preset, or continue a run exactly.
 
+use crate::checkpoint;
 use crate::config::{Config, ObjectiveKind};
+use crate::data::load_data;
 use crate::data::TextTokenizer;
-use crate::train::{checkpoint, default_device, load_data, Trainer};
+use crate::runtime::device as default_device;
+use crate::train::Trainer;
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 

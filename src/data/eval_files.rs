@@ -2,7 +2,7 @@
 //! committed): `<data>/eval/<task>/requests.jsonl.gz` for the multiple-choice tasks (their
 //! 0-shot ranked-classification variant) and LAMBADA.
 
-use crate::fsutil::write_atomic;
+use crate::runtime::fsutil::write_atomic;
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::io::Read;

@@ -6,7 +6,7 @@
 //! atomically, so an interrupted run is redone from its tarball on the next call.
 
 use super::clean::{clean_brown, decode_bytes, normalize_text};
-use crate::fsutil::write_atomic;
+use crate::runtime::fsutil::write_atomic;
 use anyhow::{bail, Context, Result};
 use flate2::read::GzDecoder;
 use std::fs;

@@ -1,7 +1,7 @@
 //! Tokenized train/validation token streams, split by whole documents, and their on-disk form.
 
 use super::{Document, TextTokenizer};
-use crate::fsutil::{sync_dir, write_atomic};
+use crate::runtime::fsutil::{sync_dir, write_atomic};
 use anyhow::{bail, ensure, Context, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;

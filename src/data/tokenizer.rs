@@ -1,7 +1,7 @@
 //! Byte-level BPE tokenizer wrapping the `tokenizers` crate.
 
 use super::{Document, EOT, MASK};
-use crate::fsutil::write_atomic;
+use crate::runtime::fsutil::write_atomic;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::Path;

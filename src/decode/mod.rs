@@ -303,5 +303,5 @@ impl<'m> Stepper<'m> {
 
 /// Per-row RNG for sampling, so a row's draws do not depend on its batch neighbours.
 pub(crate) fn row_rng(seed: u64, row: usize) -> rand_pcg::Pcg64 {
-    crate::train::batches::derived_rng(seed, 11, row as u64)
+    crate::runtime::rng::rng(seed, crate::runtime::rng::Stream::Sampling, row as u64)
 }

@@ -7,7 +7,7 @@ pub mod zero_shot;
 
 use crate::model::{ops, Attention, Transformer};
 use crate::objective::Objective;
-use crate::train::batches::derived_rng;
+use crate::runtime::rng::{rng, Stream};
 use candle_core::{Result, Tensor};
 use serde::Serialize;
 
@@ -88,7 +88,7 @@ pub fn loss_vs_t(
                 continue;
             }
             let x0: Vec<u32> = group.iter().flat_map(|w| w.iter().copied()).collect();
-            let mut rng = derived_rng(seed, 7 + ti as u64, bi as u64);
+            let mut rng = rng(seed, Stream::LossVsT, (ti as u64) << 32 | bi as u64);
             let nb = objective.corrupt(&x0, group.len(), l, Some(&vec![t; group.len()]), &mut rng);
             // One forward gives both: the shifted objectives' loss is Σ w·NLL / denom.
             let input = Tensor::from_slice(&nb.input, (nb.batch, nb.input_len), dev)?;
@@ -185,7 +185,7 @@ pub fn nelbo(
                 let l = sub[0].len();
                 let x0: Vec<u32> = sub.iter().flat_map(|w| w.iter().copied()).collect();
                 let index = ((samples as u64) << 32) | ((ci as u64) << 20) | bi as u64;
-                let mut rng = derived_rng(seed, 13, index);
+                let mut rng = rng(seed, Stream::HeldOutBound, index);
                 let nb = objective.corrupt(&x0, sub.len(), l, None, &mut rng);
                 let rows = objective.row_nelbo(model, &nb)?.ok_or_else(|| {
                     candle_core::Error::Msg(format!(

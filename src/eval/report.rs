@@ -6,15 +6,12 @@ use super::zero_shot::{
     load_task, score_lambada, score_mc, ElboScorer, ExactScorer, LambadaResult, McResult, Scorer,
 };
 use super::{ar_nll, bits_per_byte, loss_vs_t, nelbo, BoundBudget, NoisePoint};
-use crate::bench::decode::PROMPTS;
+use crate::checkpoint::Opened;
 use crate::config::ObjectiveKind;
-use crate::data::{eval_files, TextTokenizer};
+use crate::data::{eval_files, eval_windows, load_data, TextTokenizer, PROMPTS};
 use crate::decode::{ArDecoder, CardDecoder, Decoder, GenOptions, Sampling};
 use crate::model::Transformer;
 use crate::objective;
-use crate::train::batches::eval_windows;
-use crate::train::checkpoint::Checkpoint;
-use crate::train::load_data;
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -23,7 +20,6 @@ use std::path::PathBuf;
 pub struct EvalOptions {
     pub data: Option<PathBuf>,
     pub max_windows: Option<usize>,
-    pub use_ema: bool,
     /// Loss at these noise levels (CARD checkpoints).
     pub noise_levels: Vec<f64>,
     /// Zero-shot tasks to run (names from `eval_files::TASKS`, LAMBADA separately).
@@ -45,7 +41,6 @@ impl Default for EvalOptions {
         Self {
             data: None,
             max_windows: None,
-            use_ema: true,
             noise_levels: (0..10).map(|i| i as f64 / 10.0).collect(),
             tasks: Vec::new(),
             lambada: false,
@@ -125,14 +120,13 @@ pub struct EvalReport {
     pub generation: Option<GenerationReport>,
 }
 
-pub fn evaluate(ckpt: &Checkpoint, opts: &EvalOptions) -> Result<EvalReport> {
+pub fn evaluate(ckpt: &Opened, opts: &EvalOptions) -> Result<EvalReport> {
     let mut cfg = ckpt.config.clone();
     if let Some(d) = &opts.data {
         cfg.data.path = d.display().to_string();
     }
-    let tok = TextTokenizer::from_json(&ckpt.tokenizer_json)?;
+    let (model, tok) = (&ckpt.model, &ckpt.tokenizer);
     let data = load_data(&cfg, Some(tok.clone()))?;
-    let model = ckpt.model(opts.use_ema)?;
     let windows = eval_windows(&data.val, cfg.train.seq_len, opts.max_windows);
     if windows.is_empty() {
         bail!("the validation split is empty");
@@ -146,7 +140,7 @@ pub fn evaluate(ckpt: &Checkpoint, opts: &EvalOptions) -> Result<EvalReport> {
         }
         let obj = objective::build_for_bound(&cfg, tok.mask_id());
         let b = nelbo(
-            &model,
+            model,
             obj.as_ref(),
             &windows,
             batch,
@@ -155,22 +149,22 @@ pub fn evaluate(ckpt: &Checkpoint, opts: &EvalOptions) -> Result<EvalReport> {
         )?;
         (b.tokens, b.nats_per_token, Some((b.se, b.t_samples)))
     } else {
-        let sum = ar_nll(&model, &windows, batch)?;
+        let sum = ar_nll(model, &windows, batch)?;
         (sum.tokens, sum.mean(), None)
     };
 
     let loss_vs_t = if objective == ObjectiveKind::Card && !opts.noise_levels.is_empty() {
         let obj = objective::build(&cfg, tok.mask_id());
         let subset = &windows[..windows.len().min(4 * batch)];
-        loss_vs_t(&model, obj.as_ref(), subset, &opts.noise_levels, batch, 0)?
+        loss_vs_t(model, obj.as_ref(), subset, &opts.noise_levels, batch, 0)?
     } else {
         Vec::new()
     };
     // Exact likelihood for ARM/CARD; for MDLM/BD3LM the ELBO (a lower bound).
     let bound_objective = objective::build_for_bound(&cfg, tok.mask_id());
-    let exact = ExactScorer(&model);
+    let exact = ExactScorer(model);
     let elbo = ElboScorer {
-        model: &model,
+        model,
         objective: bound_objective.as_ref(),
         mask_id: tok.mask_id(),
         block: (objective == ObjectiveKind::Bd3lm).then_some(cfg.bd3lm.block_size),
@@ -189,7 +183,7 @@ pub fn evaluate(ckpt: &Checkpoint, opts: &EvalOptions) -> Result<EvalReport> {
         for t in &opts.tasks {
             let mut docs = load_task(&eval_files::task_file(&opts.data_dir, t)?)?;
             docs.truncate(opts.limit.unwrap_or(usize::MAX));
-            tasks.push(score_mc(scorer, &tok, t, &docs)?);
+            tasks.push(score_mc(scorer, tok, t, &docs)?);
         }
         let n = tasks.len() as f64;
         Some(ZeroShot {
@@ -202,23 +196,19 @@ pub fn evaluate(ckpt: &Checkpoint, opts: &EvalOptions) -> Result<EvalReport> {
     let lambada = if opts.lambada {
         let mut docs = load_task(&eval_files::task_file(&opts.data_dir, "lambada")?)?;
         docs.truncate(opts.limit.unwrap_or(usize::MAX));
-        Some(score_lambada(scorer, &tok, &docs)?)
+        Some(score_lambada(scorer, tok, &docs)?)
     } else {
         None
     };
     let generation = match &opts.generation {
-        Some(g) => Some(generation_quality(&model, &tok, objective, g)?),
+        Some(g) => Some(generation_quality(model, tok, objective, g)?),
         None => None,
     };
     Ok(EvalReport {
         checkpoint: ckpt.dir.display().to_string(),
         objective: objective.name(),
         step: ckpt.state.step,
-        weights: if ckpt.ema.is_some() && opts.use_ema {
-            "ema"
-        } else {
-            "raw"
-        },
+        weights: ckpt.weights,
         tokens,
         estimator: if bound.is_some() { "nelbo" } else { "exact" },
         bound: bound.is_some(),
@@ -274,17 +264,13 @@ fn generation_quality(
     };
     let out = decoder.generate(model, &prompts, &opts, &mut |_| {})?;
     // The judge reads the samples as text, so its tokenizer may differ.
-    let judge_ckpt = match &g.judge {
-        Some(p) => Some(crate::train::checkpoint::load(p, model.device())?),
+    let judge = match &g.judge {
+        Some(p) => Some(crate::checkpoint::open(p, model.device(), true)?),
         None => None,
     };
-    let (judge_model, judge_tok, judge_name) = match &judge_ckpt {
-        Some(j) => (
-            j.model(true)?,
-            TextTokenizer::from_json(&j.tokenizer_json)?,
-            j.dir.display().to_string(),
-        ),
-        None => (model.clone(), tok.clone(), "self".to_string()),
+    let (judge_model, judge_tok, judge_name) = match &judge {
+        Some(j) => (&j.model, &j.tokenizer, j.dir.display().to_string()),
+        None => (model, tok, "self".to_string()),
     };
     let n = out.rows.len().max(1) as f64;
     let (mut nll, mut nll_n) = (0.0, 0.0);
@@ -293,7 +279,7 @@ fn generation_quality(
         let text = tok.decode(&row.tokens)?;
         let p = judge_tok.encode(PROMPTS[i % PROMPTS.len()])?;
         let c = judge_tok.encode(&text)?;
-        let x = continuation_nll(&judge_model, &p, &c)?;
+        let x = continuation_nll(judge_model, &p, &c)?;
         if x.is_finite() {
             nll += x * c.len() as f64;
             nll_n += c.len() as f64;

@@ -142,7 +142,11 @@ impl Scorer for ElboScorer<'_> {
         let key = all
             .iter()
             .fold(self.seed, |h, &x| h.wrapping_mul(31).wrapping_add(x as u64));
-        let mut rng = crate::train::batches::derived_rng(self.seed, 13, key);
+        let mut rng = crate::runtime::rng::rng(
+            self.seed,
+            crate::runtime::rng::Stream::ContinuationBound,
+            key,
+        );
         let rows = self.samples.max(1);
         let (mut input, mut weights) = (Vec::with_capacity(rows * l), Vec::with_capacity(rows * l));
         for _ in 0..rows {

@@ -8,10 +8,13 @@ pub mod paper;
 pub mod plot;
 pub mod report;
 
+use crate::checkpoint;
 use crate::config::Config;
+use crate::data::load_data;
 use crate::data::Prepared;
 use crate::eval::report::{evaluate, EvalOptions};
-use crate::train::{checkpoint, default_device, load_data, Trainer};
+use crate::runtime::{self, device as default_device};
+use crate::train::Trainer;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -156,11 +159,11 @@ impl Runner {
                 Trainer::new(cfg.clone(), data, &device)?
             };
             trainer.run(&dir, false)?;
-            if crate::train::STOP.load(std::sync::atomic::Ordering::SeqCst) {
+            if runtime::stop_requested() {
                 anyhow::bail!("interrupted; rerun the same command to resume");
             }
         }
-        let ckpt = checkpoint::load(&dir, &device)?;
+        let ckpt = checkpoint::open(&dir, &device, true)?;
         let zero_shot = self.opts.zero_shot_limit.is_some()
             && crate::data::eval_files::task_file(&self.opts.eval_data, "piqa").is_ok();
         let eval_opts = EvalOptions {
@@ -195,7 +198,10 @@ impl Runner {
             checkpoint: ckpt.dir.display().to_string(),
             config: ckpt.config.to_toml(),
         };
-        crate::fsutil::write_atomic(&done, serde_json::to_string_pretty(&result)?.as_bytes())?;
+        crate::runtime::fsutil::write_atomic(
+            &done,
+            serde_json::to_string_pretty(&result)?.as_bytes(),
+        )?;
         eprintln!(
             "    val loss {:.4}, {:.4} bits/byte",
             result.val_loss, result.bits_per_byte

@@ -4,11 +4,11 @@ use super::plot::{plot, Series};
 use super::report::{write, Report, Table};
 use super::{fmt_mean_sd, mean_sd, RunResult, RunSpec, Runner};
 use crate::bench::decode::{bench_decode, DecodeBenchConfig};
+use crate::checkpoint;
 use crate::config::ObjectiveKind;
-use crate::data::TextTokenizer;
 use crate::decode::CardDecoder;
 use crate::eval::report::{evaluate, EvalOptions};
-use crate::train::{checkpoint, default_device};
+use crate::runtime::device as default_device;
 use anyhow::Result;
 use clap::ValueEnum;
 
@@ -334,9 +334,8 @@ pub fn decoding_calibration(runner: &mut Runner) -> Result<()> {
         1200,
     )?;
     let device = default_device()?;
-    let ckpt = checkpoint::load(std::path::Path::new(&results[0].checkpoint), &device)?;
-    let model = ckpt.model(true)?;
-    let tok = TextTokenizer::from_json(&ckpt.tokenizer_json)?;
+    let ckpt = checkpoint::open(std::path::Path::new(&results[0].checkpoint), &device, true)?;
+    let (model, tok) = (&ckpt.model, &ckpt.tokenizer);
     let smoke = runner.opts.smoke;
     let mut grid = Vec::new();
     for k in if smoke { vec![2, 4] } else { vec![2, 4, 8, 16] } {
@@ -366,7 +365,7 @@ pub fn decoding_calibration(runner: &mut Runner) -> Result<()> {
         grid,
         rounds: 1,
     };
-    let (rows, _) = bench_decode(&model, &tok, &cfg, |_| {})?;
+    let (rows, _) = bench_decode(model, tok, &cfg, |_| {})?;
     let label = |r: &crate::bench::decode::DecodeBench| match r.block_size {
         Some(k) => format!(
             "K={k} T={} τ={}",
@@ -603,12 +602,11 @@ pub fn ema(runner: &mut Runner) -> Result<()> {
         let ckpt = checkpoint::load(std::path::Path::new(&r.checkpoint), &device)?;
         for (use_ema, out) in [(true, &mut with), (false, &mut without)] {
             let opts = EvalOptions {
-                use_ema,
                 noise_levels: Vec::new(),
                 max_windows: runner.opts.smoke.then_some(4),
                 ..EvalOptions::default()
             };
-            out.push(evaluate(&ckpt, &opts)?.bits_per_byte);
+            out.push(evaluate(&ckpt.open(use_ema)?, &opts)?.bits_per_byte);
         }
     }
     let per_seed = |v: &[f64]| -> Vec<(f64, f64)> {

@@ -108,7 +108,7 @@ pub fn write(
         "<details><summary>Resolved config of one run</summary>\n\n```toml\n{}```\n</details>",
         report.config
     );
-    crate::fsutil::write_atomic(&opts.out.join("report.md"), md.as_bytes())?;
+    crate::runtime::fsutil::write_atomic(&opts.out.join("report.md"), md.as_bytes())?;
     let mut csv = csv_header.join(",") + "\n";
     for r in csv_rows {
         csv += &(r
@@ -118,6 +118,6 @@ pub fn write(
             .join(",")
             + "\n");
     }
-    crate::fsutil::write_atomic(&opts.out.join("results.csv"), csv.as_bytes())?;
+    crate::runtime::fsutil::write_atomic(&opts.out.join("results.csv"), csv.as_bytes())?;
     Ok(())
 }

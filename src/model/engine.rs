@@ -10,8 +10,9 @@
 use super::fused::norm::rms_norm_row;
 use super::fused::pointwise::{rotate, swiglu_row};
 use super::fused::small_matmul::{matmul_into, MAX_ROWS};
-use super::fused::{gemm_into, threads, Real};
+use super::fused::{gemm_into, Real};
 use super::Transformer;
+use crate::runtime::threads;
 use anyhow::{bail, Result};
 use candle_core::{CpuStorage, DType, Storage, Tensor};
 

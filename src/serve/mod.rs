@@ -8,8 +8,9 @@ pub mod api;
 pub mod engine;
 mod http;
 
+use crate::checkpoint;
 use crate::data::TextTokenizer;
-use crate::train::{checkpoint, default_device};
+use crate::runtime;
 use anyhow::{Context, Result};
 use api::{ApiError, ModelInfo};
 use axum::http::StatusCode;
@@ -64,10 +65,9 @@ pub fn run(o: ServeOptions) -> Result<()> {
     if o.queue == 0 || o.max_batch == 0 || o.workers == 0 {
         anyhow::bail!("--queue, --max-batch and --workers must be at least 1");
     }
-    let device = default_device()?;
-    let ckpt = checkpoint::load(&o.checkpoint, &device)?;
-    let tok = TextTokenizer::from_json(&ckpt.tokenizer_json)?;
-    let model = ckpt.model(!o.no_ema)?;
+    let device = runtime::device()?;
+    let ckpt = checkpoint::open(&o.checkpoint, &device, !o.no_ema)?;
+    let (tok, model) = (ckpt.tokenizer, ckpt.model);
     let objective = ckpt.state.objective;
     let (ar_fits, card_fits) = api::fits(objective);
     let id = o.model_name.clone().unwrap_or_else(|| {
@@ -141,7 +141,7 @@ async fn serve(app: Arc<App>, o: &ServeOptions) -> Result<()> {
     let grace = o.shutdown_grace;
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
-        while !crate::train::STOP.load(Ordering::SeqCst) {
+        while !runtime::stop_requested() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         eprintln!(

@@ -2,9 +2,9 @@
 //! shifts the cut by a seeded offset and visits the windows in a seeded permutation. The
 //! order is a pure function of (seed, cursor), so the cursor is the whole data position.
 
+use crate::runtime::rng::{rng, Stream};
 use anyhow::{bail, Result};
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
 
 pub struct Batches<'a> {
     tokens: &'a [u32],
@@ -14,15 +14,6 @@ pub struct Batches<'a> {
     epoch: Option<u64>,
     offset: usize,
     order: Vec<u32>,
-}
-
-/// A deterministic RNG for one purpose at one point of the run.
-pub fn derived_rng(seed: u64, stream: u64, index: u64) -> rand_pcg::Pcg64 {
-    let mix = seed
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add(stream.wrapping_mul(0xD1B5_4A32_D192_ED03))
-        .wrapping_add(index.wrapping_mul(0x94D0_49BB_1331_11EB));
-    rand_pcg::Pcg64::seed_from_u64(mix)
 }
 
 impl<'a> Batches<'a> {
@@ -52,7 +43,7 @@ impl<'a> Batches<'a> {
     }
 
     fn start_epoch(&mut self, epoch: u64) {
-        let mut rng = derived_rng(self.seed, 1, epoch);
+        let mut rng = rng(self.seed, Stream::DataOrder, epoch);
         let slack = self.tokens.len() - self.n_windows * self.seq_len;
         self.offset = if slack > 0 {
             rand::Rng::random_range(&mut rng, 0..=slack.min(self.seq_len - 1))
@@ -79,16 +70,4 @@ impl<'a> Batches<'a> {
         }
         out
     }
-}
-
-/// Non-overlapping evaluation windows from the start of a split (at most `max` of them).
-pub fn eval_windows(tokens: &[u32], seq_len: usize, max: Option<usize>) -> Vec<&[u32]> {
-    let n = tokens.len() / seq_len;
-    if n == 0 && tokens.len() >= 2 {
-        return vec![tokens];
-    }
-    let n = max.map_or(n, |m| n.min(m));
-    (0..n)
-        .map(|i| &tokens[i * seq_len..(i + 1) * seq_len])
-        .collect()
 }

@@ -2,47 +2,26 @@
 //! AdamW step (+ clipping, accumulation, EMA), periodic validation and atomic checkpoints.
 
 pub mod batches;
-pub mod checkpoint;
 pub mod optim;
 
-use crate::config::{Config, DType as CfgDType};
-use crate::data::Prepared;
+use crate::checkpoint::{self, Checkpoint, TrainState, FORMAT_VERSION};
+use crate::config::Config;
+use crate::data::{eval_windows, Prepared};
 use crate::eval;
 use crate::model::{Params, Transformer};
 use crate::objective::{self, Objective};
+use crate::runtime::rng::{rng, Stream};
+use crate::runtime::stop_requested;
 use anyhow::{bail, Context, Result};
-use batches::{derived_rng, eval_windows, Batches};
+use batches::Batches;
 use candle_core::{DType, Device, Tensor};
-use checkpoint::{Checkpoint, TrainState, FORMAT_VERSION};
 use indicatif::{ProgressBar, ProgressStyle};
 use optim::{clip_grad_norm, learning_rate, AdamW, Ema};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-
-/// Set by the CLI's signal handler: the trainer checkpoints and stops at the next step.
-pub static STOP: AtomicBool = AtomicBool::new(false);
-
-pub fn candle_dtype(d: CfgDType) -> DType {
-    match d {
-        CfgDType::F32 => DType::F32,
-        CfgDType::F64 => DType::F64,
-        CfgDType::Bf16 => DType::BF16,
-    }
-}
-
-/// CPU unless built with `cuda` and a GPU is present.
-pub fn default_device() -> Result<Device> {
-    #[cfg(feature = "cuda")]
-    {
-        return Ok(Device::cuda_if_available(0)?);
-    }
-    #[allow(unreachable_code)]
-    Ok(Device::Cpu)
-}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StepMetrics {
@@ -96,7 +75,7 @@ impl<'a> Trainer<'a> {
             );
         }
         cfg.validate()?;
-        let dtype = candle_dtype(cfg.train.dtype);
+        let dtype = cfg.train.dtype.candle();
         let params = Params::init(&cfg.model, dtype, device, cfg.train.seed)?;
         let state = TrainState {
             format_version: FORMAT_VERSION,
@@ -134,7 +113,7 @@ impl<'a> Trainer<'a> {
             bail!(
                 "cannot resume {}: its config differs from the requested one in: {}",
                 ckpt.dir.display(),
-                config_diff(&saved, &wanted).join(", ")
+                saved.diff(&wanted).join(", ")
             );
         }
         if ckpt.state.tokenizer_hash != data.tokenizer.hash() {
@@ -216,7 +195,7 @@ impl<'a> Trainer<'a> {
                 .batches
                 .next(&mut self.state.data_cursor, tc.batch_size);
             let index = (self.state.step * accum + micro) as u64;
-            let mut rng = derived_rng(tc.seed, 2, index);
+            let mut rng = rng(tc.seed, Stream::TrainNoise, index);
             let nb = self
                 .objective
                 .corrupt(&x0, tc.batch_size, tc.seq_len, None, &mut rng);
@@ -403,7 +382,7 @@ impl<'a> Trainer<'a> {
                 .map_or(String::new(), |v| format!("  val {v:.3}"));
             bar.set_message(format!("loss {loss:.3}{val_msg}  {tps:.0} tok/s"));
             bar.set_position(step as u64);
-            let stop = STOP.load(Ordering::SeqCst);
+            let stop = stop_requested();
             if done || stop || (tc.ckpt_every > 0 && step.is_multiple_of(tc.ckpt_every)) {
                 ckpt_dir = checkpoint::save(out, &self.checkpoint()?)?;
             }
@@ -444,57 +423,5 @@ fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    crate::fsutil::write_atomic(path, kept.as_bytes())
-}
-
-/// Dotted keys whose values differ between two configs.
-pub fn config_diff(a: &Config, b: &Config) -> Vec<String> {
-    let ta = toml::Table::try_from(a).expect("config serialises");
-    let tb = toml::Table::try_from(b).expect("config serialises");
-    let mut out = Vec::new();
-    for (section, va) in &ta {
-        if let (Some(sa), Some(sb)) = (va.as_table(), tb.get(section).and_then(|v| v.as_table())) {
-            for (k, x) in sa {
-                if sb.get(k) != Some(x) {
-                    out.push(format!("{section}.{k}"));
-                }
-            }
-        }
-    }
-    out
-}
-
-/// The data a config names: a prepared directory, or the embedded default corpus tokenized
-/// here (with `tokenizer` when continuing a run, so ids match the checkpoint).
-pub fn load_data(cfg: &Config, tokenizer: Option<crate::data::TextTokenizer>) -> Result<Prepared> {
-    let mut data = load_full_data(cfg, tokenizer)?;
-    if cfg.data.train_tokens > 0 && cfg.data.train_tokens < data.train.len() {
-        // Bytes scale with the kept fraction (used only for reporting).
-        let kept = cfg.data.train_tokens as f64 / data.train.len() as f64;
-        data.train.truncate(cfg.data.train_tokens);
-        data.train_bytes = (data.train_bytes as f64 * kept) as u64;
-    }
-    Ok(data)
-}
-
-fn load_full_data(cfg: &Config, tokenizer: Option<crate::data::TextTokenizer>) -> Result<Prepared> {
-    if !cfg.data.path.is_empty() {
-        let data = Prepared::load(Path::new(&cfg.data.path))?;
-        if let Some(tok) = tokenizer {
-            if tok.hash() != data.tokenizer.hash() {
-                bail!(
-                    "data at {} uses another tokenizer than the checkpoint",
-                    cfg.data.path
-                );
-            }
-        }
-        return Ok(data);
-    }
-    crate::data::prepare(
-        crate::data::embedded_documents(),
-        tokenizer,
-        cfg.data.vocab_size,
-        cfg.data.val_fraction,
-        cfg.data.seed,
-    )
+    crate::runtime::fsutil::write_atomic(path, kept.as_bytes())
 }

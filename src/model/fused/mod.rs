@@ -27,13 +27,6 @@ pub use pointwise::{rope, swiglu};
 pub use small_matmul::{small_matmul, MAX_ROWS as SMALL_MATMUL_ROWS};
 pub use softmax::softmax_last;
 
-/// candle's thread count, read once: candle's own getter parses an environment variable
-/// (an allocation) on every call, dozens of times per decoded token.
-pub(crate) fn threads() -> usize {
-    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(candle_core::utils::get_num_threads)
-}
-
 /// Whether the fused kernels handle this tensor (CPU, f32 or f64).
 pub fn supported(x: &Tensor) -> bool {
     x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)

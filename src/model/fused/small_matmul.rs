@@ -58,7 +58,7 @@ pub(crate) fn matmul_into(
     // candle's barrier pool, like the other per-token ops: its workers spin briefly
     // between ops, whereas rayon's fall asleep and are woken by a syscall for each of
     // the dozens of matmuls in a decoding step (~15% of a batch-1 step went there).
-    let block = n.div_ceil(8 * super::threads()).max(16);
+    let block = n.div_ceil(8 * crate::runtime::threads()).max(16);
     let units = n.div_ceil(block);
     let o = OutRows {
         ptr: out_t.as_mut_ptr() as usize,

@@ -2,9 +2,14 @@
 //! tokenizer, state and a manifest of SHA-256 checksums), written to a temporary directory,
 //! fsynced and renamed into place, then published by atomically replacing the run's `latest`
 //! pointer. A kill at any moment leaves the previous checkpoint intact and loadable.
+//!
+//! [`load`] reads everything (a run to resume); [`open`] gives what inference needs: the
+//! model, its tokenizer and config.
 
 use crate::config::{Config, ObjectiveKind};
-use crate::fsutil::{sync_dir, write_atomic};
+use crate::data::TextTokenizer;
+use crate::model::Transformer;
+use crate::runtime::fsutil::{sync_dir, write_atomic};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -45,29 +50,52 @@ pub struct Checkpoint {
     pub optim: Option<HashMap<String, Tensor>>,
 }
 
-impl Checkpoint {
-    /// Weights used for evaluation and decoding: the EMA when the run kept one.
-    pub fn eval_weights(&self) -> &HashMap<String, Tensor> {
-        self.ema.as_ref().unwrap_or(&self.weights)
-    }
+/// A checkpoint opened for inference: what every command that decodes or evaluates needs.
+pub struct Opened {
+    pub dir: PathBuf,
+    pub config: Config,
+    pub state: TrainState,
+    pub tokenizer: TextTokenizer,
+    pub model: Transformer,
+    /// Which weights the model holds: "ema" (the run kept an average and it was wanted) or "raw".
+    pub weights: &'static str,
+}
 
-    /// An inference model from the EMA weights when kept (and `use_ema`), else the raw ones.
-    pub fn model(&self, use_ema: bool) -> Result<crate::model::Transformer> {
-        let weights = if use_ema {
-            self.eval_weights()
-        } else {
-            &self.weights
-        };
-        Ok(crate::model::Transformer::from_tensors(
-            &self.config.model,
-            |n| {
-                weights
-                    .get(n)
-                    .cloned()
-                    .ok_or_else(|| candle_core::Error::Msg(format!("checkpoint lacks {n}")))
-            },
-        )?)
+impl Opened {
+    pub fn objective(&self) -> ObjectiveKind {
+        self.state.objective
     }
+}
+
+impl Checkpoint {
+    /// The inference model and tokenizer: the EMA weights when the run kept them and
+    /// `use_ema`, else the raw ones.
+    pub fn open(&self, use_ema: bool) -> Result<Opened> {
+        let (weights, which) = match (&self.ema, use_ema) {
+            (Some(ema), true) => (ema, "ema"),
+            _ => (&self.weights, "raw"),
+        };
+        let model = Transformer::from_tensors(&self.config.model, |n| {
+            weights
+                .get(n)
+                .cloned()
+                .ok_or_else(|| candle_core::Error::Msg(format!("checkpoint lacks {n}")))
+        })
+        .with_context(|| format!("checkpoint {}", self.dir.display()))?;
+        Ok(Opened {
+            dir: self.dir.clone(),
+            config: self.config.clone(),
+            state: self.state.clone(),
+            tokenizer: TextTokenizer::from_json(&self.tokenizer_json)?,
+            model,
+            weights: which,
+        })
+    }
+}
+
+/// Load, verify and open a checkpoint (or a run's latest) for inference.
+pub fn open(path: &Path, device: &Device, use_ema: bool) -> Result<Opened> {
+    load(path, device)?.open(use_ema)
 }
 
 fn sha256_file(path: &Path) -> Result<String> {

@@ -215,11 +215,6 @@ impl ObjectiveKind {
             ObjectiveKind::Bd3lm => "bd3lm",
         }
     }
-
-    /// True for the diffusion baselines, whose likelihood is only bounded (NELBO), not exact.
-    pub fn is_diffusion(self) -> bool {
-        matches!(self, ObjectiveKind::Mdlm | ObjectiveKind::Bd3lm)
-    }
 }
 
 /// Masking schedule of the diffusion baselines: a token is masked with probability

@@ -10,9 +10,10 @@ use card::data::{eval_windows, load_data};
 use card::decode::{
     Bd3lmDecoder, Decoder, GenOptions, Generation, MdlmDecoder, Reveal, Sampling, StepTrace,
 };
-use card::eval::{nelbo, BoundBudget};
+use card::eval::{held_out, BoundBudget};
 use card::model::{Params, Transformer};
-use card::objective::{self, bd3lm_mask, Bd3lm, Mdlm, Objective};
+use card::objective::bd3lm::bd3lm_mask;
+use card::objective::{self, Bd3lm, Bound, Mdlm, Objective};
 use card::train::Trainer;
 use rand::{Rng, SeedableRng};
 use std::path::Path;
@@ -115,13 +116,13 @@ fn bd3lm_with_one_block_is_mdlm() {
     for seed in 0..3 {
         let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
         let nb = mdlm.corrupt(&x0, batch, len, None, &mut rng);
-        assert!(nb.mask.iter().any(|&m| m) && nb.mask.iter().any(|&m| !m));
+        assert!(nb.input.contains(&MASK) && nb.input.iter().any(|&x| x != MASK));
         let a = scalar(mdlm.loss(&model, &nb).unwrap());
         let b = scalar(bd3lm.loss(&model, &nb).unwrap());
         assert!(a.is_finite() && a > 0.0);
         assert!((a - b).abs() <= 1e-10 * a.abs(), "MDLM {a} vs BD3LM {b}");
-        let ra = mdlm.row_nelbo(&model, &nb).unwrap().unwrap();
-        let rb = bd3lm.row_nelbo(&model, &nb).unwrap().unwrap();
+        let ra = mdlm.row_nelbo(&model, &nb).unwrap();
+        let rb = bd3lm.row_nelbo(&model, &nb).unwrap();
         for (x, y) in ra.iter().zip(&rb) {
             assert!((x - y).abs() <= 1e-10 * x.abs().max(1.0));
         }
@@ -165,8 +166,8 @@ fn bd3lm_noised_blocks_see_no_later_block() {
         b.targets[i] = 2 + (b.targets[i] + 1) % (vocab as u32 - 2);
         b.input[i] = b.targets[i];
     }
-    let la = obj.row_nelbo(&model, &a).unwrap().unwrap()[0];
-    let lb = obj.row_nelbo(&model, &b).unwrap().unwrap()[0];
+    let la = obj.row_nelbo(&model, &a).unwrap()[0];
+    let lb = obj.row_nelbo(&model, &b).unwrap()[0];
     assert!((la - lb).abs() < 1e-12, "{la} vs {lb}");
 }
 
@@ -194,17 +195,7 @@ fn diffusion_config_sections_parse_validate_and_clip() {
     let nb = Bd3lm::new(&cfg, MASK).corrupt(&x0, 4, 64, None, &mut rng);
     assert_eq!(nb.t.len(), 4 * 4);
     assert!(nb.t.iter().all(|&t| (0.3..=0.8).contains(&t)), "{:?}", nb.t);
-    let wide = objective::build_for_bound(
-        &Config {
-            train: card::config::TrainConfig {
-                objective: ObjectiveKind::Bd3lm,
-                ..cfg.train.clone()
-            },
-            ..cfg.clone()
-        },
-        MASK,
-    );
-    let nb = wide.corrupt(&x0, 4, 64, None, &mut rng);
+    let nb = Bd3lm::new(&cfg, MASK).draw(&x0, 4, 64, &mut rng);
     assert!(
         nb.t.iter().any(|&t| !(0.3..=0.8).contains(&t)),
         "{:?}",
@@ -214,7 +205,7 @@ fn diffusion_config_sections_parse_validate_and_clip() {
     let mdlm = Mdlm::new(&cfg, MASK);
     let nb = mdlm.corrupt(&x0, 4, 64, Some(&[0.5; 4]), &mut rng);
     for (i, &w) in nb.weights.iter().enumerate() {
-        assert_eq!(w, if nb.mask[i] { 2.0 } else { 0.0 });
+        assert_eq!(w, if nb.input[i] == MASK { 2.0 } else { 0.0 });
     }
 }
 
@@ -243,7 +234,6 @@ fn nelbo_estimators_match_exact_enumeration() {
         weights: Vec::new(),
         denom: 1.0,
         t: Vec::new(),
-        mask: Vec::new(),
     };
     for subset in 1u32..(1 << len) {
         let k = subset.count_ones() as usize;
@@ -256,28 +246,23 @@ fn nelbo_estimators_match_exact_enumeration() {
             } else {
                 0.0
             });
-            exact.mask.push(m);
         }
         exact.batch += 1;
     }
     let mdlm = Mdlm::new(&cfg, MASK);
-    let truth: f64 = mdlm
-        .row_nelbo(&model, &exact)
-        .unwrap()
-        .unwrap()
-        .iter()
-        .sum();
+    let truth: f64 = mdlm.row_nelbo(&model, &exact).unwrap().iter().sum();
     let reps = 3000;
     let many: Vec<u32> = (0..reps).flat_map(|_| x0.iter().copied()).collect();
     let mut se_of = Vec::new();
     for count_form in [true, false] {
-        let obj = Mdlm {
-            count_form,
-            ..Mdlm::new(&cfg, MASK)
-        };
         let mut rng = rand_pcg::Pcg64::seed_from_u64(21);
-        let nb = obj.corrupt(&many, reps, len, None, &mut rng);
-        let rows = obj.row_nelbo(&model, &nb).unwrap().unwrap();
+        // The bound's draws (count form) and training's (1/t weights).
+        let nb = if count_form {
+            mdlm.draw(&many, reps, len, &mut rng)
+        } else {
+            mdlm.corrupt(&many, reps, len, None, &mut rng)
+        };
+        let rows = mdlm.row_nelbo(&model, &nb).unwrap();
         let (m, se) = mean_se(&rows);
         assert!(
             (m - truth).abs() < 4.0 * se + 0.01 * truth,
@@ -293,10 +278,10 @@ fn nelbo_estimators_match_exact_enumeration() {
     let mut one = cfg.clone();
     one.train.objective = ObjectiveKind::Bd3lm;
     one.bd3lm.block_size = len;
-    let obj = objective::build_for_bound(&one, MASK);
+    let obj = Bd3lm::new(&one, MASK);
     let mut rng = rand_pcg::Pcg64::seed_from_u64(22);
-    let nb = obj.corrupt(&many, reps, len, None, &mut rng);
-    let (m, se) = mean_se(&obj.row_nelbo(&model, &nb).unwrap().unwrap());
+    let nb = obj.draw(&many, reps, len, &mut rng);
+    let (m, se) = mean_se(&obj.row_nelbo(&model, &nb).unwrap());
     assert!(
         (m - truth).abs() < 4.0 * se,
         "BD3LM count form {m} ± {se} vs {truth}"
@@ -389,13 +374,16 @@ fn trained(objective: ObjectiveKind) -> &'static (f64, f64, Transformer) {
 
 fn bound(cfg: &Config, model: &Transformer, seed: u64) -> f64 {
     let windows = eval_windows(&data().val, cfg.train.seq_len, Some(16));
-    let obj = objective::build_for_bound(cfg, data().tokenizer.mask_id());
+    let obj = objective::build(cfg, data().tokenizer.mask_id());
     let budget = BoundBudget {
         min_samples: 2,
         max_samples: 2,
         target_se: 0.0,
     };
-    let b = nelbo(model, obj.as_ref(), &windows, 16, budget, seed).unwrap();
+    let score = held_out(model, obj.as_ref(), &windows, 16, budget, seed).unwrap();
+    let b = score
+        .bound
+        .expect("the diffusion objectives are scored by a bound");
     assert!(b.nats_per_token.is_finite() && b.se.is_finite() && b.se > 0.0);
     assert_eq!(b.t_samples, 2);
     b.nats_per_token
@@ -627,12 +615,10 @@ fn elbo_scorer_is_exact_for_one_token_and_deterministic() {
     let (_p, model) = small_model(23, 3.0);
     let mut cfg = Config::default();
     cfg.train.objective = ObjectiveKind::Mdlm;
-    let obj = objective::build_for_bound(&cfg, 1);
+    let mdlm = Mdlm::new(&cfg, 1);
     let scorer = ElboScorer {
         model: &model,
-        objective: obj.as_ref(),
-        mask_id: 1,
-        block: None,
+        bound: &mdlm,
         samples: 4,
         seed: 0,
     };

@@ -182,7 +182,7 @@ fn card_at_zero_noise_equals_arm() {
         nb_card.weights.iter().all(|&w| (w - 0.5).abs() < 1e-7),
         "weights must be 1/β"
     );
-    assert!(nb_card.mask.iter().all(|&m| !m));
+    assert!(!nb_card.input.contains(&1), "no [MASK] at t = 0");
     let nb_arm = Arm.corrupt(&x0, 3, 20, None, &mut rng);
     assert_eq!(nb_card.input, nb_arm.input);
     assert_eq!(nb_card.targets, nb_arm.targets);

@@ -5,13 +5,13 @@ use super::quality::{continuation_nll, distinct_n, repeated_ngram_rate, unigram_
 use super::zero_shot::{
     load_task, score_lambada, score_mc, ElboScorer, ExactScorer, LambadaResult, McResult, Scorer,
 };
-use super::{ar_nll, bits_per_byte, loss_vs_t, nelbo, BoundBudget, NoisePoint};
+use super::{bits_per_byte, held_out, loss_vs_t, BoundBudget, NoisePoint};
 use crate::checkpoint::Opened;
 use crate::config::ObjectiveKind;
 use crate::data::{eval_files, eval_windows, load_data, TextTokenizer, PROMPTS};
 use crate::decode::{ArDecoder, CardDecoder, Decoder, GenOptions, Sampling};
 use crate::model::Transformer;
-use crate::objective;
+use crate::objective::{self, HeldOut};
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -132,50 +132,39 @@ pub fn evaluate(ckpt: &Opened, opts: &EvalOptions) -> Result<EvalReport> {
         bail!("the validation split is empty");
     }
     let batch = cfg.train.batch_size;
-    let objective = ckpt.state.objective;
-    // (tokens, nats/token, standard error and draws of a bound)
-    let (tokens, mean, bound) = if objective.is_diffusion() {
-        if opts.bound_budget.max_samples == 0 {
-            bail!("the bound needs at least one noise draw per window");
-        }
-        let obj = objective::build_for_bound(&cfg, tok.mask_id());
-        let b = nelbo(
-            model,
-            obj.as_ref(),
-            &windows,
-            batch,
-            opts.bound_budget,
-            opts.seed,
-        )?;
-        (b.tokens, b.nats_per_token, Some((b.se, b.t_samples)))
-    } else {
-        let sum = ar_nll(model, &windows, batch)?;
-        (sum.tokens, sum.mean(), None)
-    };
+    let objective = ckpt.objective();
+    let obj = objective::build(&cfg, tok.mask_id());
+    if matches!(obj.held_out(), HeldOut::Bound(_)) && opts.bound_budget.max_samples == 0 {
+        bail!("the bound needs at least one noise draw per window");
+    }
+    let score = held_out(
+        model,
+        obj.as_ref(),
+        &windows,
+        batch,
+        opts.bound_budget,
+        opts.seed,
+    )?;
+    let (tokens, mean) = (score.tokens, score.nats_per_token);
+    let bound = score.bound.map(|b| (b.se, b.t_samples));
 
     let loss_vs_t = if objective == ObjectiveKind::Card && !opts.noise_levels.is_empty() {
-        let obj = objective::build(&cfg, tok.mask_id());
         let subset = &windows[..windows.len().min(4 * batch)];
         loss_vs_t(model, obj.as_ref(), subset, &opts.noise_levels, batch, 0)?
     } else {
         Vec::new()
     };
     // Exact likelihood for ARM/CARD; for MDLM/BD3LM the ELBO (a lower bound).
-    let bound_objective = objective::build_for_bound(&cfg, tok.mask_id());
-    let exact = ExactScorer(model);
-    let elbo = ElboScorer {
-        model,
-        objective: bound_objective.as_ref(),
-        mask_id: tok.mask_id(),
-        block: (objective == ObjectiveKind::Bd3lm).then_some(cfg.bd3lm.block_size),
-        samples: 8,
-        seed: opts.seed,
+    let scorer: Box<dyn Scorer + '_> = match obj.held_out() {
+        HeldOut::Exact => Box::new(ExactScorer(model)),
+        HeldOut::Bound(bound) => Box::new(ElboScorer {
+            model,
+            bound,
+            samples: 8,
+            seed: opts.seed,
+        }),
     };
-    let scorer: &dyn Scorer = if objective.is_diffusion() {
-        &elbo
-    } else {
-        &exact
-    };
+    let scorer = scorer.as_ref();
     let zero_shot = if opts.tasks.is_empty() {
         None
     } else {

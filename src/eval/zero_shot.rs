@@ -3,6 +3,8 @@
 
 use crate::data::TextTokenizer;
 use crate::model::{ops, Attention, Transformer};
+use crate::objective::Bound;
+use crate::runtime::rng::{rng, Stream};
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use serde::Serialize;
@@ -115,75 +117,32 @@ impl Scorer for ExactScorer<'_> {
 }
 
 /// MDLM/BD3LM: the continuation's log-likelihood lower bound (−NELBO) given a clean context,
-/// averaged over `samples` noise draws. Within every diffusion block the continuation's n
-/// positions get k ~ U{1..n} masks weighted n/k (the continuous-time bound in its count form;
-/// MDLM is one block). It has no greedy check (LAMBADA accuracy is left out for bounds).
+/// averaged over `samples` draws of the objective's bound, which masks only the
+/// continuation (count form within each diffusion unit). It has no greedy check (LAMBADA
+/// accuracy is left out for bounds).
 pub struct ElboScorer<'a> {
     pub model: &'a Transformer,
-    pub objective: &'a dyn crate::objective::Objective,
-    pub mask_id: u32,
-    /// Diffusion block size (the whole sequence for MDLM).
-    pub block: Option<usize>,
+    pub bound: &'a dyn Bound,
     pub samples: usize,
     pub seed: u64,
 }
 
 impl Scorer for ElboScorer<'_> {
     fn loglik(&self, context: &[u32], continuation: &[u32]) -> Result<(f64, Option<bool>)> {
-        use rand::Rng;
         if continuation.is_empty() {
             return Ok((0.0, None));
         }
         let all: Vec<u32> = context.iter().chain(continuation).copied().collect();
         let all = &all[all.len().saturating_sub(self.model.cfg.max_seq_len)..];
-        let (l, n) = (all.len(), continuation.len().min(all.len()));
-        let start = l - n;
-        let block = self.block.unwrap_or(l).max(1);
+        let start = all.len() - continuation.len().min(all.len());
+        // The same text always gets the same draws.
         let key = all
             .iter()
             .fold(self.seed, |h, &x| h.wrapping_mul(31).wrapping_add(x as u64));
-        let mut rng = crate::runtime::rng::rng(
-            self.seed,
-            crate::runtime::rng::Stream::ContinuationBound,
-            key,
-        );
+        let mut rng = rng(self.seed, Stream::ContinuationBound, key);
         let rows = self.samples.max(1);
-        let (mut input, mut weights) = (Vec::with_capacity(rows * l), Vec::with_capacity(rows * l));
-        for _ in 0..rows {
-            let mut xt = all.to_vec();
-            let mut w = vec![0f32; l];
-            {
-                let mut b0 = start;
-                while b0 < l {
-                    let b1 = ((b0 / block) + 1) * block;
-                    let mut pos: Vec<usize> = (b0..b1.min(l)).collect();
-                    let k = rng.random_range(1..=pos.len());
-                    for i in 0..k {
-                        let j = rng.random_range(i..pos.len());
-                        pos.swap(i, j);
-                        xt[pos[i]] = self.mask_id;
-                        w[pos[i]] = (pos.len() as f64 / k as f64) as f32;
-                    }
-                    b0 = b1.min(l);
-                }
-            }
-            input.extend(xt);
-            weights.extend(w);
-        }
-        let nb = crate::objective::NoisyBatch {
-            batch: rows,
-            input,
-            input_len: l,
-            targets: all.repeat(rows),
-            weights,
-            denom: (rows * l) as f64,
-            t: vec![0.5; rows],
-            mask: Vec::new(),
-        };
-        let nelbo = self
-            .objective
-            .row_nelbo(self.model, &nb)?
-            .context("not a diffusion objective")?;
+        let nb = self.bound.draw_continuation(all, start, rows, &mut rng);
+        let nelbo = self.bound.row_nelbo(self.model, &nb)?;
         Ok((-nelbo.iter().sum::<f64>() / rows as f64, None))
     }
 }

@@ -1,19 +1,14 @@
-//! The forward noise process q(x_t | x_0): noise levels t and where the [MASK] tokens go.
+//! The forward noise process q(x_t | x_0) of every objective, in one place: noise levels t
+//! ([`levels`]), where CARD's [MASK] tokens go ([`tail_mask`]), the diffusion baselines'
+//! masking at a rate ([`uniform`]) and in count form ([`counts`]), and BD3LM's block layout
+//! ([`blocks`]). Objectives decide which to use; this module only draws.
 
+pub mod blocks;
+pub mod counts;
+pub mod levels;
 pub mod tail_mask;
+pub mod uniform;
 
-use crate::config::TSampling;
-use rand::Rng;
-
+pub use counts::mask_counts;
+pub use levels::{levels, Spacing};
 pub use tail_mask::tail_mask;
-
-/// One noise level per sequence in [0, 1).
-pub fn sample_t(batch: usize, sampling: TSampling, rng: &mut impl Rng) -> Vec<f64> {
-    match sampling {
-        TSampling::Uniform => (0..batch).map(|_| rng.random::<f64>()).collect(),
-        TSampling::Stratified => {
-            let u: f64 = rng.random();
-            (0..batch).map(|i| (u + i as f64) / batch as f64).collect()
-        }
-    }
-}

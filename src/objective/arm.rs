@@ -29,7 +29,6 @@ impl Objective for Arm {
             weights: vec![1.0; n],
             denom: n as f64,
             t: vec![0.0; batch],
-            mask: vec![false; batch * seq_len],
         }
     }
 }

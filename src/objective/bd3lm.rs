@@ -7,12 +7,14 @@
 //! over the batch's blocks), and the loss is Σ_b Σ_{i masked} w(t_{block(i)})·CE / (B·L), the
 //! NELBO per token, normalised like MDLM's.
 
-use super::mdlm::{mask_count, mask_row, sample_counts, sample_levels, subs_loss, subs_row_nelbo};
-use super::{NoisyBatch, Objective};
+use super::mdlm::{subs_loss, subs_row_nelbo};
+use super::{Bound, HeldOut, NoisyBatch, Objective};
 use crate::config::{Config, MdlmConfig, ObjectiveKind};
 use crate::model::{Attention, Transformer};
+use crate::noise::{blocks, levels, uniform::mask_row, Spacing};
 use candle_core::{DType, Device, Result, Tensor};
 use rand::RngCore;
+use std::ops::Range;
 use std::sync::Mutex;
 
 /// Visibility [2L, 2L] (row = query, column = key, true = visible) over x_t ⊕ x_0, where
@@ -56,8 +58,6 @@ pub struct Bd3lm {
     /// Training range of t (evaluation's bound uses [eps, 1]).
     pub clip: (f64, f64),
     pub mask_id: u32,
-    /// Draw a mask count per block instead of a level t (the bound's estimator, as MDLM's).
-    pub count_form: bool,
     /// Biases built so far, one per (L, dtype, device): built once, reused every step.
     biases: Mutex<Vec<(usize, DType, Tensor)>>,
 }
@@ -69,13 +69,12 @@ impl Bd3lm {
             block_size: cfg.bd3lm.block_size,
             clip: (cfg.bd3lm.clip_low, cfg.bd3lm.clip_high),
             mask_id,
-            count_form: false,
             biases: Mutex::new(Vec::new()),
         }
     }
 
     pub fn n_blocks(&self, seq_len: usize) -> usize {
-        seq_len.div_ceil(self.block_size)
+        blocks::count(seq_len, self.block_size)
     }
 
     fn bias(&self, len: usize, dtype: DType, device: &Device) -> Result<Tensor> {
@@ -89,50 +88,6 @@ impl Bd3lm {
         let b = bd3lm_bias(len, self.block_size, dtype, device)?;
         cache.push((len, dtype, b.clone()));
         Ok(b)
-    }
-
-    /// The count form: each (sequence, block) masks a uniform k-subset of its n tokens,
-    /// k uniform on 1..=n, weight n/k; `t` records k/n.
-    fn corrupt_counts(
-        &self,
-        x0: &[u32],
-        batch: usize,
-        seq_len: usize,
-        rng: &mut dyn RngCore,
-    ) -> NoisyBatch {
-        let bs = self.block_size;
-        let lens: Vec<usize> = (0..batch)
-            .flat_map(|_| (0..seq_len).step_by(bs).map(|s| bs.min(seq_len - s)))
-            .collect();
-        let counts = sample_counts(&lens, self.cfg.antithetic, rng);
-        let n = batch * seq_len;
-        let (mut input, mut weights, mut mask) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let mut start = 0;
-        for (&len, &k) in lens.iter().zip(&counts) {
-            let (xt, w, m) = mask_count(&x0[start..start + len], k, self.mask_id, rng);
-            input.extend(xt);
-            weights.extend(w);
-            mask.extend(m);
-            start += len;
-        }
-        NoisyBatch {
-            batch,
-            input,
-            input_len: seq_len,
-            targets: x0.to_vec(),
-            weights,
-            denom: n as f64,
-            t: lens
-                .iter()
-                .zip(&counts)
-                .map(|(&l, &k)| k as f64 / l as f64)
-                .collect(),
-            mask,
-        }
     }
 
     /// Logits [B·L, V] of the noised half of x_t ⊕ x_0.
@@ -172,9 +127,6 @@ impl Objective for Bd3lm {
         rng: &mut dyn RngCore,
     ) -> NoisyBatch {
         let nb = self.n_blocks(seq_len);
-        if self.count_form && t.is_none() {
-            return self.corrupt_counts(x0, batch, seq_len, rng);
-        }
         let t: Vec<f64> = match t {
             Some(t) if t.len() == batch => {
                 t.iter().flat_map(|&x| std::iter::repeat_n(x, nb)).collect()
@@ -185,22 +137,18 @@ impl Objective for Bd3lm {
             }
             None => {
                 let lo = self.cfg.eps.max(self.clip.0);
-                sample_levels(batch * nb, self.cfg.antithetic, lo, self.clip.1, rng)
+                levels(batch * nb, self.spacing(), lo, self.clip.1, rng)
             }
         };
         let n = batch * seq_len;
-        let (mut input, mut weights, mut mask) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
+        let (mut input, mut weights) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let c = &self.cfg;
         for b in 0..batch {
             let row = &x0[b * seq_len..(b + 1) * seq_len];
-            let level = |i: usize| t[b * nb + i / self.block_size];
-            let (xt, w, m) = mask_row(row, level, &self.cfg, self.mask_id, rng);
+            let level = |i: usize| t[b * nb + blocks::of(i, self.block_size)];
+            let (xt, w) = mask_row(row, level, c.schedule, c.eps, self.mask_id, rng);
             input.extend(xt);
             weights.extend(w);
-            mask.extend(m);
         }
         NoisyBatch {
             batch,
@@ -210,7 +158,6 @@ impl Objective for Bd3lm {
             weights,
             denom: n as f64,
             t,
-            mask,
         }
     }
 
@@ -218,7 +165,26 @@ impl Objective for Bd3lm {
         subs_loss(&self.logits(model, nb)?, nb, self.mask_id)
     }
 
-    fn row_nelbo(&self, model: &Transformer, nb: &NoisyBatch) -> Result<Option<Vec<f64>>> {
-        subs_row_nelbo(&self.logits(model, nb)?, nb, self.mask_id).map(Some)
+    fn held_out(&self) -> HeldOut<'_> {
+        HeldOut::Bound(self)
+    }
+}
+
+impl Bound for Bd3lm {
+    /// Every block is a unit (the bound draws no t, so training's clipping does not apply).
+    fn units(&self, start: usize, end: usize) -> Vec<Range<usize>> {
+        blocks::pieces(start, end, self.block_size)
+    }
+
+    fn row_nelbo(&self, model: &Transformer, nb: &NoisyBatch) -> Result<Vec<f64>> {
+        subs_row_nelbo(&self.logits(model, nb)?, nb, self.mask_id)
+    }
+
+    fn mask_id(&self) -> u32 {
+        self.mask_id
+    }
+
+    fn spacing(&self) -> Spacing {
+        Spacing::stratified_if(self.cfg.antithetic)
     }
 }

@@ -3,7 +3,7 @@
 
 use super::{context_weights, shift, NoisyBatch, Objective};
 use crate::config::{Config, LossNorm, NoiseConfig, ObjectiveKind, WeightsConfig};
-use crate::noise::{sample_t, tail_mask};
+use crate::noise::{levels, tail_mask};
 use rand::RngCore;
 
 pub struct Card {
@@ -37,10 +37,9 @@ impl Objective for Card {
     ) -> NoisyBatch {
         let t = match t {
             Some(t) => t.to_vec(),
-            None => sample_t(batch, self.noise.t_sampling, &mut rng),
+            None => levels(batch, self.noise.t_sampling.into(), 0.0, 1.0, rng),
         };
         let mut xt = x0.to_vec();
-        let mut mask = Vec::with_capacity(batch * seq_len);
         let mut weights = Vec::with_capacity(batch * (seq_len - 1));
         for (b, &tb) in t.iter().enumerate() {
             let n = &self.noise;
@@ -55,7 +54,6 @@ impl Objective for Card {
             } else {
                 weights.extend(std::iter::repeat_n(1.0f32, seq_len - 1));
             }
-            mask.extend(m);
         }
         let (input, targets) = shift(x0, &xt, batch, seq_len);
         let denom = match self.weights.normalize {
@@ -70,7 +68,6 @@ impl Objective for Card {
             weights,
             denom,
             t,
-            mask,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! An objective is the whole difference between ARM, CARD and the diffusion baselines: how a
-//! clean batch is corrupted, which attention the model uses, and how logits become a loss.
+//! clean batch is corrupted, which attention the model uses, how logits become a loss, and how
+//! held-out text is scored (exactly, or by a bound with its estimator).
 
 pub mod arm;
 pub mod bd3lm;
@@ -9,11 +10,13 @@ pub mod mdlm;
 
 use crate::config::{Config, ObjectiveKind};
 use crate::model::{ops, Attention, Transformer};
+use crate::noise::{mask_counts, Spacing};
 use candle_core::{Result, Tensor};
 use rand::RngCore;
+use std::ops::Range;
 
 pub use arm::Arm;
-pub use bd3lm::{bd3lm_bias, bd3lm_mask, Bd3lm};
+pub use bd3lm::Bd3lm;
 pub use card::Card;
 pub use context_weights::context_weights;
 pub use mdlm::Mdlm;
@@ -32,17 +35,23 @@ pub struct NoisyBatch {
     pub weights: Vec<f32>,
     /// The loss is Σ w·CE / denom.
     pub denom: f64,
-    /// Noise level of each sequence (BD3LM: of each block, [batch, n_blocks]).
+    /// The noise levels drawn: one per sequence (BD3LM: per block; count form: k/n per unit).
     pub t: Vec<f64>,
-    /// Mask pattern of x_t over the full sequences [batch, seq_len].
-    pub mask: Vec<bool>,
+}
+
+/// How an objective's held-out text is scored.
+pub enum HeldOut<'a> {
+    /// The exact causal likelihood (ARM, CARD).
+    Exact,
+    /// An upper bound on the NLL, estimated by noise draws (MDLM, BD3LM).
+    Bound(&'a dyn Bound),
 }
 
 pub trait Objective: Send + Sync {
     fn kind(&self) -> ObjectiveKind;
 
-    /// Corrupt clean sequences x0 ([batch, seq_len] row-major). `t` fixes the noise levels
-    /// (evaluation); otherwise they are drawn from `rng`.
+    /// Corrupt clean sequences x0 ([batch, seq_len] row-major) for training. `t` fixes the
+    /// noise levels; otherwise they are drawn from `rng`.
     fn corrupt(
         &self,
         x0: &[u32],
@@ -64,10 +73,78 @@ pub trait Objective: Send + Sync {
         true
     }
 
-    /// Per-sequence NELBO of one noise draw, Σ_masked w(t)·CE in nats, for objectives whose
-    /// loss is a likelihood bound (MDLM, BD3LM); None for the others.
-    fn row_nelbo(&self, _model: &Transformer, _batch: &NoisyBatch) -> Result<Option<Vec<f64>>> {
-        Ok(None)
+    fn held_out(&self) -> HeldOut<'_> {
+        HeldOut::Exact
+    }
+}
+
+/// A likelihood bound estimated by noise draws: the diffusion NELBO in its count form
+/// (`noise::counts`), over the objective's diffusion units, without training's clipping.
+pub trait Bound: Send + Sync {
+    /// The diffusion units of positions start..end of one sequence (each masks k ~ U{1..n}).
+    fn units(&self, start: usize, end: usize) -> Vec<Range<usize>>;
+
+    /// Per-sequence Σ_masked w·CE in nats (one draw of the bound) of an unshifted batch.
+    fn row_nelbo(&self, model: &Transformer, batch: &NoisyBatch) -> Result<Vec<f64>>;
+
+    fn mask_id(&self) -> u32;
+
+    /// How the draws' mask counts are spread over the units of a batch.
+    fn spacing(&self) -> Spacing;
+
+    /// One draw over clean windows x0 [batch, len].
+    fn draw(&self, x0: &[u32], batch: usize, len: usize, rng: &mut dyn RngCore) -> NoisyBatch {
+        draw_spans(self, x0, len, &vec![(0, len); batch], rng)
+    }
+
+    /// `rows` draws for one window whose first `start` tokens are clean context: only the
+    /// continuation is masked (its log-likelihood bound given the context).
+    fn draw_continuation(
+        &self,
+        window: &[u32],
+        start: usize,
+        rows: usize,
+        rng: &mut dyn RngCore,
+    ) -> NoisyBatch {
+        let x0 = window.repeat(rows);
+        draw_spans(
+            self,
+            &x0,
+            window.len(),
+            &vec![(start, window.len()); rows],
+            rng,
+        )
+    }
+}
+
+/// A draw of `bound` over x0 ([rows, len]), row r masked within positions spans[r].
+fn draw_spans<B: Bound + ?Sized>(
+    bound: &B,
+    x0: &[u32],
+    len: usize,
+    spans: &[(usize, usize)],
+    rng: &mut dyn RngCore,
+) -> NoisyBatch {
+    let units: Vec<Range<usize>> = spans
+        .iter()
+        .enumerate()
+        .flat_map(|(r, &(a, b))| {
+            let at = r * len;
+            bound
+                .units(a, b)
+                .into_iter()
+                .map(move |u| at + u.start..at + u.end)
+        })
+        .collect();
+    let (input, weights, t) = mask_counts(x0, &units, bound.spacing(), bound.mask_id(), rng);
+    NoisyBatch {
+        batch: spans.len(),
+        input,
+        input_len: len,
+        targets: x0.to_vec(),
+        weights,
+        denom: x0.len() as f64,
+        t,
     }
 }
 
@@ -77,28 +154,6 @@ pub fn build(cfg: &Config, mask_id: u32) -> Box<dyn Objective> {
         ObjectiveKind::Card => Box::new(Card::new(cfg, mask_id)),
         ObjectiveKind::Mdlm => Box::new(Mdlm::new(cfg, mask_id)),
         ObjectiveKind::Bd3lm => Box::new(Bd3lm::new(cfg, mask_id)),
-    }
-}
-
-/// The objective whose noise draws estimate the likelihood bound: for MDLM and BD3LM the
-/// unclipped NELBO in its count form (a uniform number of masks per sequence or block,
-/// weighted n/k: the same bound as 1/t weights over t ∈ (0, 1], with less variance); the
-/// others as `build`.
-pub fn build_for_bound(cfg: &Config, mask_id: u32) -> Box<dyn Objective> {
-    match cfg.train.objective {
-        ObjectiveKind::Mdlm => Box::new(Mdlm {
-            count_form: true,
-            ..Mdlm::new(cfg, mask_id)
-        }),
-        ObjectiveKind::Bd3lm => {
-            let mut c = cfg.clone();
-            c.bd3lm.clip_low = 0.0;
-            c.bd3lm.clip_high = 1.0;
-            let mut b = Bd3lm::new(&c, mask_id);
-            b.count_form = true;
-            Box::new(b)
-        }
-        _ => build(cfg, mask_id),
     }
 }
 

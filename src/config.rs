@@ -38,15 +38,63 @@ impl Default for ModelConfig {
     }
 }
 
+/// Attention geometry: the fused projection holds, per token, the queries of `q` heads, then
+/// the keys and the values of `kv` heads, each `dim` wide. (`kv` < `q` would be grouped-query
+/// attention: query head h reads key/value head `kv_of(h)`; our presets have `kv` = `q`.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heads {
+    pub q: usize,
+    pub kv: usize,
+    pub dim: usize,
+}
+
+impl Heads {
+    /// Columns of the fused q/k/v projection.
+    pub fn qkv_width(&self) -> usize {
+        (self.q + 2 * self.kv) * self.dim
+    }
+
+    /// Width of the heads' concatenated outputs.
+    pub fn q_width(&self) -> usize {
+        self.q * self.dim
+    }
+
+    /// Column of key head 0 (value head 0 is `kv * dim` further).
+    pub fn k_offset(&self) -> usize {
+        self.q * self.dim
+    }
+
+    pub fn v_offset(&self) -> usize {
+        (self.q + self.kv) * self.dim
+    }
+
+    /// The key/value head query head `h` reads.
+    pub fn kv_of(&self, h: usize) -> usize {
+        h / (self.q / self.kv)
+    }
+}
+
 impl ModelConfig {
     pub fn head_dim(&self) -> usize {
         self.d_model / self.n_heads
     }
 
+    pub fn heads(&self) -> Heads {
+        Heads {
+            q: self.n_heads,
+            kv: self.n_heads,
+            dim: self.head_dim(),
+        }
+    }
+
+    pub fn qkv_width(&self) -> usize {
+        self.heads().qkv_width()
+    }
+
     /// Parameter count from the shapes alone (checked against a built model in the tests).
     pub fn n_params(&self) -> usize {
         let (d, f, v) = (self.d_model, self.d_ff, self.vocab_size);
-        let per_layer = 2 * d + 4 * d * d + 3 * d * f;
+        let per_layer = 2 * d + d * self.qkv_width() + d * d + 3 * d * f;
         let head = if self.tie_embeddings { 0 } else { v * d };
         v * d + self.n_layers * per_layer + d + head
     }
@@ -60,7 +108,8 @@ impl ModelConfig {
             self.n_layers as f64,
         );
         let t = seq_len as f64;
-        let matmul_params = l * (4.0 * d * d + 3.0 * d * f) + v * d;
+        let qkv = self.qkv_width() as f64;
+        let matmul_params = l * (d * qkv + d * d + 3.0 * d * f) + v * d;
         // QK^T and AV: 2 * T * d multiply-adds per token per layer (full, unmasked matrix).
         let attn = l * 2.0 * t * d;
         6.0 * (matmul_params + attn)

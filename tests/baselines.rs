@@ -11,8 +11,8 @@ use card::decode::{
     Bd3lmDecoder, Decoder, GenOptions, Generation, MdlmDecoder, Reveal, Sampling, StepTrace,
 };
 use card::eval::{held_out, BoundBudget};
+use card::model::visibility::bd3lm_mask;
 use card::model::{Params, Transformer};
-use card::objective::bd3lm::bd3lm_mask;
 use card::objective::{self, Bd3lm, Bound, Mdlm, Objective};
 use card::train::Trainer;
 use rand::{Rng, SeedableRng};

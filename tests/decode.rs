@@ -313,7 +313,7 @@ fn ragged_cached_forward_equals_full_recomputation() {
 
 #[test]
 fn host_engine_logits_equal_full_recomputation() {
-    use card::model::engine::Engine;
+    use card::model::host::HostPass;
     let model = &fixture().model;
     let dev = Device::Cpu;
     let full = |s: &[u32]| -> Vec<Vec<f32>> {
@@ -321,7 +321,7 @@ fn host_engine_logits_equal_full_recomputation() {
         let l = model.forward(&ids, Attention::Causal, None).unwrap();
         l.squeeze(0).unwrap().to_vec2::<f32>().unwrap()
     };
-    let mut engine = Engine::new(model, 3, model.cfg.max_seq_len).expect("a plain f32 CPU model");
+    let mut engine = HostPass::new(model, 3, model.cfg.max_seq_len).expect("a plain f32 CPU model");
     let mut seqs: Vec<Vec<u32>> = vec![Vec::new(); 3];
     // Pass 1: a prompt longer than the small-row kernel's 16 rows (the gemm path), a short
     // one and an empty row; then appends of different lengths; then a rollback.

@@ -4,6 +4,7 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use card::model::ops::{self, composite};
+use card::model::visibility::{causal_bias, Visibility};
 use rand::{Rng, SeedableRng};
 
 type Op<'a> = dyn Fn(&[Tensor]) -> Result<Tensor> + 'a;
@@ -239,22 +240,19 @@ fn attention_softmax_matches_for_every_mask() {
         let shape = vec![b, h, tq, tk];
         let data = [(randn(b * h * tq * tk, 4.0, 7), shape.clone())];
         let mask = explicit_mask(tq, tk);
-        for (causal, bias) in [
-            (Some(tk - tq), None),
-            (None, None),
-            (None, Some(&mask)),
-            (Some(tk - tq), Some(&mask)),
-        ] {
-            let bias_of = |x: &Tensor| bias.map(|m| cast(m, x));
-            let fused =
-                |x: &[Tensor]| ops::attention_softmax(&x[0], 0.3, causal, bias_of(&x[0]).as_ref());
-            let reference = |x: &[Tensor]| {
-                composite::attention_softmax(&x[0], 0.3, causal, bias_of(&x[0]).as_ref())
+        // The explicit mask on top of the causal one, as one bias.
+        let causal = causal_bias(tq, tk - tq, DType::F64, &Device::Cpu).unwrap();
+        let both = (cast(&mask, &causal) + causal).unwrap();
+        for kind in ["causal", "full", "mask", "causal+mask"] {
+            let vis_of = |x: &Tensor| match kind {
+                "causal" => Visibility::Causal { offset: tk - tq },
+                "full" => Visibility::Full,
+                "mask" => Visibility::Bias(cast(&mask, x)),
+                _ => Visibility::Bias(cast(&both, x)),
             };
-            let name = format!(
-                "attention {shape:?} causal {causal:?} mask {}",
-                bias.is_some()
-            );
+            let fused = |x: &[Tensor]| ops::attention_softmax(&x[0], 0.3, &vis_of(&x[0]));
+            let reference = |x: &[Tensor]| composite::attention_softmax(&x[0], 0.3, &vis_of(&x[0]));
+            let name = format!("attention {shape:?} {kind}");
             check(&name, &data, &fused, &reference);
         }
     }
@@ -388,8 +386,21 @@ fn attention_reference(
     let k = composite::rope(&part(1)?, cos, sin)?.contiguous()?;
     let v = part(2)?.contiguous()?;
     let scores = q.matmul(&k.t()?)?;
-    let p = composite::attention_softmax(&scores, 0.35, causal.then_some(0), bias)?;
+    let vis = match (causal, bias) {
+        (true, _) => Visibility::Causal { offset: 0 },
+        (false, Some(b)) => Visibility::Bias(b.clone()),
+        (false, None) => Visibility::Full,
+    };
+    let p = composite::attention_softmax(&scores, 0.35, &vis)?;
     p.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d3 / 3))
+}
+
+fn geometry(heads: usize, dim: usize) -> card::config::Heads {
+    card::config::Heads {
+        q: heads,
+        kv: heads,
+        dim,
+    }
 }
 
 fn tables(t: usize, half: usize, seed: u64) -> (Tensor, Tensor) {
@@ -414,13 +425,14 @@ fn fused_attention_matches_the_unfused_path_for_every_mask() {
             let causal = kind == "causal";
             let bias = (kind == "bias").then_some(&mask);
             let fused = |x: &[Tensor]| {
-                let m = match bias {
-                    Some(m) => (None, Some(cast(m, &x[0]))),
-                    None => (causal.then_some(0), None),
+                let vis = match bias {
+                    Some(m) => Visibility::Bias(cast(m, &x[0])),
+                    None if causal => Visibility::Causal { offset: 0 },
+                    None => Visibility::Full,
                 };
                 let (c, s) = (cast(&cos, &x[0]), cast(&sin, &x[0]));
                 Ok(
-                    ops::attention(&x[0], &c, &s, heads, 0.35, (m.0, m.1.as_ref()))?
+                    ops::attention(&x[0], &c, &s, geometry(heads, hd), 0.35, &vis)?
                         .expect("the fused kernel applies on CPU"),
                 )
             };
@@ -466,7 +478,8 @@ fn fused_attention_zeroes_fully_masked_queries_and_reruns_bit_identically() {
         .collect();
     let mask = Tensor::from_vec(m, (t, t), &dev).unwrap();
     let run = || {
-        let y = ops::attention(qkv.as_tensor(), &cos, &sin, heads, 0.5, (None, Some(&mask)))
+        let vis = Visibility::Bias(mask.clone());
+        let y = ops::attention(qkv.as_tensor(), &cos, &sin, geometry(heads, hd), 0.5, &vis)
             .unwrap()
             .unwrap();
         let g = (y.sqr().unwrap().sum_all().unwrap() + y.sum_all().unwrap())

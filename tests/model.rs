@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use card::config::{Config, ModelConfig};
-use card::model::{ops, param_shapes, Attention, KvCache, Params, Transformer};
+use card::model::{ops, tensor_specs, Attention, KvCache, Params, Transformer};
 use card::objective::{Arm, Card, Objective};
 use rand::{Rng, SeedableRng};
 
@@ -276,9 +276,9 @@ fn parameter_count_matches_config() {
     for preset in ["tiny", "small", "bench-5m"] {
         let mut cfg = Config::load(preset, &[]).unwrap();
         cfg.model.vocab_size = 512;
-        let n: usize = param_shapes(&cfg.model)
+        let n: usize = tensor_specs(&cfg.model)
             .iter()
-            .map(|(_, s)| s.iter().product::<usize>())
+            .map(|t| t.shape.iter().product::<usize>())
             .sum();
         assert_eq!(n, cfg.model.n_params());
         let params = Params::init(&cfg.model, DType::F32, &Device::Cpu, 0).unwrap();

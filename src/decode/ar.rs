@@ -1,11 +1,10 @@
 //! Autoregressive decoding: prefill the prompt, then one token per forward pass.
 
 use super::{
-    check_budget, row_rng, Decoder, Finish, GenOptions, Generation, RowOutput, SlotTrace,
-    StepTrace, Stepper,
+    check_budget, row_rng, Decoder, Finish, GenOptions, Generation, RowOutput, SlotTrace, StepTrace,
 };
 use crate::config::ObjectiveKind;
-use crate::model::Transformer;
+use crate::model::{Backend, Session, Transformer};
 use anyhow::Result;
 use std::time::Instant;
 
@@ -31,8 +30,10 @@ impl Decoder for ArDecoder {
         let start = Instant::now();
         let b = prompts.len();
         let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-        let mut stepper = Stepper::new(
+        let backend = Backend::for_model(model);
+        let mut stepper = Session::new(
             model,
+            backend,
             b,
             longest + opts.max_new_tokens,
             longest + 1,

@@ -15,13 +15,14 @@
 
 use super::mdlm::{ancestral_reveal, Slot};
 use super::{
-    check_budget, forward_padded, logits_at, new_cache, padded, row_rng, Decoder, Finish,
-    GenOptions, Generation, RowOutput, StepTrace,
+    check_budget, logits_at, new_cache, row_rng, Decoder, Finish, GenOptions, Generation,
+    RowOutput, StepTrace,
 };
 use crate::config::ObjectiveKind;
-use crate::model::{Attention, KvCache, Transformer};
+use crate::model::visibility::block_causal_bias;
+use crate::model::{padded, Attention, KvCache, Transformer};
 use anyhow::{bail, Result};
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -138,34 +139,6 @@ impl Bd3lmDecoder {
     }
 }
 
-/// Additive bias [B, 1, T, Tk] for one pass: row r's query i sits at absolute position
-/// lens[r] + i and sees the keys j < min(end of its block, lens[r] + valid[r]); padding
-/// queries see up to themselves.
-fn block_causal_bias(
-    lens: &[usize],
-    valid: &[usize],
-    t: usize,
-    block: usize,
-    dtype: DType,
-    device: &candle_core::Device,
-) -> Result<Tensor> {
-    let tk = lens.iter().max().copied().unwrap_or(0) + t;
-    let mut data = Vec::with_capacity(lens.len() * t * tk);
-    for (r, &len) in lens.iter().enumerate() {
-        let real_end = len + valid[r];
-        for i in 0..t {
-            let p = len + i;
-            let visible = if i < valid[r] {
-                ((p / block + 1) * block).min(real_end)
-            } else {
-                p + 1
-            };
-            data.extend((0..tk).map(|j| if j < visible { 0f32 } else { f32::NEG_INFINITY }));
-        }
-    }
-    Ok(Tensor::from_vec(data, (lens.len(), 1, t, tk), device)?.to_dtype(dtype)?)
-}
-
 /// One pass: row r runs `inputs[r]` after its cached prefix. Returns f32 logits [B, T, V].
 fn forward_blocks(
     model: &Transformer,
@@ -184,7 +157,7 @@ fn forward_blocks(
         model.dtype(),
         model.device(),
     )?;
-    forward_padded(model, &ids, &valid, Attention::Mask(&bias), Some(cache))
+    Ok(model.forward_padded(&ids, &valid, Attention::Mask(&bias), Some(cache))?)
 }
 
 impl Decoder for Bd3lmDecoder {

@@ -9,11 +9,10 @@
 //! keys/values at the start of the next pass (which also predicts the next window's slot 1).
 
 use super::{
-    check_budget, row_rng, Decoder, Finish, GenOptions, Generation, RowOutput, SlotTrace,
-    StepTrace, Stepper,
+    check_budget, row_rng, Decoder, Finish, GenOptions, Generation, RowOutput, SlotTrace, StepTrace,
 };
 use crate::config::ObjectiveKind;
-use crate::model::Transformer;
+use crate::model::{Backend, Session, Transformer};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -173,8 +172,10 @@ impl Decoder for CardDecoder {
         let b = prompts.len();
         let k = self.block_size;
         let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-        let mut stepper = Stepper::new(
+        let backend = Backend::for_model(model);
+        let mut stepper = Session::new(
             model,
+            backend,
             b,
             longest + opts.max_new_tokens,
             longest + 2 * k,

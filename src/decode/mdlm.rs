@@ -7,11 +7,11 @@
 //! skipped and its predictions reused.
 
 use super::{
-    check_budget, forward_padded, logits_at, padded, row_rng, Decoder, Finish, GenOptions,
-    Generation, RowOutput, SlotTrace, StepTrace,
+    check_budget, logits_at, row_rng, Decoder, Finish, GenOptions, Generation, RowOutput,
+    SlotTrace, StepTrace,
 };
 use crate::config::ObjectiveKind;
-use crate::model::{Attention, Transformer};
+use crate::model::{padded, Attention, Transformer};
 use anyhow::Result;
 use candle_core::Tensor;
 use rand::Rng;
@@ -75,7 +75,7 @@ pub(crate) fn bidirectional_logits(
     pad: u32,
 ) -> Result<Tensor> {
     let (ids, valid) = padded(canvases, pad, model.device())?;
-    forward_padded(model, &ids, &valid, Attention::Bidirectional, None)
+    Ok(model.forward_padded(&ids, &valid, Attention::Bidirectional, None)?)
 }
 
 struct Row {

@@ -10,7 +10,6 @@ pub mod mdlm;
 pub mod sampling;
 
 use crate::config::ObjectiveKind;
-use crate::model::engine::Engine;
 use crate::model::{KvCache, Transformer};
 use anyhow::{bail, Result};
 use candle_core::Tensor;
@@ -145,160 +144,24 @@ pub fn check_budget(model: &Transformer, prompts: &[Vec<u32>], max_new: usize) -
     Ok(())
 }
 
+/// The logits of one row at one position, on the host (a copy: for the samplers that keep
+/// few positions).
+pub(crate) fn logits_at(logits: &Tensor, row: usize, pos: usize) -> Result<Vec<f32>> {
+    Ok(logits.get(row)?.get(pos)?.to_vec1::<f32>()?)
+}
+
 /// A cache for `batch` rows with room for the context plus one padded window of scratch.
 pub(crate) fn new_cache(model: &Transformer, batch: usize, scratch: usize) -> Result<KvCache> {
     let c = &model.cfg;
     Ok(KvCache::new(
         c.n_layers,
         batch,
-        c.n_heads,
+        c.heads().kv,
         c.head_dim(),
         c.max_seq_len + scratch,
         model.dtype(),
         model.device(),
     )?)
-}
-
-/// Rows of different lengths padded to the longest (at least 1): ids [B, T] and each row's
-/// real length.
-pub(crate) fn padded(
-    inputs: &[Vec<u32>],
-    pad: u32,
-    device: &candle_core::Device,
-) -> Result<(Tensor, Vec<usize>)> {
-    let t = inputs.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
-    let valid: Vec<usize> = inputs.iter().map(|r| r.len()).collect();
-    let ids: Vec<u32> = inputs
-        .iter()
-        .flat_map(|r| {
-            r.iter()
-                .copied()
-                .chain(std::iter::repeat_n(pad, t - r.len()))
-        })
-        .collect();
-    Ok((Tensor::from_vec(ids, (inputs.len(), t), device)?, valid))
-}
-
-/// One forward over padded rows (see `padded`); f32 logits [B, T, V].
-pub(crate) fn forward_padded(
-    model: &Transformer,
-    ids: &Tensor,
-    valid: &[usize],
-    attn: crate::model::Attention,
-    cache: Option<&mut KvCache>,
-) -> Result<Tensor> {
-    let t = ids.dim(1)?;
-    let ragged = valid.iter().any(|&v| v != t);
-    let logits = model.forward_ragged(ids, attn, cache, ragged.then_some(valid))?;
-    Ok(logits.to_dtype(candle_core::DType::F32)?)
-}
-
-/// Run one causal pass: row r feeds `inputs[r]` (possibly empty) after its cached prefix.
-pub(crate) fn forward_rows(
-    model: &Transformer,
-    cache: &mut KvCache,
-    inputs: &[Vec<u32>],
-    pad: u32,
-) -> Result<Tensor> {
-    let (ids, valid) = padded(inputs, pad, model.device())?;
-    forward_padded(
-        model,
-        &ids,
-        &valid,
-        crate::model::Attention::Causal,
-        Some(cache),
-    )
-}
-
-/// The logits of one row at one position, on the host (a copy: for the samplers that keep
-/// few positions; the per-token loops read through [`HostLogits`]).
-pub(crate) fn logits_at(logits: &Tensor, row: usize, pos: usize) -> Result<Vec<f32>> {
-    Ok(logits.get(row)?.get(pos)?.to_vec1::<f32>()?)
-}
-
-/// The causal decoders' model-with-cache: the host engine for plain f32 CPU models (a pass
-/// allocates nothing), candle's forward with a [`KvCache`] otherwise.
-pub(crate) enum Stepper<'m> {
-    Host(Box<Engine<'m>>),
-    Candle {
-        model: &'m Transformer,
-        cache: KvCache,
-        /// The last pass's logits [B, T, V], on the host.
-        logits: Vec<f32>,
-        t: usize,
-        pad: u32,
-    },
-}
-
-impl<'m> Stepper<'m> {
-    /// `positions`: the most any row will hold (prompt + new tokens); `scratch`: extra room
-    /// candle's cache needs for a padded window; `pad`: the id padding rows in candle's path.
-    pub fn new(
-        model: &'m Transformer,
-        batch: usize,
-        positions: usize,
-        scratch: usize,
-        pad: u32,
-    ) -> Result<Self> {
-        let capacity = positions.min(model.cfg.max_seq_len);
-        if let Some(e) = Engine::new(model, batch, capacity) {
-            return Ok(Self::Host(Box::new(e)));
-        }
-        Ok(Self::Candle {
-            model,
-            cache: new_cache(model, batch, scratch)?,
-            logits: Vec::new(),
-            t: 0,
-            pad,
-        })
-    }
-
-    /// One causal pass: row r feeds `inputs[r]` (possibly empty) after its cached prefix.
-    pub fn forward(&mut self, inputs: &[Vec<u32>]) -> Result<()> {
-        match self {
-            Self::Host(e) => e.forward(inputs),
-            Self::Candle {
-                model,
-                cache,
-                logits,
-                t,
-                pad,
-            } => {
-                let l = forward_rows(model, cache, inputs, *pad)?;
-                *t = l.dim(1)?;
-                *logits = l.flatten_all()?.to_vec1::<f32>()?;
-                Ok(())
-            }
-        }
-    }
-
-    pub fn lens(&self) -> &[usize] {
-        match self {
-            Self::Host(e) => e.lens(),
-            Self::Candle { cache, .. } => cache.lens(),
-        }
-    }
-
-    pub fn truncate_row(&mut self, row: usize, len: usize) {
-        match self {
-            Self::Host(e) => e.truncate_row(row, len),
-            Self::Candle { cache, .. } => cache.truncate_row(row, len),
-        }
-    }
-
-    /// Logits of the last pass for row `row` after its `i`-th fed token.
-    pub fn logits(&self, row: usize, i: usize) -> &[f32] {
-        match self {
-            Self::Host(e) => e.logits(row, i),
-            Self::Candle {
-                model, logits, t, ..
-            } => {
-                let v = model.cfg.vocab_size;
-                let at = (row * t + i) * v;
-                &logits[at..at + v]
-            }
-        }
-    }
 }
 
 /// Per-row RNG for sampling, so a row's draws do not depend on its batch neighbours.

@@ -6,6 +6,8 @@
 //!   silently cut the graph.
 
 use super::fused;
+use super::visibility::Visibility;
+use crate::config::Heads;
 use candle_core::{DType, Result, Tensor};
 
 /// Softmax over the last dimension.
@@ -19,46 +21,42 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     composite::softmax_last(x)
 }
 
-/// Attention probabilities softmax(scale·scores + mask) over the keys: scores [.., Tq, Tk];
-/// `causal = Some(offset)` lets query q see keys 0..=offset+q; `bias` is an additive mask
-/// [Tq, Tk] (0 = visible, −∞ = hidden).
-pub fn attention_softmax(
-    scores: &Tensor,
-    scale: f64,
-    causal: Option<usize>,
-    bias: Option<&Tensor>,
-) -> Result<Tensor> {
+/// Attention probabilities softmax(scale·scores + mask) over the keys: scores [.., Tq, Tk]
+/// under the pass's visibility (a bias broadcasts over the leading dimensions).
+pub fn attention_softmax(scores: &Tensor, scale: f64, vis: &Visibility) -> Result<Tensor> {
     if fused::supported(scores) {
-        return match bias {
-            None => fused::softmax_last(scores, scale, causal),
-            Some(b) => fused::softmax_last(&(scores * scale)?.broadcast_add(b)?, 1.0, causal),
+        return match vis {
+            Visibility::Causal { offset } => fused::softmax_last(scores, scale, Some(*offset)),
+            Visibility::Full => fused::softmax_last(scores, scale, None),
+            Visibility::Bias(b) => {
+                fused::softmax_last(&(scores * scale)?.broadcast_add(b)?, 1.0, None)
+            }
         };
     }
-    softmax_last(&composite::attention_logits(scores, scale, causal, bias)?)
+    softmax_last(&composite::attention_logits(scores, scale, vis)?)
 }
 
-/// Multi-head attention from the fused projection qkv [B, T, 3d] to [B, T, d] in one fused
-/// kernel (RoPE with cos/sin [T, hd/2], scale, mask, softmax, value sum), or None where the
-/// kernel does not apply (off CPU, per-row positions, a causal offset, a per-row mask): the
-/// caller then runs the unfused path.
+/// Multi-head attention from the fused projection qkv [B, T, qkv width] to the heads'
+/// outputs [B, T, q width] in one fused kernel (RoPE with cos/sin [T, hd/2], scale, mask,
+/// softmax, value sum), or None where the kernel does not apply (off CPU, per-row positions,
+/// a causal offset, a per-row mask): the caller then runs the unfused path.
 pub fn attention(
     qkv: &Tensor,
     cos: &Tensor,
     sin: &Tensor,
-    n_heads: usize,
+    heads: Heads,
     scale: f64,
-    mask: (Option<usize>, Option<&Tensor>),
+    vis: &Visibility,
 ) -> Result<Option<Tensor>> {
     if !fused::supported(qkv) || cos.rank() != 2 || cos.dtype() != qkv.dtype() {
         return Ok(None);
     }
-    let mask = match mask {
-        (Some(0), None) => fused::AttnMask::Causal,
-        (None, None) => fused::AttnMask::Full,
-        (None, Some(b)) if b.rank() == 2 => fused::AttnMask::Bias(b.clone()),
+    match vis {
+        Visibility::Causal { offset: 0 } | Visibility::Full => {}
+        Visibility::Bias(b) if b.rank() == 2 => {}
         _ => return Ok(None),
-    };
-    fused::attention(qkv, cos, sin, n_heads, scale, mask).map(Some)
+    }
+    fused::attention(qkv, cos, sin, heads, scale, vis).map(Some)
 }
 
 /// Log-softmax over the last dimension (always differentiable).
@@ -152,6 +150,7 @@ pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 /// The differentiable reference implementations, built from candle ops only (the fallback
 /// off CPU, and the reference the fused kernels are tested against).
 pub mod composite {
+    use crate::model::visibility::{causal_bias, Visibility};
     use candle_core::{Result, Tensor, D};
 
     pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
@@ -161,34 +160,25 @@ pub mod composite {
         e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
     }
 
-    /// scale·scores plus the causal and/or explicit additive masks (see `attention_softmax`).
-    pub fn attention_logits(
-        scores: &Tensor,
-        scale: f64,
-        causal: Option<usize>,
-        bias: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        let mut s = (scores * scale)?;
-        if let Some(offset) = causal {
-            let (tq, tk) = (s.dim(D::Minus2)?, s.dim(D::Minus1)?);
-            if tk > offset + 1 {
-                let mask = crate::model::causal_bias(tq, offset, s.dtype(), s.device())?;
-                s = s.broadcast_add(&mask)?;
+    /// scale·scores with the visibility's mask added (see `attention_softmax`).
+    pub fn attention_logits(scores: &Tensor, scale: f64, vis: &Visibility) -> Result<Tensor> {
+        let s = (scores * scale)?;
+        match vis {
+            Visibility::Causal { offset } => {
+                let (tq, tk) = (s.dim(D::Minus2)?, s.dim(D::Minus1)?);
+                if tk > offset + 1 {
+                    let mask = causal_bias(tq, *offset, s.dtype(), s.device())?;
+                    return s.broadcast_add(&mask);
+                }
+                Ok(s)
             }
+            Visibility::Full => Ok(s),
+            Visibility::Bias(b) => s.broadcast_add(b),
         }
-        if let Some(b) = bias {
-            s = s.broadcast_add(b)?;
-        }
-        Ok(s)
     }
 
-    pub fn attention_softmax(
-        scores: &Tensor,
-        scale: f64,
-        causal: Option<usize>,
-        bias: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        softmax_last(&attention_logits(scores, scale, causal, bias)?)
+    pub fn attention_softmax(scores: &Tensor, scale: f64, vis: &Visibility) -> Result<Tensor> {
+        softmax_last(&attention_logits(scores, scale, vis)?)
     }
 
     pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {

@@ -1,6 +1,6 @@
-//! Trainable parameters: named `Var`s in the fixed order of `param_shapes`.
+//! Trainable parameters: named `Var`s in the fixed order of `tensor_specs`.
 
-use super::param_shapes;
+use super::layer::{tensor_specs, Init, TensorSpec};
 use crate::config::ModelConfig;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -20,22 +20,22 @@ impl Params {
         let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
         let mut names = Vec::new();
         let mut vars = Vec::new();
-        for (name, shape) in param_shapes(cfg) {
-            let n: usize = shape.iter().product();
-            let tensor = if shape.len() == 1 {
-                Tensor::ones(shape, DType::F32, device)?
-            } else {
-                let residual = name.ends_with("wo.weight") || name.ends_with("w_down.weight");
-                let std = if residual {
-                    cfg.init_std / (2.0 * cfg.n_layers as f64).sqrt()
-                } else {
-                    cfg.init_std
-                };
-                let normal = Normal::new(0.0f32, std as f32).expect("finite std");
-                let data: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
-                Tensor::from_vec(data, shape, device)?
+        for spec in tensor_specs(cfg) {
+            let (shape, n) = (spec.shape.clone(), spec.shape.iter().product::<usize>());
+            let std = match spec.init {
+                Init::One => None,
+                Init::Normal => Some(cfg.init_std),
+                Init::Residual => Some(cfg.init_std / (2.0 * cfg.n_layers as f64).sqrt()),
             };
-            names.push(name);
+            let tensor = match std {
+                None => Tensor::ones(shape, DType::F32, device)?,
+                Some(std) => {
+                    let normal = Normal::new(0.0f32, std as f32).expect("finite std");
+                    let data: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
+                    Tensor::from_vec(data, shape, device)?
+                }
+            };
+            names.push(spec.name);
             vars.push(Var::from_tensor(&tensor.to_dtype(dtype)?)?);
         }
         Ok(Self { names, vars })
@@ -45,7 +45,7 @@ impl Params {
     pub fn from_map(cfg: &ModelConfig, map: &HashMap<String, Tensor>) -> anyhow::Result<Self> {
         let mut names = Vec::new();
         let mut vars = Vec::new();
-        for (name, shape) in param_shapes(cfg) {
+        for TensorSpec { name, shape, .. } in tensor_specs(cfg) {
             let t = map
                 .get(&name)
                 .with_context(|| format!("checkpoint lacks parameter {name}"))?;

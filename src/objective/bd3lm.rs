@@ -10,47 +10,13 @@
 use super::mdlm::{subs_loss, subs_row_nelbo};
 use super::{Bound, HeldOut, NoisyBatch, Objective};
 use crate::config::{Config, MdlmConfig, ObjectiveKind};
+use crate::model::visibility::bd3lm_bias;
 use crate::model::{Attention, Transformer};
 use crate::noise::{blocks, levels, uniform::mask_row, Spacing};
 use candle_core::{DType, Device, Result, Tensor};
 use rand::RngCore;
 use std::ops::Range;
 use std::sync::Mutex;
-
-/// Visibility [2L, 2L] (row = query, column = key, true = visible) over x_t ⊕ x_0, where
-/// position p < L is the noised token p and L + p the clean token p:
-/// 1. a noised token sees the noised tokens of its own block (block-diagonal);
-/// 2. a noised token sees the clean tokens of strictly earlier blocks (offset block-causal);
-/// 3. a clean token sees the clean tokens of its own and earlier blocks (block-causal).
-///
-/// Clean tokens never see noised ones.
-pub fn bd3lm_mask(len: usize, block: usize) -> Vec<bool> {
-    assert!(block >= 1, "block size must be at least 1");
-    let n = 2 * len;
-    let mut out = Vec::with_capacity(n * n);
-    for q in 0..n {
-        let (q_clean, qb) = (q >= len, (q % len) / block);
-        for k in 0..n {
-            let (k_clean, kb) = (k >= len, (k % len) / block);
-            out.push(match (q_clean, k_clean) {
-                (false, false) => kb == qb,
-                (false, true) => kb < qb,
-                (true, true) => kb <= qb,
-                (true, false) => false,
-            });
-        }
-    }
-    out
-}
-
-/// The mask as an additive bias [2L, 2L] (0 visible, −∞ hidden).
-pub fn bd3lm_bias(len: usize, block: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let bias: Vec<f32> = bd3lm_mask(len, block)
-        .into_iter()
-        .map(|v| if v { 0.0 } else { f32::NEG_INFINITY })
-        .collect();
-    Tensor::from_vec(bias, (2 * len, 2 * len), device)?.to_dtype(dtype)
-}
 
 pub struct Bd3lm {
     pub cfg: MdlmConfig,

@@ -11,6 +11,8 @@
 
 use super::pointwise::rotate;
 use super::{dispatch, gemm_into, par_rows, zeros, Real};
+use crate::config::Heads;
+use crate::model::visibility::Visibility;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use gemm::Parallelism;
 use std::sync::Mutex;
@@ -18,34 +20,30 @@ use std::sync::Mutex;
 /// Queries per block: scores [QB, T] are the only quadratic buffer.
 const QB: usize = 64;
 
-/// Which keys each query sees (queries and keys are the same T positions).
-#[derive(Clone)]
-pub enum AttnMask {
-    /// Query i sees keys 0..=i.
-    Causal,
-    /// Every query sees every key.
-    Full,
-    /// An additive bias [T, T] (0 visible, −∞ hidden), shared by rows and heads.
-    Bias(Tensor),
-}
-
-/// softmax(scale · rope(q)·rope(k)ᵀ + mask) · v for qkv [B, T, 3·H·hd] (per token: the
-/// queries of all heads, then keys, then values) with cos/sin [T, hd/2]; returns [B, T, H·hd].
+/// softmax(scale · rope(q)·rope(k)ᵀ + mask) · v for qkv [B, T, qkv width] (per token: the
+/// queries of every head, then keys, then values, as `heads` lays them out) with cos/sin
+/// [T, hd/2]; returns [B, T, q heads · hd]. Queries and keys are the same T positions, so the
+/// visibility is causal without offset, full, or a bias [T, T] shared by rows and heads.
 /// Differentiable in qkv (CPU, f32/f64).
 pub fn attention(
     qkv: &Tensor,
     cos: &Tensor,
     sin: &Tensor,
-    n_heads: usize,
+    heads: Heads,
     scale: f64,
-    mask: AttnMask,
+    mask: &Visibility,
 ) -> Result<Tensor> {
+    match mask {
+        Visibility::Causal { offset: 0 } | Visibility::Full => {}
+        Visibility::Bias(b) if b.rank() == 2 => {}
+        _ => candle_core::bail!("fused attention: a cached offset or per-row mask"),
+    }
     qkv.contiguous()?.apply_op1(Attn {
         cos: cos.clone(),
         sin: sin.clone(),
-        n_heads,
+        heads,
         scale,
-        mask,
+        mask: mask.clone(),
         lse: Mutex::new(Vec::new()),
     })
 }
@@ -53,9 +51,9 @@ pub fn attention(
 struct Attn {
     cos: Tensor,
     sin: Tensor,
-    n_heads: usize,
+    heads: Heads,
     scale: f64,
-    mask: AttnMask,
+    mask: Visibility,
     /// Log-sum-exp of each (row, head, query), saved by the forward for the backward.
     lse: Mutex<Vec<f64>>,
 }
@@ -66,6 +64,7 @@ struct Geometry<T> {
     t: usize,
     h: usize,
     hd: usize,
+    heads: Heads,
     cos: Vec<T>,
     sin: Vec<T>,
     bias: Option<Vec<T>>,
@@ -76,13 +75,13 @@ struct Geometry<T> {
 impl Attn {
     fn geometry<T: Real>(&self, dims: &[usize]) -> Result<Geometry<T>> {
         let &[b, t, d3] = dims else {
-            candle_core::bail!("attention: qkv must be [B, T, 3d], got {dims:?}");
+            candle_core::bail!("attention: qkv must be [B, T, qkv width], got {dims:?}");
         };
-        let h = self.n_heads;
-        if h == 0 || !d3.is_multiple_of(3 * h) || !(d3 / (3 * h)).is_multiple_of(2) {
-            candle_core::bail!("attention: {d3} columns do not split into 3 × {h} even heads");
+        let heads = self.heads;
+        let (h, hd) = (heads.q, heads.dim);
+        if h == 0 || d3 != heads.qkv_width() || !hd.is_multiple_of(2) {
+            candle_core::bail!("attention: {d3} columns do not fit the heads {heads:?}");
         }
-        let hd = d3 / (3 * h);
         let host = |x: &Tensor, shape: (usize, usize)| -> Result<Vec<T>> {
             if x.dims() != [shape.0, shape.1] {
                 candle_core::bail!("attention: table {:?}, expected {shape:?}", x.dims());
@@ -90,7 +89,7 @@ impl Attn {
             x.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1::<T>()
         };
         let bias = match &self.mask {
-            AttnMask::Bias(m) => Some(host(m, (t, t))?),
+            Visibility::Bias(m) => Some(host(m, (t, t))?),
             _ => None,
         };
         Ok(Geometry {
@@ -98,18 +97,30 @@ impl Attn {
             t,
             h,
             hd,
+            heads,
             cos: host(&self.cos, (t, hd / 2))?,
             sin: host(&self.sin, (t, hd / 2))?,
             bias,
-            causal: matches!(self.mask, AttnMask::Causal),
+            causal: matches!(self.mask, Visibility::Causal { .. }),
             scale: T::from_f64(self.scale),
         })
     }
 }
 
 impl<T: Real> Geometry<T> {
+    /// Width of the output (the query heads').
     fn d(&self) -> usize {
-        self.h * self.hd
+        self.heads.q_width()
+    }
+
+    /// Column of part `which` (0 q, 1 k, 2 v) for query head `hh` in a token's qkv row.
+    fn column(&self, hh: usize, which: usize) -> usize {
+        let hs = self.heads;
+        match which {
+            0 => hh * hs.dim,
+            1 => hs.k_offset() + hs.kv_of(hh) * hs.dim,
+            _ => hs.v_offset() + hs.kv_of(hh) * hs.dim,
+        }
     }
 
     /// Keys visible to the queries q0..q1.
@@ -125,9 +136,9 @@ impl<T: Real> Geometry<T> {
     /// for q and k, times `mul`.
     fn load(&self, qkv: &[T], bi: usize, hh: usize, which: usize, mul: T, dst: &mut [T]) {
         let (t, hd, half) = (self.t, self.hd, self.hd / 2);
-        let d3 = 3 * self.d();
+        let d3 = self.heads.qkv_width();
         for i in 0..t {
-            let at = (bi * t + i) * d3 + which * self.d() + hh * self.hd;
+            let at = (bi * t + i) * d3 + self.column(hh, which);
             let row = &mut dst[i * hd..(i + 1) * hd];
             row.copy_from_slice(&qkv[at..at + hd]);
             if which != 2 {
@@ -258,7 +269,8 @@ fn forward<T: Real>(g: &Geometry<T>, qkv: &[T]) -> (Vec<T>, Vec<f64>) {
 
 fn backward<T: Real>(g: &Geometry<T>, qkv: &[T], out: &[T], grad: &[T], lse: &[f64]) -> Vec<T> {
     let (b, t, h, hd, d) = (g.b, g.t, g.h, g.hd, g.d());
-    let mut dqkv = zeros::<T>(b * t * 3 * d);
+    let d3 = g.heads.qkv_width();
+    let mut dqkv = zeros::<T>(b * t * d3);
     let dst = Shared(dqkv.as_mut_ptr());
     par_rows(b * h, t * t * hd, |pair| {
         let (bi, hh) = (pair / h, pair % h);
@@ -340,10 +352,12 @@ fn backward<T: Real>(g: &Geometry<T>, qkv: &[T], out: &[T], grad: &[T], lse: &[f
         // Back through the scale and the rotations (a rotation's transpose is its inverse).
         let half = hd / 2;
         for i in 0..t {
-            let base = (bi * t + i) * 3 * d + hh * hd;
+            let base = (bi * t + i) * d3;
             for (which, grad_rows, mul) in [(0, &dq, g.scale), (1, &dk, T::ONE), (2, &dv, T::ONE)] {
-                // SAFETY: pair (bi, hh) alone writes head hh's q/k/v columns of row bi.
-                let row = unsafe { std::slice::from_raw_parts_mut(dst.at(base + which * d), hd) };
+                // SAFETY: pair (bi, hh) alone writes head hh's q/k/v columns of row bi (the
+                // backward refuses shared key/value heads).
+                let at = base + g.column(hh, which);
+                let row = unsafe { std::slice::from_raw_parts_mut(dst.at(at), hd) };
                 row.copy_from_slice(&grad_rows[i * hd..(i + 1) * hd]);
                 if which != 2 {
                     let (c, s) = (
@@ -410,6 +424,10 @@ impl CustomOp3 for AttnBwd<'_> {
             let lse = self.0.lse.lock().expect("attention lse lock");
             if lse.len() != g.b * g.h * g.t {
                 candle_core::bail!("attention bwd: run the forward first");
+            }
+            if g.heads.kv != g.heads.q {
+                // Query heads sharing a key/value head would add into the same columns.
+                candle_core::bail!("attention bwd: grouped-query heads are not supported");
             }
             let qkv = &T::cpu_storage_as_slice(s1)?[a1..z1];
             let out = &T::cpu_storage_as_slice(s2)?[a2..z2];

@@ -19,7 +19,7 @@ mod softmax;
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor, WithDType};
 use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
 
-pub use attention::{attention, AttnMask};
+pub use attention::attention;
 pub use linear::linear;
 pub use loss::nll_rows;
 pub use norm::rms_norm;

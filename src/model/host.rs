@@ -1,0 +1,357 @@
+//! The host backend of the recipe, for decoding plain f32 CPU models: the layer recipe of
+//! `layer.rs` on host slices instead of candle ops, so a decoding step allocates nothing
+//! (activations come from a pool of reused buffers) and every weight matrix goes through
+//! the small-row kernel once per pass.
+//!
+//! Rows are packed, not padded: row r feeds its own tokens after its cached prefix, and only
+//! real tokens are computed. Keys and values live in a host cache with the same per-row
+//! bookkeeping as [`super::KvCache`] ([`RowLens`]); `truncate_row` rolls a row back.
+
+use super::fused::norm::rms_norm_row;
+use super::fused::pointwise::{rotate, swiglu_row};
+use super::fused::small_matmul::{matmul_into, MAX_ROWS};
+use super::fused::{gemm_into, par_rows, Real};
+use super::layer::{Compute, Weights};
+use super::{RowLens, Transformer};
+use crate::config::{Heads, ModelConfig};
+use crate::runtime::threads;
+use anyhow::{bail, Result};
+use candle_core::{CpuStorage, DType, Storage, Tensor};
+
+/// The tensor's data as a host slice, or None if it is not a contiguous f32 CPU tensor.
+fn host(t: &Tensor) -> Option<&[f32]> {
+    if t.dtype() != DType::F32 || !t.device().is_cpu() || t.is_variable() {
+        return None;
+    }
+    let (guard, layout) = t.storage_and_layout();
+    let (a, b) = layout.contiguous_offsets()?;
+    let Storage::Cpu(CpuStorage::F32(data)) = &*guard else {
+        return None;
+    };
+    let (ptr, len) = (data.as_ptr(), data.len());
+    drop(guard);
+    // SAFETY: the storage is kept alive by the tensor, which the returned slice borrows.
+    // Weights are written in place only through a training `Var` (refused above; a detached
+    // view of one is only ever updated between decoding calls, while a pass lives inside
+    // one), so the slice stays valid and unchanged while borrowed.
+    let all = unsafe { std::slice::from_raw_parts(ptr, len) };
+    Some(&all[a..b])
+}
+
+/// The model's weights and RoPE tables (cos, sin) as host slices.
+type HostWeights<'m> = (Weights<&'m [f32]>, &'m [f32], &'m [f32]);
+
+/// The host view of a model, or None where the host backend does not apply (not plain f32
+/// CPU tensors).
+fn host_weights(model: &Transformer) -> Option<HostWeights<'_>> {
+    Some((
+        model.weights.map(|t| host(t))?,
+        host(&model.cos)?,
+        host(&model.sin)?,
+    ))
+}
+
+/// Whether `model` can decode on the host backend.
+pub fn applies(model: &Transformer) -> bool {
+    host_weights(model).is_some()
+}
+
+/// Keys and values [layer][row][kv head][position][head_dim].
+struct HostCache {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    rows: RowLens,
+}
+
+/// Decoding state for one batch: the weights as slices, the cache, reused buffers.
+pub struct HostPass<'m> {
+    cfg: &'m ModelConfig,
+    weights: Weights<&'m [f32]>,
+    cos: &'m [f32],
+    sin: &'m [f32],
+    cache: HostCache,
+    /// (batch row, position) of each packed row of the last pass.
+    rows: Vec<(usize, usize)>,
+    /// First packed row of each batch row.
+    offsets: Vec<usize>,
+    scores: Vec<f32>,
+    scratch: Vec<f32>,
+    pool: Vec<Vec<f32>>,
+    logits: Vec<f32>,
+}
+
+impl<'m> HostPass<'m> {
+    /// A pass for `batch` rows with room for `capacity` positions each, or None when the
+    /// model is not plain f32 CPU tensors.
+    pub fn new(model: &'m Transformer, batch: usize, capacity: usize) -> Option<Self> {
+        let (weights, cos, sin) = host_weights(model)?;
+        let c = &model.cfg;
+        let size = c.n_layers * batch * c.heads().kv * capacity * c.head_dim();
+        Some(Self {
+            cfg: c,
+            weights,
+            cos,
+            sin,
+            cache: HostCache {
+                k: vec![0f32; size],
+                v: vec![0f32; size],
+                rows: RowLens::new(batch, capacity),
+            },
+            rows: Vec::new(),
+            offsets: Vec::new(),
+            scores: Vec::new(),
+            scratch: Vec::new(),
+            pool: Vec::new(),
+            logits: Vec::new(),
+        })
+    }
+
+    pub fn lens(&self) -> &[usize] {
+        self.cache.rows.lens()
+    }
+
+    /// Roll one row back to at most `len` positions.
+    pub fn truncate_row(&mut self, row: usize, len: usize) {
+        self.cache.rows.truncate_row(row, len);
+    }
+
+    /// The logits of the last pass for batch row `row`, its `i`-th fed token.
+    pub fn logits(&self, row: usize, i: usize) -> &[f32] {
+        let v = self.cfg.vocab_size;
+        let at = (self.offsets[row] + i) * v;
+        &self.logits[at..at + v]
+    }
+
+    /// One causal pass: row r feeds `inputs[r]` (possibly empty) after its cached prefix;
+    /// their keys and values join the cache.
+    pub fn forward(&mut self, inputs: &[Vec<u32>]) -> Result<()> {
+        let c = self.cfg;
+        let (d, v) = (c.d_model, c.vocab_size);
+        let lens = self.cache.rows.lens();
+        if inputs.len() != lens.len() {
+            bail!("{} inputs for a batch of {}", inputs.len(), lens.len());
+        }
+        let limit = c.max_seq_len.min(self.cache.rows.capacity());
+        self.rows.clear();
+        self.offsets.clear();
+        for (r, input) in inputs.iter().enumerate() {
+            let end = lens[r] + input.len();
+            if end > limit {
+                bail!("sequence of {end} tokens exceeds the model's context of {limit}");
+            }
+            self.offsets.push(self.rows.len());
+            self.rows.extend((0..input.len()).map(|i| (r, lens[r] + i)));
+        }
+        let n = self.rows.len();
+        if n == 0 {
+            return Ok(());
+        }
+        grow(&mut self.scores, n * c.n_heads * self.cache.rows.capacity());
+        grow(
+            &mut self.scratch,
+            MAX_ROWS * v.max(2 * c.d_ff).max(c.qkv_width()),
+        );
+        let mut x = take(&mut self.pool, n * d);
+        for (i, tok) in inputs.iter().flatten().enumerate() {
+            let t = *tok as usize;
+            if t >= v {
+                self.pool.push(x);
+                bail!("token {t} is outside the vocabulary of {v}");
+            }
+            x[i * d..(i + 1) * d].copy_from_slice(&self.weights.embed[t * d..(t + 1) * d]);
+        }
+        let mut pass = HostCompute {
+            cfg: c,
+            cos: self.cos,
+            sin: self.sin,
+            rows: &self.rows,
+            cache: &mut self.cache,
+            scores: &mut self.scores,
+            scratch: &mut self.scratch,
+            pool: &mut self.pool,
+        };
+        let logits = self.weights.run(&mut pass, x)?;
+        let old = std::mem::replace(&mut self.logits, logits);
+        self.pool.push(old);
+        self.cache.rows.advance(|r| inputs[r].len());
+        Ok(())
+    }
+}
+
+fn grow(b: &mut Vec<f32>, len: usize) {
+    if b.len() < len {
+        b.resize(len, 0.0);
+    }
+}
+
+/// A buffer of `len` from the pool: one that already holds `len` if there is one, so buffers
+/// stop growing after the first passes and a pass allocates nothing. Not cleared: every step
+/// overwrites its whole output.
+fn take(pool: &mut Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    let fits = pool.iter().position(|b| b.capacity() >= len);
+    let biggest = || (0..pool.len()).max_by_key(|&i| pool[i].capacity());
+    let mut b = match fits.or_else(biggest) {
+        Some(i) => pool.swap_remove(i),
+        None => Vec::new(),
+    };
+    if b.len() < len {
+        b.resize(len, 0.0);
+    }
+    b.truncate(len);
+    b
+}
+
+/// One pass's context for the recipe's steps.
+struct HostCompute<'a, 'm> {
+    cfg: &'m ModelConfig,
+    cos: &'m [f32],
+    sin: &'m [f32],
+    rows: &'a [(usize, usize)],
+    cache: &'a mut HostCache,
+    scores: &'a mut [f32],
+    scratch: &'a mut [f32],
+    pool: &'a mut Vec<Vec<f32>>,
+}
+
+impl<'m> Compute for HostCompute<'_, 'm> {
+    type W = &'m [f32];
+    type Act = Vec<f32>;
+
+    fn norm(&mut self, x: &Vec<f32>, w: &&'m [f32]) -> candle_core::Result<Vec<f32>> {
+        let mut out = take(self.pool, x.len());
+        for (xi, oi) in x.chunks(w.len()).zip(out.chunks_mut(w.len())) {
+            rms_norm_row(xi, w, self.cfg.norm_eps, oi);
+        }
+        Ok(out)
+    }
+
+    fn linear(&mut self, x: Vec<f32>, w: &&'m [f32]) -> candle_core::Result<Vec<f32>> {
+        let n = self.rows.len();
+        let k = x.len() / n;
+        let m = w.len() / k;
+        let mut out = take(self.pool, n * m);
+        linear(&x, n, k, w, m, self.scratch, &mut out);
+        self.pool.push(x);
+        Ok(out)
+    }
+
+    fn attention(&mut self, mut qkv: Vec<f32>, layer: usize) -> candle_core::Result<Vec<f32>> {
+        let heads = self.cfg.heads();
+        let (hd, half, width) = (heads.dim, heads.dim / 2, heads.qkv_width());
+        let cache = &mut *self.cache;
+        let (batch, cap) = (cache.rows.batch(), cache.rows.capacity());
+        // Rotate q and k at each row's position; keys and values into the cache.
+        for (i, &(r, pos)) in self.rows.iter().enumerate() {
+            let cos = &self.cos[pos * half..(pos + 1) * half];
+            let sin = &self.sin[pos * half..(pos + 1) * half];
+            let row = &mut qkv[i * width..(i + 1) * width];
+            for h in row[..heads.v_offset()].chunks_mut(hd) {
+                rotate(h, cos, sin, false, 1.0);
+            }
+            for kh in 0..heads.kv {
+                let at = (((layer * batch + r) * heads.kv + kh) * cap + pos) * hd;
+                let (k0, v0) = (heads.k_offset() + kh * hd, heads.v_offset() + kh * hd);
+                cache.k[at..at + hd].copy_from_slice(&row[k0..k0 + hd]);
+                cache.v[at..at + hd].copy_from_slice(&row[v0..v0 + hd]);
+            }
+        }
+        let mut out = take(self.pool, self.rows.len() * heads.q_width());
+        let block0 = layer * batch;
+        attend(self.rows, &qkv, cache, heads, block0, self.scores, &mut out);
+        self.pool.push(qkv);
+        Ok(out)
+    }
+
+    fn swiglu(&mut self, gate_up: Vec<f32>) -> candle_core::Result<Vec<f32>> {
+        let n = self.rows.len();
+        let f = gate_up.len() / n / 2;
+        let mut out = take(self.pool, n * f);
+        for (gu, o) in gate_up.chunks(2 * f).zip(out.chunks_mut(f)) {
+            swiglu_row(gu, o);
+        }
+        self.pool.push(gate_up);
+        Ok(out)
+    }
+
+    fn add(&mut self, mut x: Vec<f32>, y: Vec<f32>) -> candle_core::Result<Vec<f32>> {
+        for (a, &b) in x.iter_mut().zip(&y) {
+            *a += b;
+        }
+        self.pool.push(y);
+        Ok(x)
+    }
+
+    fn release(&mut self, x: Vec<f32>) {
+        self.pool.push(x);
+    }
+}
+
+/// out [n, m] = x [n, k] · w [m, k]ᵀ: up to `MAX_ROWS` rows per weight pass, gemm beyond.
+fn linear(
+    x: &[f32],
+    n: usize,
+    k: usize,
+    w: &[f32],
+    m: usize,
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    if n > MAX_ROWS {
+        // A prompt: compute-bound, where gemm's packing pays off.
+        // SAFETY: x holds n·k, w m·k and out n·m elements.
+        unsafe {
+            gemm_into(
+                (n, m, k),
+                (out.as_mut_ptr(), m as isize, 1),
+                false,
+                (x.as_ptr(), k as isize, 1),
+                (w.as_ptr(), 1, k as isize),
+                gemm::Parallelism::Rayon(threads()),
+            )
+        };
+        return;
+    }
+    matmul_into(x, n, k, w, m, scratch, out);
+}
+
+/// Causal attention of every packed row and query head over its batch row's cached keys
+/// 0..=pos, spread over the pool by (row, head); `block0` is the layer's first (layer, row)
+/// block of the cache.
+fn attend(
+    rows: &[(usize, usize)],
+    qkv: &[f32],
+    cache: &HostCache,
+    heads: Heads,
+    block0: usize,
+    scores: &mut [f32],
+    att: &mut [f32],
+) {
+    let (nh, hd, width, d) = (heads.q, heads.dim, heads.qkv_width(), heads.q_width());
+    let cap = cache.rows.capacity();
+    let scale = 1.0 / (hd as f32).sqrt();
+    let (s_ptr, a_ptr) = (scores.as_mut_ptr() as usize, att.as_mut_ptr() as usize);
+    par_rows(rows.len() * nh, cap * hd, |unit| {
+        let (i, hh) = (unit / nh, unit % nh);
+        let (r, pos) = rows[i];
+        let keys = pos + 1;
+        let base = ((block0 + r) * heads.kv + heads.kv_of(hh)) * cap * hd;
+        let q = &qkv[i * width + hh * hd..i * width + (hh + 1) * hd];
+        // SAFETY: unit (i, hh) alone uses its score segment and its output slice.
+        let s =
+            unsafe { std::slice::from_raw_parts_mut((s_ptr as *mut f32).add(unit * cap), keys) };
+        let out =
+            unsafe { std::slice::from_raw_parts_mut((a_ptr as *mut f32).add(i * d + hh * hd), hd) };
+        for (j, sj) in s.iter_mut().enumerate() {
+            *sj = f32::dot(q, &cache.k[base + j * hd..base + (j + 1) * hd]) * scale;
+        }
+        let z = f32::exp_inplace_sum(s, f32::max_of(s));
+        out.fill(0.0);
+        for (j, &p) in s.iter().enumerate() {
+            let vj = &cache.v[base + j * hd..base + (j + 1) * hd];
+            let p = p / z;
+            for (o, &x) in out.iter_mut().zip(vj) {
+                *o += p * x;
+            }
+        }
+    });
+}

@@ -1,0 +1,146 @@
+//! A model with a KV cache for the causal decoders: each pass feeds every row its own tokens
+//! after its cached prefix and exposes the logits per (row, fed token). It runs on one of two
+//! backends, chosen explicitly ([`Backend`]): the host backend for plain f32 CPU models (a
+//! pass allocates nothing), candle's forward with a [`KvCache`] for everything else.
+
+use super::{host, Attention, KvCache, Transformer};
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+
+/// Which implementation of the recipe runs a cached forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Host slices and reused buffers (`model::host`): plain f32 CPU weights only.
+    Host,
+    /// candle ops with a [`KvCache`]: any device and dtype.
+    Candle,
+}
+
+impl Backend {
+    /// The host backend where it applies, candle elsewhere.
+    pub fn for_model(model: &Transformer) -> Self {
+        if host::applies(model) {
+            Backend::Host
+        } else {
+            Backend::Candle
+        }
+    }
+}
+
+/// Rows of different lengths padded with `pad` to the longest (at least 1): ids [B, T] and
+/// each row's real length.
+pub fn padded(inputs: &[Vec<u32>], pad: u32, device: &Device) -> Result<(Tensor, Vec<usize>)> {
+    let t = inputs.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
+    let valid: Vec<usize> = inputs.iter().map(|r| r.len()).collect();
+    let ids: Vec<u32> = inputs
+        .iter()
+        .flat_map(|r| {
+            r.iter()
+                .copied()
+                .chain(std::iter::repeat_n(pad, t - r.len()))
+        })
+        .collect();
+    Ok((Tensor::from_vec(ids, (inputs.len(), t), device)?, valid))
+}
+
+pub struct Session<'m>(Inner<'m>);
+
+enum Inner<'m> {
+    Host(Box<host::HostPass<'m>>),
+    Candle {
+        model: &'m Transformer,
+        cache: KvCache,
+        /// The last pass's logits [B, T, V], on the host.
+        logits: Vec<f32>,
+        t: usize,
+        pad: u32,
+    },
+}
+
+impl<'m> Session<'m> {
+    /// A session for `batch` rows. `positions`: the most any row will hold (prompt + new
+    /// tokens); `scratch`: extra room candle's cache needs for a padded window; `pad`: the id
+    /// padding rows on candle's backend.
+    pub fn new(
+        model: &'m Transformer,
+        backend: Backend,
+        batch: usize,
+        positions: usize,
+        scratch: usize,
+        pad: u32,
+    ) -> Result<Self> {
+        let c = &model.cfg;
+        Ok(Self(match backend {
+            Backend::Host => {
+                let capacity = positions.min(c.max_seq_len);
+                match host::HostPass::new(model, batch, capacity) {
+                    Some(p) => Inner::Host(Box::new(p)),
+                    None => bail!("the host backend needs plain f32 CPU weights"),
+                }
+            }
+            Backend::Candle => Inner::Candle {
+                model,
+                cache: KvCache::new(
+                    c.n_layers,
+                    batch,
+                    c.heads().kv,
+                    c.head_dim(),
+                    c.max_seq_len + scratch,
+                    model.dtype(),
+                    model.device(),
+                )?,
+                logits: Vec::new(),
+                t: 0,
+                pad,
+            },
+        }))
+    }
+
+    /// One causal pass: row r feeds `inputs[r]` (possibly empty) after its cached prefix.
+    pub fn forward(&mut self, inputs: &[Vec<u32>]) -> Result<()> {
+        match &mut self.0 {
+            Inner::Host(p) => p.forward(inputs),
+            Inner::Candle {
+                model,
+                cache,
+                logits,
+                t,
+                pad,
+            } => {
+                let (ids, valid) = padded(inputs, *pad, model.device())?;
+                let l = model.forward_padded(&ids, &valid, Attention::Causal, Some(cache))?;
+                *t = l.dim(1)?;
+                *logits = l.flatten_all()?.to_vec1::<f32>()?;
+                Ok(())
+            }
+        }
+    }
+
+    pub fn lens(&self) -> &[usize] {
+        match &self.0 {
+            Inner::Host(p) => p.lens(),
+            Inner::Candle { cache, .. } => cache.lens(),
+        }
+    }
+
+    pub fn truncate_row(&mut self, row: usize, len: usize) {
+        match &mut self.0 {
+            Inner::Host(p) => p.truncate_row(row, len),
+            Inner::Candle { cache, .. } => cache.truncate_row(row, len),
+        }
+    }
+
+    /// Logits of the last pass for row `row` after its `i`-th fed token.
+    pub fn logits(&self, row: usize, i: usize) -> &[f32] {
+        match &self.0 {
+            Inner::Host(p) => p.logits(row, i),
+            Inner::Candle {
+                model, logits, t, ..
+            } => {
+                let v = model.cfg.vocab_size;
+                let at = (row * t + i) * v;
+                &logits[at..at + v]
+            }
+        }
+    }
+}

@@ -33,6 +33,7 @@ fn decoding_allocates_nothing_per_token() {
             sampling: Sampling::default(),
             seed: 0,
             stop: None,
+            backend: None,
         };
         let before = allocations().0;
         let g = d.generate(&model, &prompt, &opts, &mut |_| {}).unwrap();

@@ -418,6 +418,7 @@ fn opts(max_new: usize, sampling: Sampling, seed: u64) -> GenOptions<'static> {
         sampling,
         seed,
         stop: None,
+        backend: None,
     }
 }
 

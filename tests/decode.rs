@@ -10,15 +10,15 @@ use card::data::{Prepared, TextTokenizer};
 use card::decode::{
     ArDecoder, CardDecoder, CommitMode, Decoder, Floor, GenOptions, Generation, Sampling, StepTrace,
 };
-use card::model::{Attention, KvCache, Transformer};
+use card::model::{Attention, Backend, KvCache, Transformer};
 use card::train::Trainer;
 use std::sync::OnceLock;
 
 struct Fixture {
     data: Prepared,
     model: Transformer,
-    /// The trained weights twice: as plain tensors (the host engine decodes them) and as
-    /// training `Var`s (candle's forward with `KvCache` decodes them).
+    /// The trained weights twice: as plain tensors (either backend decodes them) and as
+    /// training `Var`s (only candle's forward with `KvCache` does).
     plain: Transformer,
     vars: Transformer,
 }
@@ -66,6 +66,7 @@ fn opts(max_new: usize, sampling: Sampling, seed: u64) -> GenOptions<'static> {
         sampling,
         seed,
         stop: None,
+        backend: None,
     }
 }
 
@@ -375,9 +376,18 @@ fn host_engine_logits_equal_full_recomputation() {
 
 #[test]
 fn host_engine_and_candle_path_decode_alike() {
-    // The same weights decoded by the two implementations of the cached forward.
+    // The same weights decoded by the two backends of the cached forward.
     let f = fixture();
-    let o = opts(24, Sampling::default(), 0);
+    assert_eq!(Backend::for_model(&f.plain), Backend::Host);
+    assert_eq!(
+        Backend::for_model(&f.vars),
+        Backend::Candle,
+        "training Vars"
+    );
+    let on = |backend| GenOptions {
+        backend: Some(backend),
+        ..opts(24, Sampling::default(), 0)
+    };
     let card = CardDecoder {
         block_size: 4,
         step_limit: 4,
@@ -385,8 +395,12 @@ fn host_engine_and_candle_path_decode_alike() {
         ..CardDecoder::default()
     };
     for d in [&ArDecoder as &dyn Decoder, &card] {
-        let a = d.generate(&f.plain, &prompts(), &o, &mut |_| {}).unwrap();
-        let b = d.generate(&f.vars, &prompts(), &o, &mut |_| {}).unwrap();
+        let a = d
+            .generate(&f.plain, &prompts(), &on(Backend::Host), &mut |_| {})
+            .unwrap();
+        let b = d
+            .generate(&f.plain, &prompts(), &on(Backend::Candle), &mut |_| {})
+            .unwrap();
         for (ra, rb) in a.rows.iter().zip(&b.rows) {
             assert_eq!(ra.tokens, rb.tokens, "{}: tokens differ", d.name());
             assert_eq!(ra.forward_passes, rb.forward_passes, "{}", d.name());

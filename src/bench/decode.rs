@@ -4,7 +4,7 @@
 
 use super::median;
 use crate::data::{TextTokenizer, PROMPTS};
-use crate::decode::{ArDecoder, CardDecoder, Decoder, GenOptions, Generation, Sampling};
+use crate::decode::{CardDecoder, Decoder, DecoderSpec, GenOptions, Generation};
 use crate::eval::quality::{continuation_nll, repeated_ngram_rate, unigram_entropy};
 use crate::model::Transformer;
 use anyhow::Result;
@@ -145,17 +145,13 @@ pub fn bench_decode(
             }
             // EOS is disabled (an id no token has) so every run generates exactly `len` tokens.
             let opts = GenOptions {
-                max_new_tokens: len,
                 eos_id: u32::MAX,
-                mask_id: tok.mask_id(),
-                sampling: Sampling::default(),
-                seed: 0,
-                stop: None,
+                ..GenOptions::new(len, tok)
             };
-            let mut decoders: Vec<(String, Box<dyn Decoder>, Option<CardDecoder>)> =
-                vec![("ar".into(), Box::new(ArDecoder), None)];
+            let mut decoders: Vec<(DecoderSpec, Option<CardDecoder>)> =
+                vec![(DecoderSpec::Ar, None)];
             for c in &cfg.grid {
-                decoders.push(("card".into(), Box::new(c.clone()), Some(c.clone())));
+                decoders.push((DecoderSpec::Card(c.clone()), Some(c.clone())));
             }
             // Rounds interleaved across decoders, so drift on a busy machine hits all alike.
             let mut tps = vec![Vec::new(); decoders.len()];
@@ -164,10 +160,11 @@ pub fn bench_decode(
             let mut alloc_bytes = vec![Vec::new(); decoders.len()];
             let mut last: Vec<Option<Generation>> = vec![None; decoders.len()];
             for round in 0..cfg.rounds.max(1) {
-                for (i, (name, d, card)) in decoders.iter().enumerate() {
+                for (i, (d, card)) in decoders.iter().enumerate() {
                     progress(&format!(
-                        "batch {batch}, {len} tokens, round {}: {name} {card:?}",
-                        round + 1
+                        "batch {batch}, {len} tokens, round {}: {} {card:?}",
+                        round + 1,
+                        d.name()
                     ));
                     let (count0, bytes0) = crate::runtime::alloc::allocations();
                     let g = d.generate(model, &prompts, &opts, &mut |_| {})?;
@@ -182,7 +179,7 @@ pub fn bench_decode(
                 bandwidths.push(stream.sample()?);
             }
             let ar_tps = median(&mut tps[0]);
-            for (i, (name, _, card)) in decoders.into_iter().enumerate() {
+            for (i, (d, card)) in decoders.into_iter().enumerate() {
                 let g = last[i].take().expect("at least one round");
                 let tokens_per_s = median(&mut tps[i]);
                 let (ent, rep, nll) = quality(model, &prompts, &g)?;
@@ -190,7 +187,7 @@ pub fn bench_decode(
                 out.push(DecodeBench {
                     batch,
                     max_new_tokens: len,
-                    decoder: name,
+                    decoder: d.name().to_string(),
                     block_size: card.as_ref().map(|c| c.block_size),
                     step_limit: card.as_ref().map(|c| c.step_limit),
                     threshold: card.as_ref().map(|c| c.threshold),

@@ -2,12 +2,11 @@
 
 use crate::bench::{bench_decode, bench_train, DecodeBenchConfig};
 use crate::checkpoint;
-use crate::config::{Config, ObjectiveKind};
+use crate::config::{Choice, Config, ObjectiveKind};
 use crate::data::load_data;
 use crate::decode::CardDecoder;
 use crate::runtime::device as default_device;
-use anyhow::{bail, Result};
-use clap::ValueEnum;
+use anyhow::{bail, Context, Result};
 use std::io::IsTerminal;
 
 #[derive(clap::Args, Debug)]
@@ -82,18 +81,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
 fn parse_objectives(s: &str) -> Result<Vec<ObjectiveKind>> {
     if s == "all" {
-        return Ok(ObjectiveKind::value_variants().to_vec());
+        return Ok(ObjectiveKind::ALL.iter().map(|c| c.0).collect());
     }
     s.split(',')
         .map(|o| {
-            ObjectiveKind::from_str(o.trim(), true).map_err(|_| {
+            ObjectiveKind::from_name(&o.trim().to_lowercase()).ok_or_else(|| {
                 anyhow::anyhow!(
                     "unknown objective '{o}' (known: {}, all)",
-                    ObjectiveKind::value_variants()
-                        .iter()
-                        .map(|v| v.name())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    ObjectiveKind::names().join(", ")
                 )
             })
         })
@@ -174,22 +169,7 @@ fn train(a: TrainBenchArgs) -> Result<()> {
 fn parse_grid(items: &[String]) -> Result<Vec<CardDecoder>> {
     items
         .iter()
-        .map(|g| {
-            let parts: Vec<&str> = g.split(':').collect();
-            let bad =
-                || anyhow::anyhow!("--grid entry '{g}' must look like K:T_max:τ, e.g. 8:8:0.9");
-            if parts.len() != 3 {
-                return Err(bad());
-            }
-            let d = CardDecoder {
-                block_size: parts[0].parse().map_err(|_| bad())?,
-                step_limit: parts[1].parse().map_err(|_| bad())?,
-                threshold: parts[2].parse().map_err(|_| bad())?,
-                ..CardDecoder::default()
-            };
-            d.validate()?;
-            Ok(d)
-        })
+        .map(|g| CardDecoder::from_setting(g).context("--grid"))
         .collect()
 }
 

@@ -1,8 +1,8 @@
 //! `card eval`: validation loss, perplexity and bits per byte at t = 0 (exact likelihood),
 //! CARD's loss as a function of t, zero-shot tasks, LAMBADA and generation quality.
 
+use super::generate::{decoder_names, DecoderArgs};
 use crate::checkpoint;
-use crate::cli::generate::CardArgs;
 use crate::data::eval_files::TASKS;
 use crate::decode::Sampling;
 use crate::eval::report::{evaluate, EvalOptions, EvalReport, GenerationEval};
@@ -39,15 +39,16 @@ pub struct EvalArgs {
     /// Sample from the fixed prompt set and report generation quality.
     #[arg(long)]
     pub generation: bool,
-    /// Decoder for --generation: ar, or card with --block-size/--step-limit/--threshold.
-    #[arg(long, default_value = "ar")]
-    pub gen_decoder: String,
+    /// Decoder for --generation (settings as for `card generate`) [default: the
+    /// checkpoint's own].
+    #[arg(long, value_parser = decoder_names())]
+    pub gen_decoder: Option<String>,
     #[arg(long, default_value_t = 8)]
     pub gen_samples: usize,
     #[arg(long, default_value_t = 64)]
     pub gen_length: usize,
     #[command(flatten)]
-    pub card: CardArgs,
+    pub settings: DecoderArgs,
     /// Sampling temperature for --generation (0 = greedy).
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f64,
@@ -84,18 +85,14 @@ pub fn run(a: EvalArgs) -> Result<()> {
         bail!("--limit must be at least 1");
     }
     let generation = if a.generation {
-        let card = match a.gen_decoder.as_str() {
-            "ar" => None,
-            "card" => Some(a.card.decoder()?),
-            other => bail!("unknown --gen-decoder '{other}' (ar, card)"),
-        };
+        let decoder = a.settings.spec(a.gen_decoder.as_deref(), &ckpt.config)?;
         let sampling = Sampling {
             temperature: a.temperature,
             ..Sampling::default()
         };
         sampling.validate()?;
         Some(GenerationEval {
-            card,
+            decoder,
             samples: a.gen_samples.max(1),
             length: a.gen_length.max(1),
             sampling,

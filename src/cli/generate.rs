@@ -1,27 +1,21 @@
 //! `card generate`: decode from a checkpoint with AR or CARD dynamic parallel decoding (or
-//! the MDLM / BD3LM samplers for those baselines), printing statistics, optionally streaming committed text and writing a per-step trace.
+//! the MDLM / BD3LM samplers for those baselines), printing statistics, optionally streaming
+//! committed text and writing a per-step trace.
 
+use super::values::choice;
 use crate::checkpoint;
-use crate::config::ObjectiveKind;
+use crate::config::Config;
 use crate::data::TextTokenizer;
+use crate::decode::text::{cut_at_stop, TextStream};
 use crate::decode::{
-    ArDecoder, Bd3lmDecoder, CardDecoder, CommitMode, Decoder, Floor, GenOptions, Generation,
-    MdlmDecoder, Reveal, Sampling, StepTrace,
+    CardDecoder, CommitMode, Decoder, DecoderSpec, Floor, GenOptions, Generation, Knobs, Reveal,
+    Sampling, StepTrace,
 };
 use crate::runtime::device as default_device;
 use anyhow::{bail, Context, Result};
+use clap::builder::PossibleValuesParser;
 use std::io::Write;
 use std::path::PathBuf;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DecoderKind {
-    Ar,
-    Card,
-    /// MDLM ancestral denoising of a fixed-length canvas (MDLM checkpoints).
-    Mdlm,
-    /// BD3LM block-by-block denoising with a KV cache (BD3LM checkpoints).
-    Bd3lm,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Truncate {
@@ -29,9 +23,9 @@ pub enum Truncate {
     Left,
 }
 
-/// CARD decoding knobs, shared by `generate` and `eval --generation`.
+/// Decoder settings, shared by `generate` and `eval --generation`.
 #[derive(clap::Args, Debug, Clone)]
-pub struct CardArgs {
+pub struct DecoderArgs {
     /// CARD: K, slots decoded in parallel.
     #[arg(long, default_value_t = CardDecoder::default().block_size)]
     pub block_size: usize,
@@ -41,28 +35,45 @@ pub struct CardArgs {
     /// CARD (and BD3LM --reveal confidence): τ in [0, 1], commit slots at least this confident.
     #[arg(long, default_value_t = CardDecoder::default().threshold)]
     pub threshold: f64,
-    #[arg(long, value_enum, default_value = "leftmost")]
+    /// CARD: the slot committed when none reaches τ.
+    #[arg(long, value_parser = choice::<Floor>(), default_value = "leftmost")]
     pub floor: Floor,
-    #[arg(long, value_enum, default_value = "block")]
+    #[arg(long, value_parser = choice::<CommitMode>(), default_value = "block")]
     pub commit: CommitMode,
+    /// MDLM: denoising steps over the canvas; BD3LM: steps per block (its block size is the
+    /// checkpoint's) [default: MDLM one per new token, BD3LM one per block slot].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// BD3LM: reveal slots ancestrally or by confidence (≥ --threshold).
+    #[arg(long, value_parser = choice::<Reveal>(), default_value = "ancestral")]
+    pub reveal: Reveal,
 }
 
-impl CardArgs {
-    /// The validated decoder (τ must lie in [0, 1] on the command line).
-    pub fn decoder(&self) -> Result<CardDecoder> {
-        if !(0.0..=1.0).contains(&self.threshold) {
-            bail!("--threshold τ must be in [0, 1], got {}", self.threshold);
-        }
-        let card = CardDecoder {
-            block_size: self.block_size,
-            step_limit: self.step_limit,
-            threshold: self.threshold,
-            floor: self.floor,
-            commit: self.commit,
+impl DecoderArgs {
+    /// The decoder `name` (default: the checkpoint's own) with these settings, refused when it
+    /// cannot run the checkpoint.
+    pub fn spec(&self, name: Option<&str>, cfg: &Config) -> Result<DecoderSpec> {
+        let knobs = Knobs {
+            block_size: Some(self.block_size),
+            step_limit: Some(self.step_limit),
+            threshold: Some(self.threshold),
+            floor: Some(self.floor),
+            commit: Some(self.commit),
+            steps: self.steps,
+            reveal: Some(self.reveal),
         };
-        card.validate()?;
-        Ok(card)
+        let spec = match name {
+            Some(n) => DecoderSpec::parse(n, &knobs, cfg)?,
+            None => DecoderSpec::default_for(cfg),
+        };
+        spec.check_fits(cfg.train.objective)?;
+        Ok(spec)
     }
+}
+
+/// The `--decoder` values.
+pub fn decoder_names() -> PossibleValuesParser {
+    PossibleValuesParser::new(DecoderSpec::NAMES)
 }
 
 #[derive(clap::Args, Debug)]
@@ -77,17 +88,12 @@ pub struct GenerateArgs {
     pub prompt_file: Vec<PathBuf>,
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
-    #[arg(long, value_enum, default_value = "ar")]
-    pub decoder: DecoderKind,
+    /// ar, card, mdlm or bd3lm [default: the checkpoint's own: ar for ARM and CARD, the
+    /// samplers for MDLM and BD3LM].
+    #[arg(long, value_parser = decoder_names())]
+    pub decoder: Option<String>,
     #[command(flatten)]
-    pub card: CardArgs,
-    /// MDLM: denoising steps over the canvas; BD3LM: steps per block (its block size is the
-    /// checkpoint's) [default: MDLM one per new token, BD3LM one per block slot].
-    #[arg(long)]
-    pub steps: Option<usize>,
-    /// BD3LM: reveal slots ancestrally or by confidence (≥ --threshold).
-    #[arg(long, value_enum, default_value = "ancestral")]
-    pub reveal: Reveal,
+    pub settings: DecoderArgs,
     /// 0 = greedy.
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f64,
@@ -127,34 +133,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         repetition_penalty: a.repetition_penalty,
     };
     sampling.validate()?;
-    let card = a.card.decoder()?;
-    if a.steps == Some(0) {
-        bail!("--steps must be at least 1");
-    }
     let device = default_device()?;
     let ckpt = checkpoint::open(&a.checkpoint, &device, !a.no_ema)?;
-    let decoder: Box<dyn Decoder> = match a.decoder {
-        DecoderKind::Ar => Box::new(ArDecoder),
-        DecoderKind::Card => Box::new(card),
-        DecoderKind::Mdlm => Box::new(MdlmDecoder {
-            steps: a.steps.unwrap_or(0),
-        }),
-        DecoderKind::Bd3lm => Box::new(Bd3lmDecoder {
-            block_size: ckpt.config.bd3lm.block_size,
-            steps: a.steps.unwrap_or(0),
-            reveal: a.reveal,
-            threshold: card.threshold,
-        }),
-    };
-    let objective = ckpt.state.objective;
-    if !decoder.fits(objective) {
-        bail!(
-            "a {} checkpoint cannot be decoded with --decoder {}; decoders that fit: {}",
-            objective.name(),
-            decoder.name(),
-            fitting_decoders(objective).join(", ")
-        );
-    }
+    let decoder = a.settings.spec(a.decoder.as_deref(), &ckpt.config)?;
     let (tok, model) = (&ckpt.tokenizer, &ckpt.model);
     let mut texts = a.prompt.clone();
     for f in &a.prompt_file {
@@ -202,9 +183,6 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         stops.iter().any(|s| text.contains(s.as_str()))
     };
     let opts = GenOptions {
-        max_new_tokens: a.max_new_tokens,
-        eos_id: tok.eot_id(),
-        mask_id: tok.mask_id(),
         sampling,
         seed: a.seed,
         stop: if a.stop.is_empty() {
@@ -212,6 +190,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         } else {
             Some(&stop_fn)
         },
+        ..GenOptions::new(a.max_new_tokens, tok)
     };
     let mut trace_file = match &a.trace {
         Some(p) => Some(std::io::BufWriter::new(
@@ -220,10 +199,16 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         )),
         None => None,
     };
-    let mut streamer = Streamer::new(tok, a.stream);
+    // Row 0's committed text, printed as it becomes final.
+    let mut stream = a.stream.then(|| TextStream::new(a.max_new_tokens));
+    let print = |text: Option<String>| {
+        if let Some(t) = text {
+            print!("{t}");
+            let _ = std::io::stdout().flush();
+        }
+    };
     if a.stream {
-        print!("{}", texts[0]);
-        std::io::stdout().flush()?;
+        print(Some(texts[0].clone()));
     }
     let mut trace_err: Option<anyhow::Error> = None;
     let result = decoder.generate(model, &prompts, &opts, &mut |step: &StepTrace| {
@@ -232,7 +217,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
                 trace_err.get_or_insert(e);
             }
         }
-        streamer.on_step(step);
+        if let Some(s) = stream.as_mut().filter(|_| step.row == 0) {
+            s.commit(&step.committed);
+            print(s.delta(tok, &a.stop));
+        }
     })?;
     if let Some(e) = trace_err {
         return Err(e.context("writing the trace"));
@@ -240,21 +228,11 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if let Some(mut f) = trace_file {
         f.flush()?;
     }
-    streamer.finish(&result);
-    report(&a, &texts, &prompts, &result, tok)
-}
-
-fn fitting_decoders(objective: ObjectiveKind) -> Vec<&'static str> {
-    let all: [Box<dyn Decoder>; 4] = [
-        Box::new(ArDecoder),
-        Box::new(CardDecoder::default()),
-        Box::new(MdlmDecoder::default()),
-        Box::new(Bd3lmDecoder::default()),
-    ];
-    all.iter()
-        .filter(|d| d.fits(objective))
-        .map(|d| d.name())
-        .collect()
+    if let Some(s) = stream.as_mut() {
+        print(s.finish(tok, &result.rows[0].tokens, &a.stop));
+        println!();
+    }
+    report(&a, decoder.name(), &texts, &prompts, &result, tok)
 }
 
 fn write_trace(f: &mut impl Write, step: &StepTrace, tok: &TextTokenizer) -> Result<()> {
@@ -271,80 +249,17 @@ fn write_trace(f: &mut impl Write, step: &StepTrace, tok: &TextTokenizer) -> Res
     Ok(())
 }
 
-/// Prints the left-contiguous committed text of row 0 as it grows.
-struct Streamer<'a> {
-    tok: &'a TextTokenizer,
-    on: bool,
-    tokens: Vec<Option<u32>>,
-    printed: String,
-}
-
-impl<'a> Streamer<'a> {
-    fn new(tok: &'a TextTokenizer, on: bool) -> Self {
-        Self {
-            tok,
-            on,
-            tokens: Vec::new(),
-            printed: String::new(),
-        }
-    }
-
-    fn on_step(&mut self, step: &StepTrace) {
-        if !self.on || step.row != 0 {
-            return;
-        }
-        for c in &step.committed {
-            if self.tokens.len() <= c.pos {
-                self.tokens.resize(c.pos + 1, None);
-            }
-            self.tokens[c.pos] = Some(c.token);
-        }
-        let prefix: Vec<u32> = self
-            .tokens
-            .iter()
-            .map_while(|t| *t)
-            .filter(|&t| t != self.tok.eot_id())
-            .collect();
-        self.emit(&prefix);
-    }
-
-    fn emit(&mut self, tokens: &[u32]) {
-        let text = self.tok.decode(tokens).unwrap_or_default();
-        // Hold back a trailing partial UTF-8 sequence (shown as U+FFFD) until it completes.
-        let text = text.trim_end_matches('\u{FFFD}');
-        if let Some(new) = text.strip_prefix(self.printed.as_str()) {
-            print!("{new}");
-            let _ = std::io::stdout().flush();
-            self.printed = text.to_string();
-        }
-    }
-
-    fn finish(&mut self, result: &Generation) {
-        if self.on {
-            self.emit(&result.rows[0].tokens);
-            println!();
-        }
-    }
-}
-
-fn cut_at_stop(text: &str, stops: &[String]) -> String {
-    let cut = stops
-        .iter()
-        .filter_map(|s| text.find(s.as_str()))
-        .min()
-        .unwrap_or(text.len());
-    text[..cut].to_string()
-}
-
 fn report(
     a: &GenerateArgs,
+    decoder: &str,
     texts: &[String],
     prompts: &[Vec<u32>],
     g: &Generation,
     tok: &TextTokenizer,
 ) -> Result<()> {
     for (i, row) in g.rows.iter().enumerate() {
-        let text = cut_at_stop(&tok.decode(&row.tokens)?, &a.stop);
+        let decoded = tok.decode(&row.tokens)?;
+        let (text, _) = cut_at_stop(&decoded, &a.stop);
         if a.json {
             let obj = serde_json::json!({
                 "prompt": texts[i],
@@ -355,7 +270,7 @@ fn report(
                 "tokens_per_forward": row.tokens.len() as f64 / row.forward_passes.max(1) as f64,
                 "tokens_per_s": row.tokens.len() as f64 / g.elapsed_s.max(1e-9),
                 "finish": row.finish,
-                "decoder": a.decoder_name(),
+                "decoder": decoder,
                 "elapsed_s": g.elapsed_s,
             });
             println!("{obj}");
@@ -368,22 +283,11 @@ fn report(
     }
     eprintln!(
         "{} decoder: {} tokens in {} forward passes ({:.2} tokens/forward), {:.1} tokens/s (prompt excluded)",
-        a.decoder_name(),
+        decoder,
         g.generated_tokens(),
         g.forward_passes,
         g.tokens_per_forward(),
         g.tokens_per_s()
     );
     Ok(())
-}
-
-impl GenerateArgs {
-    fn decoder_name(&self) -> &'static str {
-        match self.decoder {
-            DecoderKind::Ar => "ar",
-            DecoderKind::Card => "card",
-            DecoderKind::Mdlm => "mdlm",
-            DecoderKind::Bd3lm => "bd3lm",
-        }
-    }
 }

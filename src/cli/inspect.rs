@@ -1,5 +1,6 @@
 //! `card inspect`: look at the noise schedule, a preset's parameter count, a resolved config.
 
+use super::values::choice;
 use crate::config::{Config, MaskCount, MaskMode, NoiseConfig, WeightsConfig};
 use crate::model::{Params, Transformer};
 use crate::noise::tail_mask;
@@ -44,9 +45,9 @@ pub struct NoiseArgs {
     /// Tail factor λ ≥ 1 (window width ⌈λN⌉).
     #[arg(long = "lambda", default_value_t = NoiseConfig::default().tail_factor)]
     pub tail_factor: f64,
-    #[arg(long, value_enum, default_value = "soft")]
+    #[arg(long, value_parser = choice::<MaskMode>(), default_value = "soft")]
     pub mode: MaskMode,
-    #[arg(long, value_enum, default_value = "exact")]
+    #[arg(long, value_parser = choice::<MaskCount>(), default_value = "exact")]
     pub count: MaskCount,
     /// Reweighting decay p in (0, 1].
     #[arg(long, default_value_t = WeightsConfig::default().p)]

@@ -1,5 +1,6 @@
 //! `card train`: train a model from a preset, or continue a run exactly.
 
+use super::values::choice;
 use crate::checkpoint;
 use crate::config::{Config, ObjectiveKind};
 use crate::data::load_data;
@@ -16,7 +17,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub preset: Option<String>,
     /// Training objective (overrides train.objective).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<ObjectiveKind>())]
     pub objective: Option<ObjectiveKind>,
     /// Run directory for checkpoints and metrics.jsonl [default: runs/<preset>-<objective>].
     #[arg(long)]
@@ -126,25 +127,11 @@ fn quick_sample(
     model: &crate::model::Transformer,
     tok: &TextTokenizer,
 ) -> Result<String> {
-    use crate::decode::{ArDecoder, Bd3lmDecoder, Decoder, GenOptions, MdlmDecoder, Sampling};
-    let decoder: Box<dyn Decoder> = match cfg.train.objective {
-        ObjectiveKind::Arm | ObjectiveKind::Card => Box::new(ArDecoder),
-        ObjectiveKind::Mdlm => Box::new(MdlmDecoder::default()),
-        ObjectiveKind::Bd3lm => Box::new(Bd3lmDecoder {
-            block_size: cfg.bd3lm.block_size,
-            ..Bd3lmDecoder::default()
-        }),
-    };
+    use crate::decode::{Decoder, DecoderSpec, GenOptions};
+    let decoder = DecoderSpec::default_for(cfg);
     let prompt = tok.encode("Alice")?;
     let max_new = 40.min(model.cfg.max_seq_len.saturating_sub(prompt.len()));
-    let opts = GenOptions {
-        max_new_tokens: max_new,
-        eos_id: tok.eot_id(),
-        mask_id: tok.mask_id(),
-        sampling: Sampling::default(),
-        seed: 0,
-        stop: None,
-    };
+    let opts = GenOptions::new(max_new, tok);
     let g = decoder.generate(model, &[prompt], &opts, &mut |_| {})?;
     tok.decode(&g.rows[0].tokens)
 }

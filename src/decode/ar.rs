@@ -1,10 +1,10 @@
 //! Autoregressive decoding: prefill the prompt, then one token per forward pass.
 
 use super::{
-    check_budget, row_rng, Decoder, Finish, GenOptions, Generation, RowOutput, SlotTrace, StepTrace,
+    check_budget, row_rng, Decoder, GenOptions, Generation, Progress, SlotTrace, StepTrace,
 };
 use crate::config::ObjectiveKind;
-use crate::model::{Backend, Session, Transformer};
+use crate::model::{Session, Transformer};
 use anyhow::Result;
 use std::time::Instant;
 
@@ -30,24 +30,11 @@ impl Decoder for ArDecoder {
         let start = Instant::now();
         let b = prompts.len();
         let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-        let backend = Backend::for_model(model);
-        let mut stepper = Session::new(
-            model,
-            backend,
-            b,
-            longest + opts.max_new_tokens,
-            longest + 1,
-            opts.eos_id,
-        )?;
+        let positions = longest + opts.max_new_tokens;
+        let backend = opts.backend_for(model);
+        let mut session = Session::new(model, backend, b, positions, longest + 1, opts.eos_id)?;
         let mut rngs: Vec<_> = (0..b).map(|r| row_rng(opts.seed, r)).collect();
-        let mut rows: Vec<RowOutput> = (0..b)
-            .map(|_| RowOutput {
-                tokens: Vec::with_capacity(opts.max_new_tokens),
-                forward_passes: 0,
-                finish: Finish::Length,
-            })
-            .collect();
-        let mut done = vec![opts.max_new_tokens == 0; b];
+        let mut rows: Vec<Progress> = (0..b).map(|_| Progress::new(opts)).collect();
         let mut inputs: Vec<Vec<u32>> = prompts.to_vec();
         let mut forwards = 0;
         // One trace buffer for every step: the loop allocates nothing of its own per token.
@@ -58,16 +45,16 @@ impl Decoder for ArDecoder {
             slots: Vec::with_capacity(1),
             committed: Vec::with_capacity(1),
         };
-        while done.iter().any(|d| !d) {
-            stepper.forward(&inputs)?;
+        while rows.iter().any(|r| !r.done) {
+            session.forward(&inputs)?;
             forwards += 1;
-            for r in 0..b {
-                if done[r] {
+            for (r, row) in rows.iter_mut().enumerate() {
+                if row.done {
+                    inputs[r].clear();
                     continue;
                 }
-                let row = &mut rows[r];
-                row.forward_passes += 1;
-                let l = stepper.logits(r, inputs[r].len() - 1);
+                row.forwards += 1;
+                let l = session.logits(r, inputs[r].len() - 1);
                 let context = [prompts[r].as_slice(), row.tokens.as_slice()];
                 let (tok, conf) = opts
                     .sampling
@@ -84,29 +71,13 @@ impl Decoder for ArDecoder {
                 trace.committed.clear();
                 trace.committed.push(slot);
                 on_step(&trace);
-                if tok == opts.eos_id {
-                    (done[r], row.finish) = (true, Finish::Eos);
-                } else {
-                    row.tokens.push(tok);
-                    if opts.stop.is_some_and(|s| s(r, &row.tokens)) {
-                        (done[r], row.finish) = (true, Finish::Stop);
-                    } else if row.tokens.len() >= opts.max_new_tokens {
-                        done[r] = true;
-                    }
-                }
+                row.push(r, tok, opts);
                 inputs[r].clear();
-                inputs[r].push(tok);
-            }
-            for r in 0..b {
-                if done[r] {
-                    inputs[r].clear();
+                if !row.done {
+                    inputs[r].push(tok);
                 }
             }
         }
-        Ok(Generation {
-            rows,
-            forward_passes: forwards,
-            elapsed_s: start.elapsed().as_secs_f64(),
-        })
+        Ok(Generation::from_rows(rows, forwards, start))
     }
 }

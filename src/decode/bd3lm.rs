@@ -15,10 +15,10 @@
 
 use super::mdlm::{ancestral_reveal, Slot};
 use super::{
-    check_budget, logits_at, new_cache, row_rng, Decoder, Finish, GenOptions, Generation,
-    RowOutput, StepTrace,
+    check_budget, logits_at, new_cache, row_rng, Decoder, GenOptions, Generation, Progress,
+    StepTrace,
 };
-use crate::config::ObjectiveKind;
+use crate::config::{Choice, ObjectiveKind};
 use crate::model::visibility::block_causal_bias;
 use crate::model::{padded, Attention, KvCache, Transformer};
 use anyhow::{bail, Result};
@@ -26,8 +26,23 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
+impl Choice for Reveal {
+    const ALL: &'static [(Self, &'static str, &'static str)] = &[
+        (
+            Self::Ancestral,
+            "ancestral",
+            "each masked slot with probability 1/k at step k of T",
+        ),
+        (
+            Self::Confidence,
+            "confidence",
+            "every slot at least τ-confident, else the most confident",
+        ),
+    ];
+}
+
 /// How the slots of a block are revealed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Reveal {
     /// Each masked slot with probability 1/k at step k of T (the reverse process).
@@ -70,10 +85,7 @@ struct Row {
     fixed: usize,
     step: usize,
     stale: bool,
-    gen: Vec<u32>,
-    done: bool,
-    finish: Finish,
-    forwards: usize,
+    progress: Progress,
 }
 
 impl Bd3lmDecoder {
@@ -195,23 +207,20 @@ impl Decoder for Bd3lmDecoder {
                     fixed: 0,
                     step: 0,
                     stale: true,
-                    gen: Vec::new(),
-                    done: opts.max_new_tokens == 0,
-                    finish: Finish::Length,
-                    forwards: 0,
+                    progress: Progress::new(opts),
                 };
-                if !row.done {
+                if !row.progress.done {
                     self.open_block(&mut row, p.len(), opts.max_new_tokens);
                 }
                 row
             })
             .collect();
         let mut forwards = 0;
-        while rows.iter().any(|r| !r.done) {
+        while rows.iter().any(|r| !r.progress.done) {
             let inputs: Vec<Vec<u32>> = rows
                 .iter()
                 .map(|r| {
-                    if r.done || !r.stale {
+                    if r.progress.done || !r.stale {
                         return Vec::new();
                     }
                     let clean = &r.text[r.cached..];
@@ -232,7 +241,7 @@ impl Decoder for Bd3lmDecoder {
                 None
             };
             for (r, row) in rows.iter_mut().enumerate() {
-                if row.done {
+                if row.progress.done {
                     continue;
                 }
                 if !inputs[r].is_empty() {
@@ -241,7 +250,7 @@ impl Decoder for Bd3lmDecoder {
                     let block_at = row.block_start - row.cached;
                     cache.truncate_row(r, row.block_start);
                     row.cached = row.block_start;
-                    row.forwards += 1;
+                    row.progress.forwards += 1;
                     row.stale = false;
                     for j in 0..row.slots.len() {
                         if row.slots[j].token.is_some() {
@@ -261,7 +270,7 @@ impl Decoder for Bd3lmDecoder {
                     row.slots[j].token = Some(row.slots[j].cand);
                 }
                 row.stale = !chosen.is_empty();
-                let first = row.gen.len();
+                let first = row.progress.tokens.len();
                 on_step(&StepTrace {
                     row: r,
                     forward: forwards,
@@ -283,37 +292,17 @@ impl Decoder for Bd3lmDecoder {
                 // The block is complete: accept it, then open the next one.
                 for s in std::mem::take(&mut row.slots) {
                     let tok = s.token.expect("complete block");
-                    if tok == opts.eos_id {
-                        (row.done, row.finish) = (true, Finish::Eos);
+                    if !row.progress.push(r, tok, opts) || row.progress.done {
                         break;
                     }
-                    row.gen.push(tok);
                     row.text.push(tok);
-                    if opts.stop.is_some_and(|f| f(r, &row.gen)) {
-                        (row.done, row.finish) = (true, Finish::Stop);
-                        break;
-                    }
                 }
-                if !row.done && row.gen.len() >= opts.max_new_tokens {
-                    row.done = true;
-                }
-                if !row.done {
+                if !row.progress.done {
                     self.open_block(row, prompts[r].len(), opts.max_new_tokens);
                 }
             }
         }
-        let rows = rows
-            .into_iter()
-            .map(|r| RowOutput {
-                tokens: r.gen,
-                forward_passes: r.forwards,
-                finish: r.finish,
-            })
-            .collect();
-        Ok(Generation {
-            rows,
-            forward_passes: forwards,
-            elapsed_s: start.elapsed().as_secs_f64(),
-        })
+        let rows = rows.into_iter().map(|r| r.progress).collect();
+        Ok(Generation::from_rows(rows, forwards, start))
     }
 }

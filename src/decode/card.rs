@@ -9,16 +9,46 @@
 //! keys/values at the start of the next pass (which also predicts the next window's slot 1).
 
 use super::{
-    check_budget, row_rng, Decoder, Finish, GenOptions, Generation, RowOutput, SlotTrace, StepTrace,
+    check_budget, row_rng, Decoder, GenOptions, Generation, Progress, SlotTrace, StepTrace,
 };
-use crate::config::ObjectiveKind;
-use crate::model::{Backend, Session, Transformer};
+use crate::config::{Choice, ObjectiveKind};
+use crate::model::{Session, Transformer};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
+impl Choice for Floor {
+    const ALL: &'static [(Self, &'static str, &'static str)] = &[
+        (
+            Self::Leftmost,
+            "leftmost",
+            "the leftmost masked slot (AR-like)",
+        ),
+        (
+            Self::MostConfident,
+            "most-confident",
+            "the most confident masked slot",
+        ),
+    ];
+}
+
+impl Choice for CommitMode {
+    const ALL: &'static [(Self, &'static str, &'static str)] = &[
+        (
+            Self::Block,
+            "block",
+            "fill the whole block of K slots, then open the next",
+        ),
+        (
+            Self::Sliding,
+            "sliding",
+            "commit the filled left run and keep K slots pending",
+        ),
+    ];
+}
+
 /// Which slot to commit when no masked slot reaches the threshold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Floor {
     /// The leftmost masked slot (AR-like).
@@ -27,7 +57,7 @@ pub enum Floor {
     MostConfident,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CommitMode {
     /// Fill the whole block of K slots, then open the next one.
@@ -71,16 +101,13 @@ struct Slot {
 }
 
 struct Row {
-    gen: Vec<u32>,
+    progress: Progress,
     /// Committed tokens whose keys/values are not in the cache yet (the prompt at first).
     pending: Vec<u32>,
     window: Vec<Slot>,
     /// Logits predicting window[0] (from the last committed position).
     slot0: Vec<f32>,
     step: usize,
-    done: bool,
-    finish: Finish,
-    forwards: usize,
 }
 
 impl CardDecoder {
@@ -130,22 +157,13 @@ impl CardDecoder {
     }
 }
 
-/// Append committed tokens to a row, stopping at EOS, a stop condition or the budget.
+/// Commit tokens to a row (they get their keys/values in the next pass) until it finishes.
 fn accept(r: usize, row: &mut Row, tokens: &[u32], opts: &GenOptions) {
     for &tok in tokens {
-        if tok == opts.eos_id {
-            (row.done, row.finish) = (true, Finish::Eos);
+        if !row.progress.push(r, tok, opts) || row.progress.done {
             return;
         }
-        row.gen.push(tok);
         row.pending.push(tok);
-        if opts.stop.is_some_and(|s| s(r, &row.gen)) {
-            (row.done, row.finish) = (true, Finish::Stop);
-            return;
-        }
-    }
-    if row.gen.len() >= opts.max_new_tokens {
-        row.done = true;
     }
 }
 
@@ -172,27 +190,18 @@ impl Decoder for CardDecoder {
         let b = prompts.len();
         let k = self.block_size;
         let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-        let backend = Backend::for_model(model);
-        let mut stepper = Session::new(
-            model,
-            backend,
-            b,
-            longest + opts.max_new_tokens,
-            longest + 2 * k,
-            opts.eos_id,
-        )?;
+        let positions = longest + opts.max_new_tokens;
+        let backend = opts.backend_for(model);
+        let mut stepper = Session::new(model, backend, b, positions, longest + 2 * k, opts.eos_id)?;
         let mut rngs: Vec<_> = (0..b).map(|r| row_rng(opts.seed, r)).collect();
         let mut rows: Vec<Row> = prompts
             .iter()
             .map(|p| Row {
-                gen: Vec::with_capacity(opts.max_new_tokens),
+                progress: Progress::new(opts),
                 pending: p.clone(),
                 window: Vec::with_capacity(k),
                 slot0: Vec::new(),
                 step: 0,
-                done: opts.max_new_tokens == 0,
-                finish: Finish::Length,
-                forwards: 0,
             })
             .collect();
         let mut forwards = 0;
@@ -210,8 +219,8 @@ impl Decoder for CardDecoder {
         };
         loop {
             // Open windows: a new block, or top up a sliding window to K slots.
-            for row in rows.iter_mut().filter(|r| !r.done) {
-                let room = opts.max_new_tokens - row.gen.len() - row.window.len();
+            for row in rows.iter_mut().filter(|r| !r.progress.done) {
+                let room = opts.max_new_tokens - row.progress.tokens.len() - row.window.len();
                 let want = match self.commit {
                     CommitMode::Block if row.window.is_empty() => k.min(room),
                     CommitMode::Block => 0,
@@ -228,12 +237,12 @@ impl Decoder for CardDecoder {
                 };
                 row.window.extend(std::iter::repeat_n(fresh, want));
             }
-            if rows.iter().all(|r| r.done) {
+            if rows.iter().all(|r| r.progress.done) {
                 break;
             }
             for (input, r) in inputs.iter_mut().zip(&rows) {
                 input.clear();
-                if !r.done {
+                if !r.progress.done {
                     let drafts = r.window[..r.window.len() - 1]
                         .iter()
                         .map(|s| s.token.unwrap_or(opts.mask_id));
@@ -247,12 +256,12 @@ impl Decoder for CardDecoder {
                 stepper.forward(&inputs)?;
             }
             for (r, row) in rows.iter_mut().enumerate() {
-                if row.done {
+                if row.progress.done {
                     continue;
                 }
                 let p = row.pending.len();
                 stepper.truncate_row(r, before[r] + p);
-                row.forwards += 1;
+                row.progress.forwards += 1;
                 row.step += 1;
                 if p > 0 {
                     let l = stepper.logits(r, p - 1);
@@ -271,7 +280,7 @@ impl Decoder for CardDecoder {
                     } else {
                         stepper.logits(r, p + j - 1)
                     };
-                    let context = [prompts[r].as_slice(), row.gen.as_slice()];
+                    let context = [prompts[r].as_slice(), row.progress.tokens.as_slice()];
                     let (cand, conf) =
                         opts.sampling
                             .pick(l, &context, &[opts.mask_id], &mut rngs[r]);
@@ -282,7 +291,7 @@ impl Decoder for CardDecoder {
                     row.window[j].token = Some(row.window[j].cand);
                 }
                 let slot_trace = |j: usize, s: &Slot| SlotTrace {
-                    pos: row.gen.len() + j,
+                    pos: row.progress.tokens.len() + j,
                     token: s.token.unwrap_or(s.cand),
                     confidence: s.conf,
                     masked: s.token.is_none(),
@@ -309,23 +318,12 @@ impl Decoder for CardDecoder {
                 tokens.clear();
                 tokens.extend(row.window.drain(..ready).map(|s| s.token.expect("filled")));
                 accept(r, row, &tokens, opts);
-                if row.done {
+                if row.progress.done {
                     row.window.clear();
                 }
             }
         }
-        let rows = rows
-            .into_iter()
-            .map(|r| RowOutput {
-                tokens: r.gen,
-                forward_passes: r.forwards,
-                finish: r.finish,
-            })
-            .collect();
-        Ok(Generation {
-            rows,
-            forward_passes: forwards,
-            elapsed_s: start.elapsed().as_secs_f64(),
-        })
+        let rows = rows.into_iter().map(|r| r.progress).collect();
+        Ok(Generation::from_rows(rows, forwards, start))
     }
 }

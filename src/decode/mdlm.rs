@@ -7,8 +7,8 @@
 //! skipped and its predictions reused.
 
 use super::{
-    check_budget, logits_at, row_rng, Decoder, Finish, GenOptions, Generation, RowOutput,
-    SlotTrace, StepTrace,
+    check_budget, logits_at, row_rng, Decoder, GenOptions, Generation, Progress, SlotTrace,
+    StepTrace,
 };
 use crate::config::ObjectiveKind;
 use crate::model::{padded, Attention, Transformer};
@@ -80,32 +80,19 @@ pub(crate) fn bidirectional_logits(
 
 struct Row {
     slots: Vec<Slot>,
-    /// Left-contiguous revealed tokens accepted so far (before EOS/stop).
-    gen: Vec<u32>,
+    /// The left-contiguous revealed tokens accepted so far.
+    progress: Progress,
     /// The slots changed since the predictions in `slots` were made.
     stale: bool,
-    done: bool,
-    finish: Finish,
-    forwards: usize,
 }
 
-/// Move newly left-contiguous revealed slots into `gen`, stopping at EOS or a stop match.
+/// Accept the newly left-contiguous revealed slots (the canvas holds exactly the budget).
 fn accept_prefix(r: usize, row: &mut Row, opts: &GenOptions) {
-    while !row.done && row.gen.len() < row.slots.len() {
-        let Some(tok) = row.slots[row.gen.len()].token else {
+    while !row.progress.done {
+        let Some(tok) = row.slots[row.progress.tokens.len()].token else {
             return;
         };
-        if tok == opts.eos_id {
-            (row.done, row.finish) = (true, Finish::Eos);
-            return;
-        }
-        row.gen.push(tok);
-        if opts.stop.is_some_and(|s| s(r, &row.gen)) {
-            (row.done, row.finish) = (true, Finish::Stop);
-        }
-    }
-    if row.gen.len() == row.slots.len() {
-        row.done = true;
+        row.progress.push(r, tok, opts);
     }
 }
 
@@ -134,21 +121,18 @@ impl Decoder for MdlmDecoder {
             .iter()
             .map(|_| Row {
                 slots: vec![Slot::masked(); n],
-                gen: Vec::new(),
+                progress: Progress::new(opts),
                 stale: true,
-                done: n == 0,
-                finish: Finish::Length,
-                forwards: 0,
             })
             .collect();
         let mut forwards = 0;
         for step in 1..=steps.max(1) {
-            if rows.iter().all(|r| r.done) {
+            if rows.iter().all(|r| r.progress.done) {
                 break;
             }
             // Refresh the predictions of the rows whose canvas changed.
             let fresh: Vec<usize> = (0..rows.len())
-                .filter(|&r| !rows[r].done && rows[r].stale)
+                .filter(|&r| !rows[r].progress.done && rows[r].stale)
                 .collect();
             if !fresh.is_empty() {
                 let canvases: Vec<Vec<u32>> = fresh
@@ -166,14 +150,14 @@ impl Decoder for MdlmDecoder {
                 for (i, &r) in fresh.iter().enumerate() {
                     let p = prompts[r].len();
                     let row = &mut rows[r];
-                    row.forwards += 1;
+                    row.progress.forwards += 1;
                     row.stale = false;
                     for j in 0..n {
                         if row.slots[j].token.is_some() {
                             continue;
                         }
                         let l = logits_at(&logits, i, p + j)?;
-                        let context = [prompts[r].as_slice(), row.gen.as_slice()];
+                        let context = [prompts[r].as_slice(), row.progress.tokens.as_slice()];
                         let (cand, conf) =
                             opts.sampling
                                 .pick(&l, &context, &[opts.mask_id], &mut rngs[r]);
@@ -182,7 +166,7 @@ impl Decoder for MdlmDecoder {
                 }
             }
             for (r, row) in rows.iter_mut().enumerate() {
-                if row.done {
+                if row.progress.done {
                     continue;
                 }
                 let chosen = ancestral_reveal(&row.slots, step, steps, &mut rngs[r]);
@@ -205,18 +189,7 @@ impl Decoder for MdlmDecoder {
                 accept_prefix(r, row, opts);
             }
         }
-        let rows = rows
-            .into_iter()
-            .map(|r| RowOutput {
-                tokens: r.gen,
-                forward_passes: r.forwards,
-                finish: r.finish,
-            })
-            .collect();
-        Ok(Generation {
-            rows,
-            forward_passes: forwards,
-            elapsed_s: start.elapsed().as_secs_f64(),
-        })
+        let rows = rows.into_iter().map(|r| r.progress).collect();
+        Ok(Generation::from_rows(rows, forwards, start))
     }
 }

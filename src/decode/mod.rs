@@ -1,25 +1,34 @@
 //! Decoders are strategies over the same model and KV cache: autoregressive, CARD's
 //! confidence-based dynamic parallel decoding, and the diffusion baselines' samplers (MDLM,
-//! BD3LM). All report the same statistics and emit the
-//! same per-step trace, which the CLI, the benchmarks and the playground read.
+//! BD3LM). All keep a row's progress the same way ([`Progress`]), report the same statistics
+//! and emit the same per-step trace, which the CLI, the benchmarks and the playground read.
+//! [`DecoderSpec`] is how every caller names and builds one; [`text`] turns committed
+//! tokens into streamed text.
 
 pub mod ar;
 pub mod bd3lm;
 pub mod card;
 pub mod mdlm;
+mod progress;
 pub mod sampling;
+pub mod spec;
+pub mod text;
 
 use crate::config::ObjectiveKind;
-use crate::model::{KvCache, Transformer};
+use crate::data::TextTokenizer;
+use crate::model::{Backend, KvCache, Transformer};
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 use serde::Serialize;
+use std::time::Instant;
 
 pub use ar::ArDecoder;
 pub use bd3lm::{Bd3lmDecoder, Reveal};
 pub use card::{CardDecoder, CommitMode, Floor};
 pub use mdlm::MdlmDecoder;
+pub use progress::Progress;
 pub use sampling::Sampling;
+pub use spec::{DecoderSpec, Knobs};
 
 /// Called with (row index, the row's generated tokens) after each commit; true stops the row.
 pub type StopFn<'a> = &'a dyn Fn(usize, &[u32]) -> bool;
@@ -32,6 +41,27 @@ pub struct GenOptions<'a> {
     pub sampling: Sampling,
     pub seed: u64,
     pub stop: Option<StopFn<'a>>,
+    /// The causal decoders' backend (None: `Backend::for_model`).
+    pub backend: Option<Backend>,
+}
+
+impl GenOptions<'_> {
+    /// Greedy decoding of `max_new_tokens` with the tokenizer's special ids, seed 0.
+    pub fn new(max_new_tokens: usize, tok: &TextTokenizer) -> Self {
+        Self {
+            max_new_tokens,
+            eos_id: tok.eot_id(),
+            mask_id: tok.mask_id(),
+            sampling: Sampling::default(),
+            seed: 0,
+            stop: None,
+            backend: None,
+        }
+    }
+
+    pub(crate) fn backend_for(&self, model: &Transformer) -> Backend {
+        self.backend.unwrap_or_else(|| Backend::for_model(model))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -63,6 +93,15 @@ pub struct Generation {
 }
 
 impl Generation {
+    /// The result of rows that ran `forward_passes` batched passes since `start`.
+    pub(crate) fn from_rows(rows: Vec<Progress>, forward_passes: usize, start: Instant) -> Self {
+        Self {
+            rows: rows.into_iter().map(Progress::output).collect(),
+            forward_passes,
+            elapsed_s: start.elapsed().as_secs_f64(),
+        }
+    }
+
     pub fn generated_tokens(&self) -> usize {
         self.rows.iter().map(|r| r.tokens.len()).sum()
     }

@@ -9,7 +9,7 @@ use super::{bits_per_byte, held_out, loss_vs_t, BoundBudget, NoisePoint};
 use crate::checkpoint::Opened;
 use crate::config::ObjectiveKind;
 use crate::data::{eval_files, eval_windows, load_data, TextTokenizer, PROMPTS};
-use crate::decode::{ArDecoder, CardDecoder, Decoder, GenOptions, Sampling};
+use crate::decode::{Decoder, DecoderSpec, GenOptions, Sampling};
 use crate::model::Transformer;
 use crate::objective::{self, HeldOut};
 use anyhow::{bail, Result};
@@ -56,8 +56,7 @@ impl Default for EvalOptions {
 /// Sample with a decoder from the fixed prompt set and measure the samples.
 #[derive(Debug, Clone)]
 pub struct GenerationEval {
-    /// None = AR decoding.
-    pub card: Option<CardDecoder>,
+    pub decoder: DecoderSpec,
     pub samples: usize,
     pub length: usize,
     pub sampling: Sampling,
@@ -220,17 +219,8 @@ fn generation_quality(
     objective: ObjectiveKind,
     g: &GenerationEval,
 ) -> Result<GenerationReport> {
-    let decoder: Box<dyn Decoder> = match &g.card {
-        Some(c) => Box::new(c.clone()),
-        None => Box::new(ArDecoder),
-    };
-    if !decoder.fits(objective) {
-        bail!(
-            "a {} checkpoint cannot be sampled with the {} decoder",
-            objective.name(),
-            decoder.name()
-        );
-    }
+    let decoder = &g.decoder;
+    decoder.check_fits(objective)?;
     let prompts: Vec<Vec<u32>> = (0..g.samples)
         .map(|i| tok.encode(PROMPTS[i % PROMPTS.len()]))
         .collect::<Result<_>>()?;
@@ -244,12 +234,9 @@ fn generation_quality(
         );
     }
     let opts = GenOptions {
-        max_new_tokens: length,
-        eos_id: tok.eot_id(),
-        mask_id: tok.mask_id(),
         sampling: g.sampling.clone(),
         seed: g.seed,
-        stop: None,
+        ..GenOptions::new(length, tok)
     };
     let out = decoder.generate(model, &prompts, &opts, &mut |_| {})?;
     // The judge reads the samples as text, so its tokenizer may differ.

@@ -4,9 +4,15 @@
 //! finished run keeps its `result.json` and is skipped on the next call, an interrupted one
 //! resumes from its last checkpoint.
 
-pub mod paper;
+pub mod data_efficiency;
+pub mod decoding_calibration;
+pub mod ema;
+pub mod masking_ablation;
+pub mod objectives;
 pub mod plot;
 pub mod report;
+pub mod tail_factor;
+mod variants;
 
 use crate::checkpoint;
 use crate::config::Config;
@@ -270,12 +276,12 @@ pub fn run(name: &str, opts: ExpOptions) -> Result<PathBuf> {
         .with_context(|| format!("cannot create {}", opts.out.display()))?;
     let mut runner = Runner::new(opts);
     match name {
-        "masking-ablation" => paper::masking_ablation(&mut runner),
-        "tail-factor" => paper::tail_factor(&mut runner),
-        "objectives" => paper::objectives(&mut runner),
-        "decoding-calibration" => paper::decoding_calibration(&mut runner),
-        "data-efficiency" => paper::data_efficiency(&mut runner),
-        "ema" => paper::ema(&mut runner),
+        "masking-ablation" => masking_ablation::run(&mut runner),
+        "tail-factor" => tail_factor::run(&mut runner),
+        "objectives" => objectives::run(&mut runner),
+        "decoding-calibration" => decoding_calibration::run(&mut runner),
+        "data-efficiency" => data_efficiency::run(&mut runner),
+        "ema" => ema::run(&mut runner),
         other => anyhow::bail!("unknown experiment '{other}' (known: {})", NAMES.join(", ")),
     }?;
     Ok(runner.opts.out.join("report.md"))

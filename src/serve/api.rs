@@ -1,20 +1,24 @@
-//! Request parsing and validation for the OpenAI-compatible endpoints, and the OpenAI-style
-//! error body. Status codes: 400 when the body is not JSON or a field has the wrong JSON type
-//! or a required one is missing; 422 when it parses but a value is unacceptable (out of range,
-//! unknown decoder, unknown field, too long for the model's context); 413 for a body over the
-//! limit; 404 for an unknown model.
+//! Validation of the OpenAI-compatible requests (typed in `request.rs`) into jobs, and the
+//! OpenAI-style error body. Status codes: 400 when the body is not JSON or a field has the
+//! wrong JSON type or a required one is missing; 422 when it parses but a value is
+//! unacceptable (out of range, unknown decoder, unknown field, too long for the model's
+//! context); 413 for a body over the limit; 404 for an unknown model.
 
-use super::engine::{DecodeSettings, DecoderChoice, JobSpec};
+use super::request::{self, Content, Int, Prompt, Request, Stop};
+use super::scheduler::{DecodeSettings, JobSpec};
+use crate::config::Config;
 use crate::data::TextTokenizer;
-use crate::decode::{CardDecoder, Decoder, Sampling};
+use crate::decode::{Decoder, DecoderSpec, Knobs, Sampling};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 pub const MAX_N: i64 = 16;
 pub const MAX_PROMPTS: usize = 32;
 pub const MAX_ROWS: usize = 64;
 pub const MAX_STOPS: usize = 4;
+/// The decoders the server runs (the causal ones: they share the batched KV cache).
+pub const DECODERS: [&str; 2] = ["ar", "card"];
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -49,15 +53,6 @@ impl ApiError {
         self
     }
 
-    fn bad_type(p: &str, want: &str) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_type",
-            format!("'{p}' must be {want}"),
-        )
-        .param(p)
-    }
-
     fn bad_value(p: &str, msg: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", msg).param(p)
     }
@@ -88,9 +83,22 @@ pub struct ModelInfo {
     pub id: String,
     pub context: usize,
     pub vocab: usize,
+    /// The checkpoint's config (its objective decides which decoders fit).
+    pub config: Config,
+    /// The server's decoders that fit the checkpoint.
+    pub decoders: Vec<&'static str>,
+    /// CARD's parallel decoding where it fits, else AR.
     pub default_decoder: &'static str,
-    pub card_fits: bool,
-    pub ar_fits: bool,
+}
+
+impl ModelInfo {
+    /// The server's decoders that fit a checkpoint.
+    pub fn decoders_for(cfg: &Config) -> Vec<&'static str> {
+        DecoderSpec::fitting(cfg.train.objective)
+            .into_iter()
+            .filter(|d| DECODERS.contains(d))
+            .collect()
+    }
 }
 
 /// A parsed request: the job plus what the response needs.
@@ -101,62 +109,59 @@ pub struct Parsed {
     pub include_usage: bool,
 }
 
-pub fn parse_json(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("the request body is not valid JSON: {e}"),
-        )
-    })?;
-    match v {
-        Value::Object(m) => Ok(m),
-        _ => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            "the request body must be a JSON object",
-        )),
-    }
+/// Fields only some endpoints take: an endpoint refuses the others by name.
+fn endpoint_fields(r: &Request) -> [(&'static str, bool); 9] {
+    [
+        ("prompt", r.prompt.is_some()),
+        ("echo", r.echo.is_some()),
+        ("best_of", r.best_of.is_some()),
+        ("suffix", r.suffix.is_some()),
+        ("messages", r.messages.is_some()),
+        ("max_completion_tokens", r.max_completion_tokens.is_some()),
+        ("tools", r.tools.is_some()),
+        ("functions", r.functions.is_some()),
+        ("top_logprobs", r.top_logprobs.is_some()),
+    ]
 }
 
-const COMMON: &[&str] = &[
-    "model",
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "repetition_penalty",
-    "ignore_eos",
-    "stop",
-    "seed",
-    "n",
-    "stream",
-    "stream_options",
-    "user",
-    "decoder",
-    "block_size",
-    "step_limit",
-    "threshold",
-    "presence_penalty",
-    "frequency_penalty",
-    "logprobs",
-    "logit_bias",
-];
-
-/// Fields accepted only at values that change nothing.
-fn check_inert(m: &Map<String, Value>) -> Result<(), ApiError> {
-    for (k, v) in m {
-        let inert = match k.as_str() {
-            "presence_penalty" | "frequency_penalty" => v.is_null() || v.as_f64() == Some(0.0),
-            "logprobs" | "echo" => v.is_null() || v == &Value::Bool(false),
-            "logit_bias" | "suffix" | "top_logprobs" => {
-                v.is_null() || v.as_object().is_some_and(|o| o.is_empty())
-            }
-            "best_of" => v.is_null() || v.as_i64() == Some(1) || m.get("n") == Some(v),
-            "tools" | "functions" => v.is_null() || v.as_array().is_some_and(|a| a.is_empty()),
-            _ => true,
-        };
-        if !inert {
+/// Refuse fields the endpoint does not take, and OpenAI fields at values that would change
+/// something (only their defaults are supported).
+fn check_fields(r: &Request, takes: &[&str]) -> Result<(), ApiError> {
+    for (field, present) in endpoint_fields(r) {
+        if present && !takes.contains(&field) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_parameter",
+                format!("unrecognized request argument supplied: {field}"),
+            )
+            .param(field));
+        }
+    }
+    let zero = |v: &Value| v.is_null() || v.as_f64() == Some(0.0);
+    let off = |v: &Value| v.is_null() || v == &Value::Bool(false);
+    let empty_map = |v: &Value| v.is_null() || v.as_object().is_some_and(|o| o.is_empty());
+    let empty_list = |v: &Value| v.is_null() || v.as_array().is_some_and(|a| a.is_empty());
+    let n = r.n.map(|Int(n)| Value::from(n));
+    let one_or_n = |v: &Value| v.is_null() || v.as_i64() == Some(1) || Some(v) == n.as_ref();
+    type Inert<'a> = (&'a str, &'a Option<Value>, &'a dyn Fn(&Value) -> bool);
+    let inert: [Inert; 9] = [
+        ("presence_penalty", &r.presence_penalty, &zero),
+        ("frequency_penalty", &r.frequency_penalty, &zero),
+        ("logprobs", &r.logprobs, &off),
+        ("echo", &r.echo, &off),
+        ("logit_bias", &r.logit_bias, &empty_map),
+        ("suffix", &r.suffix, &empty_map),
+        ("top_logprobs", &r.top_logprobs, &empty_map),
+        ("best_of", &r.best_of, &one_or_n),
+        ("tools", &r.tools, &empty_list),
+    ];
+    let functions = [(
+        "functions",
+        &r.functions,
+        &empty_list as &dyn Fn(&Value) -> bool,
+    )];
+    for (k, v, ok) in inert.into_iter().chain(functions) {
+        if v.as_ref().is_some_and(|v| !ok(v)) {
             return Err(ApiError::bad_value(
                 k,
                 format!("'{k}' is not supported by this server (only its default value is)"),
@@ -166,65 +171,24 @@ fn check_inert(m: &Map<String, Value>) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_known(m: &Map<String, Value>, extra: &[&str]) -> Result<(), ApiError> {
-    for k in m.keys() {
-        if !COMMON.contains(&k.as_str()) && !extra.contains(&k.as_str()) {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unknown_parameter",
-                format!("unrecognized request argument supplied: {k}"),
-            )
-            .param(k));
-        }
-    }
-    check_inert(m)
-}
-
-fn get<'a>(m: &'a Map<String, Value>, k: &str) -> Option<&'a Value> {
-    m.get(k).filter(|v| !v.is_null())
-}
-
-fn int(m: &Map<String, Value>, k: &str) -> Result<Option<i64>, ApiError> {
-    match get(m, k) {
-        None => Ok(None),
-        Some(v) => match (v.as_i64(), v.as_u64(), v.as_f64()) {
-            (Some(i), _, _) => Ok(Some(i)),
-            (None, Some(_), _) => Ok(Some(i64::MAX)),
-            // Whole numbers written as floats (1e30 included) are range-checked, not type errors.
-            (None, None, Some(f)) if f.fract() == 0.0 => Ok(Some(f as i64)),
-            _ => Err(ApiError::bad_type(k, "an integer")),
-        },
-    }
-}
-
-fn int_in(m: &Map<String, Value>, k: &str, lo: i64, hi: i64) -> Result<Option<usize>, ApiError> {
-    match int(m, k)? {
-        Some(v) if v < lo || v > hi => Err(ApiError::bad_value(
+fn int_in(v: Option<Int>, k: &str, lo: i64, hi: i64) -> Result<Option<usize>, ApiError> {
+    match v {
+        Some(Int(v)) if v < lo || v > hi => Err(ApiError::bad_value(
             k,
             format!("'{k}' must be between {lo} and {hi}, got {v}"),
         )),
-        v => Ok(v.map(|v| v as usize)),
-    }
-}
-
-fn num(m: &Map<String, Value>, k: &str) -> Result<Option<f64>, ApiError> {
-    match get(m, k) {
-        None => Ok(None),
-        Some(v) => v
-            .as_f64()
-            .map(Some)
-            .ok_or_else(|| ApiError::bad_type(k, "a number")),
+        v => Ok(v.map(|Int(v)| v as usize)),
     }
 }
 
 fn num_in(
-    m: &Map<String, Value>,
+    v: Option<f64>,
     k: &str,
     lo: f64,
     hi: f64,
     lo_open: bool,
 ) -> Result<Option<f64>, ApiError> {
-    match num(m, k)? {
+    match v {
         Some(v) if !(v <= hi && (v > lo || (!lo_open && v == lo))) => {
             let l = if lo_open { "(" } else { "[" };
             Err(ApiError::bad_value(
@@ -236,29 +200,11 @@ fn num_in(
     }
 }
 
-fn boolean(m: &Map<String, Value>, k: &str) -> Result<bool, ApiError> {
-    match get(m, k) {
-        None => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err(ApiError::bad_type(k, "a boolean")),
-    }
-}
-
-fn stops(m: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
-    let list: Vec<String> = match get(m, "stop") {
+fn stops(stop: Option<Stop>) -> Result<Vec<String>, ApiError> {
+    let list = match stop {
         None => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| v.as_str().map(str::to_string))
-            .collect::<Option<_>>()
-            .ok_or_else(|| ApiError::bad_type("stop", "a string or an array of strings"))?,
-        Some(_) => {
-            return Err(ApiError::bad_type(
-                "stop",
-                "a string or an array of strings",
-            ))
-        }
+        Some(Stop::One(s)) => vec![s],
+        Some(Stop::Many(v)) => v,
     };
     if list.len() > MAX_STOPS {
         return Err(ApiError::bad_value(
@@ -286,12 +232,9 @@ struct Common {
     max_tokens: Option<usize>,
 }
 
-fn common(m: &Map<String, Value>, info: &ModelInfo, max_key: &str) -> Result<Common, ApiError> {
-    if let Some(model) = get(m, "model") {
-        let model = model
-            .as_str()
-            .ok_or_else(|| ApiError::bad_type("model", "a string"))?;
-        if model != info.id {
+fn common(r: &mut Request, info: &ModelInfo, max_key: &str) -> Result<Common, ApiError> {
+    if let Some(model) = &r.model {
+        if model != &info.id {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "model_not_found",
@@ -304,72 +247,51 @@ fn common(m: &Map<String, Value>, info: &ModelInfo, max_key: &str) -> Result<Com
         }
     }
     let ctx = info.context as i64;
-    let max_tokens = int_in(m, max_key, 1, ctx - 1)?;
+    let max = if max_key == "max_tokens" {
+        r.max_tokens
+    } else {
+        r.max_completion_tokens
+    };
+    let max_tokens = int_in(max, max_key, 1, ctx - 1)?;
     let sampling = Sampling {
-        temperature: num_in(m, "temperature", 0.0, 2.0, false)?.unwrap_or(1.0),
-        top_k: int_in(m, "top_k", 0, info.vocab as i64)?.unwrap_or(0),
-        top_p: num_in(m, "top_p", 0.0, 1.0, true)?.unwrap_or(1.0),
-        repetition_penalty: num_in(m, "repetition_penalty", 0.0, 10.0, true)?.unwrap_or(1.0),
+        temperature: num_in(r.temperature, "temperature", 0.0, 2.0, false)?.unwrap_or(1.0),
+        top_k: int_in(r.top_k, "top_k", 0, info.vocab as i64)?.unwrap_or(0),
+        top_p: num_in(r.top_p, "top_p", 0.0, 1.0, true)?.unwrap_or(1.0),
+        repetition_penalty: num_in(r.repetition_penalty, "repetition_penalty", 0.0, 10.0, true)?
+            .unwrap_or(1.0),
     };
-    let decoder = match get(m, "decoder") {
-        None => info.default_decoder,
-        Some(Value::String(s)) => s.as_str(),
-        Some(_) => return Err(ApiError::bad_type("decoder", "a string")),
+    let knobs = Knobs {
+        block_size: int_in(r.block_size, "block_size", 1, ctx)?,
+        step_limit: int_in(r.step_limit, "step_limit", 1, 1024)?,
+        threshold: num_in(r.threshold, "threshold", 0.0, 1.0, false)?,
+        ..Knobs::default()
     };
-    let card = CardDecoder {
-        block_size: int_in(m, "block_size", 1, ctx)?.unwrap_or(CardDecoder::default().block_size),
-        step_limit: int_in(m, "step_limit", 1, 1024)?.unwrap_or(CardDecoder::default().step_limit),
-        threshold: num_in(m, "threshold", 0.0, 1.0, false)?
-            .unwrap_or(CardDecoder::default().threshold),
-        ..CardDecoder::default()
-    };
-    let decoder = match decoder {
-        "ar" if info.ar_fits => DecoderChoice::Ar,
-        "card" if info.card_fits => DecoderChoice::Card(card),
-        "ar" | "card" => {
-            return Err(ApiError::bad_value(
-                "decoder",
-                format!("this checkpoint cannot be decoded with the '{decoder}' decoder"),
-            ))
-        }
-        other => {
-            return Err(ApiError::bad_value(
-                "decoder",
-                format!("unknown decoder '{other}'; use 'ar' or 'card'"),
-            ))
-        }
-    };
-    if let Some(v) = get(m, "stream_options") {
-        if !v.is_object() {
-            return Err(ApiError::bad_type("stream_options", "an object"));
-        }
+    let name = r.decoder.as_deref().unwrap_or(info.default_decoder);
+    if !DECODERS.contains(&name) {
+        let msg = format!("unknown decoder '{name}'; use 'ar' or 'card'");
+        return Err(ApiError::bad_value("decoder", msg));
     }
-    let include_usage = match m.get("stream_options").and_then(|o| o.get("include_usage")) {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            return Err(ApiError::bad_type(
-                "stream_options.include_usage",
-                "a boolean",
-            ))
-        }
-    };
-    if let Some(u) = get(m, "user") {
-        if !u.is_string() {
-            return Err(ApiError::bad_type("user", "a string"));
-        }
+    let decoder = DecoderSpec::parse(name, &knobs, &info.config)
+        .map_err(|e| ApiError::bad_value("decoder", e.to_string()))?;
+    if !decoder.fits(info.config.train.objective) {
+        let msg = format!("this checkpoint cannot be decoded with the '{name}' decoder");
+        return Err(ApiError::bad_value("decoder", msg));
     }
     Ok(Common {
         settings: DecodeSettings {
             decoder,
             sampling,
-            ignore_eos: boolean(m, "ignore_eos")?,
+            ignore_eos: r.ignore_eos.unwrap_or(false),
         },
-        n: int_in(m, "n", 1, MAX_N)?.unwrap_or(1),
-        seed: int(m, "seed")?.map(|s| s as u64),
-        stream: boolean(m, "stream")?,
-        include_usage,
-        stops: stops(m)?,
+        n: int_in(r.n, "n", 1, MAX_N)?.unwrap_or(1),
+        seed: r.seed.map(|Int(s)| s as u64),
+        stream: r.stream.unwrap_or(false),
+        include_usage: r
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
+        stops: stops(r.stop.take())?,
         max_tokens,
     })
 }
@@ -388,65 +310,41 @@ fn encode(tok: &TextTokenizer, text: &str) -> Result<Vec<u32>, ApiError> {
     Ok(ids)
 }
 
-fn token_list(v: &[Value], info: &ModelInfo) -> Result<Vec<u32>, ApiError> {
-    let ids: Vec<u32> = v
-        .iter()
-        .map(|t| {
-            t.as_u64()
-                .filter(|&t| (t as usize) < info.vocab)
-                .map(|t| t as u32)
-        })
-        .collect::<Option<_>>()
-        .ok_or_else(|| {
-            ApiError::bad_value(
-                "prompt",
-                format!("token ids must be integers below {}", info.vocab),
-            )
-        })?;
-    if ids.is_empty() {
+fn token_list(v: &[u64], info: &ModelInfo) -> Result<Vec<u32>, ApiError> {
+    if v.is_empty() {
         return Err(ApiError::bad_value(
             "prompt",
             "a token prompt must not be empty",
         ));
     }
-    Ok(ids)
+    if v.iter().any(|&t| t as usize >= info.vocab) {
+        let msg = format!("token ids must be integers below {}", info.vocab);
+        return Err(ApiError::bad_value("prompt", msg));
+    }
+    Ok(v.iter().map(|&t| t as u32).collect())
 }
 
 fn prompts(
-    m: &Map<String, Value>,
+    p: Option<Prompt>,
     tok: &TextTokenizer,
     info: &ModelInfo,
 ) -> Result<Vec<Vec<u32>>, ApiError> {
-    let bad = || ApiError::bad_type("prompt", "a string, an array of strings, or token ids");
-    let out = match get(m, "prompt") {
+    let out = match p {
         None => vec![encode(tok, "")?],
-        Some(Value::String(s)) => vec![encode(tok, s)?],
-        Some(Value::Array(a)) if a.is_empty() => {
+        Some(Prompt::Text(s)) => vec![encode(tok, &s)?],
+        Some(Prompt::Texts(v)) if v.is_empty() => {
             return Err(ApiError::bad_value("prompt", "the prompt list is empty"))
         }
-        Some(Value::Array(a)) => match &a[0] {
-            Value::String(_) => a
-                .iter()
-                .map(|v| v.as_str().ok_or_else(bad).and_then(|s| encode(tok, s)))
-                .collect::<Result<_, _>>()?,
-            Value::Number(_) => vec![token_list(a, info)?],
-            Value::Array(_) => a
-                .iter()
-                .map(|v| {
-                    v.as_array()
-                        .ok_or_else(bad)
-                        .and_then(|t| token_list(t, info))
-                })
-                .collect::<Result<_, _>>()?,
-            _ => return Err(bad()),
-        },
-        Some(_) => return Err(bad()),
+        Some(Prompt::Texts(v)) => v.iter().map(|s| encode(tok, s)).collect::<Result<_, _>>()?,
+        Some(Prompt::Tokens(t)) => vec![token_list(&t, info)?],
+        Some(Prompt::TokenLists(l)) => l
+            .iter()
+            .map(|t| token_list(t, info))
+            .collect::<Result<_, _>>()?,
     };
     if out.len() > MAX_PROMPTS {
-        return Err(ApiError::bad_value(
-            "prompt",
-            format!("at most {MAX_PROMPTS} prompts per request"),
-        ));
+        let msg = format!("at most {MAX_PROMPTS} prompts per request");
+        return Err(ApiError::bad_value("prompt", msg));
     }
     Ok(out)
 }
@@ -499,19 +397,19 @@ fn finish(
 }
 
 pub fn completion(body: &[u8], tok: &TextTokenizer, info: &ModelInfo) -> Result<Parsed, ApiError> {
-    let m = parse_json(body)?;
-    check_known(&m, &["prompt", "echo", "best_of", "suffix"])?;
-    let c = common(&m, info, "max_tokens")?;
-    let p = prompts(&m, tok, info)?;
+    let mut r = request::parse(body)?;
+    check_fields(&r, &["prompt", "echo", "best_of", "suffix"])?;
+    let c = common(&mut r, info, "max_tokens")?;
+    let p = prompts(r.prompt, tok, info)?;
     finish(c, p, 16, info, false)
 }
 
 /// The playground: one prompt, one choice, with the decoder trace.
 pub fn playground(body: &[u8], tok: &TextTokenizer, info: &ModelInfo) -> Result<Parsed, ApiError> {
-    let m = parse_json(body)?;
-    check_known(&m, &["prompt"])?;
-    let mut c = common(&m, info, "max_tokens")?;
-    let p = prompts(&m, tok, info)?;
+    let mut r = request::parse(body)?;
+    check_fields(&r, &["prompt"])?;
+    let mut c = common(&mut r, info, "max_tokens")?;
+    let p = prompts(r.prompt, tok, info)?;
     if p.len() != 1 || c.n != 1 {
         return Err(ApiError::bad_value(
             "prompt",
@@ -526,24 +424,22 @@ pub fn playground(body: &[u8], tok: &TextTokenizer, info: &ModelInfo) -> Result<
 pub const CHAT_STOP: &str = "\nUser:";
 
 pub fn chat(body: &[u8], tok: &TextTokenizer, info: &ModelInfo) -> Result<Parsed, ApiError> {
-    let m = parse_json(body)?;
-    check_known(
-        &m,
-        &[
-            "messages",
-            "max_completion_tokens",
-            "tools",
-            "functions",
-            "top_logprobs",
-        ],
-    )?;
-    let key = if get(&m, "max_completion_tokens").is_some() {
+    let mut r = request::parse(body)?;
+    let takes = [
+        "messages",
+        "max_completion_tokens",
+        "tools",
+        "functions",
+        "top_logprobs",
+    ];
+    check_fields(&r, &takes)?;
+    let key = if r.max_completion_tokens.is_some() {
         "max_completion_tokens"
     } else {
         "max_tokens"
     };
-    let mut c = common(&m, info, key)?;
-    let Some(msgs) = get(&m, "messages") else {
+    let mut c = common(&mut r, info, key)?;
+    let Some(msgs) = r.messages else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "missing_required_parameter",
@@ -551,9 +447,6 @@ pub fn chat(body: &[u8], tok: &TextTokenizer, info: &ModelInfo) -> Result<Parsed
         )
         .param("messages"));
     };
-    let msgs = msgs
-        .as_array()
-        .ok_or_else(|| ApiError::bad_type("messages", "an array"))?;
     if msgs.is_empty() {
         return Err(ApiError::bad_value(
             "messages",
@@ -561,47 +454,39 @@ pub fn chat(body: &[u8], tok: &TextTokenizer, info: &ModelInfo) -> Result<Parsed
         ));
     }
     let mut text = String::new();
-    for (i, msg) in msgs.iter().enumerate() {
+    for (i, msg) in msgs.into_iter().enumerate() {
         let p = format!("messages[{i}]");
-        let msg = msg
-            .as_object()
-            .ok_or_else(|| ApiError::bad_type(&p, "an object"))?;
-        let role = match msg.get("role").and_then(Value::as_str) {
-            Some("system") | Some("developer") => "System",
-            Some("user") => "User",
-            Some("assistant") => "Assistant",
-            Some(r) => {
+        let role = match msg.role.as_str() {
+            "system" | "developer" => "System",
+            "user" => "User",
+            "assistant" => "Assistant",
+            r => {
                 return Err(ApiError::bad_value(
                     &format!("{p}.role"),
                     format!("unknown role '{r}'"),
                 ))
             }
-            None => return Err(ApiError::bad_type(&format!("{p}.role"), "a string")),
         };
-        let content = match msg.get("content") {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Null) | None if role == "Assistant" => String::new(),
-            Some(Value::Array(parts)) => parts
-                .iter()
-                .map(|part| {
-                    match (
-                        part.get("type").and_then(Value::as_str),
-                        part.get("text").and_then(Value::as_str),
-                    ) {
-                        (Some("text"), Some(t)) => Ok(t),
-                        _ => Err(ApiError::bad_value(
-                            &format!("{p}.content"),
-                            "only text content parts are supported",
-                        )),
+        let content = match msg.content {
+            Some(Content::Text(s)) => s,
+            None if role == "Assistant" => String::new(),
+            None => {
+                let msg = format!("'{p}.content' must be a string or an array of text parts");
+                let e = ApiError::new(StatusCode::BAD_REQUEST, "invalid_type", msg);
+                return Err(e.param(&format!("{p}.content")));
+            }
+            Some(Content::Parts(parts)) => {
+                let mut s = String::new();
+                for part in parts {
+                    match (part.kind.as_str(), part.text) {
+                        ("text", Some(t)) => s.push_str(&t),
+                        _ => {
+                            let msg = "only text content parts are supported";
+                            return Err(ApiError::bad_value(&format!("{p}.content"), msg));
+                        }
                     }
-                })
-                .collect::<Result<Vec<_>, _>>()?
-                .join(""),
-            _ => {
-                return Err(ApiError::bad_type(
-                    &format!("{p}.content"),
-                    "a string or an array of text parts",
-                ))
+                }
+                s
             }
         };
         text.push_str(&format!("{role}: {}\n", content.trim()));
@@ -612,12 +497,4 @@ pub fn chat(body: &[u8], tok: &TextTokenizer, info: &ModelInfo) -> Result<Parsed
     }
     let prompt = encode(tok, &text)?;
     finish(c, vec![prompt], 256, info, false)
-}
-
-/// Which decoders fit a checkpoint's objective.
-pub fn fits(objective: crate::config::ObjectiveKind) -> (bool, bool) {
-    (
-        crate::decode::ArDecoder.fits(objective),
-        CardDecoder::default().fits(objective),
-    )
 }

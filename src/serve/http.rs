@@ -3,7 +3,8 @@
 //! Dropping the response (client gone) drops the ticket, which cancels the job.
 
 use super::api::{self, ApiError, Parsed};
-use super::engine::{Event, JobResult, SubmitError, Ticket};
+use super::rows::JobResult;
+use super::scheduler::{Event, SubmitError, Ticket};
 use super::{now_s, App};
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -80,14 +81,14 @@ async fn start(app: Arc<App>, req: Request, parse: Parser) -> Result<(Parsed, Ti
     let parsed = tokio::task::spawn_blocking(move || parse(&body, &a.tok, &a.info))
         .await
         .map_err(|_| internal("the request parser failed"))??;
-    let ticket = app.engine.submit(parsed.job.clone()).map_err(|e| {
+    let ticket = app.scheduler.submit(parsed.job.clone()).map_err(|e| {
         let mut err = match e {
             SubmitError::QueueFull => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "queue_full",
                 format!(
                     "the server is busy ({} requests queued or running); retry shortly",
-                    app.engine.capacity()
+                    app.scheduler.capacity()
                 ),
             ),
             SubmitError::ShuttingDown => ApiError::new(

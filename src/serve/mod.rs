@@ -5,8 +5,10 @@
 //! compatible requests into one `generate` call and stream committed text back over channels.
 
 pub mod api;
-pub mod engine;
 mod http;
+pub mod request;
+pub mod rows;
+pub mod scheduler;
 
 use crate::checkpoint;
 use crate::data::TextTokenizer;
@@ -17,7 +19,7 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use engine::{Engine, EngineConfig};
+use scheduler::{Scheduler, SchedulerConfig};
 use serde_json::json;
 use std::future::IntoFuture;
 use std::path::PathBuf;
@@ -44,7 +46,7 @@ pub struct ServeOptions {
 }
 
 pub(crate) struct App {
-    pub engine: Arc<Engine>,
+    pub scheduler: Arc<Scheduler>,
     pub tok: TextTokenizer,
     pub info: ModelInfo,
     pub max_body_bytes: usize,
@@ -69,7 +71,6 @@ pub fn run(o: ServeOptions) -> Result<()> {
     let ckpt = checkpoint::open(&o.checkpoint, &device, !o.no_ema)?;
     let (tok, model) = (ckpt.tokenizer, ckpt.model);
     let objective = ckpt.state.objective;
-    let (ar_fits, card_fits) = api::fits(objective);
     let id = o.model_name.clone().unwrap_or_else(|| {
         let run = ckpt
             .dir
@@ -79,18 +80,32 @@ pub fn run(o: ServeOptions) -> Result<()> {
             .unwrap_or_else(|| "model".into());
         format!("card-{}-{run}", objective.name())
     });
+    let decoders = ModelInfo::decoders_for(&ckpt.config);
+    if decoders.is_empty() {
+        anyhow::bail!(
+            "the server decodes with {}; a {} checkpoint needs {}",
+            api::DECODERS.join(" or "),
+            objective.name(),
+            crate::decode::DecoderSpec::fitting(objective).join(" or ")
+        );
+    }
+    let default_decoder = if decoders.contains(&"card") {
+        "card"
+    } else {
+        decoders[0]
+    };
     let info = ModelInfo {
         id,
         context: model.cfg.max_seq_len,
         vocab: tok.vocab_size(),
-        default_decoder: if card_fits { "card" } else { "ar" },
-        card_fits,
-        ar_fits,
+        config: ckpt.config,
+        decoders,
+        default_decoder,
     };
-    let engine = Engine::new(
+    let engine = Scheduler::new(
         model,
         tok.clone(),
-        EngineConfig {
+        SchedulerConfig {
             capacity: o.queue,
             max_batch: o.max_batch,
             workers: o.workers,
@@ -98,7 +113,7 @@ pub fn run(o: ServeOptions) -> Result<()> {
         },
     );
     let app = Arc::new(App {
-        engine: Arc::clone(&engine),
+        scheduler: Arc::clone(&engine),
         tok,
         info,
         max_body_bytes: o.max_body_bytes,
@@ -137,7 +152,7 @@ async fn serve(app: Arc<App>, o: &ServeOptions) -> Result<()> {
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let engine = Arc::clone(&app.engine);
+    let engine = Arc::clone(&app.scheduler);
     let grace = o.shutdown_grace;
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
@@ -211,7 +226,7 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 }
 
 async fn health(axum::extract::State(app): axum::extract::State<Arc<App>>) -> Response {
-    let e = &app.engine;
+    let e = &app.scheduler;
     let s = &e.stats;
     let closed = e.is_closed();
     let body = json!({
@@ -241,11 +256,7 @@ async fn models(
 ) -> Json<serde_json::Value> {
     let i = &app.info;
     let d = crate::decode::CardDecoder::default();
-    let decoders: Vec<&str> = [("ar", i.ar_fits), ("card", i.card_fits)]
-        .iter()
-        .filter(|(_, f)| *f)
-        .map(|(n, _)| *n)
-        .collect();
+    let decoders = &i.decoders;
     Json(json!({"object": "list", "data": [{
         "id": i.id,
         "object": "model",

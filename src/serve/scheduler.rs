@@ -1,18 +1,17 @@
-//! The decoding engine behind `card serve`: a bounded queue of jobs and worker threads that
-//! own no async runtime. A worker takes the oldest waiting job plus every other waiting job
+//! The scheduler behind `card serve`: a bounded queue of jobs and worker threads that own
+//! no async runtime. A worker takes the oldest waiting job plus every other waiting job
 //! with the same decoder settings (up to `max_batch` rows) and decodes them in one batched
 //! `generate` call, so concurrent requests share forward passes instead of waiting in line.
 //!
 //! The decoders take one stop hook for the whole batch, called right after the trace of the
 //! row it is about (`on_step` for row r, then the stop checks of row r's accepted tokens). The
-//! engine uses that order to give every row its own stop strings, token budget and
-//! cancellation flag; a row whose request is gone (client disconnected) stops at its next
-//! commit, and the worker skips jobs cancelled while they wait.
+//! scheduler uses that order to give every row its own stop strings, token budget and
+//! cancellation flag (`rows`); a row whose request is gone (client disconnected) stops at its
+//! next commit, and the worker skips jobs cancelled while they wait.
 
+use super::rows::{job_result, JobResult, JobView, RowState, StepView};
 use crate::data::TextTokenizer;
-use crate::decode::{
-    ArDecoder, CardDecoder, Decoder, Finish, GenOptions, Generation, Sampling, StepTrace,
-};
+use crate::decode::{Decoder, DecoderSpec, GenOptions, Sampling, StepTrace};
 use crate::model::Transformer;
 use serde::Serialize;
 use std::cell::RefCell;
@@ -22,26 +21,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
-/// Which decoder a request runs, with its knobs.
-#[derive(Debug, Clone, PartialEq)]
-pub enum DecoderChoice {
-    Ar,
-    Card(CardDecoder),
-}
-
-impl DecoderChoice {
-    pub fn name(&self) -> &'static str {
-        match self {
-            DecoderChoice::Ar => "ar",
-            DecoderChoice::Card(_) => "card",
-        }
-    }
-}
-
 /// Requests batch together only when these are equal.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecodeSettings {
-    pub decoder: DecoderChoice,
+    /// AR or CARD (the decoders the server offers).
+    pub decoder: DecoderSpec,
     pub sampling: Sampling,
     /// Keep generating past `<|endoftext|>` (vLLM's `ignore_eos`): fixed-length benchmarks.
     pub ignore_eos: bool,
@@ -70,57 +54,6 @@ impl JobSpec {
     fn alone(&self) -> bool {
         self.seed.is_some() && !self.settings.sampling.is_greedy()
     }
-}
-
-/// One slot of a traced step, with its text.
-#[derive(Debug, Clone, Serialize)]
-pub struct SlotView {
-    pub pos: usize,
-    pub token: u32,
-    pub text: String,
-    pub confidence: f32,
-    pub masked: bool,
-}
-
-/// A decoding step of one row, as the playground shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct StepView {
-    pub row: usize,
-    pub forward: usize,
-    pub step: usize,
-    /// Forward passes this row has taken part in so far.
-    pub row_forwards: usize,
-    pub slots: Vec<SlotView>,
-    pub committed: Vec<SlotView>,
-    /// The left-contiguous committed text so far and its token count.
-    pub text: String,
-    pub tokens: usize,
-    pub elapsed_s: f64,
-    /// Rows decoded together in this batch (other requests included).
-    pub batch_rows: usize,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RowResult {
-    pub text: String,
-    pub tokens: usize,
-    pub forward_passes: usize,
-    /// "stop" (end of text or a stop string) or "length".
-    pub finish: &'static str,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct JobResult {
-    pub rows: Vec<RowResult>,
-    pub prompt_tokens: usize,
-    pub completion_tokens: usize,
-    /// Batched forward passes this request needed (the most any of its rows took part in).
-    pub forward_passes: usize,
-    /// Mean over the request's rows of generated tokens per forward pass.
-    pub tokens_per_forward: f64,
-    pub elapsed_s: f64,
-    pub batch_rows: usize,
-    pub decoder: &'static str,
 }
 
 #[derive(Debug)]
@@ -187,17 +120,17 @@ struct Queued {
     _permit: Permit,
 }
 
-pub struct EngineConfig {
+pub struct SchedulerConfig {
     pub capacity: usize,
     pub max_batch: usize,
     pub workers: usize,
     pub step_delay: Duration,
 }
 
-pub struct Engine {
+pub struct Scheduler {
     model: Arc<Transformer>,
     tok: TextTokenizer,
-    cfg: EngineConfig,
+    cfg: SchedulerConfig,
     queue: Mutex<VecDeque<Queued>>,
     ready: Condvar,
     admitted: Arc<AtomicUsize>,
@@ -206,8 +139,8 @@ pub struct Engine {
     pub stats: Stats,
 }
 
-impl Engine {
-    pub fn new(model: Transformer, tok: TextTokenizer, cfg: EngineConfig) -> Arc<Self> {
+impl Scheduler {
+    pub fn new(model: Transformer, tok: TextTokenizer, cfg: SchedulerConfig) -> Arc<Self> {
         Arc::new(Self {
             model: Arc::new(model),
             tok,
@@ -370,10 +303,7 @@ impl Engine {
             .max_batch_rows
             .fetch_max(n_rows, Ordering::SeqCst);
         let spec = &jobs[0].spec;
-        let decoder: Box<dyn Decoder> = match &spec.settings.decoder {
-            DecoderChoice::Ar => Box::new(ArDecoder),
-            DecoderChoice::Card(c) => Box::new(c.clone()),
-        };
+        let decoder = &spec.settings.decoder;
         let budget = jobs.iter().map(|j| j.spec.max_tokens).max().unwrap_or(1);
         let seed = spec
             .seed
@@ -383,19 +313,22 @@ impl Engine {
             last_forward: 0,
             start: std::time::Instant::now(),
         });
-        let stop = |r: usize, gen: &[u32]| -> bool { self.stop_row(&state, &jobs, r, gen) };
+        let stop = |r: usize, gen: &[u32]| -> bool {
+            let st = state.borrow();
+            let row = &st.rows[r];
+            row.stops(&self.view(&jobs[row.job]), &self.tok, gen)
+        };
         let opts = GenOptions {
-            max_new_tokens: budget,
             // An id no token has: EOS never ends a row.
             eos_id: if spec.settings.ignore_eos {
                 u32::MAX
             } else {
                 self.tok.eot_id()
             },
-            mask_id: self.tok.mask_id(),
             sampling: spec.settings.sampling.clone(),
             seed,
             stop: Some(&stop),
+            ..GenOptions::new(budget, &self.tok)
         };
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             decoder.generate(&self.model, &prompts, &opts, &mut |step: &StepTrace| {
@@ -416,7 +349,15 @@ impl Engine {
             }
             match &outcome {
                 Ok(g) => {
-                    let res = self.job_result(j, job, g, &state, n_rows, decoder.name());
+                    let res = job_result(
+                        j,
+                        &job.spec,
+                        g,
+                        &state.rows,
+                        &self.tok,
+                        n_rows,
+                        decoder.name(),
+                    );
                     self.stats.completed.fetch_add(1, Ordering::SeqCst);
                     let _ = job.tx.send(Event::Done(res));
                 }
@@ -430,27 +371,16 @@ impl Engine {
         }
     }
 
-    /// The stop hook: called for the row whose step was traced last.
-    fn stop_row(
-        &self,
-        state: &RefCell<BatchState>,
-        jobs: &[Queued],
-        r: usize,
-        gen: &[u32],
-    ) -> bool {
-        let st = state.borrow();
-        let row = &st.rows[r];
-        let job = &jobs[row.job];
-        if self.is_cancelled(job) || gen.len() >= row.max {
-            return true;
-        }
-        let stops = &job.spec.stops;
-        !stops.is_empty() && {
-            let text = self.tok.decode(gen).unwrap_or_default();
-            stops.iter().any(|s| text.contains(s.as_str()))
+    fn view<'a>(&self, job: &'a Queued) -> JobView<'a> {
+        JobView {
+            spec: &job.spec,
+            tx: &job.tx,
+            cancelled: self.is_cancelled(job),
         }
     }
 
+    /// One row's step: count the batch's forward passes (and pause in slow motion), then the
+    /// row's own text and trace.
     fn on_step(
         &self,
         state: &RefCell<BatchState>,
@@ -467,135 +397,9 @@ impl Engine {
             }
         }
         let elapsed_s = st.start.elapsed().as_secs_f64();
-        let Some(row) = st.rows.get_mut(step.row) else {
-            return;
-        };
-        let job = &jobs[row.job];
-        row.forwards += 1;
-        for c in &step.committed {
-            if c.pos >= row.committed.len() {
-                row.committed.resize(c.pos + 1, None);
-            }
-            row.committed[c.pos] = Some(c.token);
-        }
-        if !(job.spec.stream || job.spec.trace) || self.is_cancelled(job) {
-            return;
-        }
-        let eot = self.tok.eot_id();
-        let prefix: Vec<u32> = row
-            .committed
-            .iter()
-            .map_while(|t| *t)
-            .take_while(|&t| t != eot)
-            .take(row.max)
-            .collect();
-        if job.spec.stream && !row.stopped && prefix.len() > row.streamed_tokens {
-            row.streamed_tokens = prefix.len();
-            let text = self.tok.decode(&prefix).unwrap_or_default();
-            let (safe, stopped) = safe_text(text.trim_end_matches('\u{FFFD}'), &job.spec.stops);
-            row.stopped = stopped;
-            if let Some(new) = safe.strip_prefix(row.sent.as_str()) {
-                if !new.is_empty() {
-                    let _ = job.tx.send(Event::Delta {
-                        row: row.jrow,
-                        text: new.to_string(),
-                    });
-                    row.sent = safe.to_string();
-                }
-            }
-        }
-        if job.spec.trace {
-            let view = |s: &crate::decode::SlotTrace| SlotView {
-                pos: s.pos,
-                token: s.token,
-                text: self.tok.decode(&[s.token]).unwrap_or_default(),
-                confidence: s.confidence,
-                masked: s.masked,
-            };
-            let text = self.tok.decode(&prefix).unwrap_or_default();
-            let _ = job.tx.send(Event::Step(Box::new(StepView {
-                row: row.jrow,
-                forward: step.forward,
-                step: step.step,
-                row_forwards: row.forwards,
-                slots: step.slots.iter().map(view).collect(),
-                committed: step.committed.iter().map(view).collect(),
-                text,
-                tokens: prefix.len(),
-                elapsed_s,
-                batch_rows,
-            })));
-        }
-    }
-
-    fn job_result(
-        &self,
-        j: usize,
-        job: &Queued,
-        g: &Generation,
-        state: &BatchState,
-        batch_rows: usize,
-        decoder: &'static str,
-    ) -> JobResult {
-        let mut rows = Vec::new();
-        for (i, row) in state.rows.iter().enumerate().filter(|(_, r)| r.job == j) {
-            let out = &g.rows[i];
-            let tokens = &out.tokens[..out.tokens.len().min(row.max)];
-            let full = self.tok.decode(tokens).unwrap_or_default();
-            let (text, stopped) = cut_at_stop(&full, &job.spec.stops);
-            let finish = match out.finish {
-                Finish::Eos => "stop",
-                _ if stopped => "stop",
-                _ => "length",
-            };
-            rows.push(RowResult {
-                text: text.to_string(),
-                tokens: tokens.len(),
-                forward_passes: out.forward_passes,
-                finish,
-            });
-        }
-        let n = rows.len().max(1) as f64;
-        JobResult {
-            prompt_tokens: job.spec.prompts.iter().map(|p| p.len()).sum(),
-            completion_tokens: rows.iter().map(|r| r.tokens).sum(),
-            forward_passes: rows.iter().map(|r| r.forward_passes).max().unwrap_or(0),
-            tokens_per_forward: rows
-                .iter()
-                .map(|r| r.tokens as f64 / r.forward_passes.max(1) as f64)
-                .sum::<f64>()
-                / n,
-            elapsed_s: g.elapsed_s,
-            batch_rows,
-            decoder,
-            rows,
-        }
-    }
-}
-
-struct RowState {
-    job: usize,
-    /// Row index within its job.
-    jrow: usize,
-    max: usize,
-    committed: Vec<Option<u32>>,
-    forwards: usize,
-    streamed_tokens: usize,
-    sent: String,
-    stopped: bool,
-}
-
-impl RowState {
-    fn new(job: usize, jrow: usize, max: usize) -> Self {
-        Self {
-            job,
-            jrow,
-            max,
-            committed: Vec::new(),
-            forwards: 0,
-            streamed_tokens: 0,
-            sent: String::new(),
-            stopped: false,
+        if let Some(row) = st.rows.get_mut(step.row) {
+            let job = self.view(&jobs[row.job]);
+            row.on_step(&job, &self.tok, step, elapsed_s, batch_rows);
         }
     }
 }
@@ -604,44 +408,4 @@ struct BatchState {
     rows: Vec<RowState>,
     last_forward: usize,
     start: std::time::Instant,
-}
-
-/// Text cut before the first stop string, and whether one was found.
-pub fn cut_at_stop<'a>(text: &'a str, stops: &[String]) -> (&'a str, bool) {
-    match stops.iter().filter_map(|s| text.find(s.as_str())).min() {
-        Some(cut) => (&text[..cut], true),
-        None => (text, false),
-    }
-}
-
-/// The part of `text` that can be sent now: cut before a stop string, and holding back a
-/// tail that could still grow into one.
-pub fn safe_text<'a>(text: &'a str, stops: &[String]) -> (&'a str, bool) {
-    let (text, stopped) = cut_at_stop(text, stops);
-    if stopped {
-        return (text, true);
-    }
-    let mut hold = 0;
-    for s in stops {
-        for (i, _) in s.char_indices().skip(1) {
-            if text.ends_with(&s[..i]) {
-                hold = hold.max(i);
-            }
-        }
-    }
-    (&text[..text.len() - hold], false)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn safe_text_holds_back_a_possible_stop() {
-        let stops = vec!["\nUser:".to_string()];
-        assert_eq!(safe_text("hi there\nUs", &stops), ("hi there", false));
-        assert_eq!(safe_text("hi\nUser: x", &stops), ("hi", true));
-        assert_eq!(safe_text("plain", &stops), ("plain", false));
-        assert_eq!(safe_text("plain", &[]), ("plain", false));
-    }
 }

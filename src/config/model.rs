@@ -1,0 +1,136 @@
+//! The model section: the backbone's shape, and the attention geometry derived from it.
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Vocabulary including `<|endoftext|>` and `<|mask|>`; set from the tokenizer when training.
+    pub vocab_size: usize,
+    pub d_model: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    /// Hidden width of the SwiGLU feed-forward block.
+    pub d_ff: usize,
+    pub max_seq_len: usize,
+    pub rope_theta: f64,
+    pub norm_eps: f64,
+    pub tie_embeddings: bool,
+    pub init_std: f64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            vocab_size: 8192,
+            d_model: 256,
+            n_layers: 4,
+            n_heads: 4,
+            d_ff: 688,
+            max_seq_len: 256,
+            rope_theta: 10_000.0,
+            norm_eps: 1e-5,
+            tie_embeddings: true,
+            init_std: 0.02,
+        }
+    }
+}
+
+/// Attention geometry: the fused projection holds, per token, the queries of `q` heads, then
+/// the keys and the values of `kv` heads, each `dim` wide. (`kv` < `q` would be grouped-query
+/// attention: query head h reads key/value head `kv_of(h)`; our presets have `kv` = `q`.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heads {
+    pub q: usize,
+    pub kv: usize,
+    pub dim: usize,
+}
+
+impl Heads {
+    /// Columns of the fused q/k/v projection.
+    pub fn qkv_width(&self) -> usize {
+        (self.q + 2 * self.kv) * self.dim
+    }
+
+    /// Width of the heads' concatenated outputs.
+    pub fn q_width(&self) -> usize {
+        self.q * self.dim
+    }
+
+    /// Column of key head 0 (value head 0 is `kv * dim` further).
+    pub fn k_offset(&self) -> usize {
+        self.q * self.dim
+    }
+
+    pub fn v_offset(&self) -> usize {
+        (self.q + self.kv) * self.dim
+    }
+
+    /// The key/value head query head `h` reads.
+    pub fn kv_of(&self, h: usize) -> usize {
+        h / (self.q / self.kv)
+    }
+}
+
+impl ModelConfig {
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.n_heads
+    }
+
+    pub fn heads(&self) -> Heads {
+        Heads {
+            q: self.n_heads,
+            kv: self.n_heads,
+            dim: self.head_dim(),
+        }
+    }
+
+    pub fn qkv_width(&self) -> usize {
+        self.heads().qkv_width()
+    }
+
+    /// Parameter count from the shapes alone (checked against a built model in the tests).
+    pub fn n_params(&self) -> usize {
+        let (d, f, v) = (self.d_model, self.d_ff, self.vocab_size);
+        let per_layer = 2 * d + d * self.qkv_width() + d * d + 3 * d * f;
+        let head = if self.tie_embeddings { 0 } else { v * d };
+        v * d + self.n_layers * per_layer + d + head
+    }
+
+    /// Matmul FLOPs of one training token (forward + backward = 3x forward), attention included.
+    pub fn train_flops_per_token(&self, seq_len: usize) -> f64 {
+        let (d, f, v, l) = (
+            self.d_model as f64,
+            self.d_ff as f64,
+            self.vocab_size as f64,
+            self.n_layers as f64,
+        );
+        let t = seq_len as f64;
+        let qkv = self.qkv_width() as f64;
+        let matmul_params = l * (d * qkv + d * d + 3.0 * d * f) + v * d;
+        // QK^T and AV: 2 * T * d multiply-adds per token per layer (full, unmasked matrix).
+        let attn = l * 2.0 * t * d;
+        6.0 * (matmul_params + attn)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.d_model == 0 || self.n_layers == 0 || self.n_heads == 0 || self.d_ff == 0 {
+            bail!("model: d_model, n_layers, n_heads and d_ff must be positive");
+        }
+        if !self.d_model.is_multiple_of(self.n_heads) || !self.head_dim().is_multiple_of(2) {
+            bail!(
+                "model: d_model ({}) must split into n_heads ({}) heads of even width",
+                self.d_model,
+                self.n_heads
+            );
+        }
+        if self.vocab_size < 3 {
+            bail!("model: vocab_size must be at least 3");
+        }
+        if self.max_seq_len < 2 {
+            bail!("model: max_seq_len must be at least 2");
+        }
+        Ok(())
+    }
+}

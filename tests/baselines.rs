@@ -15,10 +15,11 @@ use card::model::visibility::bd3lm_mask;
 use card::model::{Params, Transformer};
 use card::objective::{self, Bd3lm, Bound, Mdlm, Objective};
 use card::train::Trainer;
+use common::{assert_success, card, finite_difference_check, last_json};
 use rand::{Rng, SeedableRng};
-use std::path::Path;
-use std::process::{Command, Output};
 use std::sync::OnceLock;
+
+mod common;
 
 const MASK: u32 = 1;
 
@@ -300,35 +301,9 @@ fn gradient_check_through_bd3lm_loss() {
     let nb = obj.corrupt(&x0, batch, len, None, &mut rng);
     let loss = obj.loss(&model, &nb).unwrap();
     let grads = loss.backward().unwrap();
-    let mut pick = rand_pcg::Pcg64::seed_from_u64(9);
-    let eps = 1e-5;
-    let mut checked = 0;
-    for (name, var) in params.names.iter().zip(&params.vars) {
-        let g = grads.get(var.as_tensor()).unwrap();
-        let g = g.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-        let base = var.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-        for _ in 0..3 {
-            let k = pick.random_range(0..base.len());
-            let at = |delta: f64| {
-                let mut p = base.clone();
-                p[k] += delta;
-                var.set(&Tensor::from_vec(p, var.shape(), &Device::Cpu).unwrap())
-                    .unwrap();
-                let l = scalar(obj.loss(&model, &nb).unwrap());
-                var.set(&Tensor::from_vec(base.clone(), var.shape(), &Device::Cpu).unwrap())
-                    .unwrap();
-                l
-            };
-            let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
-            let err = (numeric - g[k]).abs() / (numeric.abs() + g[k].abs()).max(1e-6);
-            assert!(
-                err < 1e-5,
-                "{name}[{k}]: analytic {} numeric {numeric}",
-                g[k]
-            );
-            checked += 1;
-        }
-    }
+    let checked = finite_difference_check(&params, &grads, 3, "bd3lm", || {
+        scalar(obj.loss(&model, &nb).unwrap())
+    });
     assert!(checked > 20);
 }
 
@@ -515,14 +490,6 @@ fn mdlm_skips_forwards_when_nothing_changed() {
     assert_eq!(g.rows[0].tokens.len(), 8);
 }
 
-fn card(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_card"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("card runs")
-}
-
 #[test]
 fn cli_trains_evaluates_and_decodes_an_mdlm_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
@@ -542,21 +509,13 @@ fn cli_trains_evaluates_and_decodes_an_mdlm_checkpoint() {
         ],
         cwd,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let ckpt = checkpoint::load(&cwd.join("run"), &Device::Cpu).unwrap();
     assert_eq!(ckpt.state.objective, ObjectiveKind::Mdlm);
 
     let eval = card(&["eval", "run", "--max-windows", "16"], cwd);
     let text = String::from_utf8_lossy(&eval.stdout);
-    assert!(
-        eval.status.success(),
-        "{}",
-        String::from_utf8_lossy(&eval.stderr)
-    );
+    assert_success(&eval);
     assert!(
         text.contains("val loss     ≤") && text.contains("perplexity   ≤"),
         "{text}"
@@ -564,8 +523,7 @@ fn cli_trains_evaluates_and_decodes_an_mdlm_checkpoint() {
     assert!(text.contains("NELBO"), "{text}");
 
     let json = card(&["eval", "run", "--max-windows", "16", "--json"], cwd);
-    let last = String::from_utf8_lossy(&json.stdout);
-    let v: serde_json::Value = serde_json::from_str(last.lines().last().unwrap()).unwrap();
+    let v = last_json(&json);
     assert_eq!(v["bound"], true);
     assert_eq!(v["estimator"], "nelbo");
     assert!(v["val_loss"].as_f64().unwrap().is_finite());
@@ -598,13 +556,8 @@ fn cli_trains_evaluates_and_decodes_an_mdlm_checkpoint() {
         ],
         cwd,
     );
-    assert!(
-        gen.status.success(),
-        "{}",
-        String::from_utf8_lossy(&gen.stderr)
-    );
-    let line = String::from_utf8_lossy(&gen.stdout);
-    let v: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
+    assert_success(&gen);
+    let v = last_json(&gen);
     assert_eq!(v["decoder"], "mdlm");
     assert!(v["forward_passes"].as_u64().unwrap() <= 4);
 }

@@ -1,33 +1,11 @@
 //! The `card` binary end to end: bad input gets a one-line error and a non-zero exit and
 //! changes nothing; the happy paths print what they promise.
 
+use common::{assert_error, assert_success, card, last_json};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn card(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_card"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("card runs")
-}
-
-/// Non-zero exit, exactly one stderr line starting with "error:" and containing `needle`.
-fn assert_error(out: &Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "expected failure, got success: {stderr}"
-    );
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one error line, got:\n{stderr}");
-    assert!(lines[0].starts_with("error:"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(
-        stderr.to_lowercase().contains(&needle.to_lowercase()),
-        "expected '{needle}' in: {stderr}"
-    );
-}
+mod common;
 
 fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
@@ -159,13 +137,8 @@ fn train_eval_resume_and_checkpoint_errors() {
         ],
         cwd,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_success(&out);
+    let summary = last_json(&out);
     assert_eq!(summary["steps"], 3);
 
     // Training into an existing run without --resume is refused.
@@ -191,11 +164,7 @@ fn train_eval_resume_and_checkpoint_errors() {
     assert_eq!(snapshot(&cwd.join("run")), before);
 
     let out = card(&["eval", "run", "--json"], cwd);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(report["bits_per_byte"].as_f64().unwrap() > 0.0);
     assert_eq!(report["loss_vs_t"].as_array().unwrap().len(), 10);
@@ -239,7 +208,7 @@ fn generate_prints_json_and_rejects_bad_options() {
             ],
             cwd,
         );
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_success(&o);
     }
     for decoder in ["ar", "card"] {
         let out = card(
@@ -258,13 +227,8 @@ fn generate_prints_json_and_rejects_bad_options() {
             ],
             cwd,
         );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert_success(&out);
+        let last = last_json(&out);
         for key in [
             "text",
             "tokens",
@@ -292,11 +256,7 @@ fn generate_prints_json_and_rejects_bad_options() {
         ],
         cwd,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 
     let base = [
         "generate",
@@ -431,11 +391,7 @@ fn a_killed_run_leaves_a_loadable_checkpoint_and_resumes() {
     child.kill().unwrap();
     child.wait().unwrap();
     let out = card(&["eval", "run", "--json", "--max-windows", "2"], cwd);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let step = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["step"]
         .as_u64()
         .unwrap();
@@ -453,11 +409,7 @@ fn a_killed_run_leaves_a_loadable_checkpoint_and_resumes() {
         ],
         cwd,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 }
 
 #[test]
@@ -480,17 +432,12 @@ fn training_memory_does_not_grow_over_hundreds_of_steps() {
         "150",
     ];
     let out = card(&args, dir.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let probe: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_success(&out);
+    let probe = last_json(&out);
     assert_eq!(probe["steps"], 150);
     let growth = probe["rss_growth_mb"].as_f64().unwrap();
     let peak = probe["peak_rss_mb"].as_f64().unwrap();
-    assert!(peak > 0.0, "peak RSS is measured: {stdout}");
+    assert!(peak > 0.0, "peak RSS is measured: {probe}");
     assert!(
         growth.abs() < 8.0,
         "resident memory grew {growth} MiB over 150 steps"
@@ -509,10 +456,6 @@ fn threads_flag_is_validated_and_accepted() {
         &["inspect", "params", "--preset", "tiny", "--threads", "1"],
         dir.path(),
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("parameters"));
 }

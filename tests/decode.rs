@@ -12,7 +12,10 @@ use card::decode::{
 };
 use card::model::{Attention, Backend, KvCache, Transformer};
 use card::train::Trainer;
+use common::max_abs_diff;
 use std::sync::OnceLock;
+
+mod common;
 
 struct Fixture {
     data: Prepared,
@@ -269,16 +272,7 @@ fn ragged_cached_forward_equals_full_recomputation() {
         )
         .unwrap();
     assert_eq!(cache.lens(), &[a.len(), b.len()]);
-    let diff = |x: &Tensor, y: &Tensor| {
-        (x - y)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
+    let diff = max_abs_diff;
     assert!(
         diff(
             &out.get(0).unwrap().narrow(0, 0, a.len()).unwrap(),

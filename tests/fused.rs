@@ -7,6 +7,8 @@ use card::model::ops::{self, composite};
 use card::model::visibility::{causal_bias, Visibility};
 use rand::{Rng, SeedableRng};
 
+mod common;
+
 type Op<'a> = dyn Fn(&[Tensor]) -> Result<Tensor> + 'a;
 
 fn rng(seed: u64) -> rand_pcg::Pcg64 {
@@ -352,14 +354,7 @@ fn small_row_matmul_matches_candle() {
         let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
         let want = x.matmul(&w.t().unwrap()).unwrap();
         let got = linear(&x, &w).unwrap();
-        let diff = (want - got)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = common::max_abs_diff(&want, &got);
         assert!(diff < 1e-3, "m {m} k {k} n {n}: {diff}");
     }
     // Three leading dimensions flatten into the rows.

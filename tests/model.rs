@@ -6,7 +6,10 @@ use candle_core::{DType, Device, Tensor, Var};
 use card::config::{Config, ModelConfig};
 use card::model::{ops, tensor_specs, Attention, KvCache, Params, Transformer};
 use card::objective::{Arm, Card, Objective};
+use common::{finite_difference_check, max_abs_diff};
 use rand::{Rng, SeedableRng};
+
+mod common;
 
 fn small_cfg(vocab: usize) -> ModelConfig {
     ModelConfig {
@@ -75,47 +78,11 @@ fn gradient_check(attn_kind: &str) {
     };
     let loss = loss_of(&model, &ids, &targets, &w, attn);
     let grads = loss.backward().unwrap();
-    let mut rng = rand_pcg::Pcg64::seed_from_u64(9);
-    let eps = 1e-5;
-    let mut checked = 0;
-    for (name, var) in params.names.iter().zip(&params.vars) {
-        let g = grads
-            .get(var.as_tensor())
+    let checked = finite_difference_check(&params, &grads, 4, attn_kind, || {
+        loss_of(&model, &ids, &targets, &w, attn)
+            .to_scalar::<f64>()
             .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
-        let base = var
-            .as_tensor()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
-        for _ in 0..4 {
-            let k = rng.random_range(0..base.len());
-            let eval_at = |delta: f64| {
-                let mut p = base.clone();
-                p[k] += delta;
-                var.set(&Tensor::from_vec(p, var.shape(), &dev).unwrap())
-                    .unwrap();
-                let l = loss_of(&model, &ids, &targets, &w, attn)
-                    .to_scalar::<f64>()
-                    .unwrap();
-                var.set(&Tensor::from_vec(base.clone(), var.shape(), &dev).unwrap())
-                    .unwrap();
-                l
-            };
-            let numeric = (eval_at(eps) - eval_at(-eps)) / (2.0 * eps);
-            let err = (numeric - g[k]).abs() / (numeric.abs() + g[k].abs()).max(1e-6);
-            assert!(
-                err < 1e-5,
-                "{attn_kind} {name}[{k}]: analytic {} numeric {numeric}",
-                g[k]
-            );
-            checked += 1;
-        }
-    }
+    });
     assert!(checked > 30);
 }
 
@@ -210,17 +177,6 @@ fn card_at_zero_noise_equals_arm() {
 fn plain_model(cfg: &ModelConfig, params: &Params) -> Transformer {
     let map = params.to_map().unwrap();
     Transformer::from_tensors(cfg, |n| Ok(map[n].clone())).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]

@@ -9,6 +9,8 @@ use card::data::Prepared;
 use card::train::Trainer;
 use std::sync::OnceLock;
 
+mod common;
+
 fn tiny(steps: usize, objective: ObjectiveKind) -> Config {
     let mut cfg = Config::load("tiny", &[]).unwrap();
     cfg.train.max_steps = steps;
@@ -67,15 +69,7 @@ fn resume_is_bit_identical() {
         straight.ema.as_ref().unwrap(),
     );
     for (x, y) in a.weights.iter().zip(&b.weights) {
-        let d = (x - y)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert_eq!(d, 0.0);
+        assert_eq!(common::max_abs_diff(x, y), 0.0);
     }
     // The metrics log holds each step once.
     let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();

@@ -1,12 +1,9 @@
 //! Autoregressive decoding: prefill the prompt, then one token per forward pass.
 
-use super::{
-    check_budget, row_rng, Decoder, GenOptions, Generation, Progress, SlotTrace, StepTrace,
-};
+use super::{Decoder, GenOptions, Generation, Progress, SlotTrace, Start, StepTrace};
 use crate::config::ObjectiveKind;
 use crate::model::{Session, Transformer};
 use anyhow::Result;
-use std::time::Instant;
 
 pub struct ArDecoder;
 
@@ -26,14 +23,15 @@ impl Decoder for ArDecoder {
         opts: &GenOptions,
         on_step: &mut dyn FnMut(&StepTrace),
     ) -> Result<Generation> {
-        check_budget(model, prompts, opts.max_new_tokens)?;
-        let start = Instant::now();
+        let Start {
+            clock: start,
+            longest,
+            mut rngs,
+        } = Start::new(model, prompts, opts)?;
         let b = prompts.len();
-        let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
         let positions = longest + opts.max_new_tokens;
         let backend = opts.backend_for(model);
         let mut session = Session::new(model, backend, b, positions, longest + 1, opts.eos_id)?;
-        let mut rngs: Vec<_> = (0..b).map(|r| row_rng(opts.seed, r)).collect();
         let mut rows: Vec<Progress> = (0..b).map(|_| Progress::new(opts)).collect();
         let mut inputs: Vec<Vec<u32>> = prompts.to_vec();
         let mut forwards = 0;

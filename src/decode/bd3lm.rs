@@ -14,17 +14,13 @@
 //! the last step reveals the rest, and a step that revealed nothing skips the next forward.
 
 use super::mdlm::{ancestral_reveal, Slot};
-use super::{
-    check_budget, logits_at, new_cache, row_rng, Decoder, GenOptions, Generation, Progress,
-    StepTrace,
-};
+use super::{logits_at, new_cache, Decoder, GenOptions, Generation, Progress, Start, StepTrace};
 use crate::config::{Choice, ObjectiveKind};
 use crate::model::visibility::block_causal_bias;
 use crate::model::{padded, Attention, KvCache, Transformer};
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
-use std::time::Instant;
 
 impl Choice for Reveal {
     const ALL: &'static [(Self, &'static str, &'static str)] = &[
@@ -189,13 +185,14 @@ impl Decoder for Bd3lmDecoder {
         on_step: &mut dyn FnMut(&StepTrace),
     ) -> Result<Generation> {
         self.validate()?;
-        check_budget(model, prompts, opts.max_new_tokens)?;
-        let start = Instant::now();
+        let Start {
+            clock: start,
+            longest,
+            mut rngs,
+        } = Start::new(model, prompts, opts)?;
         let b = prompts.len();
         let bs = self.block_size;
-        let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
         let mut cache = new_cache(model, b, longest + 2 * bs)?;
-        let mut rngs: Vec<_> = (0..b).map(|r| row_rng(opts.seed, r)).collect();
         let mut rows: Vec<Row> = prompts
             .iter()
             .map(|p| {

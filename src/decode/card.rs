@@ -8,14 +8,11 @@
 //! back to the committed length after every pass, and committed tokens get their exact
 //! keys/values at the start of the next pass (which also predicts the next window's slot 1).
 
-use super::{
-    check_budget, row_rng, Decoder, GenOptions, Generation, Progress, SlotTrace, StepTrace,
-};
+use super::{Decoder, GenOptions, Generation, Progress, SlotTrace, Start, StepTrace};
 use crate::config::{Choice, ObjectiveKind};
 use crate::model::{Session, Transformer};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use std::time::Instant;
 
 impl Choice for Floor {
     const ALL: &'static [(Self, &'static str, &'static str)] = &[
@@ -185,15 +182,16 @@ impl Decoder for CardDecoder {
         on_step: &mut dyn FnMut(&StepTrace),
     ) -> Result<Generation> {
         self.validate()?;
-        check_budget(model, prompts, opts.max_new_tokens)?;
-        let start = Instant::now();
+        let Start {
+            clock: start,
+            longest,
+            mut rngs,
+        } = Start::new(model, prompts, opts)?;
         let b = prompts.len();
         let k = self.block_size;
-        let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
         let positions = longest + opts.max_new_tokens;
         let backend = opts.backend_for(model);
         let mut stepper = Session::new(model, backend, b, positions, longest + 2 * k, opts.eos_id)?;
-        let mut rngs: Vec<_> = (0..b).map(|r| row_rng(opts.seed, r)).collect();
         let mut rows: Vec<Row> = prompts
             .iter()
             .map(|p| Row {

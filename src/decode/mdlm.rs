@@ -6,17 +6,13 @@
 //! step that revealed nothing leaves the next forward's input unchanged: that forward is
 //! skipped and its predictions reused.
 
-use super::{
-    check_budget, logits_at, row_rng, Decoder, GenOptions, Generation, Progress, SlotTrace,
-    StepTrace,
-};
+use super::{logits_at, Decoder, GenOptions, Generation, Progress, SlotTrace, Start, StepTrace};
 use crate::config::ObjectiveKind;
 use crate::model::{padded, Attention, Transformer};
 use anyhow::Result;
 use candle_core::Tensor;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use std::time::Instant;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct MdlmDecoder {
@@ -112,11 +108,13 @@ impl Decoder for MdlmDecoder {
         opts: &GenOptions,
         on_step: &mut dyn FnMut(&StepTrace),
     ) -> Result<Generation> {
-        check_budget(model, prompts, opts.max_new_tokens)?;
-        let start = Instant::now();
+        let Start {
+            clock: start,
+            mut rngs,
+            ..
+        } = Start::new(model, prompts, opts)?;
         let n = opts.max_new_tokens;
         let steps = if self.steps == 0 { n } else { self.steps };
-        let mut rngs: Vec<_> = (0..prompts.len()).map(|r| row_rng(opts.seed, r)).collect();
         let mut rows: Vec<Row> = prompts
             .iter()
             .map(|_| Row {

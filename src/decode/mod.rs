@@ -203,7 +203,28 @@ pub(crate) fn new_cache(model: &Transformer, batch: usize, scratch: usize) -> Re
     )?)
 }
 
-/// Per-row RNG for sampling, so a row's draws do not depend on its batch neighbours.
+/// What every decoder does before its first pass: refuse prompts that cannot fit, start the
+/// clock, and give each row its own sampling RNG (so a row's draws do not depend on its
+/// batch neighbours).
+pub(crate) struct Start {
+    pub clock: Instant,
+    /// The longest prompt.
+    pub longest: usize,
+    pub rngs: Vec<rand_pcg::Pcg64>,
+}
+
+impl Start {
+    pub fn new(model: &Transformer, prompts: &[Vec<u32>], opts: &GenOptions) -> Result<Self> {
+        check_budget(model, prompts, opts.max_new_tokens)?;
+        Ok(Self {
+            clock: Instant::now(),
+            longest: prompts.iter().map(|p| p.len()).max().unwrap_or(0),
+            rngs: (0..prompts.len()).map(|r| row_rng(opts.seed, r)).collect(),
+        })
+    }
+}
+
+/// Per-row RNG for sampling.
 pub(crate) fn row_rng(seed: u64, row: usize) -> rand_pcg::Pcg64 {
     crate::runtime::rng::rng(seed, crate::runtime::rng::Stream::Sampling, row as u64)
 }

@@ -18,11 +18,13 @@ pub fn nelbo_weight(t: f64) -> f64 {
     1.0 / t
 }
 
-/// Mask each token of a row independently with the probability of its level (`level(i)`
-/// for position i). Returns the row's x_t and NELBO weights (0 where unmasked).
-pub fn mask_row(
+/// Mask each token of rows x0 [rows, len] independently with the probability of its level
+/// (`level(row, i)` for position i of a row). Returns x_t and the NELBO weights (0 where
+/// unmasked).
+pub fn mask_rows(
     x0: &[u32],
-    level: impl Fn(usize) -> f64,
+    len: usize,
+    level: impl Fn(usize, usize) -> f64,
     schedule: DiffusionSchedule,
     eps: f64,
     mask_id: u32,
@@ -30,8 +32,8 @@ pub fn mask_row(
 ) -> (Vec<u32>, Vec<f32>) {
     let mut xt = Vec::with_capacity(x0.len());
     let mut w = Vec::with_capacity(x0.len());
-    for (i, &tok) in x0.iter().enumerate() {
-        let t = level(i);
+    for (j, &tok) in x0.iter().enumerate() {
+        let t = level(j / len, j % len);
         let masked = rng.random::<f64>() < mask_prob(schedule, eps, t);
         xt.push(if masked { mask_id } else { tok });
         w.push(if masked { nelbo_weight(t) as f32 } else { 0.0 });

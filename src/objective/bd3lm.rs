@@ -12,7 +12,7 @@ use super::{Bound, HeldOut, NoisyBatch, Objective};
 use crate::config::{Config, MdlmConfig, ObjectiveKind};
 use crate::model::visibility::bd3lm_bias;
 use crate::model::{Attention, Transformer};
-use crate::noise::{blocks, levels, uniform::mask_row, Spacing};
+use crate::noise::{blocks, levels, uniform::mask_rows, Spacing};
 use candle_core::{DType, Device, Result, Tensor};
 use rand::RngCore;
 use std::ops::Range;
@@ -106,25 +106,10 @@ impl Objective for Bd3lm {
                 levels(batch * nb, self.spacing(), lo, self.clip.1, rng)
             }
         };
-        let n = batch * seq_len;
-        let (mut input, mut weights) = (Vec::with_capacity(n), Vec::with_capacity(n));
         let c = &self.cfg;
-        for b in 0..batch {
-            let row = &x0[b * seq_len..(b + 1) * seq_len];
-            let level = |i: usize| t[b * nb + blocks::of(i, self.block_size)];
-            let (xt, w) = mask_row(row, level, c.schedule, c.eps, self.mask_id, rng);
-            input.extend(xt);
-            weights.extend(w);
-        }
-        NoisyBatch {
-            batch,
-            input,
-            input_len: seq_len,
-            targets: x0.to_vec(),
-            weights,
-            denom: n as f64,
-            t,
-        }
+        let level = |b: usize, i: usize| t[b * nb + blocks::of(i, self.block_size)];
+        let masked = mask_rows(x0, seq_len, level, c.schedule, c.eps, self.mask_id, rng);
+        NoisyBatch::unshifted(x0, seq_len, masked, t)
     }
 
     fn loss(&self, model: &Transformer, nb: &NoisyBatch) -> Result<Tensor> {

@@ -13,7 +13,7 @@
 use super::{Bound, HeldOut, NoisyBatch, Objective};
 use crate::config::{Config, MdlmConfig, ObjectiveKind};
 use crate::model::{ops, Attention, Transformer};
-use crate::noise::{levels, uniform::mask_row, Spacing};
+use crate::noise::{levels, uniform::mask_rows, Spacing};
 use candle_core::{DType, Result, Tensor};
 use rand::RngCore;
 use std::ops::Range;
@@ -62,24 +62,10 @@ impl Objective for Mdlm {
             None => levels(batch, self.spacing(), self.cfg.eps, 1.0, rng),
         };
         assert_eq!(t.len(), batch, "one noise level per sequence");
-        let n = batch * seq_len;
-        let (mut input, mut weights) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        for (b, &tb) in t.iter().enumerate() {
-            let row = &x0[b * seq_len..(b + 1) * seq_len];
-            let c = &self.cfg;
-            let (xt, w) = mask_row(row, |_| tb, c.schedule, c.eps, self.mask_id, rng);
-            input.extend(xt);
-            weights.extend(w);
-        }
-        NoisyBatch {
-            batch,
-            input,
-            input_len: seq_len,
-            targets: x0.to_vec(),
-            weights,
-            denom: n as f64,
-            t,
-        }
+        let c = &self.cfg;
+        let level = |b: usize, _| t[b];
+        let masked = mask_rows(x0, seq_len, level, c.schedule, c.eps, self.mask_id, rng);
+        NoisyBatch::unshifted(x0, seq_len, masked, t)
     }
 
     fn loss(&self, model: &Transformer, nb: &NoisyBatch) -> Result<Tensor> {

@@ -39,6 +39,23 @@ pub struct NoisyBatch {
     pub t: Vec<f64>,
 }
 
+impl NoisyBatch {
+    /// A batch denoised in place (MDLM, BD3LM): x_t and weights `masked` of clean rows x0
+    /// [rows, len], targets x0, the loss normalised per token of x0.
+    pub fn unshifted(x0: &[u32], len: usize, masked: (Vec<u32>, Vec<f32>), t: Vec<f64>) -> Self {
+        let (input, weights) = masked;
+        Self {
+            batch: x0.len() / len,
+            input,
+            input_len: len,
+            targets: x0.to_vec(),
+            weights,
+            denom: x0.len() as f64,
+            t,
+        }
+    }
+}
+
 /// How an objective's held-out text is scored.
 pub enum HeldOut<'a> {
     /// The exact causal likelihood (ARM, CARD).
@@ -137,15 +154,7 @@ fn draw_spans<B: Bound + ?Sized>(
         })
         .collect();
     let (input, weights, t) = mask_counts(x0, &units, bound.spacing(), bound.mask_id(), rng);
-    NoisyBatch {
-        batch: spans.len(),
-        input,
-        input_len: len,
-        targets: x0.to_vec(),
-        weights,
-        denom: x0.len() as f64,
-        t,
-    }
+    NoisyBatch::unshifted(x0, len, (input, weights), t)
 }
 
 pub fn build(cfg: &Config, mask_id: u32) -> Box<dyn Objective> {

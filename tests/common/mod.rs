@@ -1,0 +1,108 @@
+//! Helpers the integration tests share: running the `card` binary, its error and JSON
+//! conventions, tensor comparison, and finite-difference gradient checks.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use candle_core::backprop::GradStore;
+use candle_core::{Device, Tensor};
+use card::model::Params;
+use rand::{Rng, SeedableRng};
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Run the `card` binary in `cwd`.
+pub fn card(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_card"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("card runs")
+}
+
+/// A zero exit, or the command's stderr as the failure.
+pub fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Non-zero exit, exactly one stderr line starting with "error:" and containing `needle`.
+pub fn assert_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {stderr}"
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got:\n{stderr}");
+    assert!(lines[0].starts_with("error:"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.to_lowercase().contains(&needle.to_lowercase()),
+        "expected '{needle}' in: {stderr}"
+    );
+}
+
+/// The JSON object on the last line of stdout.
+pub fn last_json(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().expect("some output");
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"))
+}
+
+/// Largest |a − b| of two f32 tensors of one shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Compare `grads` of an f64 loss against central finite differences at `per_param`
+/// random entries of every parameter (relative error below 1e-5); `loss` recomputes the
+/// loss from the parameters' current values. Returns how many entries were checked.
+pub fn finite_difference_check(
+    params: &Params,
+    grads: &GradStore,
+    per_param: usize,
+    what: &str,
+    loss: impl Fn() -> f64,
+) -> usize {
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(9);
+    let eps = 1e-5;
+    let mut checked = 0;
+    for (name, var) in params.names.iter().zip(&params.vars) {
+        let g = grads.get(var.as_tensor()).expect("a gradient");
+        let g = g.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let base = var.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let set = |p: Vec<f64>| {
+            var.set(&Tensor::from_vec(p, var.shape(), &Device::Cpu).unwrap())
+                .unwrap()
+        };
+        for _ in 0..per_param {
+            let k = rng.random_range(0..base.len());
+            let at = |delta: f64| {
+                let mut p = base.clone();
+                p[k] += delta;
+                set(p);
+                let l = loss();
+                set(base.clone());
+                l
+            };
+            let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+            let err = (numeric - g[k]).abs() / (numeric.abs() + g[k].abs()).max(1e-6);
+            assert!(
+                err < 1e-5,
+                "{what} {name}[{k}]: analytic {} numeric {numeric}",
+                g[k]
+            );
+            checked += 1;
+        }
+    }
+    checked
+}

@@ -1,4 +1,4 @@
-//! The decoding loops allocate nothing per token on the host engine: with a counting global
+//! The decoding loops allocate nothing per token on the host backend: with a counting global
 //! allocator, generating 56 tokens costs exactly as many allocations as generating 16 (the
 //! difference would be the per-token allocations). Its own test binary, so no other test
 //! allocates while it counts.

@@ -560,6 +560,20 @@ fn cli_trains_evaluates_and_decodes_an_mdlm_checkpoint() {
     let v = last_json(&gen);
     assert_eq!(v["decoder"], "mdlm");
     assert!(v["forward_passes"].as_u64().unwrap() <= 4);
+    // Without --decoder the checkpoint's own sampler runs, with the settings given.
+    let args = ["--max-new-tokens", "6", "--json", "--steps"];
+    let own = |steps: &str| {
+        let mut a = vec!["generate", "run", "--prompt", "Alice"];
+        a.extend(args);
+        a.push(steps);
+        card(&a, cwd)
+    };
+    let v = last_json(&own("2"));
+    assert_eq!(v["decoder"], "mdlm");
+    assert!(v["forward_passes"].as_u64().unwrap() <= 2, "{v}");
+    let zero = own("0");
+    assert!(!zero.status.success());
+    assert!(String::from_utf8_lossy(&zero.stderr).contains("steps must be at least 1"));
 }
 
 #[test]

@@ -62,10 +62,8 @@ impl DecoderArgs {
             steps: self.steps,
             reveal: Some(self.reveal),
         };
-        let spec = match name {
-            Some(n) => DecoderSpec::parse(n, &knobs, cfg)?,
-            None => DecoderSpec::default_for(cfg),
-        };
+        let name = name.unwrap_or_else(|| DecoderSpec::default_for(cfg).name());
+        let spec = DecoderSpec::parse(name, &knobs, cfg)?;
         spec.check_fits(cfg.train.objective)?;
         Ok(spec)
     }

@@ -14,7 +14,7 @@
 //! the last step reveals the rest, and a step that revealed nothing skips the next forward.
 
 use super::mdlm::{ancestral_reveal, Slot};
-use super::{logits_at, new_cache, Decoder, GenOptions, Generation, Progress, Start, StepTrace};
+use super::{logits_at, Decoder, GenOptions, Generation, Progress, Start, StepTrace};
 use crate::config::{Choice, ObjectiveKind};
 use crate::model::visibility::block_causal_bias;
 use crate::model::{padded, Attention, KvCache, Transformer};
@@ -192,7 +192,7 @@ impl Decoder for Bd3lmDecoder {
         } = Start::new(model, prompts, opts)?;
         let b = prompts.len();
         let bs = self.block_size;
-        let mut cache = new_cache(model, b, longest + 2 * bs)?;
+        let mut cache = KvCache::for_model(model, b, model.cfg.max_seq_len + longest + 2 * bs)?;
         let mut rows: Vec<Row> = prompts
             .iter()
             .map(|p| {

@@ -16,7 +16,7 @@ pub mod text;
 
 use crate::config::ObjectiveKind;
 use crate::data::TextTokenizer;
-use crate::model::{Backend, KvCache, Transformer};
+use crate::model::{Backend, Transformer};
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 use serde::Serialize;
@@ -187,20 +187,6 @@ pub fn check_budget(model: &Transformer, prompts: &[Vec<u32>], max_new: usize) -
 /// few positions).
 pub(crate) fn logits_at(logits: &Tensor, row: usize, pos: usize) -> Result<Vec<f32>> {
     Ok(logits.get(row)?.get(pos)?.to_vec1::<f32>()?)
-}
-
-/// A cache for `batch` rows with room for the context plus one padded window of scratch.
-pub(crate) fn new_cache(model: &Transformer, batch: usize, scratch: usize) -> Result<KvCache> {
-    let c = &model.cfg;
-    Ok(KvCache::new(
-        c.n_layers,
-        batch,
-        c.heads().kv,
-        c.head_dim(),
-        c.max_seq_len + scratch,
-        model.dtype(),
-        model.device(),
-    )?)
 }
 
 /// What every decoder does before its first pass: refuse prompts that cannot fit, start the

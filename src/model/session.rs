@@ -80,15 +80,7 @@ impl<'m> Session<'m> {
             }
             Backend::Candle => Inner::Candle {
                 model,
-                cache: KvCache::new(
-                    c.n_layers,
-                    batch,
-                    c.heads().kv,
-                    c.head_dim(),
-                    c.max_seq_len + scratch,
-                    model.dtype(),
-                    model.device(),
-                )?,
+                cache: KvCache::for_model(model, batch, c.max_seq_len + scratch)?,
                 logits: Vec::new(),
                 t: 0,
                 pad,

@@ -44,6 +44,8 @@ pub fn allocations() -> (u64, u64) {
 // mimalloc itself still hands freed pages back to the kernel after a short delay (its "purge"),
 // so a training step's multi-megabyte activations were re-faulted and zeroed by the kernel every
 // step (~15% of a bench-5m step). Never purging keeps them in the process.
+// The symbol comes from the mimalloc crate, linked by this use.
+use mimalloc as _;
 extern "C" {
     fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
 }

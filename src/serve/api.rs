@@ -4,7 +4,7 @@
 //! unacceptable (out of range, unknown decoder, unknown field, too long for the model's
 //! context); 413 for a body over the limit; 404 for an unknown model.
 
-use super::request::{self, Content, Int, Prompt, Request, Stop};
+use super::request::{self, Int, Prompt, Request, Stop};
 use super::scheduler::{DecodeSettings, JobSpec};
 use crate::config::Config;
 use crate::data::TextTokenizer;
@@ -51,6 +51,11 @@ impl ApiError {
     pub fn param(mut self, p: &str) -> Self {
         self.param = Some(p.to_string());
         self
+    }
+
+    fn bad_type(p: &str, want: &str) -> Self {
+        let msg = format!("'{p}' must be {want}");
+        Self::new(StatusCode::BAD_REQUEST, "invalid_type", msg).param(p)
     }
 
     fn bad_value(p: &str, msg: impl Into<String>) -> Self {
@@ -107,68 +112,6 @@ pub struct Parsed {
     /// Prompts before expansion by n (choices = prompts × n).
     pub n: usize,
     pub include_usage: bool,
-}
-
-/// Fields only some endpoints take: an endpoint refuses the others by name.
-fn endpoint_fields(r: &Request) -> [(&'static str, bool); 9] {
-    [
-        ("prompt", r.prompt.is_some()),
-        ("echo", r.echo.is_some()),
-        ("best_of", r.best_of.is_some()),
-        ("suffix", r.suffix.is_some()),
-        ("messages", r.messages.is_some()),
-        ("max_completion_tokens", r.max_completion_tokens.is_some()),
-        ("tools", r.tools.is_some()),
-        ("functions", r.functions.is_some()),
-        ("top_logprobs", r.top_logprobs.is_some()),
-    ]
-}
-
-/// Refuse fields the endpoint does not take, and OpenAI fields at values that would change
-/// something (only their defaults are supported).
-fn check_fields(r: &Request, takes: &[&str]) -> Result<(), ApiError> {
-    for (field, present) in endpoint_fields(r) {
-        if present && !takes.contains(&field) {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unknown_parameter",
-                format!("unrecognized request argument supplied: {field}"),
-            )
-            .param(field));
-        }
-    }
-    let zero = |v: &Value| v.is_null() || v.as_f64() == Some(0.0);
-    let off = |v: &Value| v.is_null() || v == &Value::Bool(false);
-    let empty_map = |v: &Value| v.is_null() || v.as_object().is_some_and(|o| o.is_empty());
-    let empty_list = |v: &Value| v.is_null() || v.as_array().is_some_and(|a| a.is_empty());
-    let n = r.n.map(|Int(n)| Value::from(n));
-    let one_or_n = |v: &Value| v.is_null() || v.as_i64() == Some(1) || Some(v) == n.as_ref();
-    type Inert<'a> = (&'a str, &'a Option<Value>, &'a dyn Fn(&Value) -> bool);
-    let inert: [Inert; 9] = [
-        ("presence_penalty", &r.presence_penalty, &zero),
-        ("frequency_penalty", &r.frequency_penalty, &zero),
-        ("logprobs", &r.logprobs, &off),
-        ("echo", &r.echo, &off),
-        ("logit_bias", &r.logit_bias, &empty_map),
-        ("suffix", &r.suffix, &empty_map),
-        ("top_logprobs", &r.top_logprobs, &empty_map),
-        ("best_of", &r.best_of, &one_or_n),
-        ("tools", &r.tools, &empty_list),
-    ];
-    let functions = [(
-        "functions",
-        &r.functions,
-        &empty_list as &dyn Fn(&Value) -> bool,
-    )];
-    for (k, v, ok) in inert.into_iter().chain(functions) {
-        if v.as_ref().is_some_and(|v| !ok(v)) {
-            return Err(ApiError::bad_value(
-                k,
-                format!("'{k}' is not supported by this server (only its default value is)"),
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn int_in(v: Option<Int>, k: &str, lo: i64, hi: i64) -> Result<Option<usize>, ApiError> {
@@ -277,6 +220,20 @@ fn common(r: &mut Request, info: &ModelInfo, max_key: &str) -> Result<Common, Ap
         let msg = format!("this checkpoint cannot be decoded with the '{name}' decoder");
         return Err(ApiError::bad_value("decoder", msg));
     }
+    let include_usage = match r
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.get("include_usage"))
+    {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(ApiError::bad_type(
+                "stream_options.include_usage",
+                "a boolean",
+            ))
+        }
+    };
     Ok(Common {
         settings: DecodeSettings {
             decoder,
@@ -286,11 +243,7 @@ fn common(r: &mut Request, info: &ModelInfo, max_key: &str) -> Result<Common, Ap
         n: int_in(r.n, "n", 1, MAX_N)?.unwrap_or(1),
         seed: r.seed.map(|Int(s)| s as u64),
         stream: r.stream.unwrap_or(false),
-        include_usage: r
-            .stream_options
-            .as_ref()
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false),
+        include_usage,
         stops: stops(r.stop.take())?,
         max_tokens,
     })
@@ -310,18 +263,26 @@ fn encode(tok: &TextTokenizer, text: &str) -> Result<Vec<u32>, ApiError> {
     Ok(ids)
 }
 
-fn token_list(v: &[u64], info: &ModelInfo) -> Result<Vec<u32>, ApiError> {
-    if v.is_empty() {
+fn token_list(v: &[Value], info: &ModelInfo) -> Result<Vec<u32>, ApiError> {
+    let ids: Option<Vec<u32>> = v
+        .iter()
+        .map(|t| {
+            t.as_u64()
+                .filter(|&t| (t as usize) < info.vocab)
+                .map(|t| t as u32)
+        })
+        .collect();
+    let Some(ids) = ids else {
+        let msg = format!("token ids must be integers below {}", info.vocab);
+        return Err(ApiError::bad_value("prompt", msg));
+    };
+    if ids.is_empty() {
         return Err(ApiError::bad_value(
             "prompt",
             "a token prompt must not be empty",
         ));
     }
-    if v.iter().any(|&t| t as usize >= info.vocab) {
-        let msg = format!("token ids must be integers below {}", info.vocab);
-        return Err(ApiError::bad_value("prompt", msg));
-    }
-    Ok(v.iter().map(|&t| t as u32).collect())
+    Ok(ids)
 }
 
 fn prompts(
@@ -329,18 +290,30 @@ fn prompts(
     tok: &TextTokenizer,
     info: &ModelInfo,
 ) -> Result<Vec<Vec<u32>>, ApiError> {
+    let bad = || ApiError::bad_type("prompt", "a string, an array of strings, or token ids");
     let out = match p {
         None => vec![encode(tok, "")?],
         Some(Prompt::Text(s)) => vec![encode(tok, &s)?],
-        Some(Prompt::Texts(v)) if v.is_empty() => {
+        Some(Prompt::List(a)) if a.is_empty() => {
             return Err(ApiError::bad_value("prompt", "the prompt list is empty"))
         }
-        Some(Prompt::Texts(v)) => v.iter().map(|s| encode(tok, s)).collect::<Result<_, _>>()?,
-        Some(Prompt::Tokens(t)) => vec![token_list(&t, info)?],
-        Some(Prompt::TokenLists(l)) => l
-            .iter()
-            .map(|t| token_list(t, info))
-            .collect::<Result<_, _>>()?,
+        // The first element says which form the list takes.
+        Some(Prompt::List(a)) => match &a[0] {
+            Value::String(_) => a
+                .iter()
+                .map(|v| v.as_str().ok_or_else(bad).and_then(|s| encode(tok, s)))
+                .collect::<Result<_, _>>()?,
+            Value::Number(_) => vec![token_list(&a, info)?],
+            Value::Array(_) => a
+                .iter()
+                .map(|v| {
+                    v.as_array()
+                        .ok_or_else(bad)
+                        .and_then(|t| token_list(t, info))
+                })
+                .collect::<Result<_, _>>()?,
+            _ => return Err(bad()),
+        },
     };
     if out.len() > MAX_PROMPTS {
         let msg = format!("at most {MAX_PROMPTS} prompts per request");
@@ -396,9 +369,15 @@ fn finish(
     })
 }
 
+/// The body's checked and typed fields (`takes`: what this endpoint adds to the common ones).
+fn read(body: &[u8], takes: &[&str]) -> Result<Request, ApiError> {
+    let m = request::parse(body)?;
+    request::check_fields(&m, takes)?;
+    request::typed(m)
+}
+
 pub fn completion(body: &[u8], tok: &TextTokenizer, info: &ModelInfo) -> Result<Parsed, ApiError> {
-    let mut r = request::parse(body)?;
-    check_fields(&r, &["prompt", "echo", "best_of", "suffix"])?;
+    let mut r = read(body, &["prompt", "echo", "best_of", "suffix"])?;
     let c = common(&mut r, info, "max_tokens")?;
     let p = prompts(r.prompt, tok, info)?;
     finish(c, p, 16, info, false)
@@ -406,8 +385,7 @@ pub fn completion(body: &[u8], tok: &TextTokenizer, info: &ModelInfo) -> Result<
 
 /// The playground: one prompt, one choice, with the decoder trace.
 pub fn playground(body: &[u8], tok: &TextTokenizer, info: &ModelInfo) -> Result<Parsed, ApiError> {
-    let mut r = request::parse(body)?;
-    check_fields(&r, &["prompt"])?;
+    let mut r = read(body, &["prompt"])?;
     let mut c = common(&mut r, info, "max_tokens")?;
     let p = prompts(r.prompt, tok, info)?;
     if p.len() != 1 || c.n != 1 {
@@ -424,7 +402,7 @@ pub fn playground(body: &[u8], tok: &TextTokenizer, info: &ModelInfo) -> Result<
 pub const CHAT_STOP: &str = "\nUser:";
 
 pub fn chat(body: &[u8], tok: &TextTokenizer, info: &ModelInfo) -> Result<Parsed, ApiError> {
-    let mut r = request::parse(body)?;
+    let mut m = request::parse(body)?;
     let takes = [
         "messages",
         "max_completion_tokens",
@@ -432,12 +410,15 @@ pub fn chat(body: &[u8], tok: &TextTokenizer, info: &ModelInfo) -> Result<Parsed
         "functions",
         "top_logprobs",
     ];
-    check_fields(&r, &takes)?;
-    let key = if r.max_completion_tokens.is_some() {
+    request::check_fields(&m, &takes)?;
+    // The newer name wins; the older one is then not read at all.
+    let key = if m.get("max_completion_tokens").is_some_and(|v| !v.is_null()) {
+        m.remove("max_tokens");
         "max_completion_tokens"
     } else {
         "max_tokens"
     };
+    let mut r = request::typed(m)?;
     let mut c = common(&mut r, info, key)?;
     let Some(msgs) = r.messages else {
         return Err(ApiError::new(
@@ -454,41 +435,8 @@ pub fn chat(body: &[u8], tok: &TextTokenizer, info: &ModelInfo) -> Result<Parsed
         ));
     }
     let mut text = String::new();
-    for (i, msg) in msgs.into_iter().enumerate() {
-        let p = format!("messages[{i}]");
-        let role = match msg.role.as_str() {
-            "system" | "developer" => "System",
-            "user" => "User",
-            "assistant" => "Assistant",
-            r => {
-                return Err(ApiError::bad_value(
-                    &format!("{p}.role"),
-                    format!("unknown role '{r}'"),
-                ))
-            }
-        };
-        let content = match msg.content {
-            Some(Content::Text(s)) => s,
-            None if role == "Assistant" => String::new(),
-            None => {
-                let msg = format!("'{p}.content' must be a string or an array of text parts");
-                let e = ApiError::new(StatusCode::BAD_REQUEST, "invalid_type", msg);
-                return Err(e.param(&format!("{p}.content")));
-            }
-            Some(Content::Parts(parts)) => {
-                let mut s = String::new();
-                for part in parts {
-                    match (part.kind.as_str(), part.text) {
-                        ("text", Some(t)) => s.push_str(&t),
-                        _ => {
-                            let msg = "only text content parts are supported";
-                            return Err(ApiError::bad_value(&format!("{p}.content"), msg));
-                        }
-                    }
-                }
-                s
-            }
-        };
+    for (i, msg) in msgs.iter().enumerate() {
+        let (role, content) = message(msg, &format!("messages[{i}]"))?;
         text.push_str(&format!("{role}: {}\n", content.trim()));
     }
     text.push_str("Assistant:");
@@ -497,4 +445,49 @@ pub fn chat(body: &[u8], tok: &TextTokenizer, info: &ModelInfo) -> Result<Parsed
     }
     let prompt = encode(tok, &text)?;
     finish(c, vec![prompt], 256, info, false)
+}
+
+/// One chat message as (speaker, text): an object with a known role and text content (a
+/// string, or text parts; an assistant's may be empty).
+fn message(msg: &Value, p: &str) -> Result<(&'static str, String), ApiError> {
+    let msg = msg
+        .as_object()
+        .ok_or_else(|| ApiError::bad_type(p, "an object"))?;
+    let role = match msg.get("role").and_then(Value::as_str) {
+        Some("system") | Some("developer") => "System",
+        Some("user") => "User",
+        Some("assistant") => "Assistant",
+        Some(r) => {
+            return Err(ApiError::bad_value(
+                &format!("{p}.role"),
+                format!("unknown role '{r}'"),
+            ))
+        }
+        None => return Err(ApiError::bad_type(&format!("{p}.role"), "a string")),
+    };
+    let content = match msg.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None if role == "Assistant" => String::new(),
+        Some(Value::Array(parts)) => {
+            let mut s = String::new();
+            for part in parts {
+                match (
+                    part.get("type").and_then(Value::as_str),
+                    part.get("text").and_then(Value::as_str),
+                ) {
+                    (Some("text"), Some(t)) => s.push_str(t),
+                    _ => {
+                        let msg = "only text content parts are supported";
+                        return Err(ApiError::bad_value(&format!("{p}.content"), msg));
+                    }
+                }
+            }
+            s
+        }
+        _ => {
+            let want = "a string or an array of text parts";
+            return Err(ApiError::bad_type(&format!("{p}.content"), want));
+        }
+    };
+    Ok((role, content))
 }

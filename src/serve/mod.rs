@@ -1,8 +1,9 @@
 //! `card serve`: an OpenAI-compatible HTTP API (axum + tokio) over a checkpoint, with SSE
 //! streaming, a bounded queue with batching across requests, and the playground page.
 //!
-//! Decoding never runs on the async runtime: the [`engine`] owns worker threads that batch
-//! compatible requests into one `generate` call and stream committed text back over channels.
+//! Decoding never runs on the async runtime: the [`scheduler`] owns worker threads that batch
+//! compatible requests into one `generate` call, [`rows`] turns each row's steps into text
+//! and events sent back over channels, and [`request`] / [`api`] validate what comes in.
 
 pub mod api;
 mod http;
@@ -102,7 +103,7 @@ pub fn run(o: ServeOptions) -> Result<()> {
         decoders,
         default_decoder,
     };
-    let engine = Scheduler::new(
+    let scheduler = Scheduler::new(
         model,
         tok.clone(),
         SchedulerConfig {
@@ -113,7 +114,7 @@ pub fn run(o: ServeOptions) -> Result<()> {
         },
     );
     let app = Arc::new(App {
-        scheduler: Arc::clone(&engine),
+        scheduler: Arc::clone(&scheduler),
         tok,
         info,
         max_body_bytes: o.max_body_bytes,
@@ -127,9 +128,9 @@ pub fn run(o: ServeOptions) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let workers = engine.start();
+    let workers = scheduler.start();
     let served = rt.block_on(serve(app, &o));
-    engine.cancel_everything();
+    scheduler.cancel_everything();
     for w in workers {
         let _ = w.join();
     }
@@ -152,7 +153,7 @@ async fn serve(app: Arc<App>, o: &ServeOptions) -> Result<()> {
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let engine = Arc::clone(&app.scheduler);
+    let scheduler = Arc::clone(&app.scheduler);
     let grace = o.shutdown_grace;
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
@@ -161,12 +162,12 @@ async fn serve(app: Arc<App>, o: &ServeOptions) -> Result<()> {
         }
         eprintln!(
             "card serve: shutting down; {} request(s) in flight get {:.1}s to finish",
-            engine.admitted(),
+            scheduler.admitted(),
             grace.as_secs_f64()
         );
-        engine.close();
+        scheduler.close();
         let _ = stopping_tx.send(());
-        let e = Arc::clone(&engine);
+        let e = Arc::clone(&scheduler);
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
             e.cancel_everything();

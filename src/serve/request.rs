@@ -1,18 +1,43 @@
-//! The request bodies of the generation endpoints as typed serde structs, and the one mapper
-//! from a deserialisation error to an OpenAI-style error: 400 `invalid_json` for a body that
-//! is not a JSON object, 400 `invalid_type` (with the field's path) for a wrong JSON type,
-//! 422 `unknown_parameter` for an unknown field. Values are range-checked in `api.rs`.
+//! The request bodies of the generation endpoints: read as a JSON object, checked for the
+//! fields an endpoint takes (unknown ones first: 422 `unknown_parameter`; OpenAI fields at
+//! values that would change something: 422), then typed by serde, with one mapper from a
+//! serde error to an OpenAI-style error: 400 `invalid_type` with the field's path. Values
+//! are range-checked in `api.rs`.
 
 use super::api::ApiError;
 use axum::http::StatusCode;
 use serde::de::{self, Deserializer, Unexpected, Visitor};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-/// Every field any generation endpoint takes; `api.rs` refuses those an endpoint does not
-/// (serde cannot combine `flatten` with `deny_unknown_fields`, so the union is one struct).
+/// The fields every generation endpoint takes.
+const COMMON: &[&str] = &[
+    "model",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "repetition_penalty",
+    "ignore_eos",
+    "stop",
+    "seed",
+    "n",
+    "stream",
+    "stream_options",
+    "user",
+    "decoder",
+    "block_size",
+    "step_limit",
+    "threshold",
+    "presence_penalty",
+    "frequency_penalty",
+    "logprobs",
+    "logit_bias",
+];
+
+/// A request's fields once their JSON types are right (fields only an endpoint takes are
+/// refused by name before, in [`check_fields`]).
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Request {
     pub model: Option<String>,
     pub max_tokens: Option<Int>,
@@ -25,28 +50,18 @@ pub struct Request {
     pub seed: Option<Int>,
     pub n: Option<Int>,
     pub stream: Option<bool>,
-    pub stream_options: Option<StreamOptions>,
+    pub stream_options: Option<Map<String, Value>>,
     pub user: Option<String>,
     pub decoder: Option<String>,
     pub block_size: Option<Int>,
     pub step_limit: Option<Int>,
     pub threshold: Option<f64>,
-    // OpenAI fields accepted only at values that change nothing (checked in `api.rs`).
-    pub presence_penalty: Option<Value>,
-    pub frequency_penalty: Option<Value>,
-    pub logprobs: Option<Value>,
-    pub logit_bias: Option<Value>,
-    // Completions only.
+    /// Completions: text, texts, token ids or lists of them (checked in `api.rs`, where a
+    /// bad token id is a value error).
     pub prompt: Option<Prompt>,
-    pub echo: Option<Value>,
-    pub best_of: Option<Value>,
-    pub suffix: Option<Value>,
-    // Chat only.
-    pub messages: Option<Vec<Message>>,
+    /// Chat: checked message by message in `api.rs`.
+    pub messages: Option<Vec<Value>>,
     pub max_completion_tokens: Option<Int>,
-    pub tools: Option<Value>,
-    pub functions: Option<Value>,
-    pub top_logprobs: Option<Value>,
 }
 
 /// An integer written as any JSON number that is whole (`1e30` included, saturating), so
@@ -88,78 +103,62 @@ pub enum Stop {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct StreamOptions {
-    pub include_usage: Option<bool>,
-}
-
-/// A completion prompt: text, texts, token ids, or lists of token ids.
-#[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum Prompt {
     Text(String),
-    Texts(Vec<String>),
-    Tokens(Vec<u64>),
-    TokenLists(Vec<Vec<u64>>),
+    List(Vec<Value>),
 }
 
-#[derive(Debug, Deserialize)]
-pub struct Message {
-    pub role: String,
-    pub content: Option<Content>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum Content {
-    Text(String),
-    Parts(Vec<Part>),
-}
-
-#[derive(Debug, Deserialize)]
-pub struct Part {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub text: Option<String>,
-}
-
-/// Parse a body; every failure becomes one OpenAI-style error.
-pub fn parse(body: &[u8]) -> Result<Request, ApiError> {
-    // serde would read a struct from a JSON array too.
-    if body.trim_ascii_start().first() != Some(&b'{') {
-        let msg = "the request body must be a JSON object";
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", msg));
+/// The body as a JSON object (400 `invalid_json` otherwise).
+pub fn parse(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let invalid = |msg: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", msg);
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(invalid("the request body must be a JSON object".into())),
+        Err(e) => Err(invalid(format!("the request body is not valid JSON: {e}"))),
     }
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(error)
 }
 
-fn error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
-    let path = e.path().to_string();
-    let inner = e.into_inner();
-    let invalid_json = |msg: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", msg);
-    if !inner.is_data() {
-        return invalid_json(format!("the request body is not valid JSON: {inner}"));
-    }
-    // serde_json appends the position; the field's path says more.
-    let msg = inner.to_string();
-    let msg = msg
-        .rsplit_once(" at line ")
-        .map_or(msg.as_str(), |(m, _)| m);
-    if let Some(field) = msg
-        .strip_prefix("unknown field `")
-        .and_then(|rest| rest.split('`').next())
+/// Refuse fields neither common nor in `extra` (whatever their value), then OpenAI fields
+/// at values that would change something (only their defaults are supported).
+pub fn check_fields(m: &Map<String, Value>, extra: &[&str]) -> Result<(), ApiError> {
+    if let Some(k) = m
+        .keys()
+        .find(|k| !COMMON.contains(&k.as_str()) && !extra.contains(&k.as_str()))
     {
-        return ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown_parameter",
-            format!("unrecognized request argument supplied: {field}"),
-        )
-        .param(field);
+        let msg = format!("unrecognized request argument supplied: {k}");
+        let e = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_parameter", msg);
+        return Err(e.param(k));
     }
-    if path == "." || path.is_empty() {
-        return invalid_json("the request body must be a JSON object".into());
+    for (k, v) in m {
+        let inert = match k.as_str() {
+            "presence_penalty" | "frequency_penalty" => v.is_null() || v.as_f64() == Some(0.0),
+            "logprobs" | "echo" => v.is_null() || v == &Value::Bool(false),
+            "logit_bias" | "suffix" | "top_logprobs" => {
+                v.is_null() || v.as_object().is_some_and(|o| o.is_empty())
+            }
+            "best_of" => v.is_null() || v.as_i64() == Some(1) || m.get("n") == Some(v),
+            "tools" | "functions" => v.is_null() || v.as_array().is_some_and(|a| a.is_empty()),
+            _ => true,
+        };
+        if !inert {
+            let msg = format!("'{k}' is not supported by this server (only its default value is)");
+            let e = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", msg);
+            return Err(e.param(k));
+        }
     }
-    let msg = match msg {
+    Ok(())
+}
+
+/// The checked fields, typed.
+pub fn typed(m: Map<String, Value>) -> Result<Request, ApiError> {
+    serde_path_to_error::deserialize(Value::Object(m)).map_err(type_error)
+}
+
+fn type_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let msg = e.into_inner().to_string();
+    let msg = match msg.as_str() {
         m if m.starts_with("data did not match any variant") => "not a form it may take",
         m => m,
     };
@@ -175,29 +174,44 @@ fn error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
 mod tests {
     use super::*;
 
-    fn code(body: &str) -> (u16, String, Option<String>) {
-        let e = parse(body.as_bytes()).unwrap_err();
+    fn error(body: &str, extra: &[&str]) -> (u16, String, Option<String>) {
+        let e = parse(body.as_bytes())
+            .and_then(|m| check_fields(&m, extra).map(|_| m))
+            .and_then(typed)
+            .unwrap_err();
         (e.status.as_u16(), e.code.unwrap_or("").to_string(), e.param)
     }
 
     #[test]
     fn errors_map_to_status_code_and_param() {
+        let p = |s: &str| Some(s.to_string());
         assert_eq!(
-            code("{\"max_tokens\": \"8\"}"),
-            (400, "invalid_type".into(), Some("max_tokens".into()))
+            error("{\"max_tokens\": \"8\"}", &[]),
+            (400, "invalid_type".into(), p("max_tokens"))
         );
-        assert_eq!(code("{\"max_tokens\": 2.5}").1, "invalid_type");
-        assert_eq!(code("{\"stop\": [1]}").2.as_deref(), Some("stop"));
+        assert_eq!(error("{\"max_tokens\": 2.5}", &[]).1, "invalid_type");
+        assert_eq!(error("{\"stop\": [1]}", &[]).2, p("stop"));
         assert_eq!(
-            code("{\"block_sise\": 4}"),
-            (422, "unknown_parameter".into(), Some("block_sise".into()))
+            error("{\"block_sise\": 4}", &[]),
+            (422, "unknown_parameter".into(), p("block_sise"))
         );
-        assert_eq!(code("[1, 2]").1, "invalid_json");
-        assert_eq!(code("{\"prompt\": ").1, "invalid_json");
-        let c = code("{\"messages\": [{\"role\": \"user\", \"content\": 3}]}");
-        assert_eq!((c.0, c.2.as_deref()), (400, Some("messages[0].content")));
+        // An unknown field wins over a type error, and a field of another endpoint is unknown.
+        assert_eq!(
+            error("{\"max_tokens\": \"x\", \"foo\": 1}", &[]).1,
+            "unknown_parameter"
+        );
+        assert_eq!(
+            error("{\"messages\": null}", &["prompt"]).1,
+            "unknown_parameter"
+        );
+        assert_eq!(error("{\"logprobs\": 5}", &[]).1, "invalid_value");
+        assert_eq!(error("[1, 2]", &[]).1, "invalid_json");
+        assert_eq!(error("{\"prompt\": ", &[]).1, "invalid_json");
+        assert_eq!(error("{\"n\": 1} junk", &[]).1, "invalid_json");
+        assert_eq!(error("{\"prompt\": {\"text\": \"x\"}}", &["prompt"]).0, 400);
         // Whole numbers however written are integers; range checks come later.
-        let r = parse(b"{\"max_tokens\": 1e30, \"n\": 18446744073709551615}").unwrap();
+        let m = parse(b"{\"max_tokens\": 1e30, \"n\": 18446744073709551615}").unwrap();
+        let r = typed(m).unwrap();
         assert_eq!(
             (r.max_tokens, r.n),
             (Some(Int(i64::MAX)), Some(Int(i64::MAX)))

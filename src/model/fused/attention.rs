@@ -136,9 +136,9 @@ impl<T: Real> Geometry<T> {
     /// for q and k, times `mul`.
     fn load(&self, qkv: &[T], bi: usize, hh: usize, which: usize, mul: T, dst: &mut [T]) {
         let (t, hd, half) = (self.t, self.hd, self.hd / 2);
-        let d3 = self.heads.qkv_width();
+        let (d3, col) = (self.heads.qkv_width(), self.column(hh, which));
         for i in 0..t {
-            let at = (bi * t + i) * d3 + self.column(hh, which);
+            let at = (bi * t + i) * d3 + col;
             let row = &mut dst[i * hd..(i + 1) * hd];
             row.copy_from_slice(&qkv[at..at + hd]);
             if which != 2 {
@@ -351,12 +351,13 @@ fn backward<T: Real>(g: &Geometry<T>, qkv: &[T], out: &[T], grad: &[T], lse: &[f
         }
         // Back through the scale and the rotations (a rotation's transpose is its inverse).
         let half = hd / 2;
+        let cols = [0, 1, 2].map(|which| g.column(hh, which));
         for i in 0..t {
             let base = (bi * t + i) * d3;
             for (which, grad_rows, mul) in [(0, &dq, g.scale), (1, &dk, T::ONE), (2, &dv, T::ONE)] {
                 // SAFETY: pair (bi, hh) alone writes head hh's q/k/v columns of row bi (the
                 // backward refuses shared key/value heads).
-                let at = base + g.column(hh, which);
+                let at = base + cols[which];
                 let row = unsafe { std::slice::from_raw_parts_mut(dst.at(at), hd) };
                 row.copy_from_slice(&grad_rows[i * hd..(i + 1) * hd]);
                 if which != 2 {

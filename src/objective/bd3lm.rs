@@ -103,7 +103,13 @@ impl Objective for Bd3lm {
             }
             None => {
                 let lo = self.cfg.eps.max(self.clip.0);
-                levels(batch * nb, self.spacing(), lo, self.clip.1, rng)
+                levels(
+                    batch * nb,
+                    Spacing::stratified_if(self.cfg.antithetic),
+                    lo,
+                    self.clip.1,
+                    rng,
+                )
             }
         };
         let c = &self.cfg;
@@ -131,11 +137,7 @@ impl Bound for Bd3lm {
         subs_row_nelbo(&self.logits(model, nb)?, nb, self.mask_id)
     }
 
-    fn mask_id(&self) -> u32 {
-        self.mask_id
-    }
-
-    fn spacing(&self) -> Spacing {
-        Spacing::stratified_if(self.cfg.antithetic)
+    fn masking(&self) -> (&MdlmConfig, u32) {
+        (&self.cfg, self.mask_id)
     }
 }

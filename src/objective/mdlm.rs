@@ -59,7 +59,13 @@ impl Objective for Mdlm {
     ) -> NoisyBatch {
         let t = match t {
             Some(t) => t.to_vec(),
-            None => levels(batch, self.spacing(), self.cfg.eps, 1.0, rng),
+            None => levels(
+                batch,
+                Spacing::stratified_if(self.cfg.antithetic),
+                self.cfg.eps,
+                1.0,
+                rng,
+            ),
         };
         assert_eq!(t.len(), batch, "one noise level per sequence");
         let c = &self.cfg;
@@ -87,12 +93,8 @@ impl Bound for Mdlm {
         subs_row_nelbo(&self.logits(model, nb)?, nb, self.mask_id)
     }
 
-    fn mask_id(&self) -> u32 {
-        self.mask_id
-    }
-
-    fn spacing(&self) -> Spacing {
-        Spacing::stratified_if(self.cfg.antithetic)
+    fn masking(&self) -> (&MdlmConfig, u32) {
+        (&self.cfg, self.mask_id)
     }
 }
 

@@ -8,7 +8,7 @@ pub mod card;
 pub mod context_weights;
 pub mod mdlm;
 
-use crate::config::{Config, ObjectiveKind};
+use crate::config::{Config, MdlmConfig, ObjectiveKind};
 use crate::model::{ops, Attention, Transformer};
 use crate::noise::{mask_counts, Spacing};
 use candle_core::{Result, Tensor};
@@ -104,10 +104,9 @@ pub trait Bound: Send + Sync {
     /// Per-sequence Σ_masked w·CE in nats (one draw of the bound) of an unshifted batch.
     fn row_nelbo(&self, model: &Transformer, batch: &NoisyBatch) -> Result<Vec<f64>>;
 
-    fn mask_id(&self) -> u32;
-
-    /// How the draws' mask counts are spread over the units of a batch.
-    fn spacing(&self) -> Spacing;
+    /// The diffusion settings (the draws' counts are stratified over a batch's units when
+    /// `antithetic`) and the [MASK] id.
+    fn masking(&self) -> (&MdlmConfig, u32);
 
     /// One draw over clean windows x0 [batch, len].
     fn draw(&self, x0: &[u32], batch: usize, len: usize, rng: &mut dyn RngCore) -> NoisyBatch {
@@ -153,7 +152,9 @@ fn draw_spans<B: Bound + ?Sized>(
                 .map(move |u| at + u.start..at + u.end)
         })
         .collect();
-    let (input, weights, t) = mask_counts(x0, &units, bound.spacing(), bound.mask_id(), rng);
+    let (cfg, mask_id) = bound.masking();
+    let spacing = Spacing::stratified_if(cfg.antithetic);
+    let (input, weights, t) = mask_counts(x0, &units, spacing, mask_id, rng);
     NoisyBatch::unshifted(x0, len, (input, weights), t)
 }
 

@@ -90,10 +90,8 @@ pub struct ModelInfo {
     pub vocab: usize,
     /// The checkpoint's config (its objective decides which decoders fit).
     pub config: Config,
-    /// The server's decoders that fit the checkpoint.
+    /// The server's decoders that fit the checkpoint (at least one).
     pub decoders: Vec<&'static str>,
-    /// CARD's parallel decoding where it fits, else AR.
-    pub default_decoder: &'static str,
 }
 
 impl ModelInfo {
@@ -103,6 +101,15 @@ impl ModelInfo {
             .into_iter()
             .filter(|d| DECODERS.contains(d))
             .collect()
+    }
+
+    /// CARD's parallel decoding where it fits, else the first that fits.
+    pub fn default_decoder(&self) -> &'static str {
+        if self.decoders.contains(&"card") {
+            "card"
+        } else {
+            self.decoders[0]
+        }
     }
 }
 
@@ -209,7 +216,7 @@ fn common(r: &mut Request, info: &ModelInfo, max_key: &str) -> Result<Common, Ap
         threshold: num_in(r.threshold, "threshold", 0.0, 1.0, false)?,
         ..Knobs::default()
     };
-    let name = r.decoder.as_deref().unwrap_or(info.default_decoder);
+    let name = r.decoder.as_deref().unwrap_or(info.default_decoder());
     if !DECODERS.contains(&name) {
         let msg = format!("unknown decoder '{name}'; use 'ar' or 'card'");
         return Err(ApiError::bad_value("decoder", msg));

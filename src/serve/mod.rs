@@ -90,18 +90,12 @@ pub fn run(o: ServeOptions) -> Result<()> {
             crate::decode::DecoderSpec::fitting(objective).join(" or ")
         );
     }
-    let default_decoder = if decoders.contains(&"card") {
-        "card"
-    } else {
-        decoders[0]
-    };
     let info = ModelInfo {
         id,
         context: model.cfg.max_seq_len,
         vocab: tok.vocab_size(),
         config: ckpt.config,
         decoders,
-        default_decoder,
     };
     let scheduler = Scheduler::new(
         model,
@@ -149,7 +143,9 @@ async fn serve(app: Arc<App>, o: &ServeOptions) -> Result<()> {
     // The first stdout line names the address (tests start the server on port 0 and read it).
     println!(
         "card serve: listening on http://{local} (model {}, context {}, decoder {})",
-        app.info.id, app.info.context, app.info.default_decoder
+        app.info.id,
+        app.info.context,
+        app.info.default_decoder()
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -266,7 +262,7 @@ async fn models(
         "objective": app.objective,
         "context_length": i.context,
         "decoders": decoders,
-        "defaults": {"decoder": i.default_decoder, "block_size": d.block_size,
+        "defaults": {"decoder": i.default_decoder(), "block_size": d.block_size,
                      "step_limit": d.step_limit, "threshold": d.threshold},
     }]}))
 }

@@ -4,51 +4,16 @@
 //! cached forwards equal full recomputation.
 
 use candle_core::{Device, Tensor};
-use card::config::{Config, ObjectiveKind};
-use card::data::load_data;
-use card::data::{Prepared, TextTokenizer};
+use card::data::TextTokenizer;
 use card::decode::{
     ArDecoder, CardDecoder, CommitMode, Decoder, Floor, GenOptions, Generation, Sampling, StepTrace,
 };
-use card::model::{Attention, Backend, KvCache, Transformer};
-use card::train::Trainer;
+use card::model::{Attention, Backend, KvCache};
 use common::max_abs_diff;
-use std::sync::OnceLock;
 
 mod common;
 
-struct Fixture {
-    data: Prepared,
-    model: Transformer,
-    /// The trained weights twice: as plain tensors (either backend decodes them) and as
-    /// training `Var`s (only candle's forward with `KvCache` does).
-    plain: Transformer,
-    vars: Transformer,
-}
-
-fn fixture() -> &'static Fixture {
-    static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| {
-        let mut cfg = Config::load("tiny", &[]).unwrap();
-        cfg.train.objective = ObjectiveKind::Card;
-        cfg.train.max_steps = 80;
-        let data = load_data(&cfg, None).unwrap();
-        let mut t = Trainer::new(cfg, &data, &Device::Cpu).unwrap();
-        for _ in 0..80 {
-            t.step().unwrap();
-        }
-        let model = t.eval_model().unwrap();
-        let mc = &t.cfg.model; // the vocabulary resolved from the data
-        let plain = Transformer::from_tensors(mc, |n| t.params.tensor(n)?.copy()).unwrap();
-        let vars = Transformer::from_params(mc, &t.params).unwrap();
-        Fixture {
-            data,
-            model,
-            plain,
-            vars,
-        }
-    })
-}
+use common::trained::fixture;
 
 fn tok() -> &'static TextTokenizer {
     &fixture().data.tokenizer

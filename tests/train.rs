@@ -77,6 +77,50 @@ fn resume_is_bit_identical() {
 }
 
 #[test]
+fn init_starts_from_the_weights_with_a_fresh_optimizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("a");
+    let mut first = Trainer::new(tiny(3, ObjectiveKind::Card), data(), &Device::Cpu).unwrap();
+    first.run(&run, false).unwrap();
+    let mut ckpt = checkpoint::load(&run, &Device::Cpu).unwrap();
+    // Another objective and schedule on top of the same weights.
+    let mut t = Trainer::from_checkpoint(tiny(2, ObjectiveKind::Arm), &ckpt, &ckpt.weights, data())
+        .unwrap();
+    assert_eq!(weights_of(&t), weights_of(&first));
+    assert_eq!((t.state.step, t.state.tokens_seen, t.opt.t), (0, 0, 0));
+    for m in t.opt.m.iter().chain(&t.opt.v) {
+        let zero = m.zeros_like().unwrap();
+        assert_eq!(
+            common::max_abs_diff(m, &zero),
+            0.0,
+            "optimizer moments start at zero"
+        );
+    }
+    assert_eq!(t.state.objective, ObjectiveKind::Arm);
+    assert_eq!(
+        t.state.init_from.as_deref(),
+        Some(ckpt.dir.to_str().unwrap())
+    );
+    let out = dir.path().join("b");
+    t.run(&out, false).unwrap();
+    assert_ne!(
+        weights_of(&t),
+        weights_of(&first),
+        "training moved the weights"
+    );
+    let saved = checkpoint::load(&out, &Device::Cpu).unwrap();
+    assert_eq!(saved.state.step, 2);
+    assert!(saved.state.init_from.is_some());
+    // Data tokenized with another tokenizer is refused.
+    ckpt.state.tokenizer_hash = "another".into();
+    let err = Trainer::from_checkpoint(tiny(2, ObjectiveKind::Card), &ckpt, &ckpt.weights, data())
+        .err()
+        .expect("a tokenizer mismatch is refused")
+        .to_string();
+    assert!(err.contains("another tokenizer"), "{err}");
+}
+
+#[test]
 fn resume_rejects_a_different_config() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny(2, ObjectiveKind::Card);

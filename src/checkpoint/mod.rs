@@ -37,6 +37,9 @@ pub struct TrainState {
     pub tokenizer_hash: String,
     pub last_val_loss: Option<f64>,
     pub elapsed_s: f64,
+    /// The checkpoint whose weights a `--init` run started from (None: a random init).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<String>,
 }
 
 pub struct Checkpoint {

@@ -26,9 +26,10 @@ pub enum Truncate {
 /// Decoder settings, shared by `generate` and `eval --generation`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DecoderArgs {
-    /// CARD: K, slots decoded in parallel.
-    #[arg(long, default_value_t = CardDecoder::default().block_size)]
-    pub block_size: usize,
+    /// CARD: K, slots decoded in parallel; verify: K, [MASK] slots drafting per pass (and
+    /// the most drafts a pass checks) [default: 8 for card, 4 for verify].
+    #[arg(long)]
+    pub block_size: Option<usize>,
     /// CARD: T_max, passes after which a block's remaining slots are filled.
     #[arg(long, default_value_t = CardDecoder::default().step_limit)]
     pub step_limit: usize,
@@ -54,7 +55,7 @@ impl DecoderArgs {
     /// cannot run the checkpoint.
     pub fn spec(&self, name: Option<&str>, cfg: &Config) -> Result<DecoderSpec> {
         let knobs = Knobs {
-            block_size: Some(self.block_size),
+            block_size: self.block_size,
             step_limit: Some(self.step_limit),
             threshold: Some(self.threshold),
             floor: Some(self.floor),
@@ -86,8 +87,9 @@ pub struct GenerateArgs {
     pub prompt_file: Vec<PathBuf>,
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
-    /// ar, card, mdlm or bd3lm [default: the checkpoint's own: ar for ARM and CARD, the
-    /// samplers for MDLM and BD3LM].
+    /// ar, card, verify (CARD's drafts checked by the model: AR's output in fewer passes),
+    /// mdlm or bd3lm [default: the checkpoint's own: ar for ARM and CARD, the samplers for
+    /// MDLM and BD3LM].
     #[arg(long, value_parser = decoder_names())]
     pub decoder: Option<String>,
     #[command(flatten)]

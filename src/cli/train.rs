@@ -31,6 +31,14 @@ pub struct TrainArgs {
     /// Continue the run in this directory exactly where its last checkpoint left off.
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Start a fresh run (step 0, new optimizer and schedule) from this checkpoint's weights
+    /// (its EMA weights where it kept them, unless --no-ema), model shape and tokenizer; the
+    /// rest of the config is the checkpoint's unless --preset is given, with --set on top.
+    #[arg(long, conflicts_with = "resume")]
+    pub init: Option<PathBuf>,
+    /// With --init: start from the raw weights even where the checkpoint kept an EMA.
+    #[arg(long, requires = "init")]
+    pub no_ema: bool,
     /// Override any config field, e.g. --set train.lr=1e-3 --set noise.tail_factor=2.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
@@ -54,6 +62,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         sets.push(format!("data.path={:?}", d.display().to_string()));
     }
     let device = default_device()?;
+    let init = match &args.init {
+        Some(dir) => Some(checkpoint::load(dir, &device)?),
+        None => None,
+    };
     let (cfg, ckpt, out) = match &args.resume {
         Some(dir) => {
             let ckpt = checkpoint::load(dir, &device)?;
@@ -67,9 +79,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         None => {
             let preset = args.preset.as_deref().unwrap_or("small");
-            let cfg = Config::load(preset, &sets)?;
+            let cfg = match (&init, &args.preset) {
+                (Some(c), None) => Config::from_toml_with_sets(&c.config.to_toml(), &sets)?,
+                _ => Config::load(preset, &sets)?,
+            };
             let out = args.out.clone().unwrap_or_else(|| {
-                PathBuf::from(format!("runs/{preset}-{}", cfg.train.objective.name()))
+                let from = if init.is_some() { "init-" } else { "" };
+                PathBuf::from(format!(
+                    "runs/{from}{preset}-{}",
+                    cfg.train.objective.name()
+                ))
             });
             if out.join("latest").exists() {
                 bail!(
@@ -80,14 +99,22 @@ pub fn run(args: TrainArgs) -> Result<()> {
             (cfg, None, out)
         }
     };
-    let tokenizer = match &ckpt {
+    let tokenizer = match ckpt.as_ref().or(init.as_ref()) {
         Some(c) => Some(TextTokenizer::from_json(&c.tokenizer_json)?),
         None => None,
     };
     let data = load_data(&cfg, tokenizer)?;
-    let mut trainer = match ckpt {
-        Some(c) => Trainer::resume(cfg, c, &data)?,
-        None => Trainer::new(cfg, &data, &device)?,
+    let mut trainer = match (ckpt, &init) {
+        (Some(c), _) => Trainer::resume(cfg, c, &data)?,
+        (None, Some(i)) => {
+            let (weights, which) = match (&i.ema, args.no_ema) {
+                (Some(ema), false) => (ema, "EMA"),
+                _ => (&i.weights, "raw"),
+            };
+            eprintln!("starting from the {which} weights of {}", i.dir.display());
+            Trainer::from_checkpoint(cfg, i, weights, &data)?
+        }
+        (None, None) => Trainer::new(cfg, &data, &device)?,
     };
     let c = &trainer.cfg;
     eprintln!(

@@ -42,6 +42,7 @@ impl Decoder for ArDecoder {
             step: 1,
             slots: Vec::with_capacity(1),
             committed: Vec::with_capacity(1),
+            rejected: Vec::new(),
         };
         while rows.iter().any(|r| !r.done) {
             session.forward(&inputs)?;
@@ -76,6 +77,6 @@ impl Decoder for ArDecoder {
                 }
             }
         }
-        Ok(Generation::from_rows(rows, forwards, start))
+        Ok(Generation::from_rows(rows, forwards, start).computed(session.fed(), prompts))
     }
 }

@@ -213,6 +213,7 @@ impl Decoder for Bd3lmDecoder {
             })
             .collect();
         let mut forwards = 0;
+        let mut fed = 0;
         while rows.iter().any(|r| !r.progress.done) {
             let inputs: Vec<Vec<u32>> = rows
                 .iter()
@@ -227,6 +228,7 @@ impl Decoder for Bd3lmDecoder {
                 .collect();
             let logits = if inputs.iter().any(|i| !i.is_empty()) {
                 forwards += 1;
+                fed += inputs.iter().map(|i| i.len()).sum::<usize>();
                 Some(forward_blocks(
                     model,
                     &mut cache,
@@ -282,6 +284,7 @@ impl Decoder for Bd3lmDecoder {
                         .iter()
                         .map(|&j| row.slots[j].trace(first + j))
                         .collect(),
+                    rejected: Vec::new(),
                 });
                 if row.slots.iter().any(|s| s.token.is_none()) {
                     continue;
@@ -300,6 +303,6 @@ impl Decoder for Bd3lmDecoder {
             }
         }
         let rows = rows.into_iter().map(|r| r.progress).collect();
-        Ok(Generation::from_rows(rows, forwards, start))
+        Ok(Generation::from_rows(rows, forwards, start).computed(fed, prompts))
     }
 }

@@ -214,6 +214,7 @@ impl Decoder for CardDecoder {
             step: 0,
             slots: Vec::with_capacity(k),
             committed: Vec::with_capacity(k),
+            rejected: Vec::new(),
         };
         loop {
             // Open windows: a new block, or top up a sliding window to K slots.
@@ -322,6 +323,6 @@ impl Decoder for CardDecoder {
             }
         }
         let rows = rows.into_iter().map(|r| r.progress).collect();
-        Ok(Generation::from_rows(rows, forwards, start))
+        Ok(Generation::from_rows(rows, forwards, start).computed(stepper.fed(), prompts))
     }
 }

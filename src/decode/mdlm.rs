@@ -124,6 +124,7 @@ impl Decoder for MdlmDecoder {
             })
             .collect();
         let mut forwards = 0;
+        let mut fed = 0;
         for step in 1..=steps.max(1) {
             if rows.iter().all(|r| r.progress.done) {
                 break;
@@ -143,6 +144,7 @@ impl Decoder for MdlmDecoder {
                         prompts[r].iter().copied().chain(gen).collect()
                     })
                     .collect();
+                fed += canvases.iter().map(|c| c.len()).sum::<usize>();
                 let logits = bidirectional_logits(model, &canvases, opts.mask_id)?;
                 forwards += 1;
                 for (i, &r) in fresh.iter().enumerate() {
@@ -183,11 +185,12 @@ impl Decoder for MdlmDecoder {
                         .map(|(j, s)| s.trace(j))
                         .collect(),
                     committed: chosen.iter().map(|&j| row.slots[j].trace(j)).collect(),
+                    rejected: Vec::new(),
                 });
                 accept_prefix(r, row, opts);
             }
         }
         let rows = rows.into_iter().map(|r| r.progress).collect();
-        Ok(Generation::from_rows(rows, forwards, start))
+        Ok(Generation::from_rows(rows, forwards, start).computed(fed, prompts))
     }
 }

@@ -13,6 +13,7 @@ mod progress;
 pub mod sampling;
 pub mod spec;
 pub mod text;
+pub mod verify;
 
 use crate::config::ObjectiveKind;
 use crate::data::TextTokenizer;
@@ -29,6 +30,7 @@ pub use mdlm::MdlmDecoder;
 pub use progress::Progress;
 pub use sampling::Sampling;
 pub use spec::{DecoderSpec, Knobs};
+pub use verify::VerifyDecoder;
 
 /// Called with (row index, the row's generated tokens) after each commit; true stops the row.
 pub type StopFn<'a> = &'a dyn Fn(usize, &[u32]) -> bool;
@@ -90,6 +92,9 @@ pub struct Generation {
     /// Batched forward passes run.
     pub forward_passes: usize,
     pub elapsed_s: f64,
+    /// Positions run through the model after the prompts' first pass: every drafted,
+    /// masked or recomputed position counts, kept or not (0 where a decoder does not count).
+    pub computed_tokens: usize,
 }
 
 impl Generation {
@@ -99,7 +104,21 @@ impl Generation {
             rows: rows.into_iter().map(Progress::output).collect(),
             forward_passes,
             elapsed_s: start.elapsed().as_secs_f64(),
+            computed_tokens: 0,
         }
+    }
+
+    /// Record the positions fed by every pass (`fed`), less the prompts' own.
+    pub(crate) fn computed(mut self, fed: usize, prompts: &[Vec<u32>]) -> Self {
+        let prompt: usize = prompts.iter().map(|p| p.len()).sum();
+        self.computed_tokens = fed.saturating_sub(prompt);
+        self
+    }
+
+    /// Generated tokens kept per position computed after the prompts (1 for AR; below 1
+    /// when a decoder computes positions it throws away).
+    pub fn kept_fraction(&self) -> f64 {
+        self.generated_tokens() as f64 / self.computed_tokens.max(1) as f64
     }
 
     pub fn generated_tokens(&self) -> usize {
@@ -145,6 +164,8 @@ pub struct StepTrace {
     pub slots: Vec<SlotTrace>,
     /// Slots committed in this step.
     pub committed: Vec<SlotTrace>,
+    /// Drafts checked and rejected in this step (the lossless decoder; empty elsewhere).
+    pub rejected: Vec<SlotTrace>,
 }
 
 pub trait Decoder {

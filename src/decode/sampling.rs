@@ -61,6 +61,57 @@ impl Sampling {
         if self.is_greedy() && self.repetition_penalty == 1.0 {
             return greedy(logits, banned);
         }
+        if self.is_greedy() {
+            let l = self.adjusted(logits, context, banned);
+            let (best, max) = argmax(&l);
+            let z: f64 = l.iter().map(|x| (x - max).exp()).sum();
+            return (best as u32, (1.0 / z) as f32);
+        }
+        let probs = self.distribution(logits, context, banned);
+        let (tok, p) = draw(&probs, rng);
+        (tok, p as f32)
+    }
+
+    /// The distribution a sampled pick draws from (temperature > 0): (token, probability)
+    /// pairs, most likely first, after the repetition penalty, banned ids, top-k and top-p,
+    /// normalised. Speculative verification compares two of these.
+    pub fn distribution(&self, logits: &[f32], context: &[&[u32]], banned: &[u32]) -> Dist {
+        debug_assert!(!self.is_greedy(), "greedy picks have no distribution");
+        let l = self.adjusted(logits, context, banned);
+        let t = self.temperature;
+        let (_, max) = argmax(&l);
+        let mut probs: Vec<(u32, f64)> = l
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| (i as u32, ((x - max) / t).exp()))
+            .filter(|(_, p)| *p > 0.0)
+            .collect();
+        probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+        if self.top_k > 0 {
+            probs.truncate(self.top_k);
+        }
+        let total: f64 = probs.iter().map(|p| p.1).sum();
+        if self.top_p < 1.0 {
+            let mut acc = 0.0;
+            let mut keep = probs.len();
+            for (i, p) in probs.iter().enumerate() {
+                acc += p.1 / total;
+                if acc >= self.top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            probs.truncate(keep);
+        }
+        let total: f64 = probs.iter().map(|p| p.1).sum();
+        for p in &mut probs {
+            p.1 /= total;
+        }
+        probs
+    }
+
+    /// Logits in f64 after the repetition penalty and banned ids.
+    fn adjusted(&self, logits: &[f32], context: &[&[u32]], banned: &[u32]) -> Vec<f64> {
         let mut l: Vec<f64> = logits.iter().map(|&x| x as f64).collect();
         if self.repetition_penalty != 1.0 {
             let mut seen = vec![false; l.len()];
@@ -83,47 +134,25 @@ impl Sampling {
                 *x = f64::NEG_INFINITY;
             }
         }
-        if self.is_greedy() {
-            let (best, max) = argmax(&l);
-            let z: f64 = l.iter().map(|x| (x - max).exp()).sum();
-            return (best as u32, (1.0 / z) as f32);
-        }
-        let t = self.temperature;
-        let (_, max) = argmax(&l);
-        let mut probs: Vec<(usize, f64)> = l
-            .iter()
-            .enumerate()
-            .map(|(i, &x)| (i, ((x - max) / t).exp()))
-            .filter(|(_, p)| *p > 0.0)
-            .collect();
-        probs.sort_by(|a, b| b.1.partial_cmp(&a.1).expect("finite probabilities"));
-        if self.top_k > 0 {
-            probs.truncate(self.top_k);
-        }
-        let total: f64 = probs.iter().map(|p| p.1).sum();
-        if self.top_p < 1.0 {
-            let mut acc = 0.0;
-            let mut keep = probs.len();
-            for (i, p) in probs.iter().enumerate() {
-                acc += p.1 / total;
-                if acc >= self.top_p {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            probs.truncate(keep);
-        }
-        let total: f64 = probs.iter().map(|p| p.1).sum();
-        let mut u = rng.random::<f64>() * total;
-        for &(i, p) in &probs {
-            if u < p {
-                return (i as u32, (p / total) as f32);
-            }
-            u -= p;
-        }
-        let (i, p) = *probs.last().expect("at least one token survives filtering");
-        (i as u32, (p / total) as f32)
+        l
     }
+}
+
+/// A normalised distribution over a subset of the vocabulary: (token, probability) pairs.
+pub type Dist = Vec<(u32, f64)>;
+
+/// Draw a token from a distribution (non-empty, normalised); returns it with its probability.
+pub fn draw(probs: &[(u32, f64)], rng: &mut impl Rng) -> (u32, f64) {
+    let total: f64 = probs.iter().map(|p| p.1).sum();
+    let mut u = rng.random::<f64>() * total;
+    for &(i, p) in probs {
+        if u < p {
+            return (i, p / total);
+        }
+        u -= p;
+    }
+    let (i, p) = *probs.last().expect("at least one token survives filtering");
+    (i, p / total)
 }
 
 /// Argmax and its softmax probability straight from the logits (the decode loop's common

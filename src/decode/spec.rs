@@ -4,7 +4,7 @@
 
 use super::{
     ArDecoder, Bd3lmDecoder, CardDecoder, CommitMode, Decoder, Floor, GenOptions, Generation,
-    MdlmDecoder, Reveal, StepTrace,
+    MdlmDecoder, Reveal, StepTrace, VerifyDecoder,
 };
 use crate::config::{Config, ObjectiveKind};
 use crate::model::Transformer;
@@ -15,6 +15,8 @@ use anyhow::{bail, Result};
 pub enum DecoderSpec {
     Ar,
     Card(CardDecoder),
+    /// CARD's drafts verified by the model itself: AR's output, fewer passes.
+    Verify(VerifyDecoder),
     Mdlm(MdlmDecoder),
     Bd3lm(Bd3lmDecoder),
 }
@@ -33,7 +35,7 @@ pub struct Knobs {
 }
 
 impl DecoderSpec {
-    pub const NAMES: [&'static str; 4] = ["ar", "card", "mdlm", "bd3lm"];
+    pub const NAMES: [&'static str; 5] = ["ar", "card", "verify", "mdlm", "bd3lm"];
 
     /// The decoder `name` with `knobs` over its defaults, validated; BD3LM's block size is the
     /// checkpoint's (`cfg`).
@@ -58,6 +60,11 @@ impl DecoderSpec {
                     commit: knobs.commit.unwrap_or(d.commit),
                 })
             }
+            "verify" => Self::Verify(VerifyDecoder {
+                block_size: knobs
+                    .block_size
+                    .unwrap_or(VerifyDecoder::default().block_size),
+            }),
             "mdlm" => Self::Mdlm(MdlmDecoder {
                 steps: knobs.steps.unwrap_or(0),
             }),
@@ -82,6 +89,7 @@ impl DecoderSpec {
     pub fn validate(&self) -> Result<()> {
         match self {
             Self::Card(c) => c.validate(),
+            Self::Verify(v) => v.validate(),
             Self::Bd3lm(b) => b.validate(),
             Self::Ar | Self::Mdlm(_) => Ok(()),
         }
@@ -105,6 +113,7 @@ impl DecoderSpec {
         let all = [
             Self::Ar,
             Self::Card(CardDecoder::default()),
+            Self::Verify(VerifyDecoder::default()),
             Self::Mdlm(MdlmDecoder::default()),
             Self::Bd3lm(Bd3lmDecoder::default()),
         ];
@@ -131,6 +140,7 @@ impl DecoderSpec {
         match self {
             Self::Ar => &ArDecoder,
             Self::Card(d) => d,
+            Self::Verify(d) => d,
             Self::Mdlm(d) => d,
             Self::Bd3lm(d) => d,
         }
@@ -204,7 +214,10 @@ mod tests {
         cfg.train.objective = ObjectiveKind::Bd3lm;
         let d = DecoderSpec::default_for(&cfg);
         assert!(matches!(d, DecoderSpec::Bd3lm(b) if b.block_size == 16));
-        assert_eq!(DecoderSpec::fitting(ObjectiveKind::Card), ["ar", "card"]);
+        assert_eq!(
+            DecoderSpec::fitting(ObjectiveKind::Card),
+            ["ar", "card", "verify"]
+        );
         let err = DecoderSpec::Ar.check_fits(ObjectiveKind::Mdlm).unwrap_err();
         assert!(err.to_string().contains("decoders that fit: mdlm"), "{err}");
         assert!(CardDecoder::from_setting("4:4:0.5").is_ok());

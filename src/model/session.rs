@@ -43,7 +43,11 @@ pub fn padded(inputs: &[Vec<u32>], pad: u32, device: &Device) -> Result<(Tensor,
     Ok((Tensor::from_vec(ids, (inputs.len(), t), device)?, valid))
 }
 
-pub struct Session<'m>(Inner<'m>);
+pub struct Session<'m> {
+    inner: Inner<'m>,
+    /// Positions fed through the model by every pass so far (computed, kept or not).
+    fed: usize,
+}
 
 enum Inner<'m> {
     Host(Box<host::HostPass<'m>>),
@@ -70,7 +74,7 @@ impl<'m> Session<'m> {
         pad: u32,
     ) -> Result<Self> {
         let c = &model.cfg;
-        Ok(Self(match backend {
+        let inner = match backend {
             Backend::Host => {
                 let capacity = positions.min(c.max_seq_len);
                 match host::HostPass::new(model, batch, capacity) {
@@ -85,12 +89,19 @@ impl<'m> Session<'m> {
                 t: 0,
                 pad,
             },
-        }))
+        };
+        Ok(Self { inner, fed: 0 })
+    }
+
+    /// Positions fed through the model by every pass so far.
+    pub fn fed(&self) -> usize {
+        self.fed
     }
 
     /// One causal pass: row r feeds `inputs[r]` (possibly empty) after its cached prefix.
     pub fn forward(&mut self, inputs: &[Vec<u32>]) -> Result<()> {
-        match &mut self.0 {
+        self.fed += inputs.iter().map(|i| i.len()).sum::<usize>();
+        match &mut self.inner {
             Inner::Host(p) => p.forward(inputs),
             Inner::Candle {
                 model,
@@ -109,14 +120,14 @@ impl<'m> Session<'m> {
     }
 
     pub fn lens(&self) -> &[usize] {
-        match &self.0 {
+        match &self.inner {
             Inner::Host(p) => p.lens(),
             Inner::Candle { cache, .. } => cache.lens(),
         }
     }
 
     pub fn truncate_row(&mut self, row: usize, len: usize) {
-        match &mut self.0 {
+        match &mut self.inner {
             Inner::Host(p) => p.truncate_row(row, len),
             Inner::Candle { cache, .. } => cache.truncate_row(row, len),
         }
@@ -124,7 +135,7 @@ impl<'m> Session<'m> {
 
     /// Logits of the last pass for row `row` after its `i`-th fed token.
     pub fn logits(&self, row: usize, i: usize) -> &[f32] {
-        match &self.0 {
+        match &self.inner {
             Inner::Host(p) => p.logits(row, i),
             Inner::Candle {
                 model, logits, t, ..

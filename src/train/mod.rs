@@ -67,6 +67,48 @@ impl<'a> Trainer<'a> {
     /// A fresh run keeping cfg.model.vocab_size (≥ the tokenizer's; benchmarks use it to
     /// keep a preset's exact shape on a smaller corpus).
     pub fn with_model_vocab(cfg: Config, data: &'a Prepared, device: &Device) -> Result<Self> {
+        Self::fresh(cfg, data, device, None)
+    }
+
+    /// A fresh run — step 0, a new optimizer and learning-rate schedule — starting from a
+    /// checkpoint's weights instead of a random init (fine-tuning, self-distillation,
+    /// adaptation). `cfg.model` must be the checkpoint's and `data` tokenized with its
+    /// tokenizer; `weights` are the ones to start from (raw or EMA).
+    pub fn from_checkpoint(
+        mut cfg: Config,
+        ckpt: &Checkpoint,
+        weights: &HashMap<String, Tensor>,
+        data: &'a Prepared,
+    ) -> Result<Self> {
+        if ckpt.state.tokenizer_hash != data.tokenizer.hash() {
+            bail!(
+                "cannot start from {}: the data was prepared with another tokenizer than the checkpoint's (prepare it with --tokenizer from the checkpoint, or use the embedded corpus)",
+                ckpt.dir.display()
+            );
+        }
+        cfg.model = ckpt.config.model.clone();
+        let device = weights
+            .values()
+            .next()
+            .context("checkpoint has no weights")?
+            .device()
+            .clone();
+        let dtype = cfg.train.dtype.candle();
+        let cast: HashMap<String, Tensor> = weights
+            .iter()
+            .map(|(n, t)| Ok((n.clone(), t.to_dtype(dtype)?)))
+            .collect::<Result<_>>()?;
+        let mut t = Self::fresh(cfg, data, &device, Some(&cast))?;
+        t.state.init_from = Some(ckpt.dir.display().to_string());
+        Ok(t)
+    }
+
+    fn fresh(
+        cfg: Config,
+        data: &'a Prepared,
+        device: &Device,
+        weights: Option<&HashMap<String, Tensor>>,
+    ) -> Result<Self> {
         if cfg.model.vocab_size < data.tokenizer.vocab_size() {
             bail!(
                 "model vocab {} is smaller than the tokenizer's {}",
@@ -76,7 +118,10 @@ impl<'a> Trainer<'a> {
         }
         cfg.validate()?;
         let dtype = cfg.train.dtype.candle();
-        let params = Params::init(&cfg.model, dtype, device, cfg.train.seed)?;
+        let params = match weights {
+            Some(w) => Params::from_map(&cfg.model, w)?,
+            None => Params::init(&cfg.model, dtype, device, cfg.train.seed)?,
+        };
         let state = TrainState {
             format_version: FORMAT_VERSION,
             objective: cfg.train.objective,
@@ -87,6 +132,7 @@ impl<'a> Trainer<'a> {
             tokenizer_hash: data.tokenizer.hash(),
             last_val_loss: None,
             elapsed_s: 0.0,
+            init_from: None,
         };
         let opt = AdamW::new(&params)?;
         let ema = if cfg.train.ema {

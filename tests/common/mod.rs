@@ -2,6 +2,8 @@
 //! conventions, tensor comparison, and finite-difference gradient checks.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod trained;
+
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
 use card::model::Params;

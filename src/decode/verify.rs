@@ -1,0 +1,314 @@
+//! Lossless parallel decoding for CARD checkpoints: drafts made in `[MASK]` slots, checked by
+//! the same model reading them as clean input (self-speculative decoding on an exact KV cache).
+//!
+//! A CARD model fed clean tokens is an autoregressive model. Each pass feeds, per row, the
+//! committed tokens not yet cached, then the row's drafts as if they were text, then K
+//! `[MASK]` slots. The logits after the last committed token and after each draft are the
+//! AR predictions there: drafts are accepted while they equal what AR would pick (greedy), or
+//! by speculative rejection sampling (temperature > 0), and the first position that is not
+//! accepted gets AR's own token. So every pass commits at least one token and the output is
+//! AR's — identical under greedy, equal in distribution under sampling.
+//!
+//! The `[MASK]` slots after the drafts predict the positions after the pass's AR token, from
+//! a context whose last slots are masked: CARD's parallel predictions. They become the next
+//! pass's drafts when every draft was accepted. After a rejection the drafts behind the
+//! rejected one are still guesses drawn from known distributions (they were predicted from
+//! masked context, not from the rejected token), so they are kept, with the AR guess after
+//! the last draft and the mask slots' drafts behind them; verification decides.
+//!
+//! The cache keeps the committed prefix and the accepted drafts; the rejected tail, the
+//! masks and the unaccepted drafts are scratch, rolled back after every pass.
+
+use super::sampling::{draw, Dist};
+use super::{Decoder, GenOptions, Generation, Progress, SlotTrace, Start, StepTrace};
+use crate::config::ObjectiveKind;
+use crate::model::{Session, Transformer};
+use anyhow::{bail, Result};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifyDecoder {
+    /// K: `[MASK]` slots per pass, and the most drafts a pass verifies.
+    pub block_size: usize,
+}
+
+impl Default for VerifyDecoder {
+    fn default() -> Self {
+        Self { block_size: 4 }
+    }
+}
+
+/// A guessed token for a position after the committed text.
+#[derive(Clone)]
+struct Draft {
+    token: u32,
+    /// Its probability under the distribution it was drawn from.
+    conf: f32,
+    /// That distribution (sampling only: the acceptance rule needs it).
+    dist: Option<Dist>,
+}
+
+struct Row {
+    progress: Progress,
+    /// Committed tokens whose keys/values are not cached yet (the prompt, then AR's token).
+    pending: Vec<u32>,
+    drafts: Vec<Draft>,
+}
+
+impl VerifyDecoder {
+    pub fn validate(&self) -> Result<()> {
+        if self.block_size < 1 {
+            bail!("block size K must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of checking one draft against AR's distribution at its position.
+enum Check {
+    Accept,
+    /// Rejected: commit this token instead.
+    Replace(u32, f32),
+}
+
+/// Greedy: accept iff the draft is AR's pick. Sampling: accept with probability
+/// min(1, p(d)/q(d)), else draw from the normalised residual max(0, p − q) — the standard
+/// speculative sampling rule, whose output is distributed as p.
+fn check(
+    draft: &Draft,
+    logits: &[f32],
+    context: &[&[u32]],
+    opts: &GenOptions,
+    rng: &mut impl Rng,
+) -> Check {
+    let banned = [opts.mask_id];
+    let Some(q) = &draft.dist else {
+        let (tok, conf) = opts.sampling.pick(logits, context, &banned, rng);
+        return if tok == draft.token {
+            Check::Accept
+        } else {
+            Check::Replace(tok, conf)
+        };
+    };
+    let p = opts.sampling.distribution(logits, context, &banned);
+    let prob = |d: &Dist, t: u32| d.iter().find(|x| x.0 == t).map_or(0.0, |x| x.1);
+    let (pd, qd) = (prob(&p, draft.token), prob(q, draft.token));
+    if qd > 0.0 && rng.random::<f64>() * qd < pd {
+        return Check::Accept;
+    }
+    let residual: Dist = p
+        .iter()
+        .map(|&(t, pt)| (t, (pt - prob(q, t)).max(0.0)))
+        .filter(|x| x.1 > 0.0)
+        .collect();
+    // p == q up to rounding leaves no residual mass: then p itself is the residual.
+    let (tok, _) = if residual.iter().map(|x| x.1).sum::<f64>() > 1e-12 {
+        draw(&residual, rng)
+    } else {
+        draw(&p, rng)
+    };
+    Check::Replace(tok, prob(&p, tok) as f32)
+}
+
+/// A draft drawn from `logits` (greedy: the pick itself).
+fn propose(logits: &[f32], context: &[&[u32]], opts: &GenOptions, rng: &mut impl Rng) -> Draft {
+    let banned = [opts.mask_id];
+    if opts.sampling.is_greedy() {
+        let (token, conf) = opts.sampling.pick(logits, context, &banned, rng);
+        return Draft {
+            token,
+            conf,
+            dist: None,
+        };
+    }
+    let dist = opts.sampling.distribution(logits, context, &banned);
+    let (token, p) = draw(&dist, rng);
+    Draft {
+        token,
+        conf: p as f32,
+        dist: Some(dist),
+    }
+}
+
+impl Decoder for VerifyDecoder {
+    fn name(&self) -> &'static str {
+        "verify"
+    }
+
+    fn fits(&self, objective: ObjectiveKind) -> bool {
+        // Drafts come from [MASK] slots: only CARD is trained to predict from masked context.
+        objective == ObjectiveKind::Card
+    }
+
+    fn generate(
+        &self,
+        model: &Transformer,
+        prompts: &[Vec<u32>],
+        opts: &GenOptions,
+        on_step: &mut dyn FnMut(&StepTrace),
+    ) -> Result<Generation> {
+        self.validate()?;
+        let Start {
+            clock: start,
+            longest,
+            mut rngs,
+        } = Start::new(model, prompts, opts)?;
+        let b = prompts.len();
+        let k = self.block_size;
+        let positions = longest + opts.max_new_tokens;
+        let backend = opts.backend_for(model);
+        let mut session = Session::new(
+            model,
+            backend,
+            b,
+            positions,
+            longest + 2 * k + 1,
+            opts.eos_id,
+        )?;
+        let mut rows: Vec<Row> = prompts
+            .iter()
+            .map(|p| Row {
+                progress: Progress::new(opts),
+                pending: p.clone(),
+                drafts: Vec::with_capacity(2 * k + 1),
+            })
+            .collect();
+        let mut forwards = 0;
+        let mut inputs: Vec<Vec<u32>> = (0..b).map(|_| Vec::new()).collect();
+        // Per row: drafts fed and mask slots fed this pass.
+        let mut fed = vec![(0usize, 0usize); b];
+        let mut before: Vec<usize> = Vec::with_capacity(b);
+        let mut trace = StepTrace {
+            row: 0,
+            forward: 0,
+            step: 1,
+            slots: Vec::with_capacity(k),
+            committed: Vec::with_capacity(k + 1),
+            rejected: Vec::with_capacity(1),
+        };
+        while rows.iter().any(|r| !r.progress.done) {
+            for ((input, row), f) in inputs.iter_mut().zip(&mut rows).zip(&mut fed) {
+                input.clear();
+                *f = (0, 0);
+                if row.progress.done {
+                    continue;
+                }
+                // Drafts only for positions within the budget; masks only for positions after
+                // this pass's AR token that are still within it.
+                let room = opts.max_new_tokens - row.progress.tokens.len();
+                row.drafts.truncate(k.min(room));
+                let m = row.drafts.len();
+                let masks = k.min(room.saturating_sub(m + 1));
+                input.extend_from_slice(&row.pending);
+                input.extend(row.drafts.iter().map(|d| d.token));
+                input.extend(std::iter::repeat_n(opts.mask_id, masks));
+                *f = (m, masks);
+            }
+            before.clear();
+            before.extend_from_slice(session.lens());
+            session.forward(&inputs)?;
+            forwards += 1;
+            for (r, row) in rows.iter_mut().enumerate() {
+                if row.progress.done {
+                    continue;
+                }
+                let (m, masks) = fed[r];
+                let p = row.pending.len();
+                row.progress.forwards += 1;
+                trace.committed.clear();
+                trace.rejected.clear();
+                let first = row.progress.tokens.len();
+                // Walk the drafts: logits at fed index p-1+i predict draft i.
+                let mut accepted = 0;
+                let mut bonus = None;
+                for i in 0..=m {
+                    let l = session.logits(r, p - 1 + i);
+                    let context = [prompts[r].as_slice(), row.progress.tokens.as_slice()];
+                    let outcome = match row.drafts.get(i) {
+                        Some(d) => check(d, l, &context, opts, &mut rngs[r]),
+                        None => {
+                            // Past the last draft: AR's own token.
+                            let (t, c) =
+                                opts.sampling
+                                    .pick(l, &context, &[opts.mask_id], &mut rngs[r]);
+                            Check::Replace(t, c)
+                        }
+                    };
+                    match outcome {
+                        Check::Accept => {
+                            let d = &row.drafts[i];
+                            trace.committed.push(SlotTrace {
+                                pos: first + i,
+                                token: d.token,
+                                confidence: d.conf,
+                                masked: false,
+                            });
+                            accepted += 1;
+                        }
+                        Check::Replace(t, c) => {
+                            if let Some(d) = row.drafts.get(i) {
+                                trace.rejected.push(SlotTrace {
+                                    pos: first + i,
+                                    token: d.token,
+                                    confidence: d.conf,
+                                    masked: true,
+                                });
+                            }
+                            trace.committed.push(SlotTrace {
+                                pos: first + i,
+                                token: t,
+                                confidence: c,
+                                masked: false,
+                            });
+                            bonus = Some(i);
+                            break;
+                        }
+                    }
+                    // Push as we go: the next check's context (repetition penalty) includes it.
+                    if !row.progress.push(r, row.drafts[i].token, opts) || row.progress.done {
+                        break;
+                    }
+                }
+                // Keep the pending tokens' and the accepted drafts' keys/values.
+                session.truncate_row(r, before[r] + p + accepted);
+                row.pending.clear();
+                let mut next: Vec<Draft> = Vec::new();
+                if let Some(i) = bonus.filter(|_| !row.progress.done) {
+                    let tok = trace.committed.last().expect("the AR token").token;
+                    if row.progress.push(r, tok, opts) && !row.progress.done {
+                        row.pending.push(tok);
+                        if i < m {
+                            // Rejected at draft i: the later drafts stay guesses, then AR's
+                            // guess after the last draft.
+                            next.extend(row.drafts.drain(i + 1..));
+                            let l = session.logits(r, p - 1 + m);
+                            let context = [prompts[r].as_slice(), row.progress.tokens.as_slice()];
+                            next.push(propose(l, &context, opts, &mut rngs[r]));
+                        }
+                        for s in 0..masks {
+                            let l = session.logits(r, p + m + s);
+                            let context = [prompts[r].as_slice(), row.progress.tokens.as_slice()];
+                            next.push(propose(l, &context, opts, &mut rngs[r]));
+                        }
+                    }
+                }
+                row.drafts = next;
+                (trace.row, trace.forward) = (r, forwards);
+                trace.slots.clear();
+                let after = row.progress.tokens.len();
+                trace
+                    .slots
+                    .extend(row.drafts.iter().enumerate().map(|(j, d)| SlotTrace {
+                        pos: after + j,
+                        token: d.token,
+                        confidence: d.conf,
+                        masked: true,
+                    }));
+                on_step(&trace);
+            }
+        }
+        let rows = rows.into_iter().map(|r| r.progress).collect();
+        Ok(Generation::from_rows(rows, forwards, start).computed(session.fed(), prompts))
+    }
+}

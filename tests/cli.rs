@@ -210,7 +210,7 @@ fn generate_prints_json_and_rejects_bad_options() {
         );
         assert_success(&o);
     }
-    for decoder in ["ar", "card"] {
+    for decoder in ["ar", "card", "verify"] {
         let out = card(
             &[
                 "generate",

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod data;
+pub mod distill;
 pub mod eval;
 pub mod experiment;
 pub mod generate;
@@ -31,6 +32,8 @@ enum Command {
     Data(data::DataArgs),
     /// Train a model (CARD by default) from a preset; resumable.
     Train(train::TrainArgs),
+    /// Continue training a checkpoint on its own continuations (self-distillation).
+    Distill(distill::DistillArgs),
     /// Validation loss, perplexity and bits per byte of a checkpoint.
     Eval(eval::EvalArgs),
     /// Generate text with AR or CARD dynamic parallel decoding.
@@ -57,6 +60,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Data(a) => data::run(a),
         Command::Train(a) => train::run(a),
+        Command::Distill(a) => distill::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Inspect(a) => inspect::run(a),

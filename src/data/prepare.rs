@@ -261,6 +261,25 @@ impl Prepared {
         Ok(())
     }
 
+    /// The same corpus with another training stream (`bytes` of text, from `sources`): the
+    /// validation split and tokenizer are kept, the metadata recomputed.
+    pub fn with_train(&self, train: Vec<u32>, bytes: u64, sources: Vec<String>) -> Prepared {
+        let mut meta = self.meta.clone();
+        meta.train_documents = sources.len();
+        meta.train_tokens = train.len() as u64;
+        meta.train_bytes = bytes;
+        meta.train_sha256 = sha256_hex(&to_bytes(&train, &meta.token_dtype));
+        meta.train_sources = sources;
+        Prepared {
+            tokenizer: self.tokenizer.clone(),
+            train,
+            val: self.val.clone(),
+            train_bytes: bytes,
+            val_bytes: self.val_bytes,
+            meta,
+        }
+    }
+
     /// Load and validate a prepared directory: all files present, meta readable, tokenizer hash
     /// and vocab size as recorded, .bin sizes and SHA-256 as recorded, every id < vocab size.
     pub fn load(dir: &Path) -> Result<Self> {

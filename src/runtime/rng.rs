@@ -21,6 +21,8 @@ pub enum Stream {
     HeldOutBound,
     /// Noise draws of the zero-shot continuation bound (index: a hash of the text).
     ContinuationBound,
+    /// Where self-distillation cuts its corpus prefixes (index 0).
+    DistillPrefixes,
 }
 
 impl Stream {
@@ -32,6 +34,7 @@ impl Stream {
             Stream::Sampling => 11,
             Stream::HeldOutBound => 13,
             Stream::ContinuationBound => 17,
+            Stream::DistillPrefixes => 19,
         }
     }
 }
@@ -59,6 +62,7 @@ mod tests {
             Stream::Sampling,
             Stream::HeldOutBound,
             Stream::ContinuationBound,
+            Stream::DistillPrefixes,
         ];
         let mut ids: Vec<u64> = all.iter().map(|s| s.id()).collect();
         ids.sort();

@@ -2,6 +2,7 @@
 //! AdamW step (+ clipping, accumulation, EMA), periodic validation and atomic checkpoints.
 
 pub mod batches;
+pub mod distill;
 pub mod optim;
 
 use crate::checkpoint::{self, Checkpoint, TrainState, FORMAT_VERSION};

@@ -319,6 +319,46 @@ fn generate_prints_json_and_rejects_bad_options() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("magic"));
+    // The decoding benchmark: AR first, the verifier's output is AR's, per-slot acceptance.
+    let args = [
+        "bench",
+        "decode",
+        "card-run",
+        "--lengths",
+        "6",
+        "--batch",
+        "1,2",
+        "--rounds",
+        "1",
+        "--grid",
+        "4:4:0.5",
+        "--verify",
+        "3",
+        "--sets",
+        "prose,probes",
+        "--json",
+    ];
+    let out = card(&args, cwd);
+    assert_success(&out);
+    let rows = last_json(&out);
+    let rows = rows.as_array().unwrap();
+    assert_eq!(
+        rows.len(),
+        2 * 2 * 3,
+        "2 sets x 2 batches x (AR, CARD, verify)"
+    );
+    for r in rows {
+        match r["decoder"].as_str().unwrap() {
+            "ar" => assert_eq!(r["ratio_to_ar"], 1.0),
+            "verify" => {
+                assert_eq!(r["same_as_ar"], 1.0, "{r}");
+                assert!(!r["acceptance_by_slot"].as_array().unwrap().is_empty());
+            }
+            _ => assert!(r["drafts_accepted_per_pass"].is_null()),
+        }
+    }
+    let bad = ["bench", "decode", "card-run", "--sets", "poetry"];
+    assert_error(&card(&bad, cwd), "unknown prompt set");
 }
 
 #[test]

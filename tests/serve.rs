@@ -295,12 +295,13 @@ fn completions_chat_models_health_and_streaming() {
     let m = get(&s.addr, "/v1/models").json();
     assert_eq!(m["object"], "list");
     assert_eq!(m["data"][0]["id"], "tiny");
-    assert_eq!(m["data"][0]["decoders"], json!(["ar", "card"]));
+    assert_eq!(m["data"][0]["decoders"], json!(["ar", "card", "verify"]));
     let page = get(&s.addr, "/");
     assert_eq!(page.status, 200);
     assert!(page.body.contains("card playground") && !page.body.contains("http://"));
 
-    for decoder in ["ar", "card"] {
+    let mut texts = std::collections::HashMap::new();
+    for decoder in ["ar", "card", "verify"] {
         let body = json!({"model": "tiny", "prompt": "Alice", "max_tokens": 8,
             "temperature": 0, "decoder": decoder});
         let r = post(&s.addr, "/v1/completions", &body);
@@ -317,6 +318,7 @@ fn completions_chat_models_health_and_streaming() {
         assert!(u["tokens_per_forward"].as_f64().unwrap() > 0.0);
         assert_eq!(u["decoder"], decoder);
         let text = choice["text"].as_str().unwrap().to_string();
+        texts.insert(decoder, text.clone());
 
         // Streaming gives the same greedy text, in pieces, then a finish chunk and usage.
         let mut stream_body = body.clone();
@@ -355,6 +357,10 @@ fn completions_chat_models_health_and_streaming() {
             assert_eq!(v["choices"][0]["finish_reason"], "stop");
         }
     }
+    assert_eq!(
+        texts["verify"], texts["ar"],
+        "the verifier serves AR's greedy text"
+    );
 
     // Several prompts × n choices, and a token-id prompt.
     let v = post(
@@ -663,7 +669,7 @@ fn queue_overflow_gets_429_and_frees_up() {
 #[test]
 fn client_disconnect_stops_generation() {
     let s = Server::start(&["--step-delay-ms", "30"]);
-    for (i, decoder) in ["ar", "card"].iter().enumerate() {
+    for (i, decoder) in ["ar", "card", "verify"].iter().enumerate() {
         let body = json!({"prompt": "Alice was", "temperature": 0, "max_tokens": 60, "ignore_eos": true, "decoder": decoder,
             "stream": true, "threshold": 1.0, "block_size": 4, "step_limit": 4});
         let before = s.health()["forward_passes"].as_u64().unwrap();

@@ -77,6 +77,19 @@ fn greedy_verification_is_ar_greedy() {
             }
         }
     }
+    // Computed positions: AR computes exactly what it keeps; the verifier at least that.
+    let fixed = GenOptions {
+        eos_id: u32::MAX,
+        ..opts(20, Sampling::default(), Backend::Host)
+    };
+    let ar = ArDecoder
+        .generate(&f.plain, &prompts, &fixed, &mut |_| {})
+        .unwrap();
+    assert_eq!(ar.computed_tokens, ar.generated_tokens());
+    let v = VerifyDecoder { block_size: 4 }
+        .generate(&f.plain, &prompts, &fixed, &mut |_| {})
+        .unwrap();
+    assert!(v.computed_tokens > v.generated_tokens() && v.kept_fraction() < 1.0);
     assert!(
         accepted > 0 && rejected > 0,
         "both paths ran: {accepted} accepted, {rejected} rejected"

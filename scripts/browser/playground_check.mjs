@@ -36,7 +36,7 @@ try {
   await page.goto(url);
   await page.waitForFunction(() => document.getElementById("model").textContent.includes("context"));
   await page.fill("#prompt", "Alice was beginning");
-  await page.selectOption("#decoder", "both");
+  await page.selectOption("#decoder", "all");
   await page.fill("#max_tokens", "32");
   // A barely trained model is never confident: a low τ shows several commits per step.
   await page.fill("#threshold", "0.004");
@@ -51,6 +51,7 @@ try {
   await page.screenshot({ path: path.join(out, "playground-running.png") });
   await page.waitForSelector(`${card}[data-done="1"]`, { timeout: 60000 });
   await page.waitForSelector(`${ar}[data-done="1"]`, { timeout: 60000 });
+  await page.waitForSelector(`.panel[data-decoder=verify][data-done="1"]`, { timeout: 60000 });
   const stats = await page.evaluate(() => {
     const p = (d) => {
       const el = document.querySelector(`.panel[data-decoder=${d}]`);
@@ -64,19 +65,21 @@ try {
         status: el.querySelector(".status").textContent,
       };
     };
-    return { ar: p("ar"), card: p("card"), error: document.getElementById("error").textContent };
+    return { ar: p("ar"), card: p("card"), verify: p("verify"), error: document.getElementById("error").textContent };
   });
   await page.screenshot({ path: path.join(out, "playground.png"), fullPage: true });
   console.log(JSON.stringify(stats));
   if (errors.length) await fail("page errors: " + errors.join("; "));
   if (stats.error) await fail("the page shows an error: " + stats.error);
-  for (const d of ["ar", "card"]) {
+  for (const d of ["ar", "card", "verify"]) {
     const s = stats[d];
     if (s.steps < 1) await fail(`${d}: no steps rendered`);
     if (!s.text.length || s.tokens < 1) await fail(`${d}: no text appeared`);
     if (s.forwards < 1 || !(Number(s.tps) > 0)) await fail(`${d}: no statistics`);
   }
   if (stats.ar.steps !== stats.ar.forwards) await fail("AR: one step per forward pass expected");
+  if (stats.verify.text !== stats.ar.text) await fail("verified CARD must show AR's text");
+  if (stats.verify.forwards > stats.ar.forwards) await fail("verified CARD took more passes than AR");
   console.log("playground check: ok");
 } catch (e) {
   await fail(String(e && e.stack || e));

@@ -1,29 +1,95 @@
-//! Decoding speed and quality, AR against CARD configurations on the same model and prompts,
-//! in one process: tokens/s (generated only), tokens per forward, ratio to AR, and quality
-//! proxies (unigram entropy, repeated 4-grams, the model's own NLL of what it generated).
+//! Decoding speed, mechanism and quality: AR against CARD threshold settings and the
+//! lossless verifier on the same model and named prompt sets, in one process. Per setting:
+//! tokens/s (generated only) and its ratio to AR in the same run, tokens per forward, drafts
+//! accepted per pass and acceptance by draft slot, the share of computed positions that are
+//! kept, whether the output is AR's, and quality beside it (NLL under a judge, repeated
+//! 4-grams, distinct-2, unigram entropy).
 
 use super::median;
-use crate::data::{TextTokenizer, PROMPTS};
-use crate::decode::{CardDecoder, Decoder, DecoderSpec, GenOptions, Generation};
-use crate::eval::quality::{continuation_nll, repeated_ngram_rate, unigram_entropy};
+use crate::data::{prose_prefixes, Prepared, TextTokenizer, PROBES, PROMPTS};
+use crate::decode::{Decoder, DecoderSpec, GenOptions, Generation, StepTrace};
+use crate::eval::quality::{continuation_nll, distinct_n, repeated_ngram_rate, unigram_entropy};
 use crate::model::Transformer;
-use anyhow::Result;
+use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 use std::time::Instant;
 
+/// A named list of prompts (token ids).
+#[derive(Debug, Clone)]
+pub struct PromptSet {
+    pub name: String,
+    pub prompts: Vec<Vec<u32>>,
+}
+
+/// The prompt sets the benchmark knows: `builtin` (fixed openings), `probes` (counting,
+/// lists, copying), `prose` (held-out prefixes of the validation split) and `own` (those
+/// prefixes followed by the model's own greedy continuation).
+pub const PROMPT_SETS: [&str; 4] = ["prose", "probes", "own", "builtin"];
+
+pub fn prompt_set(
+    name: &str,
+    model: &Transformer,
+    tok: &TextTokenizer,
+    data: Option<&Prepared>,
+) -> Result<PromptSet> {
+    let text =
+        |list: &[&str]| -> Result<Vec<Vec<u32>>> { list.iter().map(|p| tok.encode(p)).collect() };
+    let prose = || -> Result<Vec<Vec<u32>>> {
+        let Some(d) = data else {
+            bail!("the '{name}' prompt set needs the checkpoint's corpus (its validation split), which could not be loaded");
+        };
+        let p = prose_prefixes(&d.val, 16, 32);
+        if p.is_empty() {
+            bail!("the validation split is too short for prose prefixes");
+        }
+        Ok(p)
+    };
+    let prompts = match name {
+        "builtin" => text(PROMPTS)?,
+        "probes" => text(PROBES)?,
+        "prose" => prose()?,
+        "own" => {
+            let prefixes = prose()?;
+            let opts = GenOptions::new(32, tok);
+            let g = DecoderSpec::Ar.generate(model, &prefixes, &opts, &mut |_| {})?;
+            prefixes
+                .into_iter()
+                .zip(g.rows)
+                .map(|(mut p, r)| {
+                    p.extend(r.tokens);
+                    p
+                })
+                .collect()
+        }
+        other => bail!(
+            "unknown prompt set '{other}' (known: {})",
+            PROMPT_SETS.join(", ")
+        ),
+    };
+    Ok(PromptSet {
+        name: name.to_string(),
+        prompts,
+    })
+}
+
 pub struct DecodeBenchConfig {
     pub lengths: Vec<usize>,
     pub batches: Vec<usize>,
-    pub grid: Vec<CardDecoder>,
+    /// Settings measured against AR (which always runs first, as the baseline).
+    pub decoders: Vec<DecoderSpec>,
+    pub sets: Vec<PromptSet>,
     pub rounds: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DecodeBench {
+    pub prompt_set: String,
     pub batch: usize,
     pub max_new_tokens: usize,
     pub decoder: String,
+    /// The decoder's settings in words, e.g. "K=8 T=8 τ=0.9".
+    pub setting: String,
     pub block_size: Option<usize>,
     pub step_limit: Option<usize>,
     pub threshold: Option<f64>,
@@ -33,10 +99,21 @@ pub struct DecodeBench {
     pub forward_passes: usize,
     pub generated_tokens: usize,
     pub ratio_to_ar: f64,
+    /// Verifier: drafts accepted per pass (its tokens per pass less the one AR token).
+    pub drafts_accepted_per_pass: Option<f64>,
+    /// Verifier: for draft slot i (1-based, index i-1), the share of passes checking slot i
+    /// that accepted it.
+    pub acceptance_by_slot: Vec<f64>,
+    /// Generated tokens over positions computed after the prompts (AR: 1).
+    pub kept_fraction: f64,
+    /// Share of rows whose tokens equal AR's in the same run.
+    pub same_as_ar: f64,
     pub unigram_entropy: f64,
     pub repeated_4gram_rate: f64,
-    /// The model's own mean NLL (nats/token) of its generated text: a generative-perplexity proxy.
-    pub self_nll: f64,
+    pub distinct_2: f64,
+    /// Mean NLL (nats/token) of the generated text under the judge (the model itself unless
+    /// another is given): a generative-perplexity proxy.
+    pub judge_nll: f64,
     /// Model weight bytes read per second (forwards/s × weight bytes) over the measured copy
     /// bandwidth: how close a memory-bound decoder is to the limit.
     pub bandwidth_fraction: f64,
@@ -44,6 +121,17 @@ pub struct DecodeBench {
     /// their bytes: counted by the `card` binary's allocator (0 where it is not installed).
     pub allocs_per_token: f64,
     pub alloc_bytes_per_token: f64,
+}
+
+/// A decoder's settings in words.
+pub fn setting_of(d: &DecoderSpec) -> String {
+    match d {
+        DecoderSpec::Ar => "-".into(),
+        DecoderSpec::Card(c) => format!("K={} T={} τ={}", c.block_size, c.step_limit, c.threshold),
+        DecoderSpec::Verify(v) => format!("K={}", v.block_size),
+        DecoderSpec::Mdlm(m) => format!("steps={}", m.steps),
+        DecoderSpec::Bd3lm(b) => format!("steps={}", b.steps),
+    }
 }
 
 /// STREAM-style copy bandwidth (bytes/s, read + write) of a 256 MiB f32 buffer, median of 7.
@@ -102,26 +190,79 @@ impl CopyBandwidth {
     }
 }
 
-fn quality(model: &Transformer, prompts: &[Vec<u32>], g: &Generation) -> Result<(f64, f64, f64)> {
-    let n = g.rows.len() as f64;
-    let mut ent = 0.0;
-    let mut rep = 0.0;
-    let mut nll = 0.0;
-    for (p, r) in prompts.iter().zip(&g.rows) {
-        ent += unigram_entropy(&r.tokens);
-        rep += repeated_ngram_rate(&r.tokens, 4);
-        let x = continuation_nll(model, p, &r.tokens)?;
-        nll += if x.is_finite() { x } else { 0.0 };
+/// What the steps of one generate call say about the mechanism: (drafts accepted per pass,
+/// acceptance by slot), for the verifier.
+#[derive(Default)]
+struct Mechanism {
+    passes: usize,
+    accepted: usize,
+    /// Per slot: passes that checked it, passes that accepted it.
+    checked: Vec<usize>,
+    kept: Vec<usize>,
+}
+
+impl Mechanism {
+    fn record(&mut self, s: &StepTrace) {
+        let accepted = s.committed.len().saturating_sub(1);
+        let checked = accepted + s.rejected.len();
+        self.passes += 1;
+        self.accepted += accepted;
+        if self.checked.len() < checked {
+            self.checked.resize(checked, 0);
+            self.kept.resize(checked, 0);
+        }
+        for i in 0..checked {
+            self.checked[i] += 1;
+            self.kept[i] += usize::from(i < accepted);
+        }
     }
-    Ok((ent / n, rep / n, nll / n))
+
+    fn by_slot(&self) -> Vec<f64> {
+        self.checked
+            .iter()
+            .zip(&self.kept)
+            .map(|(&c, &k)| k as f64 / c.max(1) as f64)
+            .collect()
+    }
+}
+
+/// (unigram entropy, repeated 4-grams, distinct-2, judge NLL), means over rows.
+fn quality(
+    judge: (&Transformer, &TextTokenizer),
+    tok: &TextTokenizer,
+    prompts: &[Vec<u32>],
+    g: &Generation,
+) -> Result<[f64; 4]> {
+    let n = g.rows.len() as f64;
+    let same_tokenizer = judge.1.hash() == tok.hash();
+    let mut q = [0.0; 4];
+    for (p, r) in prompts.iter().zip(&g.rows) {
+        q[0] += unigram_entropy(&r.tokens);
+        q[1] += repeated_ngram_rate(&r.tokens, 4);
+        q[2] += distinct_n(&r.tokens, 2);
+        // A judge with another tokenizer reads the text, re-encoded.
+        let x = if same_tokenizer {
+            continuation_nll(judge.0, p, &r.tokens)?
+        } else {
+            let (pt, ct) = (
+                judge.1.encode(&tok.decode(p)?)?,
+                judge.1.encode(&tok.decode(&r.tokens)?)?,
+            );
+            continuation_nll(judge.0, &pt, &ct)?
+        };
+        q[3] += if x.is_finite() { x } else { 0.0 };
+    }
+    Ok(q.map(|x| x / n))
 }
 
 pub fn bench_decode(
     model: &Transformer,
     tok: &TextTokenizer,
+    judge: Option<(&Transformer, &TextTokenizer)>,
     cfg: &DecodeBenchConfig,
     progress: impl Fn(&str),
 ) -> Result<(Vec<DecodeBench>, f64)> {
+    let judge = judge.unwrap_or((model, tok));
     progress("measuring copy bandwidth");
     // Memory bandwidth on a shared machine drifts: it is sampled again after every round and
     // the median of all samples is the reference.
@@ -129,80 +270,119 @@ pub fn bench_decode(
     let mut bandwidths = vec![stream.sample()?];
     let weight_bytes = model.cfg.n_params() as f64 * model.dtype().size_in_bytes() as f64;
     let mut out = Vec::new();
-    // (row index in `out`, forward passes per second of each round)
+    // Forward passes per second of each round, per row of `out`.
     let mut forward_rates: Vec<Vec<f64>> = Vec::new();
-    for &batch in &cfg.batches {
-        let prompts: Vec<Vec<u32>> = (0..batch)
-            .map(|i| tok.encode(PROMPTS[i % PROMPTS.len()]))
-            .collect::<Result<_>>()?;
-        let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-        for &len in &cfg.lengths {
-            if longest + len > model.cfg.max_seq_len {
-                progress(&format!(
-                    "skipping length {len}: beyond the model's context"
-                ));
-                continue;
-            }
-            // EOS is disabled (an id no token has) so every run generates exactly `len` tokens.
-            let opts = GenOptions {
-                eos_id: u32::MAX,
-                ..GenOptions::new(len, tok)
-            };
-            let mut decoders: Vec<(DecoderSpec, Option<CardDecoder>)> =
-                vec![(DecoderSpec::Ar, None)];
-            for c in &cfg.grid {
-                decoders.push((DecoderSpec::Card(c.clone()), Some(c.clone())));
-            }
-            // Rounds interleaved across decoders, so drift on a busy machine hits all alike.
-            let mut tps = vec![Vec::new(); decoders.len()];
-            let mut fps = vec![Vec::new(); decoders.len()];
-            let mut allocs = vec![Vec::new(); decoders.len()];
-            let mut alloc_bytes = vec![Vec::new(); decoders.len()];
-            let mut last: Vec<Option<Generation>> = vec![None; decoders.len()];
-            for round in 0..cfg.rounds.max(1) {
-                for (i, (d, card)) in decoders.iter().enumerate() {
+    let mut decoders = vec![DecoderSpec::Ar];
+    decoders.extend(
+        cfg.decoders
+            .iter()
+            .filter(|d| **d != DecoderSpec::Ar)
+            .cloned(),
+    );
+    for set in &cfg.sets {
+        for &batch in &cfg.batches {
+            let prompts: Vec<Vec<u32>> = (0..batch)
+                .map(|i| set.prompts[i % set.prompts.len()].clone())
+                .collect();
+            let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+            for &len in &cfg.lengths {
+                if longest + len > model.cfg.max_seq_len {
                     progress(&format!(
-                        "batch {batch}, {len} tokens, round {}: {} {card:?}",
-                        round + 1,
-                        d.name()
+                        "skipping {}: length {len} is beyond the model's context",
+                        set.name
                     ));
-                    let (count0, bytes0) = crate::runtime::alloc::allocations();
-                    let g = d.generate(model, &prompts, &opts, &mut |_| {})?;
-                    let (count1, bytes1) = crate::runtime::alloc::allocations();
-                    let n = g.generated_tokens().max(1) as f64;
-                    allocs[i].push((count1 - count0) as f64 / n);
-                    alloc_bytes[i].push((bytes1 - bytes0) as f64 / n);
-                    tps[i].push(g.tokens_per_s());
-                    fps[i].push(g.forward_passes as f64 / g.elapsed_s.max(1e-9));
-                    last[i] = Some(g);
+                    continue;
                 }
-                bandwidths.push(stream.sample()?);
-            }
-            let ar_tps = median(&mut tps[0]);
-            for (i, (d, card)) in decoders.into_iter().enumerate() {
-                let g = last[i].take().expect("at least one round");
-                let tokens_per_s = median(&mut tps[i]);
-                let (ent, rep, nll) = quality(model, &prompts, &g)?;
-                forward_rates.push(std::mem::take(&mut fps[i]));
-                out.push(DecodeBench {
-                    batch,
-                    max_new_tokens: len,
-                    decoder: d.name().to_string(),
-                    block_size: card.as_ref().map(|c| c.block_size),
-                    step_limit: card.as_ref().map(|c| c.step_limit),
-                    threshold: card.as_ref().map(|c| c.threshold),
-                    tokens_per_s,
-                    tokens_per_forward: g.tokens_per_forward(),
-                    forward_passes: g.forward_passes,
-                    generated_tokens: g.generated_tokens(),
-                    ratio_to_ar: tokens_per_s / ar_tps,
-                    unigram_entropy: ent,
-                    repeated_4gram_rate: rep,
-                    self_nll: nll,
-                    bandwidth_fraction: f64::NAN,
-                    allocs_per_token: median(&mut allocs[i]),
-                    alloc_bytes_per_token: median(&mut alloc_bytes[i]),
-                });
+                // EOS is disabled (an id no token has) so every run generates exactly `len` tokens.
+                let opts = GenOptions {
+                    eos_id: u32::MAX,
+                    ..GenOptions::new(len, tok)
+                };
+                // Rounds interleaved across decoders, so drift on a busy machine hits all alike.
+                let n = decoders.len();
+                let (mut tps, mut fps) = (vec![Vec::new(); n], vec![Vec::new(); n]);
+                let (mut allocs, mut alloc_bytes) = (vec![Vec::new(); n], vec![Vec::new(); n]);
+                let mut last: Vec<Option<(Generation, Mechanism)>> = (0..n).map(|_| None).collect();
+                for round in 0..cfg.rounds.max(1) {
+                    for (i, d) in decoders.iter().enumerate() {
+                        progress(&format!(
+                            "{}, batch {batch}, {len} tokens, round {}: {} {}",
+                            set.name,
+                            round + 1,
+                            d.name(),
+                            setting_of(d)
+                        ));
+                        let mut mech = Mechanism::default();
+                        let (count0, bytes0) = crate::runtime::alloc::allocations();
+                        let g = d.generate(model, &prompts, &opts, &mut |s| mech.record(s))?;
+                        let (count1, bytes1) = crate::runtime::alloc::allocations();
+                        let n = g.generated_tokens().max(1) as f64;
+                        allocs[i].push((count1 - count0) as f64 / n);
+                        alloc_bytes[i].push((bytes1 - bytes0) as f64 / n);
+                        tps[i].push(g.tokens_per_s());
+                        fps[i].push(g.forward_passes as f64 / g.elapsed_s.max(1e-9));
+                        last[i] = Some((g, mech));
+                    }
+                    bandwidths.push(stream.sample()?);
+                }
+                let ar_tps = median(&mut tps[0]);
+                let ar_tokens: Vec<Vec<u32>> = last[0]
+                    .as_ref()
+                    .expect("AR ran")
+                    .0
+                    .rows
+                    .iter()
+                    .map(|r| r.tokens.clone())
+                    .collect();
+                for (i, d) in decoders.iter().enumerate() {
+                    let (g, mech) = last[i].take().expect("at least one round");
+                    let tokens_per_s = median(&mut tps[i]);
+                    let [ent, rep, dist2, nll] = quality(judge, tok, &prompts, &g)?;
+                    let same = g
+                        .rows
+                        .iter()
+                        .zip(&ar_tokens)
+                        .filter(|(r, a)| &r.tokens == *a)
+                        .count() as f64
+                        / g.rows.len() as f64;
+                    let verify = matches!(d, DecoderSpec::Verify(_));
+                    let card = match d {
+                        DecoderSpec::Card(c) => Some(c),
+                        _ => None,
+                    };
+                    forward_rates.push(std::mem::take(&mut fps[i]));
+                    out.push(DecodeBench {
+                        prompt_set: set.name.clone(),
+                        batch,
+                        max_new_tokens: len,
+                        decoder: d.name().to_string(),
+                        setting: setting_of(d),
+                        block_size: match d {
+                            DecoderSpec::Card(c) => Some(c.block_size),
+                            DecoderSpec::Verify(v) => Some(v.block_size),
+                            _ => None,
+                        },
+                        step_limit: card.map(|c| c.step_limit),
+                        threshold: card.map(|c| c.threshold),
+                        tokens_per_s,
+                        tokens_per_forward: g.tokens_per_forward(),
+                        forward_passes: g.forward_passes,
+                        generated_tokens: g.generated_tokens(),
+                        ratio_to_ar: tokens_per_s / ar_tps,
+                        drafts_accepted_per_pass: verify
+                            .then(|| mech.accepted as f64 / mech.passes.max(1) as f64),
+                        acceptance_by_slot: if verify { mech.by_slot() } else { Vec::new() },
+                        kept_fraction: g.kept_fraction(),
+                        same_as_ar: same,
+                        unigram_entropy: ent,
+                        repeated_4gram_rate: rep,
+                        distinct_2: dist2,
+                        judge_nll: nll,
+                        bandwidth_fraction: f64::NAN,
+                        allocs_per_token: median(&mut allocs[i]),
+                        alloc_bytes_per_token: median(&mut alloc_bytes[i]),
+                    });
+                }
             }
         }
     }

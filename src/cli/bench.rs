@@ -1,10 +1,11 @@
 //! `card bench`: throughput benchmarks that print ratios against a baseline run in the same process.
 
+use crate::bench::decode::prompt_set;
 use crate::bench::{bench_decode, bench_train, DecodeBenchConfig};
 use crate::checkpoint;
 use crate::config::{Choice, Config, ObjectiveKind};
 use crate::data::load_data;
-use crate::decode::CardDecoder;
+use crate::decode::{CardDecoder, DecoderSpec, VerifyDecoder};
 use crate::runtime::device as default_device;
 use anyhow::{bail, Context, Result};
 use std::io::IsTerminal;
@@ -28,18 +29,25 @@ pub struct DecodeBenchArgs {
     /// A run directory or checkpoint directory (a CARD checkpoint).
     pub checkpoint: std::path::PathBuf,
     /// Generation lengths (lengths beyond the model's context are skipped).
-    #[arg(long, value_delimiter = ',', default_value = "32,128,512")]
+    #[arg(long, value_delimiter = ',', default_value = "128")]
     pub lengths: Vec<usize>,
     /// Batch sizes.
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     pub batch: Vec<usize>,
-    /// CARD settings as K:T_max:τ, comma-separated.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "4:4:0.9,8:8:0.9,8:8:0.7,16:16:0.7"
-    )]
+    /// CARD threshold settings as K:T_max:τ, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "8:8:0.9,8:8:0.7")]
     pub grid: Vec<String>,
+    /// Lossless verifier settings: K values, comma-separated ("" for none).
+    #[arg(long, value_delimiter = ',', default_value = "4,8")]
+    pub verify: Vec<String>,
+    /// Prompt sets: prose (held-out prefixes of the checkpoint's corpus), probes (counting,
+    /// lists, copying), own (prose prefixes + the model's own greedy continuation), builtin
+    /// [default: prose,probes; builtin instead of prose when the corpus is not available].
+    #[arg(long, value_delimiter = ',')]
+    pub sets: Vec<String>,
+    /// Score the generated text with this checkpoint instead of the model itself.
+    #[arg(long)]
+    pub judge: Option<std::path::PathBuf>,
     /// Timed rounds per setting (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
@@ -166,15 +174,27 @@ fn train(a: TrainBenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn parse_grid(items: &[String]) -> Result<Vec<CardDecoder>> {
-    items
-        .iter()
-        .map(|g| CardDecoder::from_setting(g).context("--grid"))
-        .collect()
+fn parse_decoders(grid: &[String], verify: &[String]) -> Result<Vec<DecoderSpec>> {
+    let mut out = Vec::new();
+    for g in grid.iter().filter(|g| !g.is_empty()) {
+        out.push(DecoderSpec::Card(
+            CardDecoder::from_setting(g).context("--grid")?,
+        ));
+    }
+    for k in verify.iter().filter(|k| !k.is_empty()) {
+        let block_size = k
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--verify: '{k}' is not a block size"))?;
+        let v = VerifyDecoder { block_size };
+        v.validate().context("--verify")?;
+        out.push(DecoderSpec::Verify(v));
+    }
+    Ok(out)
 }
 
 fn decode(a: DecodeBenchArgs) -> Result<()> {
-    let grid = parse_grid(&a.grid)?;
+    let decoders = parse_decoders(&a.grid, &a.verify)?;
     if a.batch.contains(&0) || a.lengths.contains(&0) {
         bail!("--batch and --lengths must be positive");
     }
@@ -186,15 +206,32 @@ fn decode(a: DecodeBenchArgs) -> Result<()> {
             ckpt.objective().name()
         );
     }
+    let judge = match &a.judge {
+        Some(p) => Some(checkpoint::open(p, &device, true)?),
+        None => None,
+    };
     let (tok, model) = (&ckpt.tokenizer, &ckpt.model);
+    let data = load_data(&ckpt.config, Some(tok.clone())).ok();
+    let names: Vec<String> = if a.sets.is_empty() {
+        let prose = if data.is_some() { "prose" } else { "builtin" };
+        vec![prose.into(), "probes".into()]
+    } else {
+        a.sets.clone()
+    };
+    let sets = names
+        .iter()
+        .map(|n| prompt_set(n.trim(), model, tok, data.as_ref()))
+        .collect::<Result<Vec<_>>>()?;
     let tty = std::io::stderr().is_terminal();
     let cfg = DecodeBenchConfig {
         lengths: a.lengths.clone(),
         batches: a.batch.clone(),
-        grid,
+        decoders,
+        sets,
         rounds: a.rounds,
     };
-    let (rows, bandwidth) = bench_decode(model, tok, &cfg, |m| {
+    let judged = judge.as_ref().map(|j| (&j.model, &j.tokenizer));
+    let (rows, bandwidth) = bench_decode(model, tok, judged, &cfg, |m| {
         if tty {
             eprint!("\r\x1b[2K{m}")
         }
@@ -203,34 +240,41 @@ fn decode(a: DecodeBenchArgs) -> Result<()> {
         eprint!("\r\x1b[2K");
     }
     println!(
-        "bench decode: {} ({} params, {}), {} threads, copy bandwidth {:.1} GB/s, greedy, EOS ignored, median of {} rounds",
+        "bench decode: {} ({} params, {}), {} threads, copy bandwidth {:.1} GB/s, greedy, EOS ignored, median of {} rounds; judge: {}",
         ckpt.dir.display(),
         model.cfg.n_params(),
         format!("{:?}", model.dtype()).to_lowercase(),
         candle_core::utils::get_num_threads(),
         bandwidth / 1e9,
-        a.rounds
+        a.rounds,
+        judge.as_ref().map_or("the model itself".into(), |j| j.dir.display().to_string())
     );
-    println!("batch  len  decoder  K   T   tau   tokens/s  tok/fwd  xAR    entropy  rep4   self-NLL  bw%   allocs/tok  KB/tok");
+    println!("set      batch  len  decoder  setting           tokens/s   xAR   tok/fwd  acc/pass  kept   =AR   judge-NLL  rep4   dist2  bw%   allocs/tok  acceptance by slot");
     for r in &rows {
-        let opt = |x: Option<usize>| x.map_or("-".to_string(), |v| v.to_string());
+        let slots: Vec<String> = r
+            .acceptance_by_slot
+            .iter()
+            .map(|x| format!("{x:.2}"))
+            .collect();
         println!(
-            "{:>5} {:>4}  {:<7} {:>3} {:>3} {:>5}  {:>8.1}  {:>7.2}  {:>5.2}  {:>7.3}  {:>5.3}  {:>8.3}  {:>4.1}  {:>10.0}  {:>6.0}",
+            "{:<8} {:>5} {:>4}  {:<7}  {:<16} {:>9.1}  {:>5.2}  {:>7.2}  {:>8}  {:>5.2}  {:>4.2}  {:>9.3}  {:>5.3}  {:>5.3}  {:>4.1}  {:>10.0}  {}",
+            r.prompt_set,
             r.batch,
             r.max_new_tokens,
             r.decoder,
-            opt(r.block_size),
-            opt(r.step_limit),
-            r.threshold.map_or("-".into(), |t| format!("{t:.2}")),
+            r.setting,
             r.tokens_per_s,
-            r.tokens_per_forward,
             r.ratio_to_ar,
-            r.unigram_entropy,
+            r.tokens_per_forward,
+            r.drafts_accepted_per_pass.map_or("-".into(), |x| format!("{x:.2}")),
+            r.kept_fraction,
+            r.same_as_ar,
+            r.judge_nll,
             r.repeated_4gram_rate,
-            r.self_nll,
+            r.distinct_2,
             100.0 * r.bandwidth_fraction,
             r.allocs_per_token,
-            r.alloc_bytes_per_token / 1024.0
+            slots.join(" ")
         );
     }
     if a.json {

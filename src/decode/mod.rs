@@ -92,8 +92,9 @@ pub struct Generation {
     /// Batched forward passes run.
     pub forward_passes: usize,
     pub elapsed_s: f64,
-    /// Positions run through the model after the prompts' first pass: every drafted,
-    /// masked or recomputed position counts, kept or not (0 where a decoder does not count).
+    /// Positions run through the model that predict generated text (each prompt's last one
+    /// and everything after it): every drafted, masked or recomputed position counts, kept
+    /// or not.
     pub computed_tokens: usize,
 }
 
@@ -108,9 +109,10 @@ impl Generation {
         }
     }
 
-    /// Record the positions fed by every pass (`fed`), less the prompts' own.
+    /// Record the positions fed by every pass (`fed`) that predicted generated text: all
+    /// but the prompts' own, plus each prompt's last (it predicts the first new token).
     pub(crate) fn computed(mut self, fed: usize, prompts: &[Vec<u32>]) -> Self {
-        let prompt: usize = prompts.iter().map(|p| p.len()).sum();
+        let prompt: usize = prompts.iter().map(|p| p.len().saturating_sub(1)).sum();
         self.computed_tokens = fed.saturating_sub(prompt);
         self
     }

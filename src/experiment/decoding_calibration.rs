@@ -5,9 +5,9 @@ use super::plot::{plot, Series};
 use super::report::{write, Report, Table};
 use super::variants::{config_of, run_variants};
 use super::Runner;
-use crate::bench::decode::{bench_decode, DecodeBenchConfig};
+use crate::bench::decode::{bench_decode, prompt_set, DecodeBenchConfig};
 use crate::checkpoint;
-use crate::decode::CardDecoder;
+use crate::decode::{CardDecoder, DecoderSpec};
 use crate::runtime::device as default_device;
 use anyhow::Result;
 
@@ -33,12 +33,12 @@ pub fn run(runner: &mut Runner) -> Result<()> {
             } else {
                 vec![0.5, 0.7, 0.9, 1.0]
             } {
-                grid.push(CardDecoder {
+                grid.push(DecoderSpec::Card(CardDecoder {
                     block_size: k,
                     step_limit: t,
                     threshold: tau,
                     ..CardDecoder::default()
-                });
+                }));
             }
         }
     }
@@ -46,10 +46,11 @@ pub fn run(runner: &mut Runner) -> Result<()> {
     let cfg = DecodeBenchConfig {
         lengths: vec![len],
         batches: vec![if smoke { 2 } else { 8 }],
-        grid,
+        decoders: grid,
+        sets: vec![prompt_set("builtin", model, tok, None)?],
         rounds: 1,
     };
-    let (rows, _) = bench_decode(model, tok, &cfg, |_| {})?;
+    let (rows, _) = bench_decode(model, tok, None, &cfg, |_| {})?;
     let label = |r: &crate::bench::decode::DecodeBench| match r.block_size {
         Some(k) => format!(
             "K={k} T={} τ={}",
@@ -60,11 +61,11 @@ pub fn run(runner: &mut Runner) -> Result<()> {
     };
     let points: Vec<(f64, f64)> = rows
         .iter()
-        .map(|r| (r.tokens_per_forward, r.self_nll))
+        .map(|r| (r.tokens_per_forward, r.judge_nll))
         .collect();
     let frontier: Vec<(f64, f64)> = pareto(&points).into_iter().map(|i| points[i]).collect();
     let on_frontier = |r: &crate::bench::decode::DecodeBench| {
-        frontier.contains(&(r.tokens_per_forward, r.self_nll))
+        frontier.contains(&(r.tokens_per_forward, r.judge_nll))
     };
     let table_rows: Vec<Vec<String>> = rows
         .iter()
@@ -74,7 +75,7 @@ pub fn run(runner: &mut Runner) -> Result<()> {
                 format!("{:.2}", r.tokens_per_forward),
                 format!("{:.1}", r.tokens_per_s),
                 format!("{:.2}", r.ratio_to_ar),
-                format!("{:.3}", r.self_nll),
+                format!("{:.3}", r.judge_nll),
                 format!("{:.3}", r.repeated_4gram_rate),
                 format!("{:.2}", r.unigram_entropy),
                 if on_frontier(r) {
@@ -88,12 +89,12 @@ pub fn run(runner: &mut Runner) -> Result<()> {
     let ar: Vec<(f64, f64)> = rows
         .iter()
         .filter(|r| r.block_size.is_none())
-        .map(|r| (r.tokens_per_forward, r.self_nll))
+        .map(|r| (r.tokens_per_forward, r.judge_nll))
         .collect();
     let card: Vec<(f64, f64)> = rows
         .iter()
         .filter(|r| r.block_size.is_some())
-        .map(|r| (r.tokens_per_forward, r.self_nll))
+        .map(|r| (r.tokens_per_forward, r.judge_nll))
         .collect();
     plot(
         &runner.opts.out.join("pareto.svg"),
@@ -116,7 +117,7 @@ pub fn run(runner: &mut Runner) -> Result<()> {
             points: frontier,
         }),
     )?;
-    let tps: Vec<(f64, f64)> = rows.iter().map(|r| (r.tokens_per_s, r.self_nll)).collect();
+    let tps: Vec<(f64, f64)> = rows.iter().map(|r| (r.tokens_per_s, r.judge_nll)).collect();
     plot(
         &runner.opts.out.join("tokens_per_s.svg"),
         "Decoding calibration: wall-clock speed vs quality",
@@ -139,7 +140,7 @@ pub fn run(runner: &mut Runner) -> Result<()> {
                 r.threshold.map_or(String::new(), |x| x.to_string()),
                 format!("{:.4}", r.tokens_per_forward),
                 format!("{:.2}", r.tokens_per_s),
-                format!("{:.4}", r.self_nll),
+                format!("{:.4}", r.judge_nll),
                 format!("{:.4}", r.repeated_4gram_rate),
                 format!("{:.4}", r.unigram_entropy),
             ]

@@ -18,7 +18,7 @@ pub const MAX_PROMPTS: usize = 32;
 pub const MAX_ROWS: usize = 64;
 pub const MAX_STOPS: usize = 4;
 /// The decoders the server runs (the causal ones: they share the batched KV cache).
-pub const DECODERS: [&str; 2] = ["ar", "card"];
+pub const DECODERS: [&str; 3] = ["ar", "card", "verify"];
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -218,7 +218,7 @@ fn common(r: &mut Request, info: &ModelInfo, max_key: &str) -> Result<Common, Ap
     };
     let name = r.decoder.as_deref().unwrap_or(info.default_decoder());
     if !DECODERS.contains(&name) {
-        let msg = format!("unknown decoder '{name}'; use 'ar' or 'card'");
+        let msg = format!("unknown decoder '{name}'; use 'ar', 'card' or 'verify'");
         return Err(ApiError::bad_value("decoder", msg));
     }
     let decoder = DecoderSpec::parse(name, &knobs, &info.config)

@@ -30,6 +30,8 @@ pub struct StepView {
     pub row_forwards: usize,
     pub slots: Vec<SlotView>,
     pub committed: Vec<SlotView>,
+    /// Drafts the lossless decoder checked and rejected in this step.
+    pub rejected: Vec<SlotView>,
     /// The left-contiguous committed text so far and its token count.
     pub text: String,
     pub tokens: usize,
@@ -141,6 +143,7 @@ impl RowState {
                 row_forwards: self.forwards,
                 slots: step.slots.iter().map(view).collect(),
                 committed: step.committed.iter().map(view).collect(),
+                rejected: step.rejected.iter().map(view).collect(),
                 text: tok.decode(&prefix).unwrap_or_default(),
                 tokens: prefix.len(),
                 elapsed_s,

@@ -26,6 +26,7 @@ pub struct Config {
 
 pub const PRESETS: &[(&str, &str)] = &[
     ("tiny", include_str!("../../configs/tiny.toml")),
+    ("demo", include_str!("../../configs/demo.toml")),
     ("small", include_str!("../../configs/small.toml")),
     ("base", include_str!("../../configs/base.toml")),
     ("bench-5m", include_str!("../../configs/bench-5m.toml")),

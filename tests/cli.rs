@@ -372,6 +372,7 @@ fn every_experiment_smoke_run_writes_report_csv_and_plots() {
         "decoding-calibration",
         "data-efficiency",
         "ema",
+        "parallel-decoding",
     ] {
         let out = card(&["experiment", name, "--smoke"], cwd);
         assert!(
@@ -399,6 +400,24 @@ fn every_experiment_smoke_run_writes_report_csv_and_plots() {
     // A second call reuses the finished runs instead of training again.
     let out = card(&["experiment", "ema", "--smoke"], cwd);
     assert!(String::from_utf8_lossy(&out.stderr).contains("done earlier"));
+    // parallel-decoding reuses its training run, distillation and both benchmarks.
+    let out = card(&["experiment", "parallel-decoding", "--smoke"], cwd);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(log.matches("done earlier").count(), 3, "{log}");
+    let report = std::fs::read_to_string(cwd.join("results/parallel-decoding/report.md")).unwrap();
+    assert!(report.contains("Lossless mode") && report.contains("identical to AR"));
+    let from = cwd.join("results/parallel-decoding/runs/card-s0");
+    let args = [
+        "experiment",
+        "ema",
+        "--smoke",
+        "--from",
+        from.to_str().unwrap(),
+    ];
+    assert_error(
+        &card(&args, cwd),
+        "--from applies to parallel-decoding only",
+    );
     assert_error(&card(&["experiment", "nope"], cwd), "unknown experiment");
 }
 

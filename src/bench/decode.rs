@@ -12,7 +12,7 @@ use crate::eval::quality::{continuation_nll, distinct_n, repeated_ngram_rate, un
 use crate::model::Transformer;
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
 /// A named list of prompts (token ids).
@@ -82,7 +82,7 @@ pub struct DecodeBenchConfig {
     pub rounds: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DecodeBench {
     pub prompt_set: String,
     pub batch: usize,

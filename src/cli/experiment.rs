@@ -1,13 +1,17 @@
 //! `card experiment NAME`: one of the paper's experiments, resumable, written to results/NAME/.
 
-use crate::experiment::{run, ExpOptions, NAMES};
+use crate::experiment::{check, run, ExpOptions};
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct ExperimentArgs {
-    /// masking-ablation | tail-factor | objectives | decoding-calibration | data-efficiency | ema
+    /// masking-ablation | tail-factor | objectives | decoding-calibration | data-efficiency |
+    /// ema | parallel-decoding
     pub name: String,
+    /// parallel-decoding: start from this CARD checkpoint instead of training one.
+    #[arg(long)]
+    pub from: Option<PathBuf>,
     /// End-to-end check in seconds (10 steps, one seed, tiny evaluation).
     #[arg(long)]
     pub smoke: bool,
@@ -34,13 +38,6 @@ pub struct ExperimentArgs {
 }
 
 pub fn run_cli(a: ExperimentArgs) -> Result<()> {
-    if !NAMES.contains(&a.name.as_str()) {
-        bail!(
-            "unknown experiment '{}' (known: {})",
-            a.name,
-            NAMES.join(", ")
-        );
-    }
     if !(a.scale > 0.0 && a.scale.is_finite()) {
         bail!("--scale must be positive");
     }
@@ -64,7 +61,9 @@ pub fn run_cli(a: ExperimentArgs) -> Result<()> {
         zero_shot_limit: a.zero_shot_limit,
         eval_data: a.eval_data.clone(),
         command,
+        from: a.from.clone(),
     };
+    check(&a.name, &opts)?;
     eprintln!("experiment {} -> {}", a.name, opts.out.display());
     let report = run(&a.name, opts)?;
     println!("{}", report.display());

@@ -132,7 +132,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let summary = trainer.run(&out, !args.quiet)?;
     let model = trainer.eval_model()?;
-    let sample = quick_sample(&trainer.cfg, &model, &data.tokenizer)?;
     eprintln!(
         "step {}: train loss {:.4}, val loss {} ({:.0} tok/s); checkpoint {}",
         summary.steps,
@@ -141,24 +140,65 @@ pub fn run(args: TrainArgs) -> Result<()> {
         summary.tokens_per_s,
         summary.checkpoint.display()
     );
-    eprintln!("sample (greedy, prompt \"Alice\"): Alice{sample}");
+    side_by_side(&trainer.cfg, &model, &data.tokenizer)?;
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     }
     Ok(())
 }
 
-/// A greedy 40-token continuation of "Alice" with a decoder that fits the objective.
-fn quick_sample(
+/// Greedy continuations of one prompt by the decoders that fit the objective, side by side
+/// with tokens per forward pass: for CARD, AR, the lossless verifier (AR's text in fewer
+/// passes) and threshold decoding.
+fn side_by_side(
     cfg: &Config,
     model: &crate::model::Transformer,
     tok: &TextTokenizer,
-) -> Result<String> {
-    use crate::decode::{Decoder, DecoderSpec, GenOptions};
-    let decoder = DecoderSpec::default_for(cfg);
-    let prompt = tok.encode("Alice")?;
-    let max_new = 40.min(model.cfg.max_seq_len.saturating_sub(prompt.len()));
-    let opts = GenOptions::new(max_new, tok);
-    let g = decoder.generate(model, &[prompt], &opts, &mut |_| {})?;
-    tok.decode(&g.rows[0].tokens)
+) -> Result<()> {
+    use crate::decode::{CardDecoder, Decoder, DecoderSpec, GenOptions, VerifyDecoder};
+    let prompt_text = "Alice was beginning to get very tired of sitting by her sister";
+    let mut prompt = tok.encode(prompt_text)?;
+    let ctx = model.cfg.max_seq_len;
+    prompt.truncate(ctx / 2);
+    let max_new = 48.min(ctx - prompt.len());
+    let decoders = match cfg.train.objective {
+        crate::config::ObjectiveKind::Card => vec![
+            DecoderSpec::Ar,
+            DecoderSpec::Verify(VerifyDecoder::default()),
+            DecoderSpec::Card(CardDecoder {
+                block_size: 4,
+                step_limit: 4,
+                threshold: 0.5,
+                ..CardDecoder::default()
+            }),
+        ],
+        _ => vec![DecoderSpec::default_for(cfg)],
+    };
+    eprintln!("greedy continuations of \"{}\":", tok.decode(&prompt)?);
+    let mut ar_text = None;
+    for d in decoders {
+        let opts = GenOptions::new(max_new, tok);
+        let g = d.generate(model, std::slice::from_ref(&prompt), &opts, &mut |_| {})?;
+        let text = tok.decode(&g.rows[0].tokens)?;
+        let label = match &d {
+            DecoderSpec::Card(c) => format!("card K={} τ={}", c.block_size, c.threshold),
+            DecoderSpec::Verify(v) => format!("verify K={}", v.block_size),
+            other => other.name().to_string(),
+        };
+        let same = match (&d, &ar_text) {
+            (DecoderSpec::Ar, _) => String::new(),
+            (_, Some(a)) if *a == text => " (AR's text)".into(),
+            (_, Some(_)) => " (differs from AR)".into(),
+            _ => String::new(),
+        };
+        eprintln!(
+            "  {label:<16} {:.2} tokens/forward{same}: {}",
+            g.tokens_per_forward(),
+            text.replace('\n', " ")
+        );
+        if matches!(d, DecoderSpec::Ar) {
+            ar_text = Some(text);
+        }
+    }
+    Ok(())
 }

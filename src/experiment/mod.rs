@@ -9,6 +9,7 @@ pub mod decoding_calibration;
 pub mod ema;
 pub mod masking_ablation;
 pub mod objectives;
+pub mod parallel_decoding;
 pub mod plot;
 pub mod report;
 pub mod tail_factor;
@@ -42,6 +43,8 @@ pub struct ExpOptions {
     pub eval_data: PathBuf,
     /// The command line, recorded in the report.
     pub command: String,
+    /// Start from this checkpoint instead of training one (parallel-decoding only).
+    pub from: Option<PathBuf>,
 }
 
 impl ExpOptions {
@@ -269,9 +272,22 @@ pub const NAMES: &[&str] = &[
     "decoding-calibration",
     "data-efficiency",
     "ema",
+    "parallel-decoding",
 ];
 
+/// Refuse an unknown experiment or options it does not take.
+pub fn check(name: &str, opts: &ExpOptions) -> Result<()> {
+    if !NAMES.contains(&name) {
+        anyhow::bail!("unknown experiment '{name}' (known: {})", NAMES.join(", "));
+    }
+    if opts.from.is_some() && name != "parallel-decoding" {
+        anyhow::bail!("--from applies to parallel-decoding only; {name} trains its own runs");
+    }
+    Ok(())
+}
+
 pub fn run(name: &str, opts: ExpOptions) -> Result<PathBuf> {
+    check(name, &opts)?;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create {}", opts.out.display()))?;
     let mut runner = Runner::new(opts);
@@ -282,6 +298,7 @@ pub fn run(name: &str, opts: ExpOptions) -> Result<PathBuf> {
         "decoding-calibration" => decoding_calibration::run(&mut runner),
         "data-efficiency" => data_efficiency::run(&mut runner),
         "ema" => ema::run(&mut runner),
+        "parallel-decoding" => parallel_decoding::run(&mut runner),
         other => anyhow::bail!("unknown experiment '{other}' (known: {})", NAMES.join(", ")),
     }?;
     Ok(runner.opts.out.join("report.md"))

@@ -6,7 +6,8 @@
 use candle_core::{Device, Tensor};
 use card::data::TextTokenizer;
 use card::decode::{
-    ArDecoder, CardDecoder, CommitMode, Decoder, Floor, GenOptions, Generation, Sampling, StepTrace,
+    ArDecoder, CardDecoder, CommitMode, Decoder, Floor, GenOptions, Generation, Sampling,
+    StepTrace, VerifyDecoder,
 };
 use card::model::{Attention, Backend, KvCache};
 use common::max_abs_diff;
@@ -178,6 +179,7 @@ fn stop_condition_and_budget_are_respected() {
     for d in [
         &ArDecoder as &dyn Decoder,
         &card(4, 4, 0.5, CommitMode::Block),
+        &VerifyDecoder { block_size: 3 },
     ] {
         let (g, _) = run(d, &ps[..1], &o);
         let n = g.rows[0].tokens.len();

@@ -220,88 +220,84 @@ impl Decoder for VerifyDecoder {
                 trace.committed.clear();
                 trace.rejected.clear();
                 let first = row.progress.tokens.len();
-                // Walk the drafts: logits at fed index p-1+i predict draft i.
-                let mut accepted = 0;
-                let mut bonus = None;
+                let room = opts.max_new_tokens - first;
+                // Walk the drafts: logits at fed index p-1+i predict draft i. `kept` holds
+                // the tokens this pass commits; they are pushed after the trace, so a stop
+                // hook runs after the step it is about, as in the other decoders.
+                let mut kept: Vec<u32> = Vec::with_capacity(m + 1);
+                let mut all_stood = false;
                 for i in 0..=m {
                     let l = session.logits(r, p - 1 + i);
-                    let context = [prompts[r].as_slice(), row.progress.tokens.as_slice()];
+                    let context = [prompts[r].as_slice(), &row.progress.tokens, &kept];
                     let outcome = match row.drafts.get(i) {
                         Some(d) => check(d, l, &context, opts, &mut rngs[r]),
                         None => {
                             // Past the last draft: AR's own token.
+                            all_stood = true;
                             let (t, c) =
                                 opts.sampling
                                     .pick(l, &context, &[opts.mask_id], &mut rngs[r]);
                             Check::Replace(t, c)
                         }
                     };
-                    match outcome {
-                        Check::Accept => {
-                            let d = &row.drafts[i];
-                            trace.committed.push(SlotTrace {
-                                pos: first + i,
-                                token: d.token,
-                                confidence: d.conf,
-                                masked: false,
-                            });
-                            accepted += 1;
-                        }
+                    let slot = |token, confidence, masked| SlotTrace {
+                        pos: first + i,
+                        token,
+                        confidence,
+                        masked,
+                    };
+                    let (token, conf, ends) = match outcome {
+                        Check::Accept => (row.drafts[i].token, row.drafts[i].conf, false),
                         Check::Replace(t, c) => {
                             if let Some(d) = row.drafts.get(i) {
-                                trace.rejected.push(SlotTrace {
-                                    pos: first + i,
-                                    token: d.token,
-                                    confidence: d.conf,
-                                    masked: true,
-                                });
+                                trace.rejected.push(slot(d.token, d.conf, true));
                             }
-                            trace.committed.push(SlotTrace {
-                                pos: first + i,
-                                token: t,
-                                confidence: c,
-                                masked: false,
-                            });
-                            bonus = Some(i);
-                            break;
+                            (t, c, true)
                         }
-                    }
-                    // Push as we go: the next check's context (repetition penalty) includes it.
-                    if !row.progress.push(r, row.drafts[i].token, opts) || row.progress.done {
+                    };
+                    trace.committed.push(slot(token, conf, false));
+                    kept.push(token);
+                    // AR's token (after a rejection or past the drafts), end of text, or the
+                    // budget: the pass commits no more.
+                    if ends || token == opts.eos_id || kept.len() == room {
                         break;
                     }
                 }
-                // Keep the pending tokens' and the accepted drafts' keys/values.
-                session.truncate_row(r, before[r] + p + accepted);
-                row.pending.clear();
+                // The mask slots predicted the positions after AR's token only if every draft
+                // before them stood; after a rejection the next pass drafts afresh from masks
+                // right after the committed text.
                 let mut next: Vec<Draft> = Vec::new();
-                if let Some(i) = bonus.filter(|_| !row.progress.done) {
-                    let tok = trace.committed.last().expect("the AR token").token;
-                    if row.progress.push(r, tok, opts) && !row.progress.done {
-                        row.pending.push(tok);
-                        // The mask slots predicted the positions after AR's token only if
-                        // every draft before them stood; after a rejection the next pass
-                        // drafts afresh from masks right after the committed text.
-                        for s in (0..masks).filter(|_| i == m) {
-                            let l = session.logits(r, p + m + s);
-                            let context = [prompts[r].as_slice(), row.progress.tokens.as_slice()];
-                            next.push(propose(l, &context, opts, &mut rngs[r]));
-                        }
+                if all_stood && kept.len() == m + 1 && kept[m] != opts.eos_id {
+                    for s in 0..masks {
+                        let l = session.logits(r, p + m + s);
+                        let context = [prompts[r].as_slice(), &row.progress.tokens, &kept];
+                        next.push(propose(l, &context, opts, &mut rngs[r]));
                     }
                 }
-                row.drafts = next;
                 (trace.row, trace.forward) = (r, forwards);
                 trace.slots.clear();
-                let after = row.progress.tokens.len();
+                let after = first + kept.len();
                 trace
                     .slots
-                    .extend(row.drafts.iter().enumerate().map(|(j, d)| SlotTrace {
+                    .extend(next.iter().enumerate().map(|(j, d)| SlotTrace {
                         pos: after + j,
                         token: d.token,
                         confidence: d.conf,
                         masked: true,
                     }));
                 on_step(&trace);
+                // Every kept token but the last is a draft that stood: its keys/values stay.
+                session.truncate_row(r, before[r] + p + kept.len() - 1);
+                row.pending.clear();
+                row.drafts = next;
+                for &tok in &kept {
+                    if !row.progress.push(r, tok, opts) || row.progress.done {
+                        break;
+                    }
+                }
+                if !row.progress.done {
+                    row.pending.push(*kept.last().expect("every pass commits"));
+                }
             }
         }
         let rows = rows.into_iter().map(|r| r.progress).collect();

@@ -38,7 +38,7 @@ pub struct DecodeBenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "8:8:0.9,8:8:0.7")]
     pub grid: Vec<String>,
     /// Lossless verifier settings: K values, comma-separated ("" for none).
-    #[arg(long, value_delimiter = ',', default_value = "4,8")]
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     pub verify: Vec<String>,
     /// Prompt sets: prose (held-out prefixes of the checkpoint's corpus), probes (counting,
     /// lists, copying), own (prose prefixes + the model's own greedy continuation), builtin

@@ -27,7 +27,7 @@ pub enum Truncate {
 #[derive(clap::Args, Debug, Clone)]
 pub struct DecoderArgs {
     /// CARD: K, slots decoded in parallel; verify: K, [MASK] slots drafting per pass (and
-    /// the most drafts a pass checks) [default: 8 for card, 4 for verify].
+    /// the most drafts a pass checks) [default: 8 for card, 2 for verify].
     #[arg(long)]
     pub block_size: Option<usize>,
     /// CARD: T_max, passes after which a block's remaining slots are filled.

@@ -321,6 +321,13 @@ pub fn distill(
             serde_json::to_string_pretty(&settings)?.as_bytes(),
         )?,
     }
+    // Finished earlier with these settings: the report stands.
+    let report_path = plan.out.join("report.json");
+    if let Ok(text) = fs::read_to_string(&report_path) {
+        if let Ok(done) = serde_json::from_str::<DistillReport>(&text) {
+            return Ok(done);
+        }
+    }
     let tok = TextTokenizer::from_json(&ckpt.tokenizer_json)?;
     let mut source_cfg = ckpt.config.clone();
     if let Some(d) = &plan.data {
@@ -374,7 +381,7 @@ pub fn distill(
         run: run_dir.display().to_string(),
     };
     write_atomic(
-        &plan.out.join("report.json"),
+        &report_path,
         serde_json::to_string_pretty(&report)?.as_bytes(),
     )?;
     Ok(report)

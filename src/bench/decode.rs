@@ -85,6 +85,7 @@ pub struct DecodeBenchConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DecodeBench {
     pub prompt_set: String,
+    /// Rows decoded together; every prompt of the set is decoded, `batch` at a time.
     pub batch: usize,
     pub max_new_tokens: usize,
     pub decoder: String,
@@ -255,6 +256,32 @@ fn quality(
     Ok(q.map(|x| x / n))
 }
 
+/// `prompts` decoded `batch` rows at a time, as one generation: rows in order, passes, time
+/// and computed positions summed.
+fn generate_all(
+    d: &DecoderSpec,
+    model: &Transformer,
+    prompts: &[Vec<u32>],
+    batch: usize,
+    opts: &GenOptions,
+    mech: &mut Mechanism,
+) -> Result<Generation> {
+    let mut all: Option<Generation> = None;
+    for group in prompts.chunks(batch) {
+        let g = d.generate(model, group, opts, &mut |s| mech.record(s))?;
+        match &mut all {
+            None => all = Some(g),
+            Some(a) => {
+                a.rows.extend(g.rows);
+                a.forward_passes += g.forward_passes;
+                a.elapsed_s += g.elapsed_s;
+                a.computed_tokens += g.computed_tokens;
+            }
+        }
+    }
+    Ok(all.expect("at least one batch"))
+}
+
 pub fn bench_decode(
     model: &Transformer,
     tok: &TextTokenizer,
@@ -281,7 +308,9 @@ pub fn bench_decode(
     );
     for set in &cfg.sets {
         for &batch in &cfg.batches {
-            let prompts: Vec<Vec<u32>> = (0..batch)
+            // Every prompt of the set, in batches of `batch` (a short set is cycled to fill one).
+            let rows = set.prompts.len().max(batch).div_ceil(batch) * batch;
+            let prompts: Vec<Vec<u32>> = (0..rows)
                 .map(|i| set.prompts[i % set.prompts.len()].clone())
                 .collect();
             let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
@@ -314,7 +343,7 @@ pub fn bench_decode(
                         ));
                         let mut mech = Mechanism::default();
                         let (count0, bytes0) = crate::runtime::alloc::allocations();
-                        let g = d.generate(model, &prompts, &opts, &mut |s| mech.record(s))?;
+                        let g = generate_all(d, model, &prompts, batch, &opts, &mut mech)?;
                         let (count1, bytes1) = crate::runtime::alloc::allocations();
                         let n = g.generated_tokens().max(1) as f64;
                         allocs[i].push((count1 - count0) as f64 / n);

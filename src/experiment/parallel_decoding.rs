@@ -6,8 +6,7 @@
 
 use super::plot::{plot, Series};
 use super::report::{write, Report, Table};
-use super::variants::run_variants;
-use super::Runner;
+use super::{RunSpec, Runner};
 use crate::bench::decode::{bench_decode, prompt_set, DecodeBench, DecodeBenchConfig};
 use crate::checkpoint;
 use crate::config::ObjectiveKind;
@@ -99,15 +98,19 @@ fn find<'a>(
 }
 
 pub fn run(runner: &mut Runner) -> Result<()> {
+    // One model, so one seed (the report's header then names just that one).
+    runner.opts.seeds.truncate(1);
     let base: PathBuf = match &runner.opts.from {
         Some(p) => p.clone(),
         None => {
-            let results = run_variants(
-                runner,
-                &[("card".into(), vec!["train.objective=\"card\"".into()])],
-                4000,
-            )?;
-            PathBuf::from(&results[0].checkpoint)
+            // One model (the first seed): the experiment compares decoders on it.
+            let spec = RunSpec {
+                variant: "card".into(),
+                sets: vec!["train.objective=\"card\"".into()],
+                seed: runner.opts.seeds()[0],
+                steps: runner.opts.steps(4000),
+            };
+            PathBuf::from(&runner.run(&spec)?.checkpoint)
         }
     };
     let device = default_device()?;

@@ -84,11 +84,18 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 _ => Config::load(preset, &sets)?,
             };
             let out = args.out.clone().unwrap_or_else(|| {
-                let from = if init.is_some() { "init-" } else { "" };
-                PathBuf::from(format!(
-                    "runs/{from}{preset}-{}",
-                    cfg.train.objective.name()
-                ))
+                let objective = cfg.train.objective.name();
+                match &init {
+                    // A fine-tuning run is named after the run it starts from.
+                    Some(c) => {
+                        let run = c.dir.parent().unwrap_or(&c.dir);
+                        let name = run
+                            .file_name()
+                            .map_or("run".into(), |n| n.to_string_lossy());
+                        PathBuf::from(format!("runs/{name}-init-{objective}"))
+                    }
+                    None => PathBuf::from(format!("runs/{preset}-{objective}")),
+                }
             });
             if out.join("latest").exists() {
                 bail!(
@@ -132,14 +139,24 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let summary = trainer.run(&out, !args.quiet)?;
     let model = trainer.eval_model()?;
-    eprintln!(
-        "step {}: train loss {:.4}, val loss {} ({:.0} tok/s); checkpoint {}",
-        summary.steps,
-        summary.final_loss,
-        summary.val_loss.map_or("-".into(), |v| format!("{v:.4}")),
-        summary.tokens_per_s,
-        summary.checkpoint.display()
-    );
+    if summary.final_loss.is_nan() {
+        // No step ran: the run had already reached max_steps.
+        eprintln!(
+            "the run is already at step {} of {}; checkpoint {}",
+            summary.steps,
+            trainer.cfg.train.max_steps,
+            summary.checkpoint.display()
+        );
+    } else {
+        eprintln!(
+            "step {}: train loss {:.4}, val loss {} ({:.0} tok/s); checkpoint {}",
+            summary.steps,
+            summary.final_loss,
+            summary.val_loss.map_or("-".into(), |v| format!("{v:.4}")),
+            summary.tokens_per_s,
+            summary.checkpoint.display()
+        );
+    }
     side_by_side(&trainer.cfg, &model, &data.tokenizer)?;
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);

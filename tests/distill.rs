@@ -71,6 +71,22 @@ fn distill_prepares_continuations_with_the_checkpoints_tokenizer_and_resumes() {
     let again = card(&args, cwd);
     assert_success(&again);
     assert_eq!(last_json(&again), report);
+    // A run killed while writing continuations: a torn last line and no report. The rerun
+    // cuts the torn line, regenerates that chunk and ends with the same report.
+    let path = cwd.join("d/continuations.jsonl");
+    let full = fs::read_to_string(&path).unwrap();
+    let cut = full.trim_end().rfind('\n').unwrap() + 1;
+    fs::write(&path, format!("{}{{\"chunk\": 1, \"ro", &full[..cut])).unwrap();
+    fs::remove_file(cwd.join("d/report.json")).unwrap();
+    let dotted = args.map(|a| if a == "d" { "./d" } else { a });
+    let resumed = card(&dotted, cwd);
+    assert_success(&resumed);
+    assert_eq!(
+        fs::read_to_string(&path).unwrap(),
+        full,
+        "the same continuations"
+    );
+    assert_eq!(last_json(&resumed), report);
     // Other settings into the same directory are refused.
     let mut other = args.to_vec();
     other[5] = "7";

@@ -80,6 +80,9 @@ pub struct DecodeBenchConfig {
     pub decoders: Vec<DecoderSpec>,
     pub sets: Vec<PromptSet>,
     pub rounds: usize,
+    /// Shrink a length that does not fit after a set's longest prompt to what does (the
+    /// defaults), instead of skipping it (lengths the user asked for).
+    pub fit_lengths: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -315,7 +318,13 @@ pub fn bench_decode(
                 .collect();
             let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
             for &len in &cfg.lengths {
-                if longest + len > model.cfg.max_seq_len {
+                // Fitted lengths shrink to what the context leaves after the longest prompt.
+                let len = if cfg.fit_lengths {
+                    len.min(model.cfg.max_seq_len.saturating_sub(longest))
+                } else {
+                    len
+                };
+                if len == 0 || longest + len > model.cfg.max_seq_len {
                     progress(&format!(
                         "skipping {}: length {len} is beyond the model's context",
                         set.name
@@ -414,6 +423,12 @@ pub fn bench_decode(
                 }
             }
         }
+    }
+    if out.is_empty() {
+        bail!(
+            "nothing measured: every prompt set's longest prompt plus the generation length exceeds the model's context of {} (give shorter --lengths)",
+            model.cfg.max_seq_len
+        );
     }
     let bandwidth = median(&mut bandwidths);
     for (row, rates) in out.iter_mut().zip(&mut forward_rates) {

@@ -28,8 +28,9 @@ pub enum BenchWhat {
 pub struct DecodeBenchArgs {
     /// A run directory or checkpoint directory (a CARD checkpoint).
     pub checkpoint: std::path::PathBuf,
-    /// Generation lengths (lengths beyond the model's context are skipped).
-    #[arg(long, value_delimiter = ',', default_value = "128")]
+    /// Generation lengths; a length that does not fit the context after a set's longest
+    /// prompt is skipped [default: 128, or what the context leaves].
+    #[arg(long, value_delimiter = ',')]
     pub lengths: Vec<usize>,
     /// Batch sizes.
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
@@ -223,8 +224,14 @@ fn decode(a: DecodeBenchArgs) -> Result<()> {
         .map(|n| prompt_set(n.trim(), model, tok, data.as_ref()))
         .collect::<Result<Vec<_>>>()?;
     let tty = std::io::stderr().is_terminal();
+    let fit_lengths = a.lengths.is_empty();
     let cfg = DecodeBenchConfig {
-        lengths: a.lengths.clone(),
+        lengths: if fit_lengths {
+            vec![128]
+        } else {
+            a.lengths.clone()
+        },
+        fit_lengths,
         batches: a.batch.clone(),
         decoders,
         sets,

@@ -35,8 +35,8 @@ pub struct DistillArgs {
     pub temperature: f64,
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
-    /// Share of the training stream that is self-generated; the rest is real text from the
-    /// checkpoint's corpus.
+    /// Share of the training stream taken by the continuation rows (each a real prefix and
+    /// the model's tokens); the rest is further real text from the checkpoint's corpus.
     #[arg(long, default_value_t = 0.5)]
     pub mix: f64,
     /// Objective of the continued training.
@@ -95,7 +95,7 @@ pub fn run(a: DistillArgs) -> Result<()> {
     };
     let r = distill(&a.checkpoint, &plan, &device)?;
     eprintln!(
-        "{} continuations ({} tokens, {:.0}% of the training stream), {} steps of {} -> {}",
+        "{} continuation rows ({} tokens with their prefixes, {:.0}% of the training stream), {} steps of {} -> {}",
         r.rows,
         r.self_tokens,
         100.0 * r.self_share,

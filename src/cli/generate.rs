@@ -237,7 +237,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
 
 fn write_trace(f: &mut impl Write, step: &StepTrace, tok: &TextTokenizer) -> Result<()> {
     let mut v = serde_json::to_value(step)?;
-    for key in ["slots", "committed"] {
+    for key in ["slots", "committed", "rejected"] {
         if let Some(arr) = v[key].as_array_mut() {
             for s in arr {
                 let id = s["token"].as_u64().unwrap_or(0) as u32;

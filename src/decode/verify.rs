@@ -7,7 +7,9 @@
 //! AR predictions there: drafts are accepted while they equal what AR would pick (greedy), or
 //! by speculative rejection sampling (temperature > 0), and the first position that is not
 //! accepted gets AR's own token. So every pass commits at least one token and the output is
-//! AR's — identical under greedy, equal in distribution under sampling.
+//! AR's — identical under greedy (up to floating-point ties: a multi-position pass need not
+//! round exactly as single-token passes do; the tests and every benchmark row so far found
+//! the texts identical), equal in distribution under sampling.
 //!
 //! The `[MASK]` slots after the drafts predict the positions after the pass's AR token, from
 //! a context whose last slots are masked: CARD's parallel predictions. They become the next
@@ -158,7 +160,8 @@ impl Decoder for VerifyDecoder {
             mut rngs,
         } = Start::new(model, prompts, opts)?;
         let b = prompts.len();
-        let k = self.block_size;
+        // More slots than new tokens cannot be used (and would only size buffers).
+        let k = self.block_size.min(opts.max_new_tokens.max(1));
         let positions = longest + opts.max_new_tokens;
         let backend = opts.backend_for(model);
         let mut session = Session::new(

@@ -49,6 +49,7 @@ pub fn run(runner: &mut Runner) -> Result<()> {
         decoders: grid,
         sets: vec![prompt_set("builtin", model, tok, None)?],
         rounds: 1,
+        fit_lengths: false,
     };
     let (rows, _) = bench_decode(model, tok, None, &cfg, |_| {})?;
     let label = |r: &crate::bench::decode::DecodeBench| match r.block_size {

@@ -263,6 +263,7 @@ async fn models(
         "context_length": i.context,
         "decoders": decoders,
         "defaults": {"decoder": i.default_decoder(), "block_size": d.block_size,
-                     "step_limit": d.step_limit, "threshold": d.threshold},
+                     "step_limit": d.step_limit, "threshold": d.threshold,
+                     "verify_block_size": crate::decode::VerifyDecoder::default().block_size},
     }]}))
 }

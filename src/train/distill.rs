@@ -42,7 +42,8 @@ pub struct DistillConfig {
     pub batch: usize,
     /// Greedy by default: the trajectories greedy decoding and verification will meet.
     pub sampling: Sampling,
-    /// Fraction of the new training stream that is self-generated (the rest: real text).
+    /// Share of the new training stream taken by the continuation rows (each its real prefix
+    /// followed by the model's tokens); the rest is further real text.
     pub mix: f64,
     pub seed: u64,
 }
@@ -235,7 +236,9 @@ pub struct DistillPlan {
     pub use_ema: bool,
     /// The corpus to cut prefixes from [default: the checkpoint's].
     pub data: Option<PathBuf>,
-    /// Validation windows scored before and after.
+    /// Validation windows scored before and after (not part of the settings a rerun must
+    /// match: scoring changes no earlier stage).
+    #[serde(skip)]
     pub eval_windows: usize,
     #[serde(skip)]
     pub progress: bool,
@@ -248,8 +251,9 @@ pub const FINE_TUNE_SETS: [&str; 2] = ["train.lr=3e-4", "train.warmup_steps=50"]
 pub struct DistillReport {
     pub checkpoint: String,
     pub rows: usize,
+    /// Tokens of the continuation rows (real prefixes included).
     pub self_tokens: usize,
-    /// The self-generated share of the training stream reached.
+    /// The share of the training stream the continuation rows take.
     pub self_share: f64,
     pub steps: usize,
     pub objective: String,
@@ -300,12 +304,24 @@ pub fn distill(
     plan: &DistillPlan,
     device: &Device,
 ) -> Result<DistillReport> {
+    ensure!(plan.eval_windows >= 1, "--eval-windows must be at least 1");
     fs::create_dir_all(&plan.out)
         .with_context(|| format!("cannot create {}", plan.out.display()))?;
     let ckpt = checkpoint::load(checkpoint_path, device)?;
-    // The same settings as the run being resumed, or a clear refusal.
-    let settings = serde_json::json!({"checkpoint": ckpt.dir.display().to_string(), "plan": plan});
-    let settings_path = plan.out.join("distill.json");
+    // The same settings as the run being resumed, or a clear refusal; paths compared in
+    // canonical form, so `d` and `./d` are one directory.
+    let canonical = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut identity = plan.clone();
+    // Every stage works under the canonical directory, so the configs it saves (data.path)
+    // match however the directory is spelled on a rerun.
+    let out = canonical(&plan.out);
+    identity.out = out.clone();
+    identity.data = plan.data.as_deref().map(canonical);
+    let settings = serde_json::json!({
+        "checkpoint": canonical(&ckpt.dir).display().to_string(),
+        "plan": identity,
+    });
+    let settings_path = out.join("distill.json");
     match fs::read_to_string(&settings_path) {
         Ok(old)
             if serde_json::from_str::<serde_json::Value>(&old).ok() != Some(settings.clone()) =>
@@ -322,7 +338,7 @@ pub fn distill(
         )?,
     }
     // Finished earlier with these settings: the report stands.
-    let report_path = plan.out.join("report.json");
+    let report_path = out.join("report.json");
     if let Ok(text) = fs::read_to_string(&report_path) {
         if let Ok(done) = serde_json::from_str::<DistillReport>(&text) {
             return Ok(done);
@@ -340,11 +356,11 @@ pub fn distill(
         &tok,
         &data.train,
         &plan.gen,
-        &plan.out.join("continuations.jsonl"),
+        &out.join("continuations.jsonl"),
         plan.progress,
     )?;
     let (corpus, share) = mixed(&data, &rows, plan.gen.mix)?;
-    let data_dir = plan.out.join("data");
+    let data_dir = out.join("data");
     corpus.save(&data_dir)?;
     let mut sets: Vec<String> = FINE_TUNE_SETS.iter().map(|s| s.to_string()).collect();
     sets.extend(plan.sets.iter().cloned());
@@ -353,7 +369,7 @@ pub fn distill(
     sets.push(format!("data.path={:?}", data_dir.display().to_string()));
     let cfg = Config::from_toml_with_sets(&ckpt.config.to_toml(), &sets)?;
     let corpus = load_data(&cfg, Some(tok))?;
-    let run_dir = plan.out.join("run");
+    let run_dir = out.join("run");
     let mut trainer = if run_dir.join("latest").exists() {
         Trainer::resume(cfg.clone(), checkpoint::load(&run_dir, device)?, &corpus)?
     } else {

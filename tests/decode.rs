@@ -281,12 +281,7 @@ fn ragged_cached_forward_equals_full_recomputation() {
 fn host_engine_logits_equal_full_recomputation() {
     use card::model::host::HostPass;
     let model = &fixture().model;
-    let dev = Device::Cpu;
-    let full = |s: &[u32]| -> Vec<Vec<f32>> {
-        let ids = Tensor::from_slice(s, (1, s.len()), &dev).unwrap();
-        let l = model.forward(&ids, Attention::Causal, None).unwrap();
-        l.squeeze(0).unwrap().to_vec2::<f32>().unwrap()
-    };
+    let full = |s: &[u32]| common::full_logits(model, s);
     let mut engine = HostPass::new(model, 3, model.cfg.max_seq_len).expect("a plain f32 CPU model");
     let mut seqs: Vec<Vec<u32>> = vec![Vec::new(); 3];
     // Pass 1: a prompt longer than the small-row kernel's 16 rows (the gemm path), a short
@@ -320,11 +315,7 @@ fn host_engine_logits_equal_full_recomputation() {
             for i in 0..input.len() {
                 let got = engine.logits(r, i);
                 let want = &reference[before + i];
-                let diff = got
-                    .iter()
-                    .zip(want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
+                let diff = common::max_slice_diff(got, want);
                 assert!(
                     diff < 1e-4,
                     "row {r} position {}: max |Δ| {diff}",

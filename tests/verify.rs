@@ -100,11 +100,7 @@ fn greedy_verification_is_ar_greedy() {
 fn cache_after_accept_reject_cycles_equals_recomputation() {
     let model = &fixture().plain;
     let mask = tok().mask_id();
-    let full = |s: &[u32]| -> Vec<Vec<f32>> {
-        let ids = Tensor::from_slice(s, (1, s.len()), &Device::Cpu).unwrap();
-        let l = model.forward(&ids, Attention::Causal, None).unwrap();
-        l.squeeze(0).unwrap().to_vec2::<f32>().unwrap()
-    };
+    let full = |s: &[u32]| common::full_logits(model, s);
     for backend in [Backend::Host, Backend::Candle] {
         let mut session = Session::new(model, backend, 2, 128, 64, tok().eot_id()).unwrap();
         let mut kept: Vec<Vec<u32>> = encode(&["Alice was beginning to get", "The"]);
@@ -137,11 +133,7 @@ fn cache_after_accept_reject_cycles_equals_recomputation() {
                 for i in 0..p + accept[r] {
                     let got = session.logits(r, i);
                     let want = &reference[before[r] + i];
-                    let diff = got
-                        .iter()
-                        .zip(want)
-                        .map(|(a, b)| (a - b).abs())
-                        .fold(0f32, f32::max);
+                    let diff = common::max_slice_diff(got, want);
                     assert!(
                         diff < 1e-4,
                         "{backend:?} cycle {cycle} row {r} fed {i}: {diff}"

@@ -2,7 +2,7 @@
 
 use super::{Decoder, GenOptions, Generation, Progress, SlotTrace, Start, StepTrace};
 use crate::config::ObjectiveKind;
-use crate::model::{Session, Transformer};
+use crate::model::Transformer;
 use anyhow::Result;
 
 pub struct ArDecoder;
@@ -23,15 +23,14 @@ impl Decoder for ArDecoder {
         opts: &GenOptions,
         on_step: &mut dyn FnMut(&StepTrace),
     ) -> Result<Generation> {
+        let begin = Start::new(model, prompts, opts)?;
+        let b = prompts.len();
+        let mut session = begin.session(model, opts, b, 1)?;
         let Start {
             clock: start,
-            longest,
             mut rngs,
-        } = Start::new(model, prompts, opts)?;
-        let b = prompts.len();
-        let positions = longest + opts.max_new_tokens;
-        let backend = opts.backend_for(model);
-        let mut session = Session::new(model, backend, b, positions, longest + 1, opts.eos_id)?;
+            ..
+        } = begin;
         let mut rows: Vec<Progress> = (0..b).map(|_| Progress::new(opts)).collect();
         let mut inputs: Vec<Vec<u32>> = prompts.to_vec();
         let mut forwards = 0;
@@ -77,6 +76,12 @@ impl Decoder for ArDecoder {
                 }
             }
         }
-        Ok(Generation::from_rows(rows, forwards, start).computed(session.fed(), prompts))
+        Ok(Generation::from_rows(
+            rows,
+            forwards,
+            session.fed(),
+            prompts,
+            start,
+        ))
     }
 }

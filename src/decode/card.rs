@@ -10,7 +10,7 @@
 
 use super::{Decoder, GenOptions, Generation, Progress, SlotTrace, Start, StepTrace};
 use crate::config::{Choice, ObjectiveKind};
-use crate::model::{Session, Transformer};
+use crate::model::Transformer;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
@@ -182,16 +182,15 @@ impl Decoder for CardDecoder {
         on_step: &mut dyn FnMut(&StepTrace),
     ) -> Result<Generation> {
         self.validate()?;
-        let Start {
-            clock: start,
-            longest,
-            mut rngs,
-        } = Start::new(model, prompts, opts)?;
+        let begin = Start::new(model, prompts, opts)?;
         let b = prompts.len();
         let k = self.block_size;
-        let positions = longest + opts.max_new_tokens;
-        let backend = opts.backend_for(model);
-        let mut stepper = Session::new(model, backend, b, positions, longest + 2 * k, opts.eos_id)?;
+        let mut stepper = begin.session(model, opts, b, 2 * k)?;
+        let Start {
+            clock: start,
+            mut rngs,
+            ..
+        } = begin;
         let mut rows: Vec<Row> = prompts
             .iter()
             .map(|p| Row {
@@ -323,6 +322,12 @@ impl Decoder for CardDecoder {
             }
         }
         let rows = rows.into_iter().map(|r| r.progress).collect();
-        Ok(Generation::from_rows(rows, forwards, start).computed(stepper.fed(), prompts))
+        Ok(Generation::from_rows(
+            rows,
+            forwards,
+            stepper.fed(),
+            prompts,
+            start,
+        ))
     }
 }

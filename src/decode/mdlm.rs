@@ -191,6 +191,6 @@ impl Decoder for MdlmDecoder {
             }
         }
         let rows = rows.into_iter().map(|r| r.progress).collect();
-        Ok(Generation::from_rows(rows, forwards, start).computed(fed, prompts))
+        Ok(Generation::from_rows(rows, forwards, fed, prompts, start))
     }
 }

@@ -17,7 +17,7 @@ pub mod verify;
 
 use crate::config::ObjectiveKind;
 use crate::data::TextTokenizer;
-use crate::model::{Backend, Transformer};
+use crate::model::{Backend, Session, Transformer};
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 use serde::Serialize;
@@ -99,22 +99,23 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// The result of rows that ran `forward_passes` batched passes since `start`.
-    pub(crate) fn from_rows(rows: Vec<Progress>, forward_passes: usize, start: Instant) -> Self {
+    /// The result of rows that ran `forward_passes` batched passes since `start`, feeding
+    /// `fed` positions in all (the prompts' own but each one's last are not counted as
+    /// computed: they predict no generated token).
+    pub(crate) fn from_rows(
+        rows: Vec<Progress>,
+        forward_passes: usize,
+        fed: usize,
+        prompts: &[Vec<u32>],
+        start: Instant,
+    ) -> Self {
+        let prompt: usize = prompts.iter().map(|p| p.len().saturating_sub(1)).sum();
         Self {
             rows: rows.into_iter().map(Progress::output).collect(),
             forward_passes,
             elapsed_s: start.elapsed().as_secs_f64(),
-            computed_tokens: 0,
+            computed_tokens: fed.saturating_sub(prompt),
         }
-    }
-
-    /// Record the positions fed by every pass (`fed`) that predicted generated text: all
-    /// but the prompts' own, plus each prompt's last (it predicts the first new token).
-    pub(crate) fn computed(mut self, fed: usize, prompts: &[Vec<u32>]) -> Self {
-        let prompt: usize = prompts.iter().map(|p| p.len().saturating_sub(1)).sum();
-        self.computed_tokens = fed.saturating_sub(prompt);
-        self
     }
 
     /// Generated tokens kept per position computed after the prompts (1 for AR; below 1
@@ -230,6 +231,28 @@ impl Start {
             longest: prompts.iter().map(|p| p.len()).max().unwrap_or(0),
             rngs: (0..prompts.len()).map(|r| row_rng(opts.seed, r)).collect(),
         })
+    }
+
+    /// The causal decoders' cached model for `batch` rows: room for the longest prompt and
+    /// the new tokens, plus `window` scratch positions past the longest prompt on candle's
+    /// backend (a padded draft window).
+    pub fn session<'m>(
+        &self,
+        model: &'m Transformer,
+        opts: &GenOptions,
+        batch: usize,
+        window: usize,
+    ) -> Result<Session<'m>> {
+        let positions = self.longest + opts.max_new_tokens;
+        let backend = opts.backend_for(model);
+        Session::new(
+            model,
+            backend,
+            batch,
+            positions,
+            self.longest + window,
+            opts.eos_id,
+        )
     }
 }
 

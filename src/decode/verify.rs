@@ -25,7 +25,7 @@
 use super::sampling::{draw, Dist};
 use super::{Decoder, GenOptions, Generation, Progress, SlotTrace, Start, StepTrace};
 use crate::config::ObjectiveKind;
-use crate::model::{Session, Transformer};
+use crate::model::Transformer;
 use anyhow::{bail, Result};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -68,6 +68,12 @@ impl VerifyDecoder {
         }
         Ok(())
     }
+}
+
+/// Mask slots a pass feeds after `m` drafts: only for positions after the pass's AR token
+/// that are still within the row's `room`.
+fn masks(k: usize, room: usize, m: usize) -> usize {
+    k.min(room.saturating_sub(m + 1))
 }
 
 /// The outcome of checking one draft against AR's distribution at its position.
@@ -154,24 +160,16 @@ impl Decoder for VerifyDecoder {
         on_step: &mut dyn FnMut(&StepTrace),
     ) -> Result<Generation> {
         self.validate()?;
-        let Start {
-            clock: start,
-            longest,
-            mut rngs,
-        } = Start::new(model, prompts, opts)?;
+        let begin = Start::new(model, prompts, opts)?;
         let b = prompts.len();
         // More slots than new tokens cannot be used (and would only size buffers).
         let k = self.block_size.min(opts.max_new_tokens.max(1));
-        let positions = longest + opts.max_new_tokens;
-        let backend = opts.backend_for(model);
-        let mut session = Session::new(
-            model,
-            backend,
-            b,
-            positions,
-            longest + 2 * k + 1,
-            opts.eos_id,
-        )?;
+        let mut session = begin.session(model, opts, b, 2 * k + 1)?;
+        let Start {
+            clock: start,
+            mut rngs,
+            ..
+        } = begin;
         let mut rows: Vec<Row> = prompts
             .iter()
             .map(|p| Row {
@@ -182,9 +180,10 @@ impl Decoder for VerifyDecoder {
             .collect();
         let mut forwards = 0;
         let mut inputs: Vec<Vec<u32>> = (0..b).map(|_| Vec::new()).collect();
-        // Per row: drafts fed and mask slots fed this pass.
-        let mut fed = vec![(0usize, 0usize); b];
         let mut before: Vec<usize> = Vec::with_capacity(b);
+        // Buffers reused by every pass: a pass's tokens, and the next pass's drafts.
+        let mut kept: Vec<u32> = Vec::with_capacity(k + 1);
+        let mut next: Vec<Draft> = Vec::with_capacity(k);
         let mut trace = StepTrace {
             row: 0,
             forward: 0,
@@ -194,22 +193,20 @@ impl Decoder for VerifyDecoder {
             rejected: Vec::with_capacity(1),
         };
         while rows.iter().any(|r| !r.progress.done) {
-            for ((input, row), f) in inputs.iter_mut().zip(&mut rows).zip(&mut fed) {
+            for (input, row) in inputs.iter_mut().zip(&mut rows) {
                 input.clear();
-                *f = (0, 0);
                 if row.progress.done {
                     continue;
                 }
-                // Drafts only for positions within the budget; masks only for positions after
-                // this pass's AR token that are still within it.
+                // Drafts only for positions within the budget.
                 let room = opts.max_new_tokens - row.progress.tokens.len();
                 row.drafts.truncate(k.min(room));
-                let m = row.drafts.len();
-                let masks = k.min(room.saturating_sub(m + 1));
                 input.extend_from_slice(&row.pending);
                 input.extend(row.drafts.iter().map(|d| d.token));
-                input.extend(std::iter::repeat_n(opts.mask_id, masks));
-                *f = (m, masks);
+                input.extend(std::iter::repeat_n(
+                    opts.mask_id,
+                    masks(k, room, row.drafts.len()),
+                ));
             }
             before.clear();
             before.extend_from_slice(session.lens());
@@ -219,7 +216,7 @@ impl Decoder for VerifyDecoder {
                 if row.progress.done {
                     continue;
                 }
-                let (m, masks) = fed[r];
+                let m = row.drafts.len();
                 let p = row.pending.len();
                 row.progress.forwards += 1;
                 trace.committed.clear();
@@ -229,7 +226,7 @@ impl Decoder for VerifyDecoder {
                 // Walk the drafts: logits at fed index p-1+i predict draft i. `kept` holds
                 // the tokens this pass commits; they are pushed after the trace, so a stop
                 // hook runs after the step it is about, as in the other decoders.
-                let mut kept: Vec<u32> = Vec::with_capacity(m + 1);
+                kept.clear();
                 let mut all_stood = false;
                 for i in 0..=m {
                     let l = session.logits(r, p - 1 + i);
@@ -271,9 +268,9 @@ impl Decoder for VerifyDecoder {
                 // The mask slots predicted the positions after AR's token only if every draft
                 // before them stood; after a rejection the next pass drafts afresh from masks
                 // right after the committed text.
-                let mut next: Vec<Draft> = Vec::new();
+                next.clear();
                 if all_stood && kept.len() == m + 1 && kept[m] != opts.eos_id {
-                    for s in 0..masks {
+                    for s in 0..masks(k, room, m) {
                         let l = session.logits(r, p + m + s);
                         let context = [prompts[r].as_slice(), &row.progress.tokens, &kept];
                         next.push(propose(l, &context, opts, &mut rngs[r]));
@@ -294,7 +291,7 @@ impl Decoder for VerifyDecoder {
                 // Every kept token but the last is a draft that stood: its keys/values stay.
                 session.truncate_row(r, before[r] + p + kept.len() - 1);
                 row.pending.clear();
-                row.drafts = next;
+                std::mem::swap(&mut row.drafts, &mut next);
                 for &tok in &kept {
                     if !row.progress.push(r, tok, opts) || row.progress.done {
                         break;
@@ -306,6 +303,12 @@ impl Decoder for VerifyDecoder {
             }
         }
         let rows = rows.into_iter().map(|r| r.progress).collect();
-        Ok(Generation::from_rows(rows, forwards, start).computed(session.fed(), prompts))
+        Ok(Generation::from_rows(
+            rows,
+            forwards,
+            session.fed(),
+            prompts,
+            start,
+        ))
     }
 }

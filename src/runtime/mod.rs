@@ -58,3 +58,15 @@ pub fn threads() -> usize {
     static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *N.get_or_init(candle_core::utils::get_num_threads)
 }
+
+/// A progress bar of `len` units drawn with `template` (indicatif's syntax), or a hidden one
+/// when `visible` is false (`--quiet`, tests), so callers update it either way.
+pub fn progress_bar(len: u64, visible: bool, template: &str) -> indicatif::ProgressBar {
+    let bar = if visible {
+        indicatif::ProgressBar::new(len)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(indicatif::ProgressStyle::with_template(template).expect("a valid template"));
+    bar
+}

@@ -23,7 +23,6 @@ use crate::runtime::rng::{rng, Stream};
 use crate::runtime::stop_requested;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::Device;
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, OpenOptions};
@@ -137,16 +136,10 @@ pub fn continuations(
     let n_chunks = cfg.prefixes.div_ceil(cfg.batch);
     let rows_in = |c: usize| cfg.batch.min(cfg.prefixes - c * cfg.batch);
     let mut chunks = read_chunks(path, &rows_in)?;
-    let bar = if progress {
-        ProgressBar::new(cfg.prefixes as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "continuations {bar:30} {pos}/{len} rows [{elapsed_precise} < {eta_precise}]",
-        )
-        .expect("a valid template"),
+    let bar = crate::runtime::progress_bar(
+        cfg.prefixes as u64,
+        progress,
+        "continuations {bar:30} {pos}/{len} rows [{elapsed_precise} < {eta_precise}]",
     );
     bar.set_position(chunks.iter().map(|c| c.rows.len() as u64).sum());
     let mut file = OpenOptions::new()

@@ -16,7 +16,6 @@ use crate::runtime::stop_requested;
 use anyhow::{bail, Context, Result};
 use batches::Batches;
 use candle_core::{DType, Device, Tensor};
-use indicatif::{ProgressBar, ProgressStyle};
 use optim::{clip_grad_norm, learning_rate, AdamW, Ema};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -368,16 +367,10 @@ impl<'a> Trainer<'a> {
             .append(true)
             .open(&metrics_path)?;
         let tc = self.cfg.train.clone();
-        let bar = if progress {
-            ProgressBar::new(tc.max_steps as u64)
-        } else {
-            ProgressBar::hidden()
-        };
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
-            )
-            .expect("valid template"),
+        let bar = crate::runtime::progress_bar(
+            tc.max_steps as u64,
+            progress,
+            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
         );
         bar.set_position(self.state.step as u64);
         let start = Instant::now();

@@ -65,6 +65,24 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// Largest |a − b| over two slices of equal length.
+pub fn max_slice_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
+/// The logits of every position of `seq`, recomputed by one uncached causal forward: the
+/// reference a cached decoding pass is compared with.
+pub fn full_logits(model: &card::model::Transformer, seq: &[u32]) -> Vec<Vec<f32>> {
+    let ids = Tensor::from_slice(seq, (1, seq.len()), model.device()).unwrap();
+    let l = model
+        .forward(&ids, card::model::Attention::Causal, None)
+        .unwrap();
+    l.squeeze(0).unwrap().to_vec2::<f32>().unwrap()
+}
+
 /// Compare `grads` of an f64 loss against central finite differences at `per_param`
 /// random entries of every parameter (relative error below 1e-5); `loss` recomputes the
 /// loss from the parameters' current values. Returns how many entries were checked.

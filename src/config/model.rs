@@ -11,6 +11,12 @@ pub struct ModelConfig {
     pub d_model: usize,
     pub n_layers: usize,
     pub n_heads: usize,
+    /// Key/value heads (grouped-query attention); absent: one per query head.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n_kv_heads: Option<usize>,
+    /// A bias on the fused q/k/v projection (Qwen2); our presets have none.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub qkv_bias: bool,
     /// Hidden width of the SwiGLU feed-forward block.
     pub d_ff: usize,
     pub max_seq_len: usize,
@@ -27,6 +33,8 @@ impl Default for ModelConfig {
             d_model: 256,
             n_layers: 4,
             n_heads: 4,
+            n_kv_heads: None,
+            qkv_bias: false,
             d_ff: 688,
             max_seq_len: 256,
             rope_theta: 10_000.0,
@@ -38,8 +46,8 @@ impl Default for ModelConfig {
 }
 
 /// Attention geometry: the fused projection holds, per token, the queries of `q` heads, then
-/// the keys and the values of `kv` heads, each `dim` wide. (`kv` < `q` would be grouped-query
-/// attention: query head h reads key/value head `kv_of(h)`; our presets have `kv` = `q`.)
+/// the keys and the values of `kv` heads, each `dim` wide. With `kv` < `q` (grouped-query
+/// attention) query head h reads key/value head `kv_of(h)`; our presets have `kv` = `q`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Heads {
     pub q: usize,
@@ -78,10 +86,14 @@ impl ModelConfig {
         self.d_model / self.n_heads
     }
 
+    pub fn kv_heads(&self) -> usize {
+        self.n_kv_heads.unwrap_or(self.n_heads)
+    }
+
     pub fn heads(&self) -> Heads {
         Heads {
             q: self.n_heads,
-            kv: self.n_heads,
+            kv: self.kv_heads(),
             dim: self.head_dim(),
         }
     }
@@ -93,7 +105,8 @@ impl ModelConfig {
     /// Parameter count from the shapes alone (checked against a built model in the tests).
     pub fn n_params(&self) -> usize {
         let (d, f, v) = (self.d_model, self.d_ff, self.vocab_size);
-        let per_layer = 2 * d + d * self.qkv_width() + d * d + 3 * d * f;
+        let bias = if self.qkv_bias { self.qkv_width() } else { 0 };
+        let per_layer = 2 * d + d * self.qkv_width() + bias + d * d + 3 * d * f;
         let head = if self.tie_embeddings { 0 } else { v * d };
         v * d + self.n_layers * per_layer + d + head
     }
@@ -122,6 +135,13 @@ impl ModelConfig {
             bail!(
                 "model: d_model ({}) must split into n_heads ({}) heads of even width",
                 self.d_model,
+                self.n_heads
+            );
+        }
+        let kv = self.kv_heads();
+        if kv == 0 || !self.n_heads.is_multiple_of(kv) {
+            bail!(
+                "model: n_heads ({}) must be a multiple of n_kv_heads ({kv})",
                 self.n_heads
             );
         }

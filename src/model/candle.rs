@@ -32,6 +32,10 @@ impl Compute for CandleCompute<'_> {
         ops::linear(&x, w)
     }
 
+    fn bias(&mut self, x: Tensor, b: &Tensor) -> Result<Tensor> {
+        x.broadcast_add(b)
+    }
+
     fn attention(&mut self, qkv: Tensor, layer: usize) -> Result<Tensor> {
         let heads = self.cfg.heads();
         let scale = 1.0 / (heads.dim as f64).sqrt();

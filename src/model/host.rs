@@ -235,6 +235,15 @@ impl<'m> Compute for HostCompute<'_, 'm> {
         Ok(out)
     }
 
+    fn bias(&mut self, mut x: Vec<f32>, b: &&'m [f32]) -> candle_core::Result<Vec<f32>> {
+        for row in x.chunks_mut(b.len()) {
+            for (a, &c) in row.iter_mut().zip(b.iter()) {
+                *a += c;
+            }
+        }
+        Ok(x)
+    }
+
     fn attention(&mut self, mut qkv: Vec<f32>, layer: usize) -> candle_core::Result<Vec<f32>> {
         let heads = self.cfg.heads();
         let (hd, half, width) = (heads.dim, heads.dim / 2, heads.qkv_width());

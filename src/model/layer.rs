@@ -16,6 +16,8 @@ pub enum Init {
     Normal,
     /// A residual branch's output projection: N(0, init_std / sqrt(2·n_layers)) (GPT-2).
     Residual,
+    /// Biases: zeros.
+    Zero,
 }
 
 /// One tensor of the model: its name under the model's prefixes, shape and initialisation.
@@ -35,6 +37,8 @@ pub trait Compute {
     fn norm(&mut self, x: &Self::Act, w: &Self::W) -> Result<Self::Act>;
     /// x · wᵀ.
     fn linear(&mut self, x: Self::Act, w: &Self::W) -> Result<Self::Act>;
+    /// x + b on every row.
+    fn bias(&mut self, x: Self::Act, b: &Self::W) -> Result<Self::Act>;
     /// Attention of layer `layer` from the fused q/k/v projection to the heads' outputs:
     /// RoPE, the pass's visibility and cache, softmax, value sum.
     fn attention(&mut self, qkv: Self::Act, layer: usize) -> Result<Self::Act>;
@@ -52,49 +56,72 @@ pub trait Compute {
 
 /// A layer's tensors: each entry is the field, its name under `layers.N.`, its shape and its
 /// initialisation — the one list checkpoints, optimizer state and every backend follow.
+/// Optional tensors exist only where the config's condition holds.
 macro_rules! layer_tensors {
-    ($($field:ident: $name:literal, $init:ident, |$c:ident| $shape:expr;)*) => {
+    (required { $($field:ident: $name:literal, $init:ident, |$c:ident| $shape:expr;)* }
+     optional { $($ofield:ident: $oname:literal, $oinit:ident, |$oc:ident| $oshape:expr, if $cond:expr;)* }) => {
         /// One transformer layer's weights (`W` = how a backend holds a tensor).
         #[derive(Clone)]
         pub struct Layer<W> {
             $(pub $field: W,)*
+            $(pub $ofield: Option<W>,)*
         }
 
         impl<W> Layer<W> {
             /// The layer's tensors in checkpoint order, names relative to the layer.
             pub fn spec(cfg: &ModelConfig) -> Vec<(&'static str, Vec<usize>, Init)> {
-                vec![$({ let $c = cfg; ($name, $shape, Init::$init) },)*]
+                let mut out = vec![$({ let $c = cfg; ($name, $shape, Init::$init) },)*];
+                $({
+                    let $oc = cfg;
+                    if $cond {
+                        out.push(($oname, $oshape, Init::$oinit));
+                    }
+                })*
+                out
             }
 
             /// Build from tensors in `spec` order.
-            pub fn take_from(it: &mut impl Iterator<Item = W>) -> Option<Self> {
-                Some(Self { $($field: it.next()?,)* })
+            pub fn take_from(cfg: &ModelConfig, it: &mut impl Iterator<Item = W>) -> Option<Self> {
+                $(let $field = it.next()?;)*
+                $(let $ofield = { let $oc = cfg; if $cond { Some(it.next()?) } else { None } };)*
+                Some(Self { $($field,)* $($ofield,)* })
             }
 
             /// The same layer with every tensor converted (None if one does not convert).
             pub fn map<'a, U>(&'a self, mut f: impl FnMut(&'a W) -> Option<U>) -> Option<Layer<U>> {
-                Some(Layer { $($field: f(&self.$field)?,)* })
+                Some(Layer {
+                    $($field: f(&self.$field)?,)*
+                    $($ofield: match &self.$ofield { Some(w) => Some(f(w)?), None => None },)*
+                })
             }
         }
     };
 }
 
 layer_tensors! {
-    attn_norm: "attn_norm.weight", One, |c| vec![c.d_model];
-    // Query, key and value projections fused into one matmul.
-    wqkv: "attn.wqkv.weight", Normal, |c| vec![c.qkv_width(), c.d_model];
-    wo: "attn.wo.weight", Residual, |c| vec![c.d_model, c.d_model];
-    ffn_norm: "ffn_norm.weight", One, |c| vec![c.d_model];
-    // SwiGLU gate and up projections fused.
-    w_gate_up: "ffn.w_gate_up.weight", Normal, |c| vec![2 * c.d_ff, c.d_model];
-    w_down: "ffn.w_down.weight", Residual, |c| vec![c.d_model, c.d_ff];
+    required {
+        attn_norm: "attn_norm.weight", One, |c| vec![c.d_model];
+        // Query, key and value projections fused into one matmul.
+        wqkv: "attn.wqkv.weight", Normal, |c| vec![c.qkv_width(), c.d_model];
+        wo: "attn.wo.weight", Residual, |c| vec![c.d_model, c.heads().q_width()];
+        ffn_norm: "ffn_norm.weight", One, |c| vec![c.d_model];
+        // SwiGLU gate and up projections fused.
+        w_gate_up: "ffn.w_gate_up.weight", Normal, |c| vec![2 * c.d_ff, c.d_model];
+        w_down: "ffn.w_down.weight", Residual, |c| vec![c.d_model, c.d_ff];
+    }
+    optional {
+        bqkv: "attn.wqkv.bias", Zero, |c| vec![c.qkv_width()], if c.qkv_bias;
+    }
 }
 
 impl<W> Layer<W> {
     /// x + attention(norm(x)), then x + SwiGLU(norm(x)).
     pub fn forward<C: Compute<W = W>>(&self, c: &mut C, x: C::Act, index: usize) -> Result<C::Act> {
         let h = c.norm(&x, &self.attn_norm)?;
-        let qkv = c.linear(h, &self.wqkv)?;
+        let mut qkv = c.linear(h, &self.wqkv)?;
+        if let Some(b) = &self.bqkv {
+            qkv = c.bias(qkv, b)?;
+        }
         let heads = c.attention(qkv, index)?;
         let out = c.linear(heads, &self.wo)?;
         let x = c.add(x, out)?;
@@ -139,7 +166,7 @@ impl<W> Weights<W> {
         let mut it = tensors.into_iter();
         let embed = it.next()?;
         let layers = (0..cfg.n_layers)
-            .map(|_| Layer::take_from(&mut it))
+            .map(|_| Layer::take_from(cfg, &mut it))
             .collect::<Option<_>>()?;
         let norm = it.next()?;
         let head = if cfg.tie_embeddings {

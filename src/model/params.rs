@@ -23,11 +23,12 @@ impl Params {
         for spec in tensor_specs(cfg) {
             let (shape, n) = (spec.shape.clone(), spec.shape.iter().product::<usize>());
             let std = match spec.init {
-                Init::One => None,
+                Init::One | Init::Zero => None,
                 Init::Normal => Some(cfg.init_std),
                 Init::Residual => Some(cfg.init_std / (2.0 * cfg.n_layers as f64).sqrt()),
             };
             let tensor = match std {
+                None if spec.init == Init::Zero => Tensor::zeros(shape, DType::F32, device)?,
                 None => Tensor::ones(shape, DType::F32, device)?,
                 Some(std) => {
                     let normal = Normal::new(0.0f32, std as f32).expect("finite std");

@@ -267,108 +267,116 @@ fn forward<T: Real>(g: &Geometry<T>, qkv: &[T]) -> (Vec<T>, Vec<f64>) {
     (out, lse)
 }
 
+/// The backward, one unit per (batch row, key/value head): the query heads that share a
+/// key/value head add into its dK and dV, so one unit owns all of them.
 fn backward<T: Real>(g: &Geometry<T>, qkv: &[T], out: &[T], grad: &[T], lse: &[f64]) -> Vec<T> {
     let (b, t, h, hd, d) = (g.b, g.t, g.h, g.hd, g.d());
+    let (kv, group) = (g.heads.kv, g.heads.q / g.heads.kv);
     let d3 = g.heads.qkv_width();
     let mut dqkv = zeros::<T>(b * t * d3);
     let dst = Shared(dqkv.as_mut_ptr());
-    par_rows(b * h, t * t * hd, |pair| {
-        let (bi, hh) = (pair / h, pair % h);
-        let lse = &lse[pair * t..(pair + 1) * t];
+    let half = hd / 2;
+    // Writes rows [T, hd] of part `which` of head `hh` (batch row `bi`) back through the
+    // scale and the rotations (a rotation's transpose is its inverse).
+    let write = |bi: usize, hh: usize, which: usize, rows: &[T], mul: T| {
+        let col = g.column(hh, which);
+        for i in 0..t {
+            // SAFETY: unit (bi, kv head of hh) alone writes these columns of row bi.
+            let at = (bi * t + i) * d3 + col;
+            let row = unsafe { std::slice::from_raw_parts_mut(dst.at(at), hd) };
+            row.copy_from_slice(&rows[i * hd..(i + 1) * hd]);
+            if which != 2 {
+                let (c, s) = (
+                    &g.cos[i * half..(i + 1) * half],
+                    &g.sin[i * half..(i + 1) * half],
+                );
+                rotate(row, c, s, true, mul);
+            }
+        }
+    };
+    par_rows(b * kv, group * t * t * hd, |unit| {
+        let (bi, kh) = (unit / kv, unit % kv);
         let mut q = zeros::<T>(t * hd);
         let mut k = zeros::<T>(t * hd);
         let mut v = zeros::<T>(t * hd);
-        g.load(qkv, bi, hh, 0, g.scale, &mut q);
-        g.load(qkv, bi, hh, 1, T::ONE, &mut k);
-        g.load(qkv, bi, hh, 2, T::ONE, &mut v);
-        // dO and D_i = dO_i · O_i (the softmax backward's row term).
+        g.load(qkv, bi, kh * group, 1, T::ONE, &mut k);
+        g.load(qkv, bi, kh * group, 2, T::ONE, &mut v);
+        let (mut dk, mut dv) = (zeros::<T>(t * hd), zeros::<T>(t * hd));
         let mut d_o = zeros::<T>(t * hd);
         let mut drow = zeros::<T>(t);
-        for i in 0..t {
-            let at = (bi * t + i) * d + hh * hd;
-            d_o[i * hd..(i + 1) * hd].copy_from_slice(&grad[at..at + hd]);
-            drow[i] = T::dot(&grad[at..at + hd], &out[at..at + hd]);
-        }
-        let (mut dq, mut dk, mut dv) = (zeros::<T>(t * hd), zeros::<T>(t * hd), zeros::<T>(t * hd));
         let mut p = zeros::<T>(QB * t);
         let mut dp = zeros::<T>(QB * t);
-        for q0 in (0..t).step_by(QB) {
-            let q1 = (q0 + QB).min(t);
-            let (rows, kend) = (q1 - q0, g.key_end(q1));
-            g.probs(&q, &k, q0, q1, &mut p, lse);
-            // SAFETY (all three products): operands are the per-pair buffers above, in range.
-            unsafe {
-                // dV[0..kend] += Pᵀ · dO_blk
-                gemm_into(
-                    (kend, hd, rows),
-                    (dv.as_mut_ptr(), hd as isize, 1),
-                    true,
-                    (p.as_ptr(), 1, kend as isize),
-                    (d_o[q0 * hd..].as_ptr(), hd as isize, 1),
-                    Parallelism::None,
-                );
-                // dP = dO_blk · V[0..kend]ᵀ
-                gemm_into(
-                    (rows, kend, hd),
-                    (dp.as_mut_ptr(), kend as isize, 1),
-                    false,
-                    (d_o[q0 * hd..].as_ptr(), hd as isize, 1),
-                    (v.as_ptr(), 1, hd as isize),
-                    Parallelism::None,
-                );
+        for hh in kh * group..(kh + 1) * group {
+            let lse = &lse[(bi * h + hh) * t..(bi * h + hh + 1) * t];
+            g.load(qkv, bi, hh, 0, g.scale, &mut q);
+            // dO and D_i = dO_i · O_i (the softmax backward's row term).
+            for i in 0..t {
+                let at = (bi * t + i) * d + hh * hd;
+                d_o[i * hd..(i + 1) * hd].copy_from_slice(&grad[at..at + hd]);
+                drow[i] = T::dot(&grad[at..at + hd], &out[at..at + hd]);
             }
-            // dS = P ⊙ (dP − D_i), in place in P.
-            for r in 0..rows {
-                let di = drow[q0 + r];
-                let (pr, dpr) = (
-                    &mut p[r * kend..(r + 1) * kend],
-                    &dp[r * kend..(r + 1) * kend],
-                );
-                for (x, &y) in pr.iter_mut().zip(dpr) {
-                    *x *= y - di;
-                }
-            }
-            unsafe {
-                // dQs_blk = dS · K[0..kend]
-                gemm_into(
-                    (rows, hd, kend),
-                    (dq[q0 * hd..].as_mut_ptr(), hd as isize, 1),
-                    false,
-                    (p.as_ptr(), kend as isize, 1),
-                    (k.as_ptr(), hd as isize, 1),
-                    Parallelism::None,
-                );
-                // dK[0..kend] += dSᵀ · Qs_blk
-                gemm_into(
-                    (kend, hd, rows),
-                    (dk.as_mut_ptr(), hd as isize, 1),
-                    true,
-                    (p.as_ptr(), 1, kend as isize),
-                    (q[q0 * hd..].as_ptr(), hd as isize, 1),
-                    Parallelism::None,
-                );
-            }
-        }
-        // Back through the scale and the rotations (a rotation's transpose is its inverse).
-        let half = hd / 2;
-        let cols = [0, 1, 2].map(|which| g.column(hh, which));
-        for i in 0..t {
-            let base = (bi * t + i) * d3;
-            for (which, grad_rows, mul) in [(0, &dq, g.scale), (1, &dk, T::ONE), (2, &dv, T::ONE)] {
-                // SAFETY: pair (bi, hh) alone writes head hh's q/k/v columns of row bi (the
-                // backward refuses shared key/value heads).
-                let at = base + cols[which];
-                let row = unsafe { std::slice::from_raw_parts_mut(dst.at(at), hd) };
-                row.copy_from_slice(&grad_rows[i * hd..(i + 1) * hd]);
-                if which != 2 {
-                    let (c, s) = (
-                        &g.cos[i * half..(i + 1) * half],
-                        &g.sin[i * half..(i + 1) * half],
+            let mut dq = zeros::<T>(t * hd);
+            for q0 in (0..t).step_by(QB) {
+                let q1 = (q0 + QB).min(t);
+                let (rows, kend) = (q1 - q0, g.key_end(q1));
+                g.probs(&q, &k, q0, q1, &mut p, lse);
+                // SAFETY (all four products): operands are the unit's buffers above, in range.
+                unsafe {
+                    // dV[0..kend] += Pᵀ · dO_blk
+                    gemm_into(
+                        (kend, hd, rows),
+                        (dv.as_mut_ptr(), hd as isize, 1),
+                        true,
+                        (p.as_ptr(), 1, kend as isize),
+                        (d_o[q0 * hd..].as_ptr(), hd as isize, 1),
+                        Parallelism::None,
                     );
-                    rotate(row, c, s, true, mul);
+                    // dP = dO_blk · V[0..kend]ᵀ
+                    gemm_into(
+                        (rows, kend, hd),
+                        (dp.as_mut_ptr(), kend as isize, 1),
+                        false,
+                        (d_o[q0 * hd..].as_ptr(), hd as isize, 1),
+                        (v.as_ptr(), 1, hd as isize),
+                        Parallelism::None,
+                    );
+                }
+                // dS = P ⊙ (dP − D_i), in place in P.
+                for r in 0..rows {
+                    let di = drow[q0 + r];
+                    let (pr, dpr) = (
+                        &mut p[r * kend..(r + 1) * kend],
+                        &dp[r * kend..(r + 1) * kend],
+                    );
+                    for (x, &y) in pr.iter_mut().zip(dpr) {
+                        *x *= y - di;
+                    }
+                }
+                unsafe {
+                    // dQs_blk = dS · K[0..kend]
+                    gemm_into(
+                        (rows, hd, kend),
+                        (dq[q0 * hd..].as_mut_ptr(), hd as isize, 1),
+                        false,
+                        (p.as_ptr(), kend as isize, 1),
+                        (k.as_ptr(), hd as isize, 1),
+                        Parallelism::None,
+                    );
+                    // dK[0..kend] += dSᵀ · Qs_blk
+                    gemm_into(
+                        (kend, hd, rows),
+                        (dk.as_mut_ptr(), hd as isize, 1),
+                        true,
+                        (p.as_ptr(), 1, kend as isize),
+                        (q[q0 * hd..].as_ptr(), hd as isize, 1),
+                        Parallelism::None,
+                    );
                 }
             }
+            write(bi, hh, 0, &dq, g.scale);
         }
+        write(bi, kh * group, 1, &dk, T::ONE);
+        write(bi, kh * group, 2, &dv, T::ONE);
     });
     dqkv
 }
@@ -425,10 +433,6 @@ impl CustomOp3 for AttnBwd<'_> {
             let lse = self.0.lse.lock().expect("attention lse lock");
             if lse.len() != g.b * g.h * g.t {
                 candle_core::bail!("attention bwd: run the forward first");
-            }
-            if g.heads.kv != g.heads.q {
-                // Query heads sharing a key/value head would add into the same columns.
-                candle_core::bail!("attention bwd: grouped-query heads are not supported");
             }
             let qkv = &T::cpu_storage_as_slice(s1)?[a1..z1];
             let out = &T::cpu_storage_as_slice(s2)?[a2..z2];

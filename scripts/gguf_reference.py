@@ -22,10 +22,8 @@ import gguf
 import numpy as np
 import regex
 
-# ---------------------------------------------------------------- tokenizer
-
-# Pre-tokenizer regexes, copied from llama.cpp (llama-vocab.cpp, llm_tokenizer_bpe).
-# llama.cpp applies them in sequence: each splits the pieces left by the previous one.
+# Pre-tokenizer regexes, copied from llama.cpp (llama-vocab.cpp, llm_tokenizer_bpe),
+# keyed by tokenizer.ggml.pre; applied in sequence (see Tokenizer.pre_split).
 GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
           r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -48,16 +46,9 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED = 1, 2, 3, 4
 
 def bytes_to_unicode():
     """GPT-2's reversible byte -> printable-unicode-char table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
-        + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
+    keep = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    moved = [b for b in range(256) if b not in keep]  # -> U+0100.. in byte order
+    return {**{b: chr(b) for b in keep}, **{b: chr(256 + i) for i, b in enumerate(moved)}}
 
 
 class Tokenizer:
@@ -74,12 +65,12 @@ class Tokenizer:
             p = m.index(" ", 1)
             self.ranks[(m[:p], m[p + 1:])] = r
         pre = get("tokenizer.ggml.pre", "default")
-        self.exprs = [regex.compile(e) for e in PRE.get(pre, DEFAULT_PRE)]
+        self.exprs = [regex.compile(f"({e})") for e in PRE.get(pre, DEFAULT_PRE)]
         self.ignore_merges = pre in IGNORE_MERGES
         # parse_special=true: control, user-defined and unknown tokens are matched
         # literally, longest first (llama.cpp tokenizer_st_partition).
-        special = [i for i, t in enumerate(self.types) if t in (UNKNOWN, CONTROL, USER_DEFINED)]
-        self.special = sorted(special, key=lambda i: -len(self.tokens[i].encode()))
+        self.special = sorted((i for i, t in enumerate(self.types) if t in (UNKNOWN, CONTROL, USER_DEFINED)),
+                              key=lambda i: -len(self.tokens[i].encode()))
         self.b2u = bytes_to_unicode()
         self.u2b = {c: b for b, c in self.b2u.items()}
         self.cache = {}
@@ -106,21 +97,12 @@ class Tokenizer:
         return frags
 
     def pre_split(self, text):
+        # Each regex splits every piece left by the previous one, matched on its own (so a
+        # look-ahead sees the piece's end as end of text); unmatched gaps stay pieces, as in
+        # llama.cpp's unicode_regex_split. The outer group makes split() keep the matches.
         pieces = [text]
         for ex in self.exprs:
-            out = []
-            # Each piece is matched on its own, so look-aheads see a piece's end as
-            # end of text; unmatched gaps stay pieces (as llama.cpp's splitter does).
-            for p in pieces:
-                pos = 0
-                for m in ex.finditer(p):
-                    if m.start() > pos:
-                        out.append(p[pos:m.start()])
-                    out.append(m.group())
-                    pos = m.end()
-                if pos < len(p):
-                    out.append(p[pos:])
-            pieces = out
+            pieces = [q for p in pieces for q in ex.split(p) if q]
         return pieces
 
     def bpe(self, word):
@@ -170,9 +152,6 @@ class Tokenizer:
         return out.decode("utf-8", errors="replace")
 
 
-# ---------------------------------------------------------------- model
-
-
 class Llama:
     def __init__(self, reader, dtype):
         f = reader.fields
@@ -197,9 +176,11 @@ class Llama:
         self.embd = W("token_embd.weight")
         self.head = W("output.weight") if "output.weight" in self.tensors else self.embd  # tied
         self.out_norm = W("output_norm.weight")
-        self.layers = [{k: W(f"blk.{i}.{k}.weight") for k in (
-            "attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
-            "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")} for i in range(self.n_layer)]
+        keys = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
+                "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
+        extra = {n for n in self.tensors if n.startswith("blk.0.")} - {f"blk.0.{k}.weight" for k in keys}
+        assert not extra, f"tensors this reference does not implement: {sorted(extra)}"  # e.g. biases
+        self.layers = [{k: W(f"blk.{i}.{k}.weight") for k in keys} for i in range(self.n_layer)]
         assert self.layers[0]["attn_q"].shape == (self.d, self.d)
         assert self.layers[0]["attn_k"].shape == (self.n_kv * self.hd, self.d)
 
@@ -224,7 +205,7 @@ class Llama:
         return out
 
     def forward(self, ids, cache):
-        """Logits [T, V] for ids at positions len(cache) .. ; cache (per-layer K, V) grows."""
+        """Logits [T, V] for ids at positions cache["n"].. ; the per-layer K/V cache grows."""
         T, p0 = len(ids), cache["n"]
         pos = np.arange(p0, p0 + T, dtype=np.float64)
         x = self.embd[np.asarray(ids)]
@@ -256,9 +237,6 @@ class Llama:
 
     def new_cache(self):
         return {"n": 0, "k": [None] * self.n_layer, "v": [None] * self.n_layer}
-
-
-# ---------------------------------------------------------------- CLI
 
 
 def cmd_tokenize(a):
@@ -303,14 +281,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("tokenize")
-    t.add_argument("model")
-    t.add_argument("--texts", required=True)
-    t.add_argument("--out", required=True)
     f = sub.add_parser("forward")
-    f.add_argument("model")
-    f.add_argument("--ids", required=True)
+    for p, opt in ((t, "--texts"), (f, "--ids")):
+        p.add_argument("model")
+        p.add_argument(opt, required=True)
+        p.add_argument("--out", required=True)
     f.add_argument("--greedy", type=int, default=32)
-    f.add_argument("--out", required=True)
     f.add_argument("--dtype", default="float64", choices=["float32", "float64"],
                    help="compute precision (logits are always written as float32)")
     a = ap.parse_args()

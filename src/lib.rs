@@ -11,6 +11,7 @@ pub mod data;
 pub mod decode;
 pub mod eval;
 pub mod experiment;
+pub mod import;
 pub mod model;
 pub mod noise;
 pub mod objective;

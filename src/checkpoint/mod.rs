@@ -5,6 +5,12 @@
 //!
 //! [`load`] reads everything (a run to resume); [`open`] gives what inference needs: the
 //! model, its tokenizer and config.
+//!
+//! An imported model's weights may stay quantized: `model.gguf` ([`gguf`]) in place of
+//! `model.safetensors`, and files beside them ([`EXTRA_FILES`]) say where it came from and
+//! how to chat with it.
+
+pub mod gguf;
 
 use crate::config::{Config, ObjectiveKind};
 use crate::data::TextTokenizer;
@@ -20,6 +26,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const FORMAT_VERSION: u32 = 1;
+/// Optional text files a checkpoint carries: `provenance.json` (what it was imported from)
+/// and `chat.json` (the model's chat template and turn tokens).
+pub const EXTRA_FILES: [&str; 2] = ["provenance.json", "chat.json"];
 const KEEP: usize = 2;
 
 /// Everything besides tensors needed to continue a run exactly.
@@ -51,6 +60,21 @@ pub struct Checkpoint {
     pub ema: Option<HashMap<String, Tensor>>,
     /// Optimizer moments `m.<name>` and `v.<name>`.
     pub optim: Option<HashMap<String, Tensor>>,
+    /// The weights in GGUF blocks (saved as `model.gguf` instead of `model.safetensors`;
+    /// `weights` then holds them expanded to f32).
+    pub quantized: Option<gguf::QTensors>,
+    /// [`EXTRA_FILES`] present, by name.
+    pub extra: BTreeMap<String, String>,
+}
+
+/// How an opened model holds its weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// Quantized matrices stay in their blocks where the checkpoint has them; f32 elsewhere.
+    #[default]
+    Stored,
+    /// Everything expanded to f32 (the reference).
+    F32,
 }
 
 /// A checkpoint opened for inference: what every command that decodes or evaluates needs.
@@ -62,6 +86,7 @@ pub struct Opened {
     pub model: Transformer,
     /// Which weights the model holds: "ema" (the run kept an average and it was wanted) or "raw".
     pub weights: &'static str,
+    pub extra: BTreeMap<String, String>,
 }
 
 impl Opened {
@@ -74,16 +99,26 @@ impl Checkpoint {
     /// The inference model and tokenizer: the EMA weights when the run kept them and
     /// `use_ema`, else the raw ones.
     pub fn open(&self, use_ema: bool) -> Result<Opened> {
+        self.open_as(use_ema, Precision::Stored)
+    }
+
+    /// Like `open`, with quantized weights kept quantized under [`Precision::Stored`].
+    pub fn open_as(&self, use_ema: bool, precision: Precision) -> Result<Opened> {
         let (weights, which) = match (&self.ema, use_ema) {
             (Some(ema), true) => (ema, "ema"),
             _ => (&self.weights, "raw"),
         };
-        let model = Transformer::from_tensors(&self.config.model, |n| {
-            weights
-                .get(n)
-                .cloned()
-                .ok_or_else(|| candle_core::Error::Msg(format!("checkpoint lacks {n}")))
-        })
+        let model = match (&self.quantized, precision) {
+            (Some(q), Precision::Stored) => gguf::weights(&self.config.model, q, true)
+                .and_then(|w| Ok(Transformer::from_weights(&self.config.model, w)?)),
+            _ => Transformer::from_tensors(&self.config.model, |n| {
+                weights
+                    .get(n)
+                    .cloned()
+                    .ok_or_else(|| candle_core::Error::Msg(format!("checkpoint lacks {n}")))
+            })
+            .map_err(Into::into),
+        }
         .with_context(|| format!("checkpoint {}", self.dir.display()))?;
         Ok(Opened {
             dir: self.dir.clone(),
@@ -92,6 +127,7 @@ impl Checkpoint {
             tokenizer: TextTokenizer::from_json(&self.tokenizer_json)?,
             model,
             weights: which,
+            extra: self.extra.clone(),
         })
     }
 }
@@ -99,6 +135,16 @@ impl Checkpoint {
 /// Load, verify and open a checkpoint (or a run's latest) for inference.
 pub fn open(path: &Path, device: &Device, use_ema: bool) -> Result<Opened> {
     load(path, device)?.open(use_ema)
+}
+
+/// Like [`open`], holding the weights as `precision` says.
+pub fn open_as(
+    path: &Path,
+    device: &Device,
+    use_ema: bool,
+    precision: Precision,
+) -> Result<Opened> {
+    load(path, device)?.open_as(use_ema, precision)
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
@@ -133,7 +179,16 @@ pub fn save(run_dir: &Path, ckpt: &Checkpoint) -> Result<PathBuf> {
         fs::remove_dir_all(&tmp_dir)?;
     }
     fs::create_dir(&tmp_dir)?;
-    save_tensors(&ckpt.weights, &tmp_dir.join("model.safetensors"))?;
+    match &ckpt.quantized {
+        Some(q) => gguf::write(&tmp_dir.join(gguf::FILE), q)?,
+        None => save_tensors(&ckpt.weights, &tmp_dir.join("model.safetensors"))?,
+    }
+    for (name, text) in &ckpt.extra {
+        if !EXTRA_FILES.contains(&name.as_str()) {
+            bail!("internal error: {name} is not a checkpoint file");
+        }
+        write_synced(&tmp_dir.join(name), text.as_bytes())?;
+    }
     if let Some(ema) = &ckpt.ema {
         save_tensors(ema, &tmp_dir.join("ema.safetensors"))?;
     }
@@ -230,12 +285,10 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     })?;
     let manifest: BTreeMap<String, String> = serde_json::from_str(&manifest_text)
         .with_context(|| format!("checkpoint {} has a corrupted manifest", dir.display()))?;
-    for required in [
-        "model.safetensors",
-        "config.toml",
-        "tokenizer.json",
-        "state.json",
-    ] {
+    if !manifest.contains_key("model.safetensors") && !manifest.contains_key(gguf::FILE) {
+        bail!("checkpoint {} is missing model.safetensors", dir.display());
+    }
+    for required in ["config.toml", "tokenizer.json", "state.json"] {
         if !manifest.contains_key(required) {
             bail!("checkpoint {} is missing {required}", dir.display());
         }
@@ -270,8 +323,25 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
             .with_context(|| format!("checkpoint {}: cannot read {name}", dir.display()))?;
         Ok(Some(map))
     };
-    let weights = read("model.safetensors")?.expect("checked above");
+    let (weights, quantized) = match read("model.safetensors")? {
+        Some(w) => (w, None),
+        None => {
+            let (_, q) = gguf::read(&dir.join(gguf::FILE))?;
+            let dense = gguf::weights(&config.model, &q, false)
+                .and_then(|w| Ok(Transformer::from_weights(&config.model, w)?.dense_tensors()?))
+                .with_context(|| format!("checkpoint {}", dir.display()))?;
+            (dense, Some(q))
+        }
+    };
+    let mut extra = BTreeMap::new();
+    for name in EXTRA_FILES {
+        if manifest.contains_key(name) {
+            extra.insert(name.to_string(), fs::read_to_string(dir.join(name))?);
+        }
+    }
     Ok(Checkpoint {
+        quantized,
+        extra,
         tokenizer_json: fs::read_to_string(dir.join("tokenizer.json"))?,
         ema: read("ema.safetensors")?,
         optim: read("optim.safetensors")?,

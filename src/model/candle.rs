@@ -4,7 +4,7 @@
 
 use super::layer::Compute;
 use super::visibility::Visibility;
-use super::{ops, KvCache};
+use super::{ops, KvCache, Weight};
 use crate::config::ModelConfig;
 use candle_core::{Result, Tensor};
 
@@ -21,19 +21,19 @@ pub(crate) struct CandleCompute<'a> {
 }
 
 impl Compute for CandleCompute<'_> {
-    type W = Tensor;
+    type W = Weight;
     type Act = Tensor;
 
-    fn norm(&mut self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        ops::rms_norm(x, w, self.cfg.norm_eps)
+    fn norm(&mut self, x: &Tensor, w: &Weight) -> Result<Tensor> {
+        ops::rms_norm(x, w.dense()?, self.cfg.norm_eps)
     }
 
-    fn linear(&mut self, x: Tensor, w: &Tensor) -> Result<Tensor> {
-        ops::linear(&x, w)
+    fn linear(&mut self, x: Tensor, w: &Weight) -> Result<Tensor> {
+        w.linear(&x)
     }
 
-    fn bias(&mut self, x: Tensor, b: &Tensor) -> Result<Tensor> {
-        x.broadcast_add(b)
+    fn bias(&mut self, x: Tensor, b: &Weight) -> Result<Tensor> {
+        x.broadcast_add(b.dense()?)
     }
 
     fn attention(&mut self, qkv: Tensor, layer: usize) -> Result<Tensor> {

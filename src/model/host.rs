@@ -12,7 +12,7 @@ use super::fused::pointwise::{rotate, swiglu_row};
 use super::fused::small_matmul::{matmul_into, MAX_ROWS};
 use super::fused::{gemm_into, par_rows, Real};
 use super::layer::{Compute, Weights};
-use super::{RowLens, Transformer};
+use super::{RowLens, Transformer, Weight};
 use crate::config::{Heads, ModelConfig};
 use crate::runtime::threads;
 use anyhow::{bail, Result};
@@ -45,7 +45,10 @@ type HostWeights<'m> = (Weights<&'m [f32]>, &'m [f32], &'m [f32]);
 /// CPU tensors).
 fn host_weights(model: &Transformer) -> Option<HostWeights<'_>> {
     Some((
-        model.weights.map(|t| host(t))?,
+        model.weights.map(|w| match w {
+            Weight::Dense(t) => host(t),
+            Weight::Quant(_) => None,
+        })?,
         host(&model.cos)?,
         host(&model.sin)?,
     ))

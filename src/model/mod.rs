@@ -17,6 +17,7 @@ pub mod ops;
 pub mod params;
 pub mod session;
 pub mod visibility;
+pub mod weight;
 
 use self::candle::CandleCompute;
 use crate::config::ModelConfig;
@@ -26,11 +27,12 @@ pub use layer::{tensor_specs, Init, TensorSpec, Weights};
 pub use params::Params;
 pub use session::{padded, Backend, Session};
 pub use visibility::{Attention, Visibility};
+pub use weight::{QMatrix, Weight};
 
 #[derive(Clone)]
 pub struct Transformer {
     pub cfg: ModelConfig,
-    pub(crate) weights: Weights<Tensor>,
+    pub(crate) weights: Weights<Weight>,
     /// RoPE tables [max_seq_len, hd/2].
     pub(crate) cos: Tensor,
     pub(crate) sin: Tensor,
@@ -55,7 +57,36 @@ impl Transformer {
             tensors.push(t);
         }
         let weights = Weights::from_ordered(cfg, tensors).expect("one tensor per spec");
-        let (cos, sin) = rope_tables(cfg, weights.embed.dtype(), weights.embed.device())?;
+        Self::from_weights(
+            cfg,
+            weights
+                .map(|t| Some(Weight::Dense(t.clone())))
+                .expect("dense"),
+        )
+    }
+
+    /// Build from weights in the recipe's layout (dense or quantized), checking every shape.
+    pub fn from_weights(cfg: &ModelConfig, weights: Weights<Weight>) -> Result<Self> {
+        let specs = tensor_specs(cfg);
+        let mut given = Vec::with_capacity(specs.len());
+        weights.map(|w| {
+            given.push(w.dims());
+            Some(())
+        });
+        for (s, dims) in specs.iter().zip(&given) {
+            if dims != &s.shape {
+                candle_core::bail!(
+                    "tensor {} has shape {dims:?}, the config expects {:?}",
+                    s.name,
+                    s.shape
+                );
+            }
+        }
+        let (dtype, device) = match &weights.norm {
+            Weight::Dense(t) => (t.dtype(), t.device().clone()),
+            Weight::Quant(_) => candle_core::bail!("norm weights must be dense"),
+        };
+        let (cos, sin) = rope_tables(cfg, dtype, &device)?;
         Ok(Self {
             cfg: cfg.clone(),
             weights,
@@ -64,24 +95,61 @@ impl Transformer {
         })
     }
 
+    /// Whether any matrix is held quantized.
+    pub fn is_quantized(&self) -> bool {
+        let mut quant = false;
+        self.weights.map(|w| {
+            quant |= matches!(w, Weight::Quant(_));
+            Some(())
+        });
+        quant
+    }
+
+    /// The same model with every weight expanded to dense f32 (the reference of a quantized one).
+    pub fn dequantized(&self) -> Result<Self> {
+        let mut err = None;
+        let weights = self.weights.map(|w| match w.to_dense() {
+            Ok(t) => Some(Weight::Dense(t)),
+            Err(e) => {
+                err = Some(e);
+                None
+            }
+        });
+        match weights {
+            Some(w) => Self::from_weights(&self.cfg, w),
+            None => Err(err.expect("an error")),
+        }
+    }
+
+    /// Every weight by its checkpoint name, expanded to dense f32.
+    pub fn dense_tensors(&self) -> Result<std::collections::HashMap<String, Tensor>> {
+        let mut list = Vec::new();
+        self.weights.map(|w| {
+            list.push(w.clone());
+            Some(())
+        });
+        tensor_specs(&self.cfg)
+            .into_iter()
+            .zip(list)
+            .map(|(s, w)| Ok((s.name, w.to_dense()?)))
+            .collect()
+    }
+
     pub fn from_params(cfg: &ModelConfig, params: &Params) -> Result<Self> {
         Self::from_tensors(cfg, |n| params.tensor(n))
     }
 
+    /// The activations' dtype (f32 for a quantized model).
     pub fn dtype(&self) -> DType {
-        self.weights.embed.dtype()
+        self.cos.dtype()
     }
 
     pub fn device(&self) -> &Device {
-        self.weights.embed.device()
+        self.cos.device()
     }
 
     fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        self.weights
-            .embed
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, self.cfg.d_model))
+        self.weights.embed.embed(ids)
     }
 
     /// Logits [B, T, V] for token ids [B, T]. With a cache, row r continues its cached

@@ -354,6 +354,8 @@ impl<'a> Trainer<'a> {
             weights,
             ema,
             optim: Some(optim),
+            quantized: None,
+            extra: Default::default(),
         })
     }
 

@@ -1,0 +1,108 @@
+//! Row surgery on matrices in GGUF blocks: a row is a whole number of blocks, so reordering,
+//! stacking and appending rows moves bytes and never re-quantizes what the file holds.
+
+use crate::checkpoint::gguf::QTensors;
+use anyhow::{bail, Result};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::{Device, Tensor};
+
+fn row_bytes(t: &QTensor) -> Result<usize> {
+    let (_, cols) = t.shape().dims2()?;
+    let dtype = t.dtype();
+    if !cols.is_multiple_of(dtype.block_size()) {
+        bail!("rows of {cols} do not split into {dtype:?} blocks");
+    }
+    Ok(cols / dtype.block_size() * dtype.type_size())
+}
+
+fn from_bytes(bytes: Vec<u8>, dtype: GgmlDType, shape: (usize, usize)) -> Result<QTensor> {
+    let storage = QStorage::from_data(std::borrow::Cow::Owned(bytes), &Device::Cpu, dtype)?;
+    Ok(QTensor::new(storage, shape)?)
+}
+
+/// Undo llama.cpp's RoPE interleave of a q or k projection with `heads` heads: within each
+/// head, file row 2i + j holds original row j·(hd/2) + i.
+pub fn unpermute_rope(t: &QTensor, heads: usize) -> Result<QTensor> {
+    let (n, cols) = t.shape().dims2()?;
+    let hd = n / heads;
+    if heads == 0 || !n.is_multiple_of(heads) || !hd.is_multiple_of(2) {
+        bail!("a projection of {n} rows does not split into {heads} heads of even width");
+    }
+    let rb = row_bytes(t)?;
+    let data = t.data()?;
+    let mut out = Vec::with_capacity(data.len());
+    for h in 0..heads {
+        for j in 0..2 {
+            for i in 0..hd / 2 {
+                let src = h * hd + 2 * i + j;
+                out.extend_from_slice(&data[src * rb..(src + 1) * rb]);
+            }
+        }
+    }
+    from_bytes(out, t.dtype(), (n, cols))
+}
+
+/// Push the row-stack of `parts` as `name`, or as `name#0`, `name#1`, … when their block
+/// types differ (each part then stays as the file has it).
+pub fn push_stacked(out: &mut QTensors, name: String, parts: Vec<QTensor>) -> Result<()> {
+    let dtype = parts[0].dtype();
+    let cols = parts[0].shape().dims2()?.1;
+    for p in &parts {
+        if p.shape().dims2()?.1 != cols {
+            bail!("{name}: parts of different widths");
+        }
+    }
+    if parts.iter().any(|p| p.dtype() != dtype) {
+        for (i, p) in parts.into_iter().enumerate() {
+            out.push((format!("{name}#{i}"), p));
+        }
+        return Ok(());
+    }
+    let mut bytes = Vec::new();
+    let mut rows = 0;
+    for p in &parts {
+        bytes.extend_from_slice(&p.data()?);
+        rows += p.shape().dims2()?.0;
+    }
+    out.push((name, from_bytes(bytes, dtype, (rows, cols))?));
+    Ok(())
+}
+
+/// Vectors joined end to end, as f32.
+pub fn concat_vectors(parts: &[QTensor]) -> Result<QTensor> {
+    let dense = parts
+        .iter()
+        .map(|p| p.dequantize(&Device::Cpu)?.flatten_all())
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(QTensor::quantize(&Tensor::cat(&dense, 0)?, GgmlDType::F32)?)
+}
+
+/// `t` with `extra` more rows, each the mean of its rows, in `t`'s own blocks: a new token's
+/// embedding (and head row) starts at the average token rather than at noise.
+pub fn append_mean_rows(t: &QTensor, extra: usize) -> Result<QTensor> {
+    if extra == 0 {
+        return crate::checkpoint::gguf::copy_of(t);
+    }
+    let (n, cols) = t.shape().dims2()?;
+    let mean = t.dequantize(&Device::Cpu)?.mean_keepdim(0)?;
+    let new = QTensor::quantize(&mean.repeat((extra, 1))?, t.dtype())?;
+    let mut bytes = t.data()?.into_owned();
+    bytes.extend_from_slice(&new.data()?);
+    from_bytes(bytes, t.dtype(), (n + extra, cols))
+}
+
+/// Every matrix re-quantized to `dtype` (vectors stay f32).
+pub fn requantize(tensors: &QTensors, dtype: GgmlDType) -> Result<QTensors> {
+    tensors
+        .iter()
+        .map(|(name, t)| {
+            let dense = t.dequantize(&Device::Cpu)?;
+            let target = if t.shape().rank() == 2 {
+                dtype
+            } else {
+                GgmlDType::F32
+            };
+            Ok((name.clone(), QTensor::quantize(&dense, target)?))
+        })
+        .collect()
+}

@@ -1,0 +1,137 @@
+//! A `tokenizers` JSON rebuilt from GGUF tokenizer metadata: byte-level BPE (vocabulary and
+//! merges), the pre-tokenizer llama.cpp applies for the file's `tokenizer.ggml.pre`, and the
+//! control and user-defined tokens as special tokens matched whole in text.
+
+use anyhow::{bail, Context, Result};
+use candle_core::quantized::gguf_file::{Content, Value};
+use serde_json::{json, Value as Json};
+
+const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The pre-tokenizer families we rebuild, by llama.cpp's names.
+pub const SUPPORTED_PRE: &str =
+    "gpt2, smollm, starcoder, refact, command-r, codeshell, exaone, minerva, llama3, llama-bpe, qwen2";
+
+pub(crate) fn meta<'a>(c: &'a Content, key: &str) -> Option<&'a Value> {
+    c.metadata.get(key)
+}
+
+pub(crate) fn meta_u32(c: &Content, key: &str) -> Option<u32> {
+    meta(c, key).and_then(|v| {
+        v.to_u32()
+            .ok()
+            .or_else(|| v.to_u64().ok().map(|x| x as u32))
+    })
+}
+
+fn strings(c: &Content, key: &str) -> Result<Vec<String>> {
+    let list = meta(c, key)
+        .with_context(|| format!("the GGUF file has no {key}"))?
+        .to_vec()
+        .with_context(|| format!("{key} is not a list"))?;
+    list.iter()
+        .map(|v| {
+            Ok(v.to_string()
+                .with_context(|| format!("{key} holds a non-string"))?
+                .clone())
+        })
+        .collect()
+}
+
+fn split(regex: &str) -> Json {
+    json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false})
+}
+
+fn byte_level(use_regex: bool) -> Json {
+    json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
+}
+
+/// (normalizer, pre-tokenizer steps, ignore_merges) for a `tokenizer.ggml.pre` name.
+fn pipeline(pre: &str) -> Result<(Json, Vec<Json>, bool)> {
+    Ok(match pre {
+        "gpt2" | "gpt-2" => (Json::Null, vec![byte_level(true)], false),
+        // Digits one by one, then GPT-2's split.
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva" => {
+            (Json::Null, vec![split(r"\p{N}"), byte_level(true)], false)
+        }
+        "llama3" | "llama-v3" | "llama-bpe" => {
+            (Json::Null, vec![split(LLAMA3), byte_level(false)], true)
+        }
+        "qwen2" => (
+            json!({"type": "NFC"}),
+            vec![split(QWEN2), byte_level(false)],
+            false,
+        ),
+        other => {
+            bail!("GGUF pre-tokenizer `{other}` is not supported (supported: {SUPPORTED_PRE})")
+        }
+    })
+}
+
+/// The tokenizer JSON of a GGUF file's metadata.
+pub fn from_gguf(c: &Content) -> Result<String> {
+    let model = meta(c, "tokenizer.ggml.model")
+        .and_then(|v| v.to_string().ok())
+        .context("the GGUF file has no tokenizer (tokenizer.ggml.model)")?;
+    if model != "gpt2" {
+        bail!("GGUF tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`)");
+    }
+    let tokens = strings(c, "tokenizer.ggml.tokens")?;
+    let merges = strings(c, "tokenizer.ggml.merges")?;
+    let types: Vec<u32> = match meta(c, "tokenizer.ggml.token_type") {
+        Some(v) => v
+            .to_vec()?
+            .iter()
+            .map(|t| t.to_i32().map(|x| x as u32).or_else(|_| t.to_u32()))
+            .collect::<candle_core::Result<_>>()?,
+        None => vec![1; tokens.len()],
+    };
+    let pre = meta(c, "tokenizer.ggml.pre")
+        .and_then(|v| v.to_string().ok())
+        .map_or("gpt2", |s| s.as_str());
+    let (normalizer, steps, ignore_merges) = pipeline(pre)?;
+    let vocab: serde_json::Map<String, Json> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), json!(i)))
+        .collect();
+    if vocab.len() != tokens.len() {
+        bail!("the GGUF vocabulary repeats a token");
+    }
+    let merges: Vec<Json> = merges
+        .iter()
+        .map(|m| {
+            let (a, b) = m
+                .split_once(' ')
+                .with_context(|| format!("GGUF merge {m:?} is not two tokens"))?;
+            Ok(json!([a, b]))
+        })
+        .collect::<Result<_>>()?;
+    // Control (3) and user-defined (4) tokens are matched whole, as llama.cpp parses specials.
+    let added: Vec<Json> = tokens
+        .iter()
+        .zip(&types)
+        .enumerate()
+        .filter(|(_, (_, &ty))| ty == 3 || ty == 4)
+        .map(|(id, (t, _))| {
+            json!({"id": id, "content": t, "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    let tokenizer = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": normalizer,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": steps},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                  "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": ignore_merges,
+                  "vocab": vocab, "merges": merges},
+    });
+    Ok(tokenizer.to_string())
+}

@@ -35,7 +35,7 @@ pub fn read(path: &Path) -> Result<(gguf_file::Content, QTensors)> {
     let mut f =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let content = gguf_file::Content::read(&mut f)
-        .map_err(|e| anyhow::anyhow!("{}: not a readable GGUF file ({e})", path.display()))?;
+        .map_err(|e| anyhow::anyhow!("not a readable GGUF file ({e})"))?;
     let size = f.seek(SeekFrom::End(0))?;
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort_by_key(|n| content.tensor_infos[*n].offset);
@@ -46,14 +46,11 @@ pub fn read(path: &Path) -> Result<(gguf_file::Content, QTensors)> {
         let bytes = elems / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
         let end = content.tensor_data_offset + info.offset + bytes as u64;
         if end > size {
-            bail!(
-                "{} is truncated: tensor {name} ends at byte {end}, the file has {size}",
-                path.display()
-            );
+            bail!("the file is truncated: tensor {name} ends at byte {end}, the file has {size}");
         }
         let t = content
             .tensor(&mut f, name, &Device::Cpu)
-            .with_context(|| format!("{}: cannot read tensor {name}", path.display()))?;
+            .with_context(|| format!("cannot read tensor {name}"))?;
         out.push((name.clone(), t));
     }
     Ok((content, out))
@@ -98,5 +95,21 @@ pub fn weights(cfg: &ModelConfig, tensors: &QTensors, quantized: bool) -> Result
 /// A copy of a quantized tensor (QTensor is not Clone; its blocks are plain bytes).
 pub fn copy_of(t: &QTensor) -> Result<QTensor> {
     let storage = candle_core::quantized::QStorage::from_data(t.data()?, &Device::Cpu, t.dtype())?;
+    Ok(QTensor::new(storage, t.shape().clone())?)
+}
+
+/// `t` in `dtype` blocks. (candle's `QTensor::quantize` sizes an f32 target wrongly, so f32
+/// goes through its bytes.)
+pub fn quantize(t: &candle_core::Tensor, dtype: GgmlDType) -> Result<QTensor> {
+    if dtype != GgmlDType::F32 {
+        return Ok(QTensor::quantize(t, dtype)?);
+    }
+    let values = t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let storage = candle_core::quantized::QStorage::from_data(
+        std::borrow::Cow::Owned(bytes),
+        &Device::Cpu,
+        GgmlDType::F32,
+    )?;
     Ok(QTensor::new(storage, t.shape().clone())?)
 }

@@ -326,7 +326,8 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     let (weights, quantized) = match read("model.safetensors")? {
         Some(w) => (w, None),
         None => {
-            let (_, q) = gguf::read(&dir.join(gguf::FILE))?;
+            let (_, q) = gguf::read(&dir.join(gguf::FILE))
+                .with_context(|| format!("checkpoint {}: {}", dir.display(), gguf::FILE))?;
             let dense = gguf::weights(&config.model, &q, false)
                 .and_then(|w| Ok(Transformer::from_weights(&config.model, w)?.dense_tensors()?))
                 .with_context(|| format!("checkpoint {}", dir.display()))?;

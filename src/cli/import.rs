@@ -32,7 +32,6 @@ pub fn run(a: ImportArgs) -> Result<()> {
     if let Some(q) = &a.quantize {
         crate::import::parse_quant(q).map_err(|e| anyhow::anyhow!("--quantize: {e}"))?;
     }
-    eprintln!("importing {} …", a.source.display());
     let r = import(&ImportOptions {
         source: a.source,
         out: a.out,

@@ -103,7 +103,7 @@ pub fn read(dir: &Path) -> Result<Source> {
         let t = all
             .remove(name)
             .with_context(|| format!("the model lacks tensor {name}"))?;
-        Ok(QTensor::quantize(&t, GgmlDType::F32)?)
+        crate::checkpoint::gguf::quantize(&t, GgmlDType::F32)
     };
     let mut out: QTensors = vec![("embed.weight".into(), take("model.embed_tokens.weight")?)];
     for i in 0..cfg.n_layers {

@@ -1,7 +1,7 @@
 //! Row surgery on matrices in GGUF blocks: a row is a whole number of blocks, so reordering,
 //! stacking and appending rows moves bytes and never re-quantizes what the file holds.
 
-use crate::checkpoint::gguf::QTensors;
+use crate::checkpoint::gguf::{quantize, QTensors};
 use anyhow::{bail, Result};
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{Device, Tensor};
@@ -74,7 +74,7 @@ pub fn concat_vectors(parts: &[QTensor]) -> Result<QTensor> {
         .iter()
         .map(|p| p.dequantize(&Device::Cpu)?.flatten_all())
         .collect::<candle_core::Result<Vec<_>>>()?;
-    Ok(QTensor::quantize(&Tensor::cat(&dense, 0)?, GgmlDType::F32)?)
+    Ok(quantize(&Tensor::cat(&dense, 0)?, GgmlDType::F32)?)
 }
 
 /// `t` with `extra` more rows, each the mean of its rows, in `t`'s own blocks: a new token's
@@ -85,7 +85,7 @@ pub fn append_mean_rows(t: &QTensor, extra: usize) -> Result<QTensor> {
     }
     let (n, cols) = t.shape().dims2()?;
     let mean = t.dequantize(&Device::Cpu)?.mean_keepdim(0)?;
-    let new = QTensor::quantize(&mean.repeat((extra, 1))?, t.dtype())?;
+    let new = quantize(&mean.repeat((extra, 1))?, t.dtype())?;
     let mut bytes = t.data()?.into_owned();
     bytes.extend_from_slice(&new.data()?);
     from_bytes(bytes, t.dtype(), (n + extra, cols))
@@ -102,7 +102,7 @@ pub fn requantize(tensors: &QTensors, dtype: GgmlDType) -> Result<QTensors> {
             } else {
                 GgmlDType::F32
             };
-            Ok((name.clone(), QTensor::quantize(&dense, target)?))
+            Ok((name.clone(), quantize(&dense, target)?))
         })
         .collect()
 }

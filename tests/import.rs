@@ -1,0 +1,476 @@
+//! `card import` on small crafted files: a random Llama-shaped model written as llama.cpp
+//! would write it (GGUF, query/key rows interleaved for its RoPE; f32 and Q8_0) and as a
+//! Hugging Face directory imports to the model it came from; every refusal is one line.
+//! The real SmolLM2 file is checked against an outside reference in `tests/smollm2.rs`.
+
+use candle_core::quantized::gguf_file::Value;
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+use card::checkpoint::{self, Precision};
+use card::config::ModelConfig;
+use card::model::{Attention, Params, Transformer};
+use common::{assert_error, assert_success, card, max_abs_diff};
+use std::collections::HashMap;
+use std::path::Path;
+
+mod common;
+
+/// 4 query heads of width 8 over 2 key/value heads; rows a multiple of 32 for Q8_0 blocks.
+fn cfg(vocab: usize, tied: bool) -> ModelConfig {
+    ModelConfig {
+        vocab_size: vocab,
+        d_model: 32,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: Some(2),
+        d_ff: 64,
+        max_seq_len: 64,
+        rope_theta: 50_000.0,
+        tie_embeddings: tied,
+        ..ModelConfig::default()
+    }
+}
+
+/// A byte-level vocabulary: the 256 byte symbols, two specials and one merge.
+fn vocab() -> (Vec<String>, Vec<String>) {
+    let mut tokens: Vec<String> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet()
+        .into_iter()
+        .map(String::from)
+        .collect();
+    tokens.sort();
+    tokens.extend(["<|endoftext|>", "<|im_end|>", "Ġt"].map(String::from));
+    (tokens, vec!["Ġ t".into()])
+}
+
+/// Random weights in our layout (the reference), larger than the init so logits differ.
+fn random_weights(c: &ModelConfig) -> HashMap<String, Tensor> {
+    let params = Params::init(c, DType::F32, &Device::Cpu, 5).unwrap();
+    let mut map = params.to_map().unwrap();
+    for t in map.values_mut() {
+        if t.rank() == 2 {
+            *t = (&*t * 8.0).unwrap();
+        }
+    }
+    map
+}
+
+/// llama.cpp's converter order for a q or k projection: within a head, the rotation pair
+/// (i, i + hd/2) becomes rows (2i, 2i + 1).
+fn interleave(w: &Tensor, heads: usize) -> Tensor {
+    let (n, cols) = w.dims2().unwrap();
+    w.reshape((heads, 2, n / heads / 2, cols))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .reshape((n, cols))
+        .unwrap()
+}
+
+fn rows(t: &Tensor, start: usize, len: usize) -> Tensor {
+    t.narrow(0, start, len).unwrap().contiguous().unwrap()
+}
+
+/// The GGUF tensors of `w` under llama.cpp's names, matrices in `dtype`.
+fn gguf_tensors(
+    c: &ModelConfig,
+    w: &HashMap<String, Tensor>,
+    dtype: GgmlDType,
+) -> Vec<(String, QTensor)> {
+    let h = c.heads();
+    let q = |t: &Tensor, d| checkpoint::gguf::quantize(t, d).unwrap();
+    let mut out = vec![(
+        "token_embd.weight".to_string(),
+        q(&w["embed.weight"], dtype),
+    )];
+    for i in 0..c.n_layers {
+        let l = |n: &str| w[&format!("layers.{i}.{n}")].clone();
+        let b = |n: &str| format!("blk.{i}.{n}");
+        let qkv = l("attn.wqkv.weight");
+        let (nq, nk) = (h.q * h.dim, h.kv * h.dim);
+        let gu = l("ffn.w_gate_up.weight");
+        out.extend([
+            (
+                b("attn_norm.weight"),
+                q(&l("attn_norm.weight"), GgmlDType::F32),
+            ),
+            (
+                b("attn_q.weight"),
+                q(&interleave(&rows(&qkv, 0, nq), h.q), dtype),
+            ),
+            (
+                b("attn_k.weight"),
+                q(&interleave(&rows(&qkv, nq, nk), h.kv), dtype),
+            ),
+            (b("attn_v.weight"), q(&rows(&qkv, nq + nk, nk), dtype)),
+            (b("attn_output.weight"), q(&l("attn.wo.weight"), dtype)),
+            (
+                b("ffn_norm.weight"),
+                q(&l("ffn_norm.weight"), GgmlDType::F32),
+            ),
+            (b("ffn_gate.weight"), q(&rows(&gu, 0, c.d_ff), dtype)),
+            (b("ffn_up.weight"), q(&rows(&gu, c.d_ff, c.d_ff), dtype)),
+            (b("ffn_down.weight"), q(&l("ffn.w_down.weight"), dtype)),
+        ]);
+    }
+    out.push((
+        "output_norm.weight".into(),
+        q(&w["norm.weight"], GgmlDType::F32),
+    ));
+    if !c.tie_embeddings {
+        out.push(("output.weight".into(), q(&w["head.weight"], dtype)));
+    }
+    out
+}
+
+fn metadata(c: &ModelConfig, arch: &str, tok_model: &str) -> Vec<(String, Value)> {
+    let (tokens, merges) = vocab();
+    let mut types = vec![Value::I32(1); tokens.len()];
+    types[256] = Value::I32(3);
+    types[257] = Value::I32(3);
+    let u = |x: usize| Value::U32(x as u32);
+    let s = |x: &str| Value::String(x.into());
+    vec![
+        ("general.architecture".into(), s(arch)),
+        ("general.name".into(), s("tiny test model")),
+        (format!("{arch}.block_count"), u(c.n_layers)),
+        (format!("{arch}.context_length"), u(c.max_seq_len)),
+        (format!("{arch}.embedding_length"), u(c.d_model)),
+        (format!("{arch}.feed_forward_length"), u(c.d_ff)),
+        (format!("{arch}.attention.head_count"), u(c.n_heads)),
+        (format!("{arch}.attention.head_count_kv"), u(c.kv_heads())),
+        (
+            format!("{arch}.rope.freq_base"),
+            Value::F32(c.rope_theta as f32),
+        ),
+        (
+            format!("{arch}.attention.layer_norm_rms_epsilon"),
+            Value::F32(c.norm_eps as f32),
+        ),
+        ("tokenizer.ggml.model".into(), s(tok_model)),
+        ("tokenizer.ggml.pre".into(), s("smollm")),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(tokens.iter().map(|t| s(t)).collect()),
+        ),
+        ("tokenizer.ggml.token_type".into(), Value::Array(types)),
+        (
+            "tokenizer.ggml.merges".into(),
+            Value::Array(merges.iter().map(|m| s(m)).collect()),
+        ),
+        ("tokenizer.ggml.eos_token_id".into(), u(257)),
+        (
+            "tokenizer.chat_template".into(),
+            s("{% for m in messages %}{{ m['content'] }}<|im_end|>{% endfor %}"),
+        ),
+    ]
+}
+
+fn write_gguf(path: &Path, meta: &[(String, Value)], tensors: &[(String, QTensor)]) {
+    let mut f = std::fs::File::create(path).unwrap();
+    let meta: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut f, &meta, &tensors).unwrap();
+}
+
+fn logits(model: &Transformer, ids: &[u32], vocab: usize) -> Tensor {
+    let ids = Tensor::from_slice(ids, (1, ids.len()), &Device::Cpu).unwrap();
+    let out = model.forward(&ids, Attention::Causal, None).unwrap();
+    out.narrow(2, 0, vocab).unwrap()
+}
+
+const IDS: [u32; 12] = [3, 77, 256, 120, 5, 9, 258, 33, 200, 41, 7, 99];
+
+/// The imported model's logits equal its source's (f32), and Q8_0 blocks stay blocks.
+#[test]
+fn gguf_imports_to_the_model_it_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = vocab().0.len();
+    for (tied, dtype) in [(true, GgmlDType::F32), (false, GgmlDType::Q8_0)] {
+        let c = cfg(n, tied);
+        let w = random_weights(&c);
+        let src = dir.path().join(format!("m-{tied}.gguf"));
+        let tensors = gguf_tensors(&c, &w, dtype);
+        write_gguf(&src, &metadata(&c, "llama", "gpt2"), &tensors);
+        let out = dir.path().join(format!("run-{tied}"));
+        assert_success(&card(
+            &[
+                "import",
+                src.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            dir.path(),
+        ));
+        // The reference: our layout of what the file holds (Q8_0 expanded back to f32).
+        let expanded: HashMap<String, Tensor> = tensors
+            .iter()
+            .map(|(k, t)| (k.clone(), t.dequantize(&Device::Cpu).unwrap()))
+            .collect();
+        let mut reference = w.clone();
+        if dtype != GgmlDType::F32 {
+            let h = c.heads();
+            for i in 0..c.n_layers {
+                let g = |n: &str| expanded[&format!("blk.{i}.{n}")].clone();
+                let unweave = |t: Tensor, heads: usize| {
+                    let (r, cols) = t.dims2().unwrap();
+                    t.reshape((heads, r / heads / 2, 2, cols))
+                        .unwrap()
+                        .transpose(1, 2)
+                        .unwrap()
+                        .reshape((r, cols))
+                        .unwrap()
+                };
+                let qkv = Tensor::cat(
+                    &[
+                        unweave(g("attn_q.weight"), h.q),
+                        unweave(g("attn_k.weight"), h.kv),
+                        g("attn_v.weight"),
+                    ],
+                    0,
+                )
+                .unwrap();
+                reference.insert(format!("layers.{i}.attn.wqkv.weight"), qkv);
+                reference.insert(
+                    format!("layers.{i}.attn.wo.weight"),
+                    g("attn_output.weight"),
+                );
+                let gu = Tensor::cat(&[g("ffn_gate.weight"), g("ffn_up.weight")], 0).unwrap();
+                reference.insert(format!("layers.{i}.ffn.w_gate_up.weight"), gu);
+                reference.insert(
+                    format!("layers.{i}.ffn.w_down.weight"),
+                    g("ffn_down.weight"),
+                );
+            }
+            reference.insert("embed.weight".into(), expanded["token_embd.weight"].clone());
+            reference.insert("head.weight".into(), expanded["output.weight"].clone());
+        }
+        let want = Transformer::from_tensors(&c, |k| Ok(reference[k].clone())).unwrap();
+        let dense = checkpoint::open_as(&out, &Device::Cpu, true, Precision::F32).unwrap();
+        assert_eq!(
+            dense.tokenizer.mask_id() as usize,
+            n,
+            "[MASK] is the new row"
+        );
+        assert_eq!(dense.model.cfg.vocab_size, n + 1);
+        let (a, b) = (logits(&dense.model, &IDS, n), logits(&want, &IDS, n));
+        let diff = max_abs_diff(&a, &b);
+        assert!(diff < 1e-3, "tied {tied}, {dtype:?}: max |Δ| {diff}");
+        // [MASK]'s embedding is the mean row.
+        let emb = dense.model.dense_tensors().unwrap()["embed.weight"].clone();
+        let mean = emb.narrow(0, 0, n).unwrap().mean_keepdim(0).unwrap();
+        let tol = if dtype == GgmlDType::F32 { 1e-5 } else { 0.1 };
+        assert!(max_abs_diff(&emb.narrow(0, n, 1).unwrap(), &mean) < tol);
+        let stored = checkpoint::open(&out, &Device::Cpu, true).unwrap();
+        assert_eq!(stored.model.is_quantized(), dtype != GgmlDType::F32);
+        if dtype != GgmlDType::F32 {
+            // Quantized matmuls round the activations too: close, not equal.
+            let q = logits(&stored.model, &IDS, n);
+            let scale = b
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let diff = max_abs_diff(&q, &b);
+            assert!(diff < 0.05 * scale, "quantized max |Δ| {diff} of {scale}");
+        }
+        let prov: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("ckpt-00000000/provenance.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(prov["architecture"], "llama");
+        assert_eq!(prov["added_tokens"][0][0], "<|mask|>");
+    }
+}
+
+/// A Hugging Face directory of the same model (no interleave) imports to it too.
+#[test]
+fn hf_directory_imports_to_the_model_it_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = vocab().0.len();
+    let c = cfg(n, false);
+    let w = random_weights(&c);
+    // A tokenizer.json: the one a GGUF import of this vocabulary writes.
+    let src = dir.path().join("m.gguf");
+    write_gguf(
+        &src,
+        &metadata(&c, "llama", "gpt2"),
+        &gguf_tensors(&c, &w, GgmlDType::F32),
+    );
+    let g = dir.path().join("g");
+    assert_success(&card(
+        &[
+            "import",
+            src.to_str().unwrap(),
+            "--out",
+            g.to_str().unwrap(),
+        ],
+        dir.path(),
+    ));
+    let hf = dir.path().join("hf");
+    std::fs::create_dir(&hf).unwrap();
+    std::fs::copy(
+        g.join("ckpt-00000000/tokenizer.json"),
+        hf.join("tokenizer.json"),
+    )
+    .unwrap();
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "hidden_size": c.d_model, "num_hidden_layers": c.n_layers,
+        "num_attention_heads": c.n_heads, "num_key_value_heads": c.kv_heads(), "intermediate_size": c.d_ff,
+        "max_position_embeddings": c.max_seq_len, "rope_theta": c.rope_theta, "rms_norm_eps": c.norm_eps,
+        "vocab_size": n, "tie_word_embeddings": false, "rope_scaling": null,
+    });
+    std::fs::write(hf.join("config.json"), config.to_string()).unwrap();
+    let h = c.heads();
+    let (nq, nk) = (h.q * h.dim, h.kv * h.dim);
+    let mut st: HashMap<String, Tensor> = HashMap::new();
+    st.insert(
+        "model.embed_tokens.weight".into(),
+        w["embed.weight"].to_dtype(DType::BF16).unwrap(),
+    );
+    st.insert("model.norm.weight".into(), w["norm.weight"].clone());
+    st.insert("lm_head.weight".into(), w["head.weight"].clone());
+    for i in 0..c.n_layers {
+        let l = |k: &str| w[&format!("layers.{i}.{k}")].clone();
+        let p = |k: &str| format!("model.layers.{i}.{k}");
+        let (qkv, gu) = (l("attn.wqkv.weight"), l("ffn.w_gate_up.weight"));
+        st.insert(p("input_layernorm.weight"), l("attn_norm.weight"));
+        st.insert(p("self_attn.q_proj.weight"), rows(&qkv, 0, nq));
+        st.insert(p("self_attn.k_proj.weight"), rows(&qkv, nq, nk));
+        st.insert(p("self_attn.v_proj.weight"), rows(&qkv, nq + nk, nk));
+        st.insert(p("self_attn.o_proj.weight"), l("attn.wo.weight"));
+        st.insert(p("post_attention_layernorm.weight"), l("ffn_norm.weight"));
+        st.insert(p("mlp.gate_proj.weight"), rows(&gu, 0, c.d_ff));
+        st.insert(p("mlp.up_proj.weight"), rows(&gu, c.d_ff, c.d_ff));
+        st.insert(p("mlp.down_proj.weight"), l("ffn.w_down.weight"));
+    }
+    candle_core::safetensors::save(&st, hf.join("model.safetensors")).unwrap();
+    let out = dir.path().join("run");
+    assert_success(&card(
+        &[
+            "import",
+            hf.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        dir.path(),
+    ));
+    let got = checkpoint::open(&out, &Device::Cpu, true).unwrap();
+    // The embedding went through bf16 in the file.
+    let mut reference = w.clone();
+    let e = w["embed.weight"]
+        .to_dtype(DType::BF16)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    reference.insert("embed.weight".into(), e);
+    let want = Transformer::from_tensors(&c, |k| Ok(reference[k].clone())).unwrap();
+    let diff = max_abs_diff(&logits(&got.model, &IDS, n), &logits(&want, &IDS, n));
+    assert!(diff < 1e-3, "max |Δ| {diff}");
+    // --quantize q8_0 keeps the import quantized; an unknown type is refused up front.
+    let q = dir.path().join("q");
+    assert_success(&card(
+        &[
+            "import",
+            hf.to_str().unwrap(),
+            "--out",
+            q.to_str().unwrap(),
+            "--quantize",
+            "q8_0",
+        ],
+        dir.path(),
+    ));
+    assert!(checkpoint::open(&q, &Device::Cpu, true)
+        .unwrap()
+        .model
+        .is_quantized());
+    let out = card(
+        &[
+            "import",
+            hf.to_str().unwrap(),
+            "--out",
+            "x",
+            "--quantize",
+            "q3",
+        ],
+        dir.path(),
+    );
+    assert_error(&out, "unknown block type `q3`");
+    // Architectures we do not read are named.
+    std::fs::write(
+        hf.join("config.json"),
+        config
+            .to_string()
+            .replace("LlamaForCausalLM", "GPT2LMHeadModel"),
+    )
+    .unwrap();
+    let out = card(&["import", hf.to_str().unwrap(), "--out", "y"], dir.path());
+    assert_error(&out, "architecture `GPT2LMHeadModel` is not supported");
+}
+
+#[test]
+fn unsupported_files_are_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = vocab().0.len();
+    let c = cfg(n, true);
+    let w = random_weights(&c);
+    let tensors = gguf_tensors(&c, &w, GgmlDType::F32);
+    let meta = metadata(&c, "llama", "gpt2");
+    let run = |name: &str, meta: &[(String, Value)], tensors: &[(String, QTensor)]| {
+        let p = dir.path().join(name);
+        write_gguf(&p, meta, tensors);
+        card(&["import", p.to_str().unwrap(), "--out", "out"], dir.path())
+    };
+    let mut other = meta.clone();
+    other[0].1 = Value::String("gpt2".into());
+    assert_error(
+        &run("arch.gguf", &other, &tensors),
+        "architecture `gpt2` is not supported",
+    );
+    let fewer: Vec<_> = tensors
+        .iter()
+        .filter(|(k, _)| k != "blk.1.ffn_down.weight")
+        .map(|(k, t)| (k.clone(), checkpoint::gguf::copy_of(t).unwrap()))
+        .collect();
+    assert_error(
+        &run("missing.gguf", &meta, &fewer),
+        "lacks tensor blk.1.ffn_down.weight",
+    );
+    let spm: Vec<_> = metadata(&c, "llama", "llama");
+    assert_error(
+        &run("spm.gguf", &spm, &tensors),
+        "tokenizer model `llama` is not supported",
+    );
+    // Truncated: the last tensor's data cut short.
+    let whole = dir.path().join("whole.gguf");
+    write_gguf(&whole, &meta, &tensors);
+    let bytes = std::fs::read(&whole).unwrap();
+    std::fs::write(dir.path().join("cut.gguf"), &bytes[..bytes.len() - 100]).unwrap();
+    assert_error(
+        &card(&["import", "cut.gguf", "--out", "out"], dir.path()),
+        "the file is truncated",
+    );
+    // A block type candle cannot read (type id 16, IQ2_XXS), patched into the header.
+    let name = b"output_norm.weight";
+    let at = bytes.windows(name.len()).position(|w| w == name).unwrap() + name.len();
+    let mut patched = bytes.clone();
+    let dtype_at = at + 4 + 8; // n_dims (u32), one dimension (u64), then the type
+    patched[dtype_at..dtype_at + 4].copy_from_slice(&16u32.to_le_bytes());
+    std::fs::write(dir.path().join("type.gguf"), &patched).unwrap();
+    assert_error(
+        &card(&["import", "type.gguf", "--out", "out"], dir.path()),
+        "unknown dtype for tensor 16",
+    );
+    assert_error(
+        &card(&["import", "nothing.gguf", "--out", "out"], dir.path()),
+        "does not exist",
+    );
+    // Nothing was written by any refusal; a second import into a full directory is refused.
+    assert!(!dir.path().join("out").join("latest").exists());
+    assert_success(&card(&["import", "whole.gguf", "--out", "out"], dir.path()));
+    assert_error(
+        &card(&["import", "whole.gguf", "--out", "out"], dir.path()),
+        "--force",
+    );
+}

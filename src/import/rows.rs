@@ -74,7 +74,7 @@ pub fn concat_vectors(parts: &[QTensor]) -> Result<QTensor> {
         .iter()
         .map(|p| p.dequantize(&Device::Cpu)?.flatten_all())
         .collect::<candle_core::Result<Vec<_>>>()?;
-    Ok(quantize(&Tensor::cat(&dense, 0)?, GgmlDType::F32)?)
+    quantize(&Tensor::cat(&dense, 0)?, GgmlDType::F32)
 }
 
 /// `t` with `extra` more rows, each the mean of its rows, in `t`'s own blocks: a new token's

@@ -104,7 +104,10 @@ pub fn quantize(t: &candle_core::Tensor, dtype: GgmlDType) -> Result<QTensor> {
     if dtype != GgmlDType::F32 {
         return Ok(QTensor::quantize(t, dtype)?);
     }
-    let values = t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let values = t
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let storage = candle_core::quantized::QStorage::from_data(
         std::borrow::Cow::Owned(bytes),

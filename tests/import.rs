@@ -275,6 +275,22 @@ fn gguf_imports_to_the_model_it_came_from() {
             let diff = max_abs_diff(&q, &b);
             assert!(diff < 0.05 * scale, "quantized max |Δ| {diff} of {scale}");
         }
+        // Chat renders with the file's template and ends at its end-of-sequence token.
+        let chat = card(
+            &[
+                "generate",
+                out.to_str().unwrap(),
+                "--chat",
+                "--prompt",
+                "hello",
+                "--json",
+                "--max-new-tokens",
+                "3",
+            ],
+            dir.path(),
+        );
+        assert_success(&chat);
+        assert_eq!(common::last_json(&chat)["prompt"], "hello<|im_end|>");
         let prov: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(out.join("ckpt-00000000/provenance.json")).unwrap(),
         )

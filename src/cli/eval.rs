@@ -2,7 +2,7 @@
 //! CARD's loss as a function of t, zero-shot tasks, LAMBADA and generation quality.
 
 use super::generate::{decoder_names, DecoderArgs};
-use crate::checkpoint;
+use crate::checkpoint::{self, Precision};
 use crate::data::eval_files::TASKS;
 use crate::decode::Sampling;
 use crate::eval::report::{evaluate, EvalOptions, EvalReport, GenerationEval};
@@ -24,6 +24,9 @@ pub struct EvalArgs {
     /// Use the raw weights even when the checkpoint has an EMA.
     #[arg(long)]
     pub no_ema: bool,
+    /// Expand quantized weights to f32 (the reference) instead of decoding in their blocks.
+    #[arg(long)]
+    pub f32: bool,
     /// Zero-shot multiple-choice tasks, comma-separated, or `all` (needs `card data fetch --eval`).
     #[arg(long, value_delimiter = ',')]
     pub tasks: Vec<String>,
@@ -70,7 +73,12 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let device = default_device()?;
-    let ckpt = checkpoint::open(&a.checkpoint, &device, !a.no_ema)?;
+    let precision = if a.f32 {
+        Precision::F32
+    } else {
+        Precision::Stored
+    };
+    let ckpt = checkpoint::open_as(&a.checkpoint, &device, !a.no_ema, precision)?;
     let tasks: Vec<String> = if a.tasks.iter().any(|t| t == "all") {
         TASKS
             .iter()

@@ -3,8 +3,9 @@
 //! committed text and writing a per-step trace.
 
 use super::values::choice;
-use crate::checkpoint;
+use crate::checkpoint::{self, Precision};
 use crate::config::Config;
+use crate::data::chat::{ChatFormat, Message, Role};
 use crate::data::TextTokenizer;
 use crate::decode::text::{cut_at_stop, TextStream};
 use crate::decode::{
@@ -123,6 +124,17 @@ pub struct GenerateArgs {
     /// Use the raw weights even when the checkpoint has an EMA.
     #[arg(long)]
     pub no_ema: bool,
+    /// Expand quantized weights to f32 (the reference) instead of decoding in their blocks.
+    #[arg(long)]
+    pub f32: bool,
+    /// Each prompt is a user message, rendered with the model's chat template (an imported
+    /// model's own; the plain `User: …\nAssistant:` transcript for ours), and the reply stops
+    /// at the end of the assistant's turn.
+    #[arg(long)]
+    pub chat: bool,
+    /// With --chat: a system message before each user message.
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
@@ -134,7 +146,12 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     };
     sampling.validate()?;
     let device = default_device()?;
-    let ckpt = checkpoint::open(&a.checkpoint, &device, !a.no_ema)?;
+    let precision = if a.f32 {
+        Precision::F32
+    } else {
+        Precision::Stored
+    };
+    let ckpt = checkpoint::open_as(&a.checkpoint, &device, !a.no_ema, precision)?;
     let decoder = a.settings.spec(a.decoder.as_deref(), &ckpt.config)?;
     let (tok, model) = (&ckpt.tokenizer, &ckpt.model);
     let mut texts = a.prompt.clone();
@@ -146,6 +163,25 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     }
     if texts.is_empty() {
         bail!("give a prompt with --prompt TEXT or --prompt-file FILE (an empty --prompt \"\" starts from <|endoftext|>)");
+    }
+    let mut stop = a.stop.clone();
+    if a.chat {
+        let chat = ChatFormat::for_checkpoint(&ckpt.extra)?;
+        for t in texts.iter_mut() {
+            let mut messages = Vec::new();
+            if let Some(system) = &a.system {
+                messages.push(Message {
+                    role: Role::System,
+                    content: system.clone(),
+                });
+            }
+            messages.push(Message {
+                role: Role::User,
+                content: std::mem::take(t),
+            });
+            *t = chat.render(&messages)?;
+        }
+        stop.extend(chat.stop());
     }
     if a.stream && texts.len() > 1 {
         bail!("--stream works with a single prompt");
@@ -176,7 +212,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         }
         prompts.push(ids);
     }
-    let stops = a.stop.clone();
+    let stops = stop.clone();
     let stop_tok = tok.clone();
     let stop_fn = move |_row: usize, gen: &[u32]| -> bool {
         let text = stop_tok.decode(gen).unwrap_or_default();
@@ -185,7 +221,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let opts = GenOptions {
         sampling,
         seed: a.seed,
-        stop: if a.stop.is_empty() {
+        stop: if stop.is_empty() {
             None
         } else {
             Some(&stop_fn)
@@ -219,7 +255,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         }
         if let Some(s) = stream.as_mut().filter(|_| step.row == 0) {
             s.commit(&step.committed);
-            print(s.delta(tok, &a.stop));
+            print(s.delta(tok, &stop));
         }
     })?;
     if let Some(e) = trace_err {
@@ -229,10 +265,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         f.flush()?;
     }
     if let Some(s) = stream.as_mut() {
-        print(s.finish(tok, &result.rows[0].tokens, &a.stop));
+        print(s.finish(tok, &result.rows[0].tokens, &stop));
         println!();
     }
-    report(&a, decoder.name(), &texts, &prompts, &result, tok)
+    report(&a, decoder.name(), &texts, &prompts, &result, tok, &stop)
 }
 
 fn write_trace(f: &mut impl Write, step: &StepTrace, tok: &TextTokenizer) -> Result<()> {
@@ -256,10 +292,11 @@ fn report(
     prompts: &[Vec<u32>],
     g: &Generation,
     tok: &TextTokenizer,
+    stop: &[String],
 ) -> Result<()> {
     for (i, row) in g.rows.iter().enumerate() {
         let decoded = tok.decode(&row.tokens)?;
-        let (text, _) = cut_at_stop(&decoded, &a.stop);
+        let (text, _) = cut_at_stop(&decoded, stop);
         if a.json {
             let obj = serde_json::json!({
                 "prompt": texts[i],

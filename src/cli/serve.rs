@@ -38,6 +38,9 @@ pub struct ServeArgs {
     /// Use the raw weights even when the checkpoint has an EMA.
     #[arg(long)]
     pub no_ema: bool,
+    /// Expand quantized weights to f32 (the reference) instead of decoding in their blocks.
+    #[arg(long)]
+    pub f32: bool,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -65,5 +68,6 @@ pub fn run(a: ServeArgs) -> Result<()> {
         shutdown_grace: Duration::from_secs_f64(a.shutdown_grace_s),
         model_name: a.model_name,
         no_ema: a.no_ema,
+        f32: a.f32,
     })
 }

@@ -8,6 +8,7 @@
 //! * [`load_data`]: the data a config names; [`eval_windows`]: fixed windows of a split.
 //! * [`PROMPTS`]: the fixed prompt set of decoding benchmarks and generation quality.
 
+pub mod chat;
 pub mod clean;
 pub mod corpus;
 pub mod eval_files;

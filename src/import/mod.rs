@@ -174,6 +174,7 @@ pub fn import(opts: &ImportOptions) -> Result<ImportReport> {
         ..Config::default()
     };
     config.data.vocab_size = tok.vocab_size();
+    config.train.objective = ObjectiveKind::Arm;
     config.train.seq_len = config.train.seq_len.min(config.model.max_seq_len);
     config.validate()?;
     let weights = crate::checkpoint::gguf::weights(&config.model, &tensors, false)

@@ -7,6 +7,7 @@
 use super::request::{self, Int, Prompt, Request, Stop};
 use super::scheduler::{DecodeSettings, JobSpec};
 use crate::config::Config;
+use crate::data::chat::{ChatFormat, Message, Role};
 use crate::data::TextTokenizer;
 use crate::decode::{Decoder, DecoderSpec, Knobs, Sampling};
 use axum::http::StatusCode;
@@ -92,6 +93,8 @@ pub struct ModelInfo {
     pub config: Config,
     /// The server's decoders that fit the checkpoint (at least one).
     pub decoders: Vec<&'static str>,
+    /// How chat messages become a prompt.
+    pub chat: ChatFormat,
 }
 
 impl ModelInfo {
@@ -405,9 +408,6 @@ pub fn playground(body: &[u8], tok: &TextTokenizer, info: &ModelInfo) -> Result<
     finish(c, p, 32, info, true)
 }
 
-/// The plain-text chat template and the stop that ends the assistant's turn.
-pub const CHAT_STOP: &str = "\nUser:";
-
 pub fn chat(body: &[u8], tok: &TextTokenizer, info: &ModelInfo) -> Result<Parsed, ApiError> {
     let mut m = request::parse(body)?;
     let takes = [
@@ -441,40 +441,39 @@ pub fn chat(body: &[u8], tok: &TextTokenizer, info: &ModelInfo) -> Result<Parsed
             "'messages' must not be empty",
         ));
     }
-    let mut text = String::new();
-    for (i, msg) in msgs.iter().enumerate() {
-        let (role, content) = message(msg, &format!("messages[{i}]"))?;
-        text.push_str(&format!("{role}: {}\n", content.trim()));
-    }
-    text.push_str("Assistant:");
-    if !c.stops.iter().any(|s| s == CHAT_STOP) {
-        c.stops.push(CHAT_STOP.to_string());
+    let messages = msgs
+        .iter()
+        .enumerate()
+        .map(|(i, msg)| message(msg, &format!("messages[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let text = info
+        .chat
+        .render(&messages)
+        .map_err(|e| ApiError::bad_value("messages", format!("{e:#}")))?;
+    if let Some(stop) = info.chat.stop() {
+        if !c.stops.contains(&stop) {
+            c.stops.push(stop);
+        }
     }
     let prompt = encode(tok, &text)?;
     finish(c, vec![prompt], 256, info, false)
 }
 
-/// One chat message as (speaker, text): an object with a known role and text content (a
-/// string, or text parts; an assistant's may be empty).
-fn message(msg: &Value, p: &str) -> Result<(&'static str, String), ApiError> {
+/// One chat message: an object with a known role and text content (a string, or text
+/// parts; an assistant's may be empty).
+fn message(msg: &Value, p: &str) -> Result<Message, ApiError> {
     let msg = msg
         .as_object()
         .ok_or_else(|| ApiError::bad_type(p, "an object"))?;
     let role = match msg.get("role").and_then(Value::as_str) {
-        Some("system") | Some("developer") => "System",
-        Some("user") => "User",
-        Some("assistant") => "Assistant",
-        Some(r) => {
-            return Err(ApiError::bad_value(
-                &format!("{p}.role"),
-                format!("unknown role '{r}'"),
-            ))
-        }
+        Some(r) => Role::parse(r).ok_or_else(|| {
+            ApiError::bad_value(&format!("{p}.role"), format!("unknown role '{r}'"))
+        })?,
         None => return Err(ApiError::bad_type(&format!("{p}.role"), "a string")),
     };
     let content = match msg.get("content") {
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None if role == "Assistant" => String::new(),
+        Some(Value::Null) | None if role == Role::Assistant => String::new(),
         Some(Value::Array(parts)) => {
             let mut s = String::new();
             for part in parts {
@@ -496,5 +495,5 @@ fn message(msg: &Value, p: &str) -> Result<(&'static str, String), ApiError> {
             return Err(ApiError::bad_type(&format!("{p}.content"), want));
         }
     };
-    Ok((role, content))
+    Ok(Message { role, content })
 }

@@ -11,7 +11,8 @@ pub mod request;
 pub mod rows;
 pub mod scheduler;
 
-use crate::checkpoint;
+use crate::checkpoint::{self, Precision};
+use crate::data::chat::ChatFormat;
 use crate::data::TextTokenizer;
 use crate::runtime;
 use anyhow::{Context, Result};
@@ -44,6 +45,8 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
     pub model_name: Option<String>,
     pub no_ema: bool,
+    /// Expand quantized weights to f32.
+    pub f32: bool,
 }
 
 pub(crate) struct App {
@@ -69,7 +72,13 @@ pub fn run(o: ServeOptions) -> Result<()> {
         anyhow::bail!("--queue, --max-batch and --workers must be at least 1");
     }
     let device = runtime::device()?;
-    let ckpt = checkpoint::open(&o.checkpoint, &device, !o.no_ema)?;
+    let precision = if o.f32 {
+        Precision::F32
+    } else {
+        Precision::Stored
+    };
+    let ckpt = checkpoint::open_as(&o.checkpoint, &device, !o.no_ema, precision)?;
+    let chat = ChatFormat::for_checkpoint(&ckpt.extra)?;
     let (tok, model) = (ckpt.tokenizer, ckpt.model);
     let objective = ckpt.state.objective;
     let id = o.model_name.clone().unwrap_or_else(|| {
@@ -96,6 +105,7 @@ pub fn run(o: ServeOptions) -> Result<()> {
         vocab: tok.vocab_size(),
         config: ckpt.config,
         decoders,
+        chat,
     };
     let scheduler = Scheduler::new(
         model,

@@ -12,7 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["model", "noise"],
     &["objective"],
     &["checkpoint", "decode"],
-    &["eval"],
+    &["eval", "import"],
     &["train"],
     &["bench"],
     &["experiment", "serve"],

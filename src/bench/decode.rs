@@ -88,6 +88,9 @@ pub struct DecodeBenchConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DecodeBench {
     pub prompt_set: String,
+    /// How the model held its matrices ("f32", "q4_1+q8_0", …).
+    #[serde(default)]
+    pub weights: String,
     /// Rows decoded together; every prompt of the set is decoded, `batch` at a time.
     pub batch: usize,
     pub max_new_tokens: usize,
@@ -298,7 +301,7 @@ pub fn bench_decode(
     // the median of all samples is the reference.
     let mut stream = CopyBandwidth::new(model.device());
     let mut bandwidths = vec![stream.sample()?];
-    let weight_bytes = model.cfg.n_params() as f64 * model.dtype().size_in_bytes() as f64;
+    let weight_bytes = model.weight_bytes() as f64;
     let mut out = Vec::new();
     // Forward passes per second of each round, per row of `out`.
     let mut forward_rates: Vec<Vec<f64>> = Vec::new();
@@ -393,6 +396,7 @@ pub fn bench_decode(
                         prompt_set: set.name.clone(),
                         batch,
                         max_new_tokens: len,
+                        weights: model.weights_label(),
                         decoder: d.name().to_string(),
                         setting: setting_of(d),
                         block_size: match d {
@@ -435,4 +439,53 @@ pub fn bench_decode(
         row.bandwidth_fraction = median(rates) * weight_bytes / bandwidth;
     }
     Ok((out, bandwidth))
+}
+
+/// Quantized decoding against its f32 reference on the same prompts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrecisionComparison {
+    pub weights: String,
+    pub rows: usize,
+    /// Rows whose greedy AR tokens equal the reference's.
+    pub same_rows: usize,
+    /// Share of generated positions where the two agree, up to each row's first difference.
+    pub prefix_agreement: f64,
+    /// Mean NLL (nats/token) of the reference's greedy text under each model.
+    pub nll_reference: f64,
+    pub nll_quantized: f64,
+}
+
+/// Greedy AR continuations (`len` tokens, EOS ignored) of `prompts` from both models, and the
+/// NLL of the reference's under both.
+pub fn compare_precision(
+    reference: &Transformer,
+    quantized: &Transformer,
+    tok: &TextTokenizer,
+    prompts: &[Vec<u32>],
+    len: usize,
+) -> Result<PrecisionComparison> {
+    let opts = GenOptions {
+        eos_id: u32::MAX,
+        ..GenOptions::new(len, tok)
+    };
+    let a = DecoderSpec::Ar.generate(reference, prompts, &opts, &mut |_| {})?;
+    let b = DecoderSpec::Ar.generate(quantized, prompts, &opts, &mut |_| {})?;
+    let (mut same, mut agree, mut total) = (0, 0, 0);
+    let (mut nll_a, mut nll_b) = (0.0, 0.0);
+    for ((p, ra), rb) in prompts.iter().zip(&a.rows).zip(&b.rows) {
+        same += usize::from(ra.tokens == rb.tokens);
+        agree += ra.tokens.iter().zip(&rb.tokens).take_while(|(x, y)| x == y).count();
+        total += ra.tokens.len();
+        nll_a += continuation_nll(reference, p, &ra.tokens)?;
+        nll_b += continuation_nll(quantized, p, &ra.tokens)?;
+    }
+    let n = prompts.len().max(1) as f64;
+    Ok(PrecisionComparison {
+        weights: quantized.weights_label(),
+        rows: prompts.len(),
+        same_rows: same,
+        prefix_agreement: agree as f64 / total.max(1) as f64,
+        nll_reference: nll_a / n,
+        nll_quantized: nll_b / n,
+    })
 }

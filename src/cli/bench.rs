@@ -1,8 +1,8 @@
 //! `card bench`: throughput benchmarks that print ratios against a baseline run in the same process.
 
-use crate::bench::decode::prompt_set;
+use crate::bench::decode::{compare_precision, prompt_set};
 use crate::bench::{bench_decode, bench_train, DecodeBenchConfig};
-use crate::checkpoint;
+use crate::checkpoint::{self, Precision};
 use crate::config::{Choice, Config, ObjectiveKind};
 use crate::data::load_data;
 use crate::decode::{CardDecoder, DecoderSpec, VerifyDecoder};
@@ -20,7 +20,8 @@ pub struct BenchArgs {
 pub enum BenchWhat {
     /// Training step time, tokens/s, peak memory and MFU of objectives side by side.
     Train(TrainBenchArgs),
-    /// AR vs CARD decoding speed and quality proxies on a fixed prompt set.
+    /// AR vs CARD decoding speed and quality proxies on a fixed prompt set (a quantized
+    /// model beside its f32 reference).
     Decode(DecodeBenchArgs),
 }
 
@@ -201,15 +202,21 @@ fn decode(a: DecodeBenchArgs) -> Result<()> {
     }
     let device = default_device()?;
     let ckpt = checkpoint::open(&a.checkpoint, &device, true)?;
-    if ckpt.objective() != ObjectiveKind::Card {
+    if !matches!(ckpt.objective(), ObjectiveKind::Card | ObjectiveKind::Arm) {
         bail!(
-            "bench decode needs a CARD checkpoint (this one is {})",
+            "bench decode needs a CARD or ARM checkpoint (this one is {})",
             ckpt.objective().name()
         );
     }
     let judge = match &a.judge {
-        Some(p) => Some(checkpoint::open(p, &device, true)?),
+        Some(p) => Some(checkpoint::open_as(p, &device, true, Precision::F32)?),
         None => None,
+    };
+    // A quantized model is measured beside its f32 reference (the same blocks expanded).
+    let reference = if ckpt.model.is_quantized() {
+        Some(ckpt.model.dequantized()?)
+    } else {
+        None
     };
     let (tok, model) = (&ckpt.tokenizer, &ckpt.model);
     let data = load_data(&ckpt.config, Some(tok.clone())).ok();
@@ -238,11 +245,27 @@ fn decode(a: DecodeBenchArgs) -> Result<()> {
         rounds: a.rounds,
     };
     let judged = judge.as_ref().map(|j| (&j.model, &j.tokenizer));
-    let (rows, bandwidth) = bench_decode(model, tok, judged, &cfg, |m| {
+    let progress = |m: &str| {
         if tty {
             eprint!("\r\x1b[2K{m}")
         }
-    })?;
+    };
+    let mut rows = Vec::new();
+    let mut bandwidth = 0.0;
+    for m in reference.iter().chain([model]) {
+        let (r, bw) = bench_decode(m, tok, judged, &cfg, progress)?;
+        rows.extend(r);
+        bandwidth = bw;
+    }
+    let comparison = match &reference {
+        Some(r) => {
+            progress("comparing quantized and f32 greedy decoding");
+            let prompts = &cfg.sets[0].prompts;
+            let len = cfg.lengths[0].min(model.cfg.max_seq_len / 2);
+            Some(compare_precision(r, model, tok, prompts, len)?)
+        }
+        None => None,
+    };
     if tty {
         eprint!("\r\x1b[2K");
     }
@@ -256,7 +279,10 @@ fn decode(a: DecodeBenchArgs) -> Result<()> {
         a.rounds,
         judge.as_ref().map_or("the model itself".into(), |j| j.dir.display().to_string())
     );
-    println!("set      batch  len  decoder  setting           tokens/s   xAR   tok/fwd  acc/pass  kept   =AR   judge-NLL  rep4   dist2  bw%   allocs/tok  acceptance by slot");
+    if ckpt.objective() == ObjectiveKind::Arm {
+        println!("note: an ARM checkpoint never saw [MASK]: its card and verify rows measure what such a model commits untrained");
+    }
+    println!("set      weights     batch  len  decoder  setting           tokens/s   xAR   tok/fwd  acc/pass  kept   =AR   judge-NLL  rep4   dist2  bw%   allocs/tok  acceptance by slot");
     for r in &rows {
         let slots: Vec<String> = r
             .acceptance_by_slot
@@ -264,8 +290,9 @@ fn decode(a: DecodeBenchArgs) -> Result<()> {
             .map(|x| format!("{x:.2}"))
             .collect();
         println!(
-            "{:<8} {:>5} {:>4}  {:<7}  {:<16} {:>9.1}  {:>5.2}  {:>7.2}  {:>8}  {:>5.2}  {:>4.2}  {:>9.3}  {:>5.3}  {:>5.3}  {:>4.1}  {:>10.0}  {}",
+            "{:<8} {:<10} {:>5} {:>4}  {:<7}  {:<16} {:>9.1}  {:>5.2}  {:>7.2}  {:>8}  {:>5.2}  {:>4.2}  {:>9.3}  {:>5.3}  {:>5.3}  {:>4.1}  {:>10.0}  {}",
             r.prompt_set,
+            r.weights,
             r.batch,
             r.max_new_tokens,
             r.decoder,
@@ -284,8 +311,24 @@ fn decode(a: DecodeBenchArgs) -> Result<()> {
             slots.join(" ")
         );
     }
+    if let Some(c) = &comparison {
+        println!(
+            "{} vs f32, greedy AR, {} tokens on {} {} prompts: {}/{} rows identical, {:.1}% of tokens agree up to each row's first difference; NLL of the f32 text: f32 {:.4}, {} {:.4} (Δ {:+.4} nats/token)",
+            c.weights,
+            cfg.lengths[0].min(model.cfg.max_seq_len / 2),
+            c.rows,
+            cfg.sets[0].name,
+            c.same_rows,
+            c.rows,
+            100.0 * c.prefix_agreement,
+            c.nll_reference,
+            c.weights,
+            c.nll_quantized,
+            c.nll_quantized - c.nll_reference
+        );
+    }
     if a.json {
-        println!("{}", serde_json::to_string(&rows)?);
+        println!("{}", serde_json::json!({"rows": rows, "precision": comparison}));
     }
     Ok(())
 }

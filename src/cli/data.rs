@@ -70,7 +70,7 @@ pub fn run(args: DataArgs) -> Result<()> {
             model,
         } => {
             if let Some(name) = model {
-                let run = data::models::fetch_model(&dir, &name)?;
+                let run = crate::import::fetch::fetch_model(&dir, &name)?;
                 println!("{name}: checkpoint {}", run.display());
                 return Ok(());
             }

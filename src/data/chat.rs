@@ -3,10 +3,19 @@
 //! ends at its end-of-sequence token; our own models get a plain transcript
 //! (`User: …\nAssistant:`) whose turn ends where the next `User:` line would begin.
 
-use crate::import::ChatInfo;
 use anyhow::{anyhow, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// `chat.json`: how to render a conversation for the model and where its turn ends.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChatInfo {
+    /// A Jinja template over `messages` (role, content), `add_generation_prompt`,
+    /// `bos_token`, `eos_token`.
+    pub template: String,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -14,7 +14,6 @@ pub mod corpus;
 pub mod eval_files;
 pub mod fetch;
 mod load;
-pub mod models;
 pub mod prepare;
 mod prompts;
 pub mod tokenizer;

@@ -251,7 +251,8 @@ impl Start {
             batch,
             positions,
             self.longest + window,
-            opts.eos_id,
+            // Padding is never read: any id in the vocabulary (EOS may be disabled as u32::MAX).
+            opts.mask_id,
         )
     }
 }

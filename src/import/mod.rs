@@ -3,6 +3,7 @@
 //! or f32), tokenizer, provenance and chat template. The vocabulary gains `[MASK]` (and
 //! `<|endoftext|>` where the model lacks it), with embedding and head rows at the mean row.
 
+pub mod fetch;
 mod gguf;
 mod hf;
 mod rows;
@@ -10,6 +11,7 @@ pub mod tokenizer;
 
 use crate::checkpoint::{self, gguf::QTensors, Checkpoint, TrainState};
 use crate::config::{Config, ModelConfig, ObjectiveKind};
+pub use crate::data::chat::ChatInfo;
 use crate::data::TextTokenizer;
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::GgmlDType;
@@ -29,16 +31,6 @@ pub struct Source {
     pub tokenizer_json: String,
     pub chat: Option<ChatInfo>,
     /// The model's end-of-sequence token (chat turns end there).
-    pub eos_token: Option<String>,
-}
-
-/// `chat.json`: how to render a conversation for the model and where its turn ends.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ChatInfo {
-    /// A Jinja template over `messages` (role, content), `add_generation_prompt`,
-    /// `bos_token`, `eos_token`.
-    pub template: String,
-    pub bos_token: Option<String>,
     pub eos_token: Option<String>,
 }
 

@@ -95,6 +95,36 @@ impl Transformer {
         })
     }
 
+    /// Bytes of every weight as held (quantized blocks at their size).
+    pub fn weight_bytes(&self) -> usize {
+        let mut n = 0;
+        self.weights.map(|w| {
+            n += match w {
+                Weight::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
+                Weight::Quant(q) => q.size_in_bytes(),
+            };
+            Some(())
+        });
+        n
+    }
+
+    /// How the matrices are held: "f32", or their block types, e.g. "q4_1+q8_0".
+    pub fn weights_label(&self) -> String {
+        let mut names: Vec<String> = Vec::new();
+        self.weights.map(|w| {
+            let name = match w {
+                Weight::Dense(t) if t.rank() == 2 => format!("{:?}", t.dtype()).to_lowercase(),
+                Weight::Dense(_) => return Some(()),
+                Weight::Quant(q) => q.dtype_name(),
+            };
+            if !names.contains(&name) {
+                names.push(name);
+            }
+            Some(())
+        });
+        names.join("+")
+    }
+
     /// Whether any matrix is held quantized.
     pub fn is_quantized(&self) -> bool {
         let mut quant = false;

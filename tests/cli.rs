@@ -341,7 +341,10 @@ fn generate_prints_json_and_rejects_bad_options() {
     let out = card(&args, cwd);
     assert_success(&out);
     let rows = last_json(&out);
-    assert!(rows["precision"].is_null(), "an f32 model has no quantized twin");
+    assert!(
+        rows["precision"].is_null(),
+        "an f32 model has no quantized twin"
+    );
     let rows = rows["rows"].as_array().unwrap();
     assert_eq!(
         rows.len(),

@@ -8,7 +8,9 @@ use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use card::checkpoint::{self, Precision};
 use card::config::ModelConfig;
-use card::model::{Attention, Params, Transformer};
+use card::decode::{ArDecoder, Decoder, GenOptions, Sampling};
+use card::model::host::HostPass;
+use card::model::{Attention, Backend, Params, Transformer};
 use common::{assert_error, assert_success, card, max_abs_diff};
 use std::collections::HashMap;
 use std::path::Path;
@@ -274,6 +276,35 @@ fn gguf_imports_to_the_model_it_came_from() {
                 .unwrap();
             let diff = max_abs_diff(&q, &b);
             assert!(diff < 0.05 * scale, "quantized max |Δ| {diff} of {scale}");
+            // The host backend reads the blocks with f32 activations: the expanded model's
+            // logits and greedy tokens.
+            assert_eq!(Backend::for_model(&stored.model), Backend::Host);
+            let mut pass = HostPass::new(&stored.model, 1, 32).unwrap();
+            pass.forward(&[IDS.to_vec()]).unwrap();
+            let full = common::full_logits(&dense.model, &IDS);
+            for (i, want) in full.iter().enumerate() {
+                let d = common::max_slice_diff(&pass.logits(0, i)[..n], &want[..n]);
+                assert!(d < 1e-3, "host packed, position {i}: {d}");
+            }
+            let o = GenOptions {
+                max_new_tokens: 20,
+                eos_id: u32::MAX,
+                mask_id: n as u32,
+                sampling: Sampling::default(),
+                seed: 0,
+                stop: None,
+                backend: None,
+            };
+            let prompts = vec![IDS[..5].to_vec(), IDS[5..].to_vec()];
+            let a = ArDecoder
+                .generate(&stored.model, &prompts, &o, &mut |_| {})
+                .unwrap();
+            let b = ArDecoder
+                .generate(&dense.model, &prompts, &o, &mut |_| {})
+                .unwrap();
+            for (x, y) in a.rows.iter().zip(&b.rows) {
+                assert_eq!(x.tokens, y.tokens);
+            }
         }
         // Chat renders with the file's template and ends at its end-of-sequence token.
         let chat = card(

@@ -474,7 +474,12 @@ pub fn compare_precision(
     let (mut nll_a, mut nll_b) = (0.0, 0.0);
     for ((p, ra), rb) in prompts.iter().zip(&a.rows).zip(&b.rows) {
         same += usize::from(ra.tokens == rb.tokens);
-        agree += ra.tokens.iter().zip(&rb.tokens).take_while(|(x, y)| x == y).count();
+        agree += ra
+            .tokens
+            .iter()
+            .zip(&rb.tokens)
+            .take_while(|(x, y)| x == y)
+            .count();
         total += ra.tokens.len();
         nll_a += continuation_nll(reference, p, &ra.tokens)?;
         nll_b += continuation_nll(quantized, p, &ra.tokens)?;

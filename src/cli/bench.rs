@@ -328,7 +328,10 @@ fn decode(a: DecodeBenchArgs) -> Result<()> {
         );
     }
     if a.json {
-        println!("{}", serde_json::json!({"rows": rows, "precision": comparison}));
+        println!(
+            "{}",
+            serde_json::json!({"rows": rows, "precision": comparison})
+        );
     }
     Ok(())
 }

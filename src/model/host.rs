@@ -1,7 +1,8 @@
-//! The host backend of the recipe, for decoding plain f32 CPU models: the layer recipe of
-//! `layer.rs` on host slices instead of candle ops, so a decoding step allocates nothing
-//! (activations come from a pool of reused buffers) and every weight matrix goes through
-//! the small-row kernel once per pass.
+//! The host backend of the recipe, for decoding CPU models with f32 weights or matrices in
+//! Q4_0/Q4_1/Q8_0 blocks: the layer recipe of `layer.rs` on host slices instead of candle
+//! ops, so a decoding step allocates nothing (activations come from a pool of reused
+//! buffers) and every weight matrix goes through a small-row kernel (f32 or packed) once
+//! per pass.
 //!
 //! Rows are packed, not padded: row r feeds its own tokens after its cached prefix, and only
 //! real tokens are computed. Keys and values live in a host cache with the same per-row
@@ -9,6 +10,7 @@
 
 use super::fused::norm::rms_norm_row;
 use super::fused::pointwise::{rotate, swiglu_row};
+use super::fused::quant::{self, Blocks};
 use super::fused::small_matmul::{matmul_into, MAX_ROWS};
 use super::fused::{gemm_into, par_rows, Real};
 use super::layer::{Compute, Weights};
@@ -38,16 +40,33 @@ fn host(t: &Tensor) -> Option<&[f32]> {
     Some(&all[a..b])
 }
 
+/// A weight as the host backend reads it: f32 values, or a matrix's parts (block type,
+/// packed rows, row count) stacked by rows.
+#[derive(Clone)]
+pub enum HostMat<'m> {
+    F32(&'m [f32]),
+    Packed(Vec<(Blocks, &'m [u8], usize)>),
+}
+
+impl<'m> HostMat<'m> {
+    fn f32(&self) -> candle_core::Result<&'m [f32]> {
+        match self {
+            HostMat::F32(s) => Ok(s),
+            HostMat::Packed(_) => candle_core::bail!("a packed weight where f32 values are needed"),
+        }
+    }
+}
+
 /// The model's weights and RoPE tables (cos, sin) as host slices.
-type HostWeights<'m> = (Weights<&'m [f32]>, &'m [f32], &'m [f32]);
+type HostWeights<'m> = (Weights<HostMat<'m>>, &'m [f32], &'m [f32]);
 
 /// The host view of a model, or None where the host backend does not apply (not plain f32
 /// CPU tensors).
 fn host_weights(model: &Transformer) -> Option<HostWeights<'_>> {
     Some((
         model.weights.map(|w| match w {
-            Weight::Dense(t) => host(t),
-            Weight::Quant(_) => None,
+            Weight::Dense(t) => host(t).map(HostMat::F32),
+            Weight::Quant(q) => q.host_parts().map(HostMat::Packed),
         })?,
         host(&model.cos)?,
         host(&model.sin)?,
@@ -69,7 +88,7 @@ struct HostCache {
 /// Decoding state for one batch: the weights as slices, the cache, reused buffers.
 pub struct HostPass<'m> {
     cfg: &'m ModelConfig,
-    weights: Weights<&'m [f32]>,
+    weights: Weights<HostMat<'m>>,
     cos: &'m [f32],
     sin: &'m [f32],
     cache: HostCache,
@@ -161,7 +180,7 @@ impl<'m> HostPass<'m> {
                 self.pool.push(x);
                 bail!("token {t} is outside the vocabulary of {v}");
             }
-            x[i * d..(i + 1) * d].copy_from_slice(&self.weights.embed[t * d..(t + 1) * d]);
+            embed_row(&self.weights.embed, t, &mut x[i * d..(i + 1) * d]);
         }
         let mut pass = HostCompute {
             cfg: c,
@@ -178,6 +197,24 @@ impl<'m> HostPass<'m> {
         self.pool.push(old);
         self.cache.rows.advance(|r| inputs[r].len());
         Ok(())
+    }
+}
+
+/// Row `t` of the embedding, expanded when packed.
+fn embed_row(embed: &HostMat, t: usize, out: &mut [f32]) {
+    let d = out.len();
+    match embed {
+        HostMat::F32(e) => out.copy_from_slice(&e[t * d..(t + 1) * d]),
+        HostMat::Packed(parts) => {
+            let mut row = t;
+            for &(kind, bytes, rows) in parts {
+                if row < rows {
+                    let rb = d / quant::BLOCK * kind.bytes();
+                    return quant::dequantize_row(kind, &bytes[row * rb..(row + 1) * rb], out);
+                }
+                row -= rows;
+            }
+        }
     }
 }
 
@@ -217,10 +254,11 @@ struct HostCompute<'a, 'm> {
 }
 
 impl<'m> Compute for HostCompute<'_, 'm> {
-    type W = &'m [f32];
+    type W = HostMat<'m>;
     type Act = Vec<f32>;
 
-    fn norm(&mut self, x: &Vec<f32>, w: &&'m [f32]) -> candle_core::Result<Vec<f32>> {
+    fn norm(&mut self, x: &Vec<f32>, w: &HostMat<'m>) -> candle_core::Result<Vec<f32>> {
+        let w = w.f32()?;
         let mut out = take(self.pool, x.len());
         for (xi, oi) in x.chunks(w.len()).zip(out.chunks_mut(w.len())) {
             rms_norm_row(xi, w, self.cfg.norm_eps, oi);
@@ -228,17 +266,31 @@ impl<'m> Compute for HostCompute<'_, 'm> {
         Ok(out)
     }
 
-    fn linear(&mut self, x: Vec<f32>, w: &&'m [f32]) -> candle_core::Result<Vec<f32>> {
+    fn linear(&mut self, x: Vec<f32>, w: &HostMat<'m>) -> candle_core::Result<Vec<f32>> {
         let n = self.rows.len();
         let k = x.len() / n;
-        let m = w.len() / k;
-        let mut out = take(self.pool, n * m);
-        linear(&x, n, k, w, m, self.scratch, &mut out);
+        let out = match w {
+            HostMat::F32(w) => {
+                let m = w.len() / k;
+                let mut out = take(self.pool, n * m);
+                linear(&x, n, k, w, m, self.scratch, &mut out);
+                out
+            }
+            HostMat::Packed(parts) => {
+                let m: usize = parts.iter().map(|p| p.2).sum();
+                let mut out = take(self.pool, n * m);
+                let mut part_out = take(self.pool, MAX_ROWS * m);
+                linear_packed(&x, n, k, parts, self.scratch, &mut part_out, &mut out);
+                self.pool.push(part_out);
+                out
+            }
+        };
         self.pool.push(x);
         Ok(out)
     }
 
-    fn bias(&mut self, mut x: Vec<f32>, b: &&'m [f32]) -> candle_core::Result<Vec<f32>> {
+    fn bias(&mut self, mut x: Vec<f32>, b: &HostMat<'m>) -> candle_core::Result<Vec<f32>> {
+        let b = b.f32()?;
         for row in x.chunks_mut(b.len()) {
             for (a, &c) in row.iter_mut().zip(b.iter()) {
                 *a += c;
@@ -324,6 +376,33 @@ fn linear(
         return;
     }
     matmul_into(x, n, k, w, m, scratch, out);
+}
+
+/// out [n, m] = x [n, k] · wᵀ for w in packed parts stacked by rows: `MAX_ROWS` input rows
+/// per pass over the blocks; each part's columns land at its offset in out.
+fn linear_packed(
+    x: &[f32],
+    n: usize,
+    k: usize,
+    parts: &[(Blocks, &[u8], usize)],
+    scratch: &mut [f32],
+    part_out: &mut [f32],
+    out: &mut [f32],
+) {
+    let m: usize = parts.iter().map(|p| p.2).sum();
+    for r0 in (0..n).step_by(MAX_ROWS) {
+        let rows = MAX_ROWS.min(n - r0);
+        let xs = &x[r0 * k..(r0 + rows) * k];
+        let mut col = 0;
+        for &(kind, bytes, pn) in parts {
+            quant::matmul_into(xs, rows, k, kind, bytes, pn, scratch, part_out);
+            for i in 0..rows {
+                let dst = &mut out[(r0 + i) * m + col..(r0 + i) * m + col + pn];
+                dst.copy_from_slice(&part_out[i * pn..(i + 1) * pn]);
+            }
+            col += pn;
+        }
+    }
 }
 
 /// Causal attention of every packed row and query head over its batch row's cached keys

@@ -2,6 +2,7 @@
 //! or a matrix kept in its GGUF blocks (quantized decoding), multiplied by candle's
 //! quantized matmul without ever being expanded.
 
+use super::fused::quant::Blocks;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Result, Tensor, D};
 use std::sync::Arc;
@@ -59,6 +60,21 @@ impl QMatrix {
             .iter()
             .map(|(_, dtype, rows)| rows * self.cols / dtype.block_size() * dtype.type_size())
             .sum()
+    }
+
+    /// The parts as (block type, bytes, rows) for the host kernel, or None where one is a
+    /// type it does not read.
+    pub fn host_parts(&self) -> Option<Vec<(Blocks, &[u8], usize)>> {
+        self.parts
+            .iter()
+            .map(|(m, dtype, rows)| {
+                let QMatMul::QTensor(q) = m else { return None };
+                let std::borrow::Cow::Borrowed(bytes) = q.data().ok()? else {
+                    return None;
+                };
+                Some((Blocks::of(*dtype)?, bytes, *rows))
+            })
+            .collect()
     }
 
     /// x [.., cols] · selfᵀ → [.., rows], activations in f32.

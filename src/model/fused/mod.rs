@@ -12,6 +12,7 @@ mod linear;
 mod loss;
 pub(crate) mod norm;
 pub(crate) mod pointwise;
+pub mod quant;
 mod simd;
 pub(crate) mod small_matmul;
 mod softmax;

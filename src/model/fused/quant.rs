@@ -1,0 +1,314 @@
+//! x · wᵀ with w in GGUF blocks (Q4_0, Q4_1, Q8_0) and x in f32, for the host backend's
+//! decoding steps. Each 32-value block is expanded once into registers and dotted with every
+//! input row while there, so a step reads the packed weights once. Activations stay f32
+//! (candle's quantized matmul rounds them to 8 bits, and its Q4_1 dot is scalar): the result
+//! is the expanded matrix's product up to summation order, so quantized decoding differs
+//! from its f32 reference only by the weights' own rounding.
+
+use super::par_rows;
+use super::small_matmul::MAX_ROWS;
+use candle_core::quantized::GgmlDType;
+
+/// Values per block.
+pub const BLOCK: usize = 32;
+
+/// The block types this kernel reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocks {
+    /// f16 scale d, 16 bytes of nibbles: (q − 8)·d.
+    Q4_0,
+    /// f16 scale d and minimum m, 16 bytes of nibbles: q·d + m.
+    Q4_1,
+    /// f16 scale d, 32 signed bytes: q·d.
+    Q8_0,
+}
+
+impl Blocks {
+    pub fn of(dtype: GgmlDType) -> Option<Self> {
+        match dtype {
+            GgmlDType::Q4_0 => Some(Blocks::Q4_0),
+            GgmlDType::Q4_1 => Some(Blocks::Q4_1),
+            GgmlDType::Q8_0 => Some(Blocks::Q8_0),
+            _ => None,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn bytes(self) -> usize {
+        match self {
+            Blocks::Q4_0 => 18,
+            Blocks::Q4_1 => 20,
+            Blocks::Q8_0 => 34,
+        }
+    }
+}
+
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
+}
+
+/// One block's 32 values (the portable path, and the reference the SIMD one is tested on).
+pub fn unpack(kind: Blocks, blk: &[u8], out: &mut [f32]) {
+    let d = f16_at(blk, 0);
+    match kind {
+        Blocks::Q4_0 | Blocks::Q4_1 => {
+            let (m, qs) = match kind {
+                Blocks::Q4_1 => (f16_at(blk, 2), &blk[4..20]),
+                _ => (-8.0 * d, &blk[2..18]),
+            };
+            for (j, &q) in qs.iter().enumerate() {
+                out[j] = (q & 0x0F) as f32 * d + m;
+                out[j + 16] = (q >> 4) as f32 * d + m;
+            }
+        }
+        Blocks::Q8_0 => {
+            for (o, &q) in out[..BLOCK].iter_mut().zip(&blk[2..34]) {
+                *o = q as i8 as f32 * d;
+            }
+        }
+    }
+}
+
+/// A row of `k` values (k a multiple of 32) expanded into `out`.
+pub fn dequantize_row(kind: Blocks, row: &[u8], out: &mut [f32]) {
+    for (blk, o) in row.chunks(kind.bytes()).zip(out.chunks_mut(BLOCK)) {
+        unpack(kind, blk, o);
+    }
+}
+
+/// out [m, n] = x [m, k] · w [n, k]ᵀ, w as `n` rows of k/32 blocks, m ≤ `MAX_ROWS`, through
+/// `out_t` [n, m] scratch, like the f32 small-row kernel. Allocates nothing.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_into(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    kind: Blocks,
+    w: &[u8],
+    n: usize,
+    out_t: &mut [f32],
+    out: &mut [f32],
+) {
+    let row_bytes = k / BLOCK * kind.bytes();
+    assert!(
+        m <= MAX_ROWS && k.is_multiple_of(BLOCK) && x.len() >= m * k && w.len() >= n * row_bytes,
+        "quantized matmul: m {m} k {k} n {n}, x {} w {}",
+        x.len(),
+        w.len()
+    );
+    assert!(out_t.len() >= n * m && out.len() >= m * n);
+    let block = n.div_ceil(8 * crate::runtime::threads()).max(16);
+    let units = n.div_ceil(block);
+    let ptr = out_t.as_mut_ptr() as usize;
+    let x = &x[..m * k];
+    let simd = simd_available();
+    par_rows(units, block * row_bytes, |b| {
+        for j in b * block..n.min((b + 1) * block) {
+            // SAFETY: unit b alone writes rows j of its block of out_t, all below n.
+            let o = unsafe { std::slice::from_raw_parts_mut((ptr as *mut f32).add(j * m), m) };
+            dots(x, &w[j * row_bytes..(j + 1) * row_bytes], k, kind, o, simd);
+        }
+    });
+    for j in 0..n {
+        for i in 0..m {
+            out[i * n + j] = out_t[j * m + i];
+        }
+    }
+}
+
+fn simd_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// o[i] = x row i · the packed weight row, for every input row.
+pub(crate) fn dots(x: &[f32], wrow: &[u8], k: usize, kind: Blocks, o: &mut [f32], simd: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        macro_rules! by_rows {
+            ($($m:literal $a:literal)*) => {
+                match o.len() {
+                    // SAFETY (every arm): the caller checked AVX2, FMA and F16C.
+                    $($m => unsafe { avx2::dots::<$m, $a>(x, wrow, k, kind, o) },)*
+                    _ => unreachable!("at most MAX_ROWS input rows"),
+                }
+            };
+        }
+        return by_rows!(1 4 2 2 3 2 4 1 5 1 6 1 7 1 8 1 9 1 10 1 11 1 12 1 13 1 14 1 15 1 16 1);
+    }
+    let _ = simd;
+    let mut vals = [0f32; BLOCK];
+    o.fill(0.0);
+    for (b, blk) in wrow.chunks(kind.bytes()).enumerate() {
+        unpack(kind, blk, &mut vals);
+        for (i, oi) in o.iter_mut().enumerate() {
+            let xb = &x[i * k + b * BLOCK..i * k + (b + 1) * BLOCK];
+            *oi += xb.iter().zip(&vals).map(|(a, w)| a * w).sum::<f32>();
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Blocks, BLOCK};
+    use std::arch::x86_64::*;
+
+    /// The f16 at `p` (F16C: `half`'s portable conversion cost more than the block's math).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn f16(p: *const u8) -> f32 {
+        let bits = u16::from_le_bytes([*p, *p.add(1)]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
+
+    /// A block's 32 values in four vectors.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn expand(kind: Blocks, blk: *const u8) -> [__m256; 4] {
+        let scale = f16(blk);
+        let d = _mm256_set1_ps(scale);
+        match kind {
+            Blocks::Q4_0 | Blocks::Q4_1 => {
+                let (m, qs) = match kind {
+                    Blocks::Q4_1 => (_mm256_set1_ps(f16(blk.add(2))), blk.add(4)),
+                    _ => (_mm256_set1_ps(-8.0 * scale), blk.add(2)),
+                };
+                let q = _mm_loadu_si128(qs as *const __m128i);
+                let mask = _mm_set1_epi8(0x0F);
+                let lo = _mm_and_si128(q, mask);
+                let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
+                let a = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+                let b = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+                let c = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+                let e = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+                [
+                    _mm256_fmadd_ps(a, d, m),
+                    _mm256_fmadd_ps(b, d, m),
+                    _mm256_fmadd_ps(c, d, m),
+                    _mm256_fmadd_ps(e, d, m),
+                ]
+            }
+            Blocks::Q8_0 => {
+                let q = blk.add(2);
+                let v = |at: usize| {
+                    let b = _mm_loadl_epi64(q.add(at) as *const __m128i);
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), d)
+                };
+                [v(0), v(8), v(16), v(24)]
+            }
+        }
+    }
+
+    /// M input rows against one packed weight row with A accumulators per row: 4 for a few
+    /// rows (a single row's FMAs would wait on each other), 1 for many (the rows' chains
+    /// interleave, and 4·M accumulators would not fit the registers).
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C must be available.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dots<const M: usize, const A: usize>(
+        x: &[f32],
+        wrow: &[u8],
+        k: usize,
+        kind: Blocks,
+        o: &mut [f32],
+    ) {
+        let blocks = k / BLOCK;
+        assert!(x.len() >= M * k && wrow.len() >= blocks * kind.bytes() && o.len() >= M);
+        let mut acc = [[_mm256_setzero_ps(); A]; M];
+        let xp = x.as_ptr();
+        for b in 0..blocks {
+            // SAFETY: block b lies within wrow, and x row i's block b within x (asserted).
+            let w = expand(kind, wrow.as_ptr().add(b * kind.bytes()));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let at = xp.add(i * k + b * BLOCK);
+                for (v, wv) in w.iter().enumerate() {
+                    let slot = &mut a[v % A];
+                    *slot = _mm256_fmadd_ps(_mm256_loadu_ps(at.add(8 * v)), *wv, *slot);
+                }
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            let mut s = a[0];
+            for v in a.iter().skip(1) {
+                s = _mm256_add_ps(s, *v);
+            }
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), s);
+            o[i] = lanes.iter().sum();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::QTensor;
+    use candle_core::{Device, Tensor};
+
+    /// Both paths against candle's own dequantization of the same blocks.
+    #[test]
+    fn simd_and_portable_paths_equal_the_expanded_product() {
+        let (n, k) = (37, 96);
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let bytes = q.data().unwrap().into_owned();
+            let dense = q.dequantize(&Device::Cpu).unwrap();
+            let kind = Blocks::of(dtype).unwrap();
+            let mut row = vec![0f32; k];
+            dequantize_row(kind, &bytes[..k / BLOCK * kind.bytes()], &mut row);
+            assert_eq!(
+                row,
+                dense.get(0).unwrap().to_vec1::<f32>().unwrap(),
+                "{dtype:?}"
+            );
+            for m in [1, 3, 16] {
+                let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+                let want = x
+                    .matmul(&dense.t().unwrap())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap();
+                let want = want.to_vec1::<f32>().unwrap();
+                let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                for simd in [false, simd_available()] {
+                    let row_bytes = k / BLOCK * kind.bytes();
+                    let mut out = vec![0f32; m * n];
+                    for j in 0..n {
+                        let mut o = vec![0f32; m];
+                        dots(
+                            &xs,
+                            &bytes[j * row_bytes..(j + 1) * row_bytes],
+                            k,
+                            kind,
+                            &mut o,
+                            simd,
+                        );
+                        for i in 0..m {
+                            out[i * n + j] = o[i];
+                        }
+                    }
+                    let diff = out
+                        .iter()
+                        .zip(&want)
+                        .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+                    assert!(diff < 1e-3, "{dtype:?} m {m} simd {simd}: {diff}");
+                }
+                let (mut t, mut out) = (vec![0f32; n * m], vec![0f32; m * n]);
+                matmul_into(&xs, m, k, kind, &bytes, n, &mut t, &mut out);
+                let diff = out
+                    .iter()
+                    .zip(&want)
+                    .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+                assert!(diff < 1e-3, "{dtype:?} m {m} matmul_into: {diff}");
+            }
+        }
+    }
+}

@@ -241,7 +241,12 @@ fn generation_quality(
     let out = decoder.generate(model, &prompts, &opts, &mut |_| {})?;
     // The judge reads the samples as text, so its tokenizer may differ.
     let judge = match &g.judge {
-        Some(p) => Some(crate::checkpoint::open(p, model.device(), true)?),
+        Some(p) => Some(crate::checkpoint::open_as(
+            p,
+            model.device(),
+            true,
+            crate::checkpoint::Precision::F32,
+        )?),
         None => None,
     };
     let (judge_model, judge_tok, judge_name) = match &judge {

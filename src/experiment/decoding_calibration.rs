@@ -6,7 +6,7 @@ use super::report::{write, Report, Table};
 use super::variants::{config_of, run_variants};
 use super::Runner;
 use crate::bench::decode::{bench_decode, prompt_set, DecodeBenchConfig};
-use crate::checkpoint;
+use crate::checkpoint::{self, Precision};
 use crate::decode::{CardDecoder, DecoderSpec};
 use crate::runtime::device as default_device;
 use anyhow::Result;
@@ -51,7 +51,13 @@ pub fn run(runner: &mut Runner) -> Result<()> {
         rounds: 1,
         fit_lengths: false,
     };
-    let (rows, _) = bench_decode(model, tok, None, &cfg, |_| {})?;
+    // Judged by SmolLM2 when fetched, else by the model itself.
+    let judge = match super::external_judge() {
+        Some(p) => Some(checkpoint::open_as(&p, &device, true, Precision::F32)?),
+        None => None,
+    };
+    let judged = judge.as_ref().map(|j| (&j.model, &j.tokenizer));
+    let (rows, _) = bench_decode(model, tok, judged, &cfg, |_| {})?;
     let label = |r: &crate::bench::decode::DecodeBench| match r.block_size {
         Some(k) => format!(
             "K={k} T={} τ={}",
@@ -101,7 +107,7 @@ pub fn run(runner: &mut Runner) -> Result<()> {
         &runner.opts.out.join("pareto.svg"),
         "Decoding calibration: speed vs quality",
         "tokens per forward pass",
-        "NLL of the generated text under the model (nats/token)",
+        "NLL of the generated text under the judge (nats/token)",
         &[
             Series {
                 name: "CARD (K, T, τ)".into(),
@@ -150,8 +156,9 @@ pub fn run(runner: &mut Runner) -> Result<()> {
     let report = Report {
         title: "Decoding calibration: block size K × step limit T_max × threshold τ".into(),
         intro: vec![format!(
-            "One CARD model ({} steps) decodes the fixed prompt set (batch {}, {} new tokens, greedy, EOS ignored) with every setting. Quality proxy: the model's own NLL of what it generated (lower = more probable text; watch the repeated 4-gram rate, since loops are also probable). The paper: ~1.7× speed-up at little quality loss, up to ~4× with repetition.",
-            results[0].steps, cfg.batches[0], len
+            "One CARD model ({} steps) decodes the fixed prompt set (batch {}, {} new tokens, greedy, EOS ignored) with every setting. Quality proxy: the NLL of what it generated under {} (lower = more probable text; watch the repeated 4-gram rate, since loops are also probable). The paper: ~1.7× speed-up at little quality loss, up to ~4× with repetition.",
+            results[0].steps, cfg.batches[0], len,
+            judge.as_ref().map_or("the model itself".to_string(), |j| j.dir.display().to_string())
         )],
         tables: vec![Table {
             caption: "Every setting (✓ = on the Pareto frontier of tokens/forward vs NLL)".into(),

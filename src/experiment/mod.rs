@@ -303,3 +303,11 @@ pub fn run(name: &str, opts: ExpOptions) -> Result<PathBuf> {
     }?;
     Ok(runner.opts.out.join("report.md"))
 }
+
+/// The judge of generated text when a pretrained model is fetched (`card data fetch --model
+/// smollm2`: SmolLM2-135M under `data/`), else None and each experiment judges by its own
+/// model.
+pub fn external_judge() -> Option<PathBuf> {
+    let run = crate::import::fetch::checkpoint_path(Path::new("data"), "smollm2");
+    run.join("latest").is_file().then_some(run)
+}

@@ -8,7 +8,7 @@ use super::plot::{plot, Series};
 use super::report::{write, Report, Table};
 use super::{RunSpec, Runner};
 use crate::bench::decode::{bench_decode, prompt_set, DecodeBench, DecodeBenchConfig};
-use crate::checkpoint;
+use crate::checkpoint::{self, Precision};
 use crate::config::ObjectiveKind;
 use crate::data::load_data;
 use crate::decode::{CardDecoder, DecoderSpec, Sampling, VerifyDecoder};
@@ -49,7 +49,12 @@ fn bench_once(
     let ckpt = checkpoint::open(model_dir, &device, true)?;
     // Reused only if it measured this very checkpoint.
     let dir = std::fs::canonicalize(&ckpt.dir).unwrap_or_else(|_| ckpt.dir.clone());
-    let measured = format!("{} step {}", dir.display(), ckpt.state.step);
+    let measured = format!(
+        "{} step {}, judge {}",
+        dir.display(),
+        ckpt.state.step,
+        judge_dir.display()
+    );
     if let Ok(text) = std::fs::read_to_string(path) {
         if let Ok(saved) = serde_json::from_str::<SavedBench>(&text) {
             if saved.model == measured {
@@ -58,7 +63,7 @@ fn bench_once(
             }
         }
     }
-    let judge = checkpoint::open(judge_dir, &device, true)?;
+    let judge = checkpoint::open_as(judge_dir, &device, true, Precision::F32)?;
     let (model, tok) = (&ckpt.model, &ckpt.tokenizer);
     let data = load_data(&ckpt.config, Some(tok.clone()))?;
     let smoke = runner.opts.smoke;
@@ -165,15 +170,17 @@ pub fn run(runner: &mut Runner) -> Result<()> {
     eprintln!("  distilling {} ...", base.display());
     let dr: DistillReport = distill(&base, &plan, &device)?;
     let distilled = PathBuf::from(&dr.run);
-    // One judge for both models: the model before distillation.
-    let before = bench_once(runner, &out.join("bench-before.json"), &base, &base)?;
-    let after = bench_once(runner, &out.join("bench-after.json"), &distilled, &base)?;
-    report(runner, &base, &dr, &before, &after, config)
+    // One judge for both models: SmolLM2 when fetched, else the model before distillation.
+    let judge = super::external_judge().unwrap_or_else(|| base.clone());
+    let before = bench_once(runner, &out.join("bench-before.json"), &base, &judge)?;
+    let after = bench_once(runner, &out.join("bench-after.json"), &distilled, &judge)?;
+    report(runner, &base, &judge, &dr, &before, &after, config)
 }
 
 fn report(
     runner: &Runner,
     base: &Path,
+    judge: &Path,
     dr: &DistillReport,
     before: &[DecodeBench],
     after: &[DecodeBench],
@@ -316,7 +323,7 @@ fn report(
     let report = Report {
         title: "Parallel decoding that pays: threshold decoding, lossless verification and self-distillation".into(),
         intro: vec![
-            format!("Model: {} (the judge of every output). Distilled on {} rows, each a real corpus prefix and the model's own greedy continuation of it ({} tokens, {:.0}% of the training stream; the rest further real text) for {} steps of CARD training from its weights: held-out bits/byte on real text {:.4} before, {:.4} after ({:+.2}%).", base.display(), dr.rows, dr.self_tokens, 100.0 * dr.self_share, dr.steps, dr.bpb_before, dr.bpb_after, 100.0 * dr.bpb_change()),
+            format!("Model: {}. Judge of every output: {}. Distilled on {} rows, each a real corpus prefix and the model's own greedy continuation of it ({} tokens, {:.0}% of the training stream; the rest further real text) for {} steps of CARD training from its weights: held-out bits/byte on real text {:.4} before, {:.4} after ({:+.2}%).", base.display(), judge.display(), dr.rows, dr.self_tokens, 100.0 * dr.self_share, dr.steps, dr.bpb_before, dr.bpb_after, 100.0 * dr.bpb_change()),
             "Decoders: AR (the baseline, measured in the same process, rounds interleaved); CARD threshold decoding with K = T_max = 4 at τ = 0.9, 0.7, 0.5; the lossless verifier (drafts from K [MASK] slots, checked by the model's own clean-input prediction, output identical to AR greedy) at K = 1, 2 and 4. Greedy, EOS ignored, median tokens/s of the rounds. `= AR`: share of rows whose output equals AR's. `kept`: generated tokens over positions computed. Acceptance by slot: for draft slot i, the share of passes checking it that accepted it.".into(),
         ],
         tables,

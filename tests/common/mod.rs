@@ -2,6 +2,7 @@
 //! conventions, tensor comparison, and finite-difference gradient checks.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod gguf;
 pub mod trained;
 
 use candle_core::backprop::GradStore;

@@ -288,6 +288,18 @@ fn hf_directory_imports_to_the_model_it_came_from() {
         dir.path(),
     );
     assert_error(&out, "unknown block type `q3`");
+    let out = card(
+        &[
+            "import",
+            hf.to_str().unwrap(),
+            "--out",
+            "x",
+            "--quantize",
+            "q4_k",
+        ],
+        dir.path(),
+    );
+    assert_error(&out, "do not split into Q4K blocks of 256");
     // Architectures we do not read are named.
     std::fs::write(
         hf.join("config.json"),

@@ -102,6 +102,13 @@ pub fn requantize(tensors: &QTensors, dtype: GgmlDType) -> Result<QTensors> {
             } else {
                 GgmlDType::F32
             };
+            let cols = t.shape().dims().last().copied().unwrap_or(0);
+            if !cols.is_multiple_of(target.block_size()) {
+                bail!(
+                    "{name} has rows of {cols} values, which do not split into {target:?} blocks of {}",
+                    target.block_size()
+                );
+            }
             Ok((name.clone(), quantize(&dense, target)?))
         })
         .collect()

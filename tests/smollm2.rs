@@ -209,3 +209,51 @@ fn smollm2_matches_the_numpy_reference() {
         "quantized top-1 agreement {agree}/{total}"
     );
 }
+
+/// SmolLM2 leaves as GGUF (its blocks) and as a Hugging Face directory (f32) and comes back
+/// with the same logits.
+#[test]
+fn smollm2_survives_export_and_import() {
+    let Some(gguf) = fixture() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n);
+    let import_to = |src: &Path, out: &Path| {
+        import(&ImportOptions {
+            source: src.to_path_buf(),
+            out: out.to_path_buf(),
+            quantize: None,
+        })
+        .unwrap()
+    };
+    import_to(&gguf, &d("a"));
+    card::import::export::export_gguf(&d("a"), &d("a.gguf"), None).unwrap();
+    card::import::export::export_hf(&d("a"), &d("hf")).unwrap();
+    import_to(&d("a.gguf"), &d("b"));
+    import_to(&d("hf"), &d("c"));
+    let ids = [504u32, 3575, 282, 4649, 314, 1, 4093, 198];
+    let x = Tensor::from_slice(&ids, (1, ids.len()), &Device::Cpu).unwrap();
+    let logits = |run: &str, p: Precision| {
+        let o = checkpoint::open_as(&d(run), &Device::Cpu, true, p).unwrap();
+        o.model.forward(&x, Attention::Causal, None).unwrap()
+    };
+    let diff = |a: &Tensor, b: &Tensor| {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let dense = logits("a", Precision::F32);
+    assert_eq!(diff(&logits("b", Precision::F32), &dense), 0.0, "GGUF, f32");
+    assert_eq!(
+        diff(
+            &logits("b", Precision::Stored),
+            &logits("a", Precision::Stored)
+        ),
+        0.0
+    );
+    assert_eq!(diff(&logits("c", Precision::Stored), &dense), 0.0, "HF");
+}

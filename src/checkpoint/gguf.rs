@@ -98,21 +98,31 @@ pub fn copy_of(t: &QTensor) -> Result<QTensor> {
     Ok(QTensor::new(storage, t.shape().clone())?)
 }
 
-/// `t` in `dtype` blocks. (candle's `QTensor::quantize` sizes an f32 target wrongly, so f32
-/// goes through its bytes.)
+/// `t` in `dtype` blocks. (candle's `QTensor::quantize` sizes a float target wrongly, so f32
+/// and f16 go through their bytes.)
 pub fn quantize(t: &candle_core::Tensor, dtype: GgmlDType) -> Result<QTensor> {
-    if dtype != GgmlDType::F32 {
-        return Ok(QTensor::quantize(t, dtype)?);
-    }
-    let values = t
-        .to_dtype(candle_core::DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    use candle_core::DType;
+    let bytes: Vec<u8> = match dtype {
+        GgmlDType::F32 => t
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        GgmlDType::F16 => t
+            .to_dtype(DType::F16)?
+            .flatten_all()?
+            .to_vec1::<half::f16>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        _ => return Ok(QTensor::quantize(t, dtype)?),
+    };
     let storage = candle_core::quantized::QStorage::from_data(
         std::borrow::Cow::Owned(bytes),
         &Device::Cpu,
-        GgmlDType::F32,
+        dtype,
     )?;
     Ok(QTensor::new(storage, t.shape().clone())?)
 }

@@ -6,6 +6,7 @@ pub mod data;
 pub mod distill;
 pub mod eval;
 pub mod experiment;
+pub mod export;
 pub mod generate;
 pub mod import;
 pub mod inspect;
@@ -37,6 +38,8 @@ enum Command {
     Distill(distill::DistillArgs),
     /// Import a pretrained Llama-family model (GGUF file or Hugging Face directory).
     Import(import::ImportArgs),
+    /// Export a checkpoint as a Hugging Face directory or a llama.cpp GGUF file.
+    Export(export::ExportArgs),
     /// Validation loss, perplexity and bits per byte of a checkpoint.
     Eval(eval::EvalArgs),
     /// Generate text with AR or CARD dynamic parallel decoding.
@@ -65,6 +68,7 @@ pub fn main() -> ExitCode {
         Command::Train(a) => train::run(a),
         Command::Distill(a) => distill::run(a),
         Command::Import(a) => import::run(a),
+        Command::Export(a) => export::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Inspect(a) => inspect::run(a),

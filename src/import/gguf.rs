@@ -16,8 +16,14 @@ use std::path::Path;
 /// The architectures read, and whether their query/key rows are interleaved for RoPE.
 const ARCHS: [(&str, bool); 2] = [("llama", true), ("qwen2", false)];
 
+/// A float value; an f32 goes through its shortest decimal form, so 1e-5 stored as f32 reads
+/// back as 1e-5 and not 9.99999974e-6.
 fn get_f64(c: &Content, key: &str) -> Option<f64> {
-    meta(c, key).and_then(|v| v.to_f32().map(f64::from).or_else(|_| v.to_f64()).ok())
+    let v = meta(c, key)?;
+    match v.to_f32() {
+        Ok(x) => x.to_string().parse().ok(),
+        Err(_) => v.to_f64().ok(),
+    }
 }
 
 fn need_u32(c: &Content, key: &str) -> Result<usize> {
@@ -100,8 +106,8 @@ pub fn read(path: &Path) -> Result<Source> {
         out.push((ours("attn_norm.weight"), take(&b("attn_norm.weight"))?));
         let (mut q, mut k) = (take(&b("attn_q.weight"))?, take(&b("attn_k.weight"))?);
         if interleaved {
-            q = rows::unpermute_rope(&q, heads.q)?;
-            k = rows::unpermute_rope(&k, heads.kv)?;
+            q = rows::permute_rope(&q, heads.q, false)?;
+            k = rows::permute_rope(&k, heads.kv, false)?;
         }
         let v = take(&b("attn_v.weight"))?;
         rows::push_stacked(&mut out, ours("attn.wqkv.weight"), vec![q, k, v])?;
@@ -151,7 +157,13 @@ pub fn read(path: &Path) -> Result<Source> {
     let license = meta(&content, "general.license")
         .and_then(|v| v.to_string().ok())
         .cloned();
+    let objective = super::objective_named(
+        meta(&content, "card.objective")
+            .and_then(|v| v.to_string().ok())
+            .map(|s| s.as_str()),
+    )?;
     Ok(Source {
+        objective,
         format: "gguf",
         architecture: arch,
         name,

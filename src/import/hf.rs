@@ -97,7 +97,9 @@ fn tensors(dir: &Path) -> Result<HashMap<String, Tensor>> {
 }
 
 pub fn read(dir: &Path) -> Result<Source> {
-    let (arch, cfg) = config(&read_json(&dir.join("config.json"))?)?;
+    let config_json = read_json(&dir.join("config.json"))?;
+    let (arch, cfg) = config(&config_json)?;
+    let objective = super::objective_named(config_json["card_objective"].as_str())?;
     let mut all = tensors(dir)?;
     let mut take = |name: &str| -> Result<QTensor> {
         let t = all
@@ -166,6 +168,7 @@ pub fn read(dir: &Path) -> Result<Source> {
         eos_token: special("eos_token"),
     });
     Ok(Source {
+        objective,
         format: "hf",
         architecture: arch,
         name: dir.file_name().map(|n| n.to_string_lossy().to_string()),

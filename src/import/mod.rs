@@ -3,6 +3,7 @@
 //! or f32), tokenizer, provenance and chat template. The vocabulary gains `[MASK]` (and
 //! `<|endoftext|>` where the model lacks it), with embedding and head rows at the mean row.
 
+pub mod export;
 pub mod fetch;
 mod gguf;
 mod hf;
@@ -32,6 +33,17 @@ pub struct Source {
     pub chat: Option<ChatInfo>,
     /// The model's end-of-sequence token (chat turns end there).
     pub eos_token: Option<String>,
+    /// The objective a `card export` recorded (`card.objective`), else ARM.
+    pub objective: ObjectiveKind,
+}
+
+/// The objective name a `card export` records in its metadata.
+pub(crate) fn objective_named(name: Option<&str>) -> Result<ObjectiveKind> {
+    match name {
+        None => Ok(ObjectiveKind::Arm),
+        Some(n) => serde_json::from_value(serde_json::Value::String(n.into()))
+            .map_err(|_| anyhow::anyhow!("unknown card.objective `{n}`")),
+    }
 }
 
 /// `provenance.json`: what a checkpoint was imported from.
@@ -129,6 +141,10 @@ pub fn import(opts: &ImportOptions) -> Result<ImportReport> {
         }
     }
     src.config.vocab_size = tok.vocab_size();
+    // One key/value head per query head is plain attention: saved as our presets save it.
+    if src.config.n_kv_heads == Some(src.config.n_heads) {
+        src.config.n_kv_heads = None;
+    }
     let quant = opts.quantize.as_deref().map(parse_quant).transpose()?;
     let tensors = match quant {
         Some(Some(dtype)) => rows::requantize(&src.tensors, dtype)?,
@@ -166,7 +182,7 @@ pub fn import(opts: &ImportOptions) -> Result<ImportReport> {
         ..Config::default()
     };
     config.data.vocab_size = tok.vocab_size();
-    config.train.objective = ObjectiveKind::Arm;
+    config.train.objective = src.objective;
     config.train.seq_len = config.train.seq_len.min(config.model.max_seq_len);
     config.validate()?;
     let weights = crate::checkpoint::gguf::weights(&config.model, &tensors, false)
@@ -184,7 +200,7 @@ pub fn import(opts: &ImportOptions) -> Result<ImportReport> {
         dir: PathBuf::new(),
         state: TrainState {
             format_version: checkpoint::FORMAT_VERSION,
-            objective: ObjectiveKind::Arm,
+            objective: src.objective,
             step: 0,
             data_cursor: 0,
             tokens_seen: 0,

@@ -20,26 +20,50 @@ fn from_bytes(bytes: Vec<u8>, dtype: GgmlDType, shape: (usize, usize)) -> Result
     Ok(QTensor::new(storage, shape)?)
 }
 
-/// Undo llama.cpp's RoPE interleave of a q or k projection with `heads` heads: within each
-/// head, file row 2i + j holds original row j·(hd/2) + i.
-pub fn unpermute_rope(t: &QTensor, heads: usize) -> Result<QTensor> {
+/// llama.cpp's RoPE row order of a q or k projection with `heads` heads, or (`interleave`
+/// false) back from it: within each head, file row 2i + j holds original row j·(hd/2) + i.
+pub fn permute_rope(t: &QTensor, heads: usize, interleave: bool) -> Result<QTensor> {
     let (n, cols) = t.shape().dims2()?;
-    let hd = n / heads;
+    let hd = n / heads.max(1);
     if heads == 0 || !n.is_multiple_of(heads) || !hd.is_multiple_of(2) {
         bail!("a projection of {n} rows does not split into {heads} heads of even width");
     }
     let rb = row_bytes(t)?;
     let data = t.data()?;
     let mut out = Vec::with_capacity(data.len());
+    let half = hd / 2;
     for h in 0..heads {
-        for j in 0..2 {
-            for i in 0..hd / 2 {
-                let src = h * hd + 2 * i + j;
-                out.extend_from_slice(&data[src * rb..(src + 1) * rb]);
-            }
+        for r in 0..hd {
+            // Output row r of head h comes from:
+            let src = if interleave {
+                (r % 2) * half + r / 2
+            } else {
+                2 * (r % half) + r / half
+            };
+            let src = h * hd + src;
+            out.extend_from_slice(&data[src * rb..(src + 1) * rb]);
         }
     }
     from_bytes(out, t.dtype(), (n, cols))
+}
+
+/// `t` cut into row blocks of `sizes` rows (bytes moved, blocks untouched).
+pub fn split_rows(t: &QTensor, sizes: &[usize]) -> Result<Vec<QTensor>> {
+    let (n, cols) = t.shape().dims2()?;
+    if sizes.iter().sum::<usize>() != n {
+        bail!("cannot cut {n} rows into {sizes:?}");
+    }
+    let rb = row_bytes(t)?;
+    let data = t.data()?;
+    let mut at = 0;
+    sizes
+        .iter()
+        .map(|&r| {
+            let part = data[at * rb..(at + r) * rb].to_vec();
+            at += r;
+            from_bytes(part, t.dtype(), (r, cols))
+        })
+        .collect()
 }
 
 /// Push the row-stack of `parts` as `name`, or as `name#0`, `name#1`, … when their block

@@ -135,3 +135,79 @@ pub fn from_gguf(c: &Content) -> Result<String> {
     });
     Ok(tokenizer.to_string())
 }
+
+/// The `tokenizer.ggml.pre` name whose pipeline a tokenizer JSON runs (the inverse of the
+/// rebuild, for export), or None for a pipeline llama.cpp would not reproduce.
+pub fn pre_name(tokenizer_json: &str) -> Option<&'static str> {
+    let t: Json = serde_json::from_str(tokenizer_json).ok()?;
+    let pre = &t["pre_tokenizer"];
+    let steps: Vec<Json> = match pre["type"].as_str()? {
+        "Sequence" => pre["pretokenizers"].as_array()?.clone(),
+        _ => vec![pre.clone()],
+    };
+    ["gpt2", "smollm", "llama-bpe", "qwen2"]
+        .into_iter()
+        .find(|name| {
+            let (normalizer, want, _) = pipeline(name).expect("a known name");
+            want == steps && normalizer == t["normalizer"]
+        })
+}
+
+/// GGUF tokenizer metadata of a tokenizer: every id's token, its type (3 for special tokens,
+/// 1 otherwise), the merges and the pre-tokenizer name.
+pub struct GgufVocab {
+    pub tokens: Vec<String>,
+    pub types: Vec<i32>,
+    pub merges: Vec<String>,
+    pub pre: &'static str,
+}
+
+pub fn to_gguf(tok: &tokenizers::Tokenizer, vocab_size: usize) -> Result<GgufVocab> {
+    let json = tok
+        .to_string(false)
+        .map_err(|e| anyhow::anyhow!("cannot serialise the tokenizer: {e}"))?;
+    let t: Json = serde_json::from_str(&json)?;
+    if t["model"]["type"] != "BPE" {
+        bail!("only byte-level BPE tokenizers export to GGUF");
+    }
+    let pre =
+        pre_name(&json).context("the tokenizer's pre-tokenizer has no llama.cpp equivalent")?;
+    let special: std::collections::HashSet<u64> = t["added_tokens"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|x| x["special"].as_bool() == Some(true))
+                .filter_map(|x| x["id"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut tokens = Vec::with_capacity(vocab_size);
+    let mut types = Vec::with_capacity(vocab_size);
+    for id in 0..vocab_size as u32 {
+        let s = tok
+            .id_to_token(id)
+            .with_context(|| format!("the tokenizer has no token for id {id}"))?;
+        tokens.push(s);
+        types.push(if special.contains(&(id as u64)) { 3 } else { 1 });
+    }
+    let merges = t["model"]["merges"]
+        .as_array()
+        .context("the tokenizer has no merges")?
+        .iter()
+        .map(|m| match m {
+            Json::String(s) => Ok(s.clone()),
+            Json::Array(p) if p.len() == 2 => Ok(format!(
+                "{} {}",
+                p[0].as_str().unwrap_or_default(),
+                p[1].as_str().unwrap_or_default()
+            )),
+            _ => bail!("a merge that is not two tokens: {m}"),
+        })
+        .collect::<Result<_>>()?;
+    Ok(GgufVocab {
+        tokens,
+        types,
+        merges,
+        pre,
+    })
+}

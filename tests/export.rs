@@ -118,6 +118,21 @@ fn our_preset_survives_hf_and_gguf() {
         let d = max_abs_diff(&logits(&q, &ids), &want);
         assert!(d < tol * scale, "{back}: {d} of {scale}");
     }
+    // For scripts/check_export.py: the exports and card's logits, kept where asked.
+    if let Some(keep) = std::env::var_os("CARD_EXPORT_REF") {
+        let keep = Path::new(&keep);
+        std::fs::create_dir_all(keep.join("hf")).unwrap();
+        std::fs::copy(cwd.join("m.gguf"), keep.join("m.gguf")).unwrap();
+        for f in std::fs::read_dir(cwd.join("hf")).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, keep.join("hf").join(f.file_name().unwrap())).unwrap();
+        }
+        let rows: Vec<Vec<f32>> = (0..ids.len())
+            .map(|i| want.get(0).unwrap().get(i).unwrap().to_vec1().unwrap())
+            .collect();
+        let r = serde_json::json!({"ids": [ids], "logits": [rows]});
+        std::fs::write(keep.join("ref.json"), r.to_string()).unwrap();
+    }
     // The exported directory is what transformers reads.
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(cwd.join("hf/config.json")).unwrap())

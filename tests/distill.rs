@@ -107,6 +107,14 @@ fn distill_prepares_continuations_with_the_checkpoints_tokenizer_and_resumes() {
     let fine = checkpoint::load(&cwd.join("fine"), &candle_core::Device::Cpu).unwrap();
     assert_eq!(fine.state.step, 2);
     assert_eq!(fine.config.model, base.config.model);
+    // The fine-tuning defaults, unless --set says otherwise.
+    assert_eq!((fine.config.train.lr, fine.config.train.warmup_steps), (3e-4, 50));
+    let mut lr = init.to_vec();
+    lr[6] = "fine-lr";
+    lr.extend(["--set", "train.lr=1e-5"]);
+    assert_success(&card(&lr, cwd));
+    let fine_lr = checkpoint::load(&cwd.join("fine-lr"), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(fine_lr.config.train.lr, 1e-5);
     let both = ["train", "--init", "base", "--resume", "fine", "--quiet"];
     let o = card(&both, cwd);
     assert!(!o.status.success());

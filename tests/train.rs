@@ -184,3 +184,67 @@ fn tiny_card_run_learns() {
         "val loss {after} vs uniform {uniform}"
     );
 }
+
+#[test]
+fn frozen_parameters_do_not_change() {
+    let mut cfg = tiny(3, ObjectiveKind::Card);
+    cfg.train.freeze_embeddings = true;
+    cfg.train.freeze_layers = 1;
+    cfg.validate().unwrap();
+    let mut t = Trainer::new(cfg.clone(), data(), &Device::Cpu).unwrap();
+    let before = weights_of(&t);
+    for _ in 0..3 {
+        t.step().unwrap();
+    }
+    let after = weights_of(&t);
+    let mut moved = 0;
+    for ((name, a), b) in t.params.names.iter().zip(&before).zip(&after) {
+        let frozen = name == "embed.weight" || name.starts_with("layers.0.");
+        if frozen {
+            assert_eq!(a, b, "{name} is frozen");
+        } else if a != b {
+            moved += 1;
+        }
+    }
+    assert!(moved > 5, "the other parameters train ({moved} moved)");
+    cfg.train.freeze_layers = cfg.model.n_layers + 1;
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(err.contains("freeze_layers"), "{err}");
+}
+
+#[test]
+fn ar_fraction_keeps_that_share_of_rows_clean() {
+    use card::objective::{Card, Objective};
+    use rand::SeedableRng;
+    let mut cfg = tiny(1, ObjectiveKind::Card);
+    let x0: Vec<u32> = (0..8 * 64).map(|i| 2 + (i % 50) as u32).collect();
+    let mask = data().tokenizer.mask_id();
+    let masked_rows = |cfg: &Config, seed: u64| -> Vec<usize> {
+        let card = Card::new(cfg, mask);
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
+        let nb = card.corrupt(&x0, 8, 64, None, &mut rng);
+        (0..8)
+            .map(|b| {
+                nb.input[b * 63..(b + 1) * 63]
+                    .iter()
+                    .filter(|&&x| x == mask)
+                    .count()
+            })
+            .collect()
+    };
+    for seed in 0..5 {
+        let rows = masked_rows(&cfg, seed);
+        assert!(rows.iter().filter(|&&m| m > 0).count() >= 6, "{rows:?}");
+    }
+    cfg.noise.ar_fraction = 0.25;
+    for seed in 0..5 {
+        let rows = masked_rows(&cfg, seed);
+        assert_eq!(&rows[..2], &[0, 0], "a quarter of 8 rows clean: {rows:?}");
+        assert!(
+            rows[2..].iter().filter(|&&m| m > 0).count() >= 5,
+            "{rows:?}"
+        );
+    }
+    cfg.noise.ar_fraction = 1.5;
+    assert!(cfg.validate().is_err());
+}

@@ -33,7 +33,8 @@ pub struct TrainArgs {
     pub resume: Option<PathBuf>,
     /// Start a fresh run (step 0, new optimizer and schedule) from this checkpoint's weights
     /// (its EMA weights where it kept them, unless --no-ema), model shape and tokenizer; the
-    /// rest of the config is the checkpoint's unless --preset is given, with --set on top.
+    /// rest of the config is the checkpoint's unless --preset is given, then the fine-tuning
+    /// defaults (train.lr=3e-4, train.warmup_steps=50) and --set on top.
     #[arg(long, conflicts_with = "resume")]
     pub init: Option<PathBuf>,
     /// With --init: start from the raw weights even where the checkpoint kept an EMA.
@@ -79,6 +80,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         None => {
             let preset = args.preset.as_deref().unwrap_or("small");
+            // From a checkpoint's weights: the fine-tuning defaults first, the user's on top.
+            let sets: Vec<String> = match &init {
+                Some(_) => crate::train::FINE_TUNE_SETS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain(sets.iter().cloned())
+                    .collect(),
+                None => sets.clone(),
+            };
             let cfg = match (&init, &args.preset) {
                 (Some(c), None) => Config::from_toml_with_sets(&c.config.to_toml(), &sets)?,
                 _ => Config::load(preset, &sets)?,

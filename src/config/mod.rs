@@ -85,6 +85,16 @@ impl Config {
         if n.tail_factor.is_nan() || n.tail_factor < 1.0 || !n.tail_factor.is_finite() {
             bail!("noise.tail_factor (λ) must be ≥ 1, got {}", n.tail_factor);
         }
+        if !(0.0..=1.0).contains(&n.ar_fraction) {
+            bail!("noise.ar_fraction must be in [0, 1], got {}", n.ar_fraction);
+        }
+        if self.train.freeze_layers > self.model.n_layers {
+            bail!(
+                "train.freeze_layers ({}) exceeds the model's {} layers",
+                self.train.freeze_layers,
+                self.model.n_layers
+            );
+        }
         let w = &self.weights;
         if !(w.p > 0.0 && w.p <= 1.0) {
             bail!("weights.p must be in (0, 1], got {}", w.p);

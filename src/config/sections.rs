@@ -93,6 +93,18 @@ pub struct NoiseConfig {
     pub tail_factor: f64,
     pub count: MaskCount,
     pub t_sampling: TSampling,
+    /// Share of each training batch's rows kept clean (t = 0: plain next-token prediction),
+    /// WeDLM's auxiliary AR loss for adapting an AR model; CARD only.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub ar_fraction: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
+fn is_zero_usize(x: &usize) -> bool {
+    *x == 0
 }
 
 impl Default for NoiseConfig {
@@ -102,6 +114,7 @@ impl Default for NoiseConfig {
             tail_factor: 1.5,
             count: MaskCount::Exact,
             t_sampling: TSampling::Uniform,
+            ar_fraction: 0.0,
         }
     }
 }
@@ -280,6 +293,12 @@ pub struct TrainConfig {
     pub log_every: usize,
     pub seed: u64,
     pub dtype: DType,
+    /// Keep the token embedding (and a tied head) fixed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub freeze_embeddings: bool,
+    /// Keep the first N layers fixed.
+    #[serde(skip_serializing_if = "is_zero_usize")]
+    pub freeze_layers: usize,
 }
 
 impl Default for TrainConfig {
@@ -307,6 +326,8 @@ impl Default for TrainConfig {
             log_every: 10,
             seed: 0,
             dtype: DType::F32,
+            freeze_embeddings: false,
+            freeze_layers: 0,
         }
     }
 }

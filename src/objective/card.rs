@@ -37,7 +37,14 @@ impl Objective for Card {
     ) -> NoisyBatch {
         let t = match t {
             Some(t) => t.to_vec(),
-            None => levels(batch, self.noise.t_sampling.into(), 0.0, 1.0, rng),
+            None => {
+                // The first rows of the batch stay clean (t = 0) for the auxiliary AR loss.
+                let clean = (self.noise.ar_fraction * batch as f64).round() as usize;
+                let mut t = vec![0.0; clean.min(batch)];
+                let rest = batch - t.len();
+                t.extend(levels(rest, self.noise.t_sampling.into(), 0.0, 1.0, rng));
+                t
+            }
         };
         let mut xt = x0.to_vec();
         let mut weights = Vec::with_capacity(batch * (seq_len - 1));

@@ -237,9 +237,6 @@ pub struct DistillPlan {
     pub progress: bool,
 }
 
-/// Fine-tuning defaults: a lower peak learning rate and a short warm-up than from scratch.
-pub const FINE_TUNE_SETS: [&str; 2] = ["train.lr=3e-4", "train.warmup_steps=50"];
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DistillReport {
     pub checkpoint: String,
@@ -355,7 +352,10 @@ pub fn distill(
     let (corpus, share) = mixed(&data, &rows, plan.gen.mix)?;
     let data_dir = out.join("data");
     corpus.save(&data_dir)?;
-    let mut sets: Vec<String> = FINE_TUNE_SETS.iter().map(|s| s.to_string()).collect();
+    let mut sets: Vec<String> = super::FINE_TUNE_SETS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     sets.extend(plan.sets.iter().cloned());
     sets.push(format!("train.objective=\"{}\"", plan.objective.name()));
     sets.push(format!("train.max_steps={}", plan.max_steps));

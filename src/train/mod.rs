@@ -5,6 +5,11 @@ pub mod batches;
 pub mod distill;
 pub mod optim;
 
+/// Defaults of a run that starts from a checkpoint's weights (`--init`, self-distillation,
+/// adaptation): a lower peak learning rate and a shorter warm-up than from scratch; the
+/// user's `--set` comes after them.
+pub const FINE_TUNE_SETS: [&str; 2] = ["train.lr=3e-4", "train.warmup_steps=50"];
+
 use crate::checkpoint::{self, Checkpoint, TrainState, FORMAT_VERSION};
 use crate::config::Config;
 use crate::data::{eval_windows, Prepared};
@@ -134,7 +139,7 @@ impl<'a> Trainer<'a> {
             elapsed_s: 0.0,
             init_from: None,
         };
-        let opt = AdamW::new(&params)?;
+        let opt = AdamW::new(&params, &cfg.train)?;
         let ema = if cfg.train.ema {
             Some(Ema::new(&params, cfg.train.ema_decay)?)
         } else {
@@ -187,7 +192,7 @@ impl<'a> Trainer<'a> {
                 })
                 .collect()
         };
-        let opt = AdamW::with_state(&params, get("m")?, get("v")?, ckpt.state.step)?;
+        let opt = AdamW::with_state(&params, &cfg.train, get("m")?, get("v")?, ckpt.state.step)?;
         let ema = match (&ckpt.ema, cfg.train.ema) {
             (Some(map), true) => Some(Ema {
                 weights: params

@@ -11,22 +11,43 @@ pub struct AdamW {
     /// Optimizer steps taken (for bias correction).
     pub t: usize,
     decay: Vec<bool>,
+    /// Parameters the config keeps fixed (`train.freeze_embeddings`, `train.freeze_layers`).
+    frozen: Vec<bool>,
+}
+
+/// Whether the config keeps parameter `name` fixed.
+pub fn is_frozen(name: &str, cfg: &TrainConfig) -> bool {
+    if cfg.freeze_embeddings && name == "embed.weight" {
+        return true;
+    }
+    let layer = name
+        .strip_prefix("layers.")
+        .and_then(|r| r.split('.').next())
+        .and_then(|i| i.parse::<usize>().ok());
+    layer.is_some_and(|i| i < cfg.freeze_layers)
 }
 
 impl AdamW {
-    pub fn new(params: &Params) -> Result<Self> {
+    pub fn new(params: &Params, cfg: &TrainConfig) -> Result<Self> {
         let zeros = |v: &candle_core::Var| v.as_tensor().zeros_like();
         Ok(Self {
             m: params.vars.iter().map(zeros).collect::<Result<_>>()?,
             v: params.vars.iter().map(zeros).collect::<Result<_>>()?,
             t: 0,
             decay: params.vars.iter().map(|v| v.rank() >= 2).collect(),
+            frozen: params.names.iter().map(|n| is_frozen(n, cfg)).collect(),
         })
     }
 
     /// Restore moments saved by a checkpoint.
-    pub fn with_state(params: &Params, m: Vec<Tensor>, v: Vec<Tensor>, t: usize) -> Result<Self> {
-        let mut opt = Self::new(params)?;
+    pub fn with_state(
+        params: &Params,
+        cfg: &TrainConfig,
+        m: Vec<Tensor>,
+        v: Vec<Tensor>,
+        t: usize,
+    ) -> Result<Self> {
+        let mut opt = Self::new(params, cfg)?;
         opt.m = m;
         opt.v = v;
         opt.t = t;
@@ -45,6 +66,9 @@ impl AdamW {
         let bc1 = 1.0 - b1.powi(self.t as i32);
         let bc2 = 1.0 - b2.powi(self.t as i32);
         for (i, var) in params.vars.iter().enumerate() {
+            if self.frozen[i] {
+                continue;
+            }
             let g = &grads[i];
             self.m[i] = ((&self.m[i] * b1)? + (g * (1.0 - b1))?)?;
             self.v[i] = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;

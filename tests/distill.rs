@@ -108,7 +108,10 @@ fn distill_prepares_continuations_with_the_checkpoints_tokenizer_and_resumes() {
     assert_eq!(fine.state.step, 2);
     assert_eq!(fine.config.model, base.config.model);
     // The fine-tuning defaults, unless --set says otherwise.
-    assert_eq!((fine.config.train.lr, fine.config.train.warmup_steps), (3e-4, 50));
+    assert_eq!(
+        (fine.config.train.lr, fine.config.train.warmup_steps),
+        (3e-4, 50)
+    );
     let mut lr = init.to_vec();
     lr[6] = "fine-lr";
     lr.extend(["--set", "train.lr=1e-5"]);

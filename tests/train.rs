@@ -247,4 +247,18 @@ fn ar_fraction_keeps_that_share_of_rows_clean() {
     }
     cfg.noise.ar_fraction = 1.5;
     assert!(cfg.validate().is_err());
+    // The adaptation knobs (absent from saved configs at their defaults) are --set keys.
+    let sets: Vec<String> = [
+        "noise.ar_fraction=0.25",
+        "train.freeze_embeddings=true",
+        "train.freeze_layers=1",
+        "model.n_kv_heads=2",
+        "model.qkv_bias=true",
+    ]
+    .map(String::from)
+    .to_vec();
+    let c = Config::load("tiny", &sets).unwrap();
+    assert_eq!(c.noise.ar_fraction, 0.25);
+    assert!(c.train.freeze_embeddings && c.model.qkv_bias);
+    assert_eq!((c.train.freeze_layers, c.model.n_kv_heads), (1, Some(2)));
 }

@@ -195,7 +195,15 @@ fn apply_set(root: &mut toml::Table, set: &str) -> Result<()> {
     if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
         bail!("--set key '{key}' must be section.key (e.g. train.lr)");
     }
-    let defaults = toml::Table::try_from(Config::default()).expect("defaults serialise");
+    // Fields left out of a saved config at their defaults are keys too: list them from a
+    // config that sets them all.
+    let mut every = Config::default();
+    every.model.n_kv_heads = Some(1);
+    every.model.qkv_bias = true;
+    every.noise.ar_fraction = 0.5;
+    every.train.freeze_embeddings = true;
+    every.train.freeze_layers = 1;
+    let defaults = toml::Table::try_from(every).expect("defaults serialise");
     let known = defaults
         .get(parts[0])
         .and_then(|s| s.as_table())

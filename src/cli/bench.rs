@@ -53,9 +53,12 @@ pub struct DecodeBenchArgs {
     /// Timed rounds per setting (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
-    /// Print the rows as a JSON list on the last line.
+    /// Print `{"rows": [...], "precision": ...}` as JSON on the last line.
     #[arg(long)]
     pub json: bool,
+    /// Use the raw weights even when the checkpoint has an EMA.
+    #[arg(long)]
+    pub no_ema: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -201,7 +204,7 @@ fn decode(a: DecodeBenchArgs) -> Result<()> {
         bail!("--batch and --lengths must be positive");
     }
     let device = default_device()?;
-    let ckpt = checkpoint::open(&a.checkpoint, &device, true)?;
+    let ckpt = checkpoint::open(&a.checkpoint, &device, !a.no_ema)?;
     if !matches!(ckpt.objective(), ObjectiveKind::Card | ObjectiveKind::Arm) {
         bail!(
             "bench decode needs a CARD or ARM checkpoint (this one is {})",

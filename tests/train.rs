@@ -262,3 +262,20 @@ fn ar_fraction_keeps_that_share_of_rows_clean() {
     assert!(c.train.freeze_embeddings && c.model.qkv_bias);
     assert_eq!((c.train.freeze_layers, c.model.n_kv_heads), (1, Some(2)));
 }
+
+#[test]
+fn an_init_run_starts_exactly_from_its_checkpoint() {
+    let mut fresh = Trainer::new(tiny(2, ObjectiveKind::Card), data(), &Device::Cpu).unwrap();
+    // A checkpoint of the untrained weights, then a run started from it.
+    let ckpt = fresh.checkpoint().unwrap();
+    let cfg = fresh.cfg.clone();
+    let mut init = Trainer::from_checkpoint(cfg, &ckpt, &ckpt.weights, data()).unwrap();
+    // The same weights, first batch and noise (step 0, one seed): the same first loss, and the
+    // fresh optimizer takes the same steps as the run that never saved.
+    for step in 0..2 {
+        let (a, _) = fresh.step().unwrap();
+        let (b, _) = init.step().unwrap();
+        assert_eq!(a, b, "loss of step {step}");
+    }
+    assert_eq!(weights_of(&fresh), weights_of(&init));
+}

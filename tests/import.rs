@@ -300,6 +300,15 @@ fn hf_directory_imports_to_the_model_it_came_from() {
         dir.path(),
     );
     assert_error(&out, "do not split into Q4K blocks of 256");
+    // Sliding-window attention is refused, not silently widened.
+    let mut windowed = config.clone();
+    windowed["sliding_window"] = serde_json::json!(16);
+    std::fs::write(hf.join("config.json"), windowed.to_string()).unwrap();
+    let out = card(&["import", hf.to_str().unwrap(), "--out", "w"], dir.path());
+    assert_error(
+        &out,
+        "sliding-window attention (window 16) is not supported",
+    );
     // Architectures we do not read are named.
     std::fs::write(
         hf.join("config.json"),
@@ -400,6 +409,37 @@ fn model_fetch_imports_once_and_resumes() {
     let opened = checkpoint::open(&run, &Device::Cpu, true).unwrap();
     assert!(opened.model.is_quantized());
     assert!(opened.extra.contains_key("provenance.json"));
+    // Training from it carries the chat template and provenance into its checkpoints.
+    let tok = run.join("ckpt-00000000/tokenizer.json");
+    let prep = [
+        "data",
+        "prepare",
+        "--embedded",
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--out",
+        "p",
+    ];
+    assert_success(&card(&prep, dir.path()));
+    let train = [
+        "train",
+        "--init",
+        run.to_str().unwrap(),
+        "--data",
+        "p",
+        "--max-steps",
+        "1",
+        "--set",
+        "train.seq_len=32",
+        "--set",
+        "train.batch_size=2",
+        "--out",
+        "fine",
+        "--quiet",
+    ];
+    assert_success(&card(&train, dir.path()));
+    let fine = checkpoint::open(&dir.path().join("fine"), &Device::Cpu, true).unwrap();
+    assert_eq!(fine.extra, opened.extra);
     assert_error(
         &card(&["data", "fetch", "--model", "gpt5"], dir.path()),
         "unknown model `gpt5`",

@@ -245,6 +245,19 @@ fn ar_fraction_keeps_that_share_of_rows_clean() {
             "{rows:?}"
         );
     }
+    // 0.3 of 8 rows: 2 always, a third with probability 0.4.
+    cfg.noise.ar_fraction = 0.3;
+    let clean: usize = (0..200)
+        .map(|seed| {
+            masked_rows(&cfg, seed)
+                .iter()
+                .take(3)
+                .filter(|&&m| m == 0)
+                .count()
+        })
+        .sum();
+    let mean = clean as f64 / 200.0;
+    assert!((2.3..2.5).contains(&mean), "mean clean rows {mean}");
     cfg.noise.ar_fraction = 1.5;
     assert!(cfg.validate().is_err());
     // The adaptation knobs (absent from saved configs at their defaults) are --set keys.

@@ -331,6 +331,11 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
             let dense = gguf::weights(&config.model, &q, false)
                 .and_then(|w| Ok(Transformer::from_weights(&config.model, w)?.dense_tensors()?))
                 .with_context(|| format!("checkpoint {}", dir.display()))?;
+            // The expanded weights go where the caller asked (the blocks stay on the host).
+            let dense = dense
+                .into_iter()
+                .map(|(n, t)| Ok((n, t.to_device(device)?)))
+                .collect::<Result<_>>()?;
             (dense, Some(q))
         }
     };

@@ -37,6 +37,19 @@ fn config(c: &Value) -> Result<(String, ModelConfig)> {
             .with_context(|| format!("config.json has no {k}"))
     };
     let (d_model, n_heads) = (n("hidden_size")?, n("num_attention_heads")?);
+    if n_heads == 0 {
+        bail!("config.json has num_attention_heads 0");
+    }
+    // Sliding-window attention (Mistral v0.1, some Qwen2) differs from ours past the window.
+    let window = c["sliding_window"].as_u64();
+    let uses_window = c["use_sliding_window"]
+        .as_bool()
+        .unwrap_or(arch != "Qwen2ForCausalLM");
+    if let Some(w) = window.filter(|_| uses_window) {
+        if (w as usize) < n("max_position_embeddings")? {
+            bail!("sliding-window attention (window {w}) is not supported");
+        }
+    }
     if let Some(hd) = c["head_dim"].as_u64() {
         if hd as usize != d_model / n_heads {
             bail!("head_dim {hd} differs from hidden_size / num_attention_heads: not supported");

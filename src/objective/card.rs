@@ -4,7 +4,7 @@
 use super::{context_weights, shift, NoisyBatch, Objective};
 use crate::config::{Config, LossNorm, NoiseConfig, ObjectiveKind, WeightsConfig};
 use crate::noise::{levels, tail_mask};
-use rand::RngCore;
+use rand::{Rng, RngCore};
 
 pub struct Card {
     pub noise: NoiseConfig,
@@ -38,8 +38,12 @@ impl Objective for Card {
         let t = match t {
             Some(t) => t.to_vec(),
             None => {
-                // The first rows of the batch stay clean (t = 0) for the auxiliary AR loss.
-                let clean = (self.noise.ar_fraction * batch as f64).round() as usize;
+                // The first rows of the batch stay clean (t = 0) for the auxiliary AR loss:
+                // f·B of them, the fractional row with that probability (so a batch of 1
+                // at f = 0.5 is clean half the time, not always).
+                let want = self.noise.ar_fraction * batch as f64;
+                let extra = want.fract() > 0.0 && rng.random::<f64>() < want.fract();
+                let clean = want.floor() as usize + usize::from(extra);
                 let mut t = vec![0.0; clean.min(batch)];
                 let rest = batch - t.len();
                 t.extend(levels(rest, self.noise.t_sampling.into(), 0.0, 1.0, rng));

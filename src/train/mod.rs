@@ -58,6 +58,9 @@ pub struct Trainer<'a> {
     pub opt: AdamW,
     pub ema: Option<Ema>,
     pub state: TrainState,
+    /// The checkpoint files a run carries forward (an imported model's chat template and
+    /// provenance), written into each of its checkpoints.
+    pub extra: std::collections::BTreeMap<String, String>,
     data: &'a Prepared,
     batches: Batches<'a>,
 }
@@ -105,6 +108,7 @@ impl<'a> Trainer<'a> {
             .collect::<Result<_>>()?;
         let mut t = Self::fresh(cfg, data, &device, Some(&cast))?;
         t.state.init_from = Some(ckpt.dir.display().to_string());
+        t.extra = ckpt.extra.clone();
         Ok(t)
     }
 
@@ -208,7 +212,9 @@ impl<'a> Trainer<'a> {
             }),
             _ => None,
         };
-        Self::assemble(cfg, params, opt, ema, ckpt.state, data)
+        let mut t = Self::assemble(cfg, params, opt, ema, ckpt.state, data)?;
+        t.extra = ckpt.extra;
+        Ok(t)
     }
 
     fn assemble(
@@ -230,6 +236,7 @@ impl<'a> Trainer<'a> {
             opt,
             ema,
             state,
+            extra: Default::default(),
             data,
             batches,
         })
@@ -275,6 +282,12 @@ impl<'a> Trainer<'a> {
             });
         }
         let mut grads = grads.expect("grad_accum >= 1");
+        // Frozen parameters take no step, so their gradients must not set the clipping norm.
+        for (g, &frozen) in grads.iter_mut().zip(&self.opt.frozen) {
+            if frozen {
+                *g = g.zeros_like()?;
+            }
+        }
         let norm = clip_grad_norm(&mut grads, tc.grad_clip)?;
         let lr = learning_rate(tc, self.state.step);
         self.opt.step(&self.params, &grads, lr, tc)?;
@@ -360,7 +373,7 @@ impl<'a> Trainer<'a> {
             ema,
             optim: Some(optim),
             quantized: None,
-            extra: Default::default(),
+            extra: self.extra.clone(),
         })
     }
 

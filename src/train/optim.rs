@@ -12,7 +12,7 @@ pub struct AdamW {
     pub t: usize,
     decay: Vec<bool>,
     /// Parameters the config keeps fixed (`train.freeze_embeddings`, `train.freeze_layers`).
-    frozen: Vec<bool>,
+    pub frozen: Vec<bool>,
 }
 
 /// Whether the config keeps parameter `name` fixed.

@@ -130,7 +130,8 @@ fn simd_available() -> bool {
 /// o[i] = x row i · the packed weight row, for every input row.
 pub(crate) fn dots(x: &[f32], wrow: &[u8], k: usize, kind: Blocks, o: &mut [f32], simd: bool) {
     #[cfg(target_arch = "x86_64")]
-    if simd {
+    // `simd` is a request; the features are checked here too (the check is cached).
+    if simd && simd_available() {
         macro_rules! by_rows {
             ($($m:literal $a:literal)*) => {
                 match o.len() {

@@ -106,13 +106,7 @@ fn our_preset_survives_hf_and_gguf() {
     assert!(open(&cwd.join("from-q8"), Precision::Stored)
         .model
         .is_quantized());
-    let scale = want
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let scale = common::max_abs(&want);
     for (back, tol) in [("from-q8", 0.05), ("from-f16", 0.01)] {
         let q = open(&cwd.join(back), Precision::Stored);
         let d = max_abs_diff(&logits(&q, &ids), &want);

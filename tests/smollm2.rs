@@ -15,6 +15,8 @@ use card::model::Attention;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
 fn fixture() -> Option<PathBuf> {
     let path = std::env::var_os("CARD_SMOLLM2_GGUF")
         .map(PathBuf::from)
@@ -236,16 +238,7 @@ fn smollm2_survives_export_and_import() {
         let o = checkpoint::open_as(&d(run), &Device::Cpu, true, p).unwrap();
         o.model.forward(&x, Attention::Causal, None).unwrap()
     };
-    let diff = |a: &Tensor, b: &Tensor| {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
+    let diff = common::max_abs_diff;
     let dense = logits("a", Precision::F32);
     assert_eq!(diff(&logits("b", Precision::F32), &dense), 0.0, "GGUF, f32");
     assert_eq!(

@@ -279,7 +279,8 @@ impl<'m> Compute for HostCompute<'_, 'm> {
             HostMat::Packed(parts) => {
                 let m: usize = parts.iter().map(|p| p.2).sum();
                 let mut out = take(self.pool, n * m);
-                let mut part_out = take(self.pool, MAX_ROWS * m);
+                // Only a matrix of several parts needs a buffer to gather its columns.
+                let mut part_out = take(self.pool, if parts.len() > 1 { MAX_ROWS * m } else { 0 });
                 linear_packed(&x, n, k, parts, self.scratch, &mut part_out, &mut out);
                 self.pool.push(part_out);
                 out
@@ -393,6 +394,12 @@ fn linear_packed(
     for r0 in (0..n).step_by(MAX_ROWS) {
         let rows = MAX_ROWS.min(n - r0);
         let xs = &x[r0 * k..(r0 + rows) * k];
+        if let [(kind, bytes, pn)] = parts {
+            // One part: its columns are the output's, written in place.
+            let dst = &mut out[r0 * m..(r0 + rows) * m];
+            quant::matmul_into(xs, rows, k, *kind, bytes, *pn, scratch, dst);
+            continue;
+        }
         let mut col = 0;
         for &(kind, bytes, pn) in parts {
             quant::matmul_into(xs, rows, k, kind, bytes, pn, scratch, part_out);

@@ -5,8 +5,7 @@
 //! is the expanded matrix's product up to summation order, so quantized decoding differs
 //! from its f32 reference only by the weights' own rounding.
 
-use super::par_rows;
-use super::small_matmul::MAX_ROWS;
+use super::small_matmul::{by_weight_rows, MAX_ROWS};
 use candle_core::quantized::GgmlDType;
 
 /// Values per block.
@@ -96,24 +95,11 @@ pub fn matmul_into(
         x.len(),
         w.len()
     );
-    assert!(out_t.len() >= n * m && out.len() >= m * n);
-    let block = n.div_ceil(8 * crate::runtime::threads()).max(16);
-    let units = n.div_ceil(block);
-    let ptr = out_t.as_mut_ptr() as usize;
     let x = &x[..m * k];
     let simd = simd_available();
-    par_rows(units, block * row_bytes, |b| {
-        for j in b * block..n.min((b + 1) * block) {
-            // SAFETY: unit b alone writes rows j of its block of out_t, all below n.
-            let o = unsafe { std::slice::from_raw_parts_mut((ptr as *mut f32).add(j * m), m) };
-            dots(x, &w[j * row_bytes..(j + 1) * row_bytes], k, kind, o, simd);
-        }
+    by_weight_rows(n, m, row_bytes, out_t, out, |j, o| {
+        dots(x, &w[j * row_bytes..(j + 1) * row_bytes], k, kind, o, simd)
     });
-    for j in 0..n {
-        for i in 0..m {
-            out[i * n + j] = out_t[j * m + i];
-        }
-    }
 }
 
 fn simd_available() -> bool {

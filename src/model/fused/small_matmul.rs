@@ -54,6 +54,23 @@ pub(crate) fn matmul_into(
         x.len(),
         w.len()
     );
+    let x = &x[..m * k];
+    by_weight_rows(n, m, k, out_t, out, |j, o| {
+        dots(x, &w[j * k..(j + 1) * k], k, o)
+    });
+}
+
+/// `dot(j, o)` for every weight row j < n, o being row j of `out_t` [n, m] (the m inputs'
+/// dot products with weight row j), spread over the pool in blocks of rows costing
+/// `row_cost` each; then `out` [m, n] = out_tᵀ. Shared by the f32 and the packed kernels.
+pub(crate) fn by_weight_rows(
+    n: usize,
+    m: usize,
+    row_cost: usize,
+    out_t: &mut [f32],
+    out: &mut [f32],
+    dot: impl Fn(usize, &mut [f32]) + Sync,
+) {
     assert!(out_t.len() >= n * m && out.len() >= m * n);
     // candle's barrier pool, like the other per-token ops: its workers spin briefly
     // between ops, whereas rayon's fall asleep and are woken by a syscall for each of
@@ -64,11 +81,10 @@ pub(crate) fn matmul_into(
         ptr: out_t.as_mut_ptr() as usize,
         m,
     };
-    let x = &x[..m * k];
-    par_rows(units, block * k, |b| {
+    par_rows(units, block * row_cost, |b| {
         for j in b * block..n.min((b + 1) * block) {
             // SAFETY: unit b alone writes output rows j of its block, all below n.
-            dots(x, &w[j * k..(j + 1) * k], k, unsafe { o.row(j) });
+            dot(j, unsafe { o.row(j) });
         }
     });
     for j in 0..n {

@@ -9,7 +9,9 @@
       is installed) and compares its logits with card's.
 
 REF.json: {"ids": [[...], ...], "logits": [[[...V floats] per position] per prompt]} as
-`card` computed them (tests/export.rs writes one with CARD_EXPORT_REF). Exit 0: all checks
+`card` computed them (`card inspect logits CKPT --f32 --prompt ... --out REF.json`, which
+also writes "prompts", so the hf check compares tokenizers too; tests/export.rs writes one
+with CARD_EXPORT_REF). scripts/check_consumers.sh runs both checks on a checkpoint. Exit 0: all checks
 passed; 1: a check failed; 2: a tool this check needs is missing (said on stderr).
 """
 
@@ -117,12 +119,18 @@ def check_hf(path, ref):
           f"vocab {cfg.vocab_size}, tokenizer {type(tok).__name__} of {len(tok)} tokens: ok")
     if not ref:
         return
+    for text, ids in zip(ref.get("prompts", []), ref["ids"]):
+        theirs = tok(text, add_special_tokens=False)["input_ids"]
+        if theirs != ids:
+            fail(f"hf tokenizer: {text!r} -> {theirs}, card's {ids}")
+    if "prompts" in ref:
+        print(f"hf tokenizer: card's ids for all {len(ref['prompts'])} prompts: ok")
     try:
         import torch
         from transformers import AutoModelForCausalLM
     except ImportError:
         missing("PyTorch (transformers needs it to run the model)")
-    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     theirs = []
     with torch.no_grad():
         for ids in ref["ids"]:

@@ -1,7 +1,7 @@
 //! The `card` binary end to end: bad input gets a one-line error and a non-zero exit and
 //! changes nothing; the happy paths print what they promise.
 
-use common::{assert_error, assert_success, card, last_json};
+use common::{assert_error, assert_success, card, last_json, train_tiny};
 use std::path::Path;
 use std::process::Command;
 
@@ -57,6 +57,81 @@ fn config_errors_are_one_line_and_create_nothing() {
             "{extra:?} created the run directory"
         );
     }
+}
+
+#[test]
+fn device_choice_is_checked_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let args = ["--device", "tpu", "inspect", "config", "--preset", "tiny"];
+    assert_error(&card(&args, cwd), "unknown --device 'tpu'");
+    let cpu = ["--device", "cpu", "inspect", "config", "--preset", "tiny"];
+    assert_success(&card(&cpu, cwd));
+    if !cfg!(feature = "cuda") {
+        let args = [
+            "train", "--preset", "tiny", "--out", "run", "--device", "cuda",
+        ];
+        assert_error(&card(&args, cwd), "built without CUDA");
+        assert!(!cwd.join("run").exists());
+    }
+}
+
+/// `inspect logits` writes what scripts/check_export.py compares against: one row of logits
+/// per prompt position, and a causal model's rows for a shared prefix agree.
+#[test]
+fn inspect_logits_writes_causal_rows_per_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    train_tiny(cwd, "card", 2, "run");
+    let args = [
+        "inspect",
+        "logits",
+        "run",
+        "--prompt",
+        "Alice was",
+        "--prompt",
+        "Alice was beginning",
+        "--out",
+        "ref.json",
+    ];
+    assert_success(&card(&args, cwd));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cwd.join("ref.json")).unwrap()).unwrap();
+    let ids = |i: usize| -> Vec<u64> {
+        v["ids"][i]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect()
+    };
+    let (short, long) = (ids(0), ids(1));
+    assert!(
+        long.len() > short.len() && long.starts_with(&short),
+        "{short:?} {long:?}"
+    );
+    assert_eq!(v["prompts"][1], "Alice was beginning");
+    let row = |p: usize, i: usize| -> Vec<f64> {
+        v["logits"][p][i]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    assert_eq!(v["logits"][1].as_array().unwrap().len(), long.len());
+    for i in 0..short.len() {
+        let (a, b) = (row(0, i), row(1, i));
+        assert!(a.len() > 100 && a.len() == b.len());
+        let d = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max);
+        assert!(d < 1e-4, "position {i}: {d}");
+    }
+    let empty = ["inspect", "logits", "run", "--prompt", ""];
+    assert_error(&card(&empty, cwd), "is 0 tokens");
 }
 
 #[test]
@@ -420,9 +495,91 @@ fn every_experiment_smoke_run_writes_report_csv_and_plots() {
     ];
     assert_error(
         &card(&args, cwd),
-        "--from applies to parallel-decoding only",
+        "--from applies to parallel-decoding and adaptation only",
     );
     assert_error(&card(&["experiment", "nope"], cwd), "unknown experiment");
+}
+
+/// The adaptation recipe from a small ARM model: it measures the base before training (the
+/// run's step-0 line equals an independent evaluation of it), trains with CARD, benchmarks
+/// both models, writes its report, and reuses every stage when rerun.
+#[test]
+fn adaptation_recipe_measures_the_base_then_the_adapted_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    // No --from and no fetched SmolLM2: the way to get one is named.
+    assert_error(
+        &card(&["experiment", "adaptation", "--smoke"], cwd),
+        "card data fetch --model smollm2",
+    );
+    train_tiny(cwd, "arm", 10, "base");
+    let run = ["experiment", "adaptation", "--smoke", "--from", "base"];
+    assert_success(&card(&run, cwd));
+    let folder = cwd.join("results/adaptation");
+    let report = std::fs::read_to_string(folder.join("report.md")).unwrap();
+    for needle in [
+        "AR scoring",
+        "| adapted | verify |",
+        "Lossless mode",
+        "Threshold mode",
+    ] {
+        assert!(
+            report.contains(needle),
+            "report lacks {needle:?}:\n{report}"
+        );
+    }
+    assert!(folder.join("adaptation.svg").is_file() && folder.join("pareto.svg").is_file());
+    let csv = std::fs::read_to_string(folder.join("results.csv")).unwrap();
+    assert!(
+        csv.lines().any(|l| l.starts_with("base,"))
+            && csv.lines().any(|l| l.starts_with("adapted,"))
+    );
+    // The run's first metrics line is the base model, before any step.
+    let metrics = std::fs::read_to_string(folder.join("runs/card-s0/metrics.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    assert_eq!(first["step"], 0);
+    let base: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("base-eval.json")).unwrap())
+            .unwrap();
+    let (a, b) = (
+        first["val_bits_per_byte"].as_f64().unwrap(),
+        base["bits_per_byte"].as_f64().unwrap(),
+    );
+    assert!(
+        (a / b - 1.0).abs() < 1e-4,
+        "step 0 {a} against the base's {b}"
+    );
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(folder.join("runs/card-s0/result.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["objective"], "card");
+    // Rerun: the base evaluation, the run and both benchmarks are reused.
+    let out = card(&run, cwd);
+    assert_success(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(log.matches("done earlier").count(), 4, "{log}");
+    // A run whose result was lost resumes from its checkpoint (no step left) and scores the
+    // same model again.
+    let result = folder.join("runs/card-s0/result.json");
+    std::fs::remove_file(&result).unwrap();
+    assert_success(&card(&run, cwd));
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
+    assert_eq!(again["bits_per_byte"], state["bits_per_byte"]);
+    assert_eq!(again["steps"], state["steps"]);
+    // A bidirectional model is not a causal LM to adapt.
+    train_tiny(cwd, "mdlm", 2, "mdlm");
+    let args = [
+        "experiment",
+        "adaptation",
+        "--smoke",
+        "--from",
+        "mdlm",
+        "--out",
+        "x",
+    ];
+    assert_error(&card(&args, cwd), "adaptation starts from a causal LM");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use card::checkpoint;
 use card::data::Prepared;
-use common::{assert_error, assert_success, card, last_json};
+use common::{assert_error, assert_success, card, last_json, train_tiny};
 use std::fs;
 
 mod common;
@@ -13,17 +13,7 @@ mod common;
 fn distill_prepares_continuations_with_the_checkpoints_tokenizer_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path();
-    let train = [
-        "train",
-        "--preset",
-        "tiny",
-        "--max-steps",
-        "3",
-        "--out",
-        "base",
-        "--quiet",
-    ];
-    assert_success(&card(&train, cwd));
+    train_tiny(cwd, "card", 3, "base");
     let args = [
         "distill",
         "base",

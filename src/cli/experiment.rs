@@ -7,9 +7,11 @@ use std::path::PathBuf;
 #[derive(clap::Args, Debug)]
 pub struct ExperimentArgs {
     /// masking-ablation | tail-factor | objectives | decoding-calibration | data-efficiency |
-    /// ema | parallel-decoding
+    /// ema | parallel-decoding | adaptation
     pub name: String,
     /// parallel-decoding: start from this CARD checkpoint instead of training one.
+    /// adaptation: adapt this ARM/CARD checkpoint instead of the fetched SmolLM2
+    /// (`card data fetch --model smollm2`).
     #[arg(long)]
     pub from: Option<PathBuf>,
     /// End-to-end check in seconds (10 steps, one seed, tiny evaluation).

@@ -32,6 +32,24 @@ pub enum What {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
     },
+    /// A checkpoint's next-token logits at every position of some prompts, as JSON
+    /// {"prompts": [..], "ids": [[..]], "logits": [[[..V]..]]} for scripts/check_export.py.
+    Logits(LogitsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LogitsArgs {
+    /// Checkpoint (run directory or ckpt-* folder).
+    pub checkpoint: std::path::PathBuf,
+    /// A prompt (repeatable); tokenized without special tokens.
+    #[arg(long = "prompt", required = true)]
+    pub prompts: Vec<String>,
+    /// Expand quantized blocks to f32 first (the reference of an f32 or f16 export).
+    #[arg(long)]
+    pub f32: bool,
+    /// Write the JSON here instead of standard output.
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -89,7 +107,48 @@ pub fn run(args: InspectArgs) -> Result<()> {
             print!("{}", Config::load(&preset, &sets)?.to_toml());
             Ok(())
         }
+        What::Logits(a) => logits(a),
     }
+}
+
+fn logits(a: LogitsArgs) -> Result<()> {
+    use crate::checkpoint::{self, Precision};
+    let precision = if a.f32 {
+        Precision::F32
+    } else {
+        Precision::Stored
+    };
+    let device = crate::runtime::device()?;
+    let ckpt = checkpoint::open_as(&a.checkpoint, &device, true, precision)?;
+    let (mut ids, mut logits) = (Vec::new(), Vec::new());
+    for p in &a.prompts {
+        let x = ckpt.tokenizer.encode(p)?;
+        if x.is_empty() || x.len() > ckpt.model.cfg.max_seq_len {
+            bail!(
+                "prompt {p:?} is {} tokens; give 1 to {}",
+                x.len(),
+                ckpt.model.cfg.max_seq_len
+            );
+        }
+        let input = candle_core::Tensor::from_slice(&x, (1, x.len()), &device)?;
+        let out = ckpt
+            .model
+            .forward(&input, crate::model::Attention::Causal, None)?;
+        logits.push(
+            out.squeeze(0)?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec2::<f32>()?,
+        );
+        ids.push(x);
+    }
+    let json =
+        serde_json::json!({ "prompts": a.prompts, "ids": ids, "logits": logits }).to_string();
+    match &a.out {
+        Some(path) => std::fs::write(path, json)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?,
+        None => println!("{json}"),
+    }
+    Ok(())
 }
 
 fn noise(a: NoiseArgs) -> Result<()> {

@@ -24,6 +24,10 @@ struct Cli {
     /// Compute threads (default: RAYON_NUM_THREADS, else the number of physical cores).
     #[arg(long, global = true, value_name = "N")]
     threads: Option<usize>,
+    /// Compute device: auto (the GPU when built with `--features cuda` and one is present),
+    /// cpu or cuda.
+    #[arg(long, global = true, value_name = "DEVICE", default_value = "auto")]
+    device: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -58,6 +62,10 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = crate::runtime::set_threads(cli.threads) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) = crate::runtime::set_device(&cli.device) {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }

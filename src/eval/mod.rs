@@ -57,6 +57,12 @@ pub fn bits_per_byte(mean_nll: f64, tokens: u64, bytes: u64) -> f64 {
     mean_nll / std::f64::consts::LN_2 * tokens as f64 / bytes.max(1) as f64
 }
 
+/// Bits per byte on a corpus's validation split from a mean NLL per token, at the split's
+/// own tokens-per-byte ratio.
+pub fn val_bits_per_byte(mean_nll: f64, data: &crate::data::Prepared) -> f64 {
+    bits_per_byte(mean_nll, data.val.len() as u64, data.val_bytes)
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct NoisePoint {
     pub t: f64,

@@ -5,7 +5,7 @@ use super::quality::{continuation_nll, distinct_n, repeated_ngram_rate, unigram_
 use super::zero_shot::{
     load_task, score_lambada, score_mc, ElboScorer, ExactScorer, LambadaResult, McResult, Scorer,
 };
-use super::{bits_per_byte, held_out, loss_vs_t, BoundBudget, NoisePoint};
+use super::{held_out, loss_vs_t, BoundBudget, NoisePoint};
 use crate::checkpoint::Opened;
 use crate::config::ObjectiveKind;
 use crate::data::{eval_files, eval_windows, load_data, TextTokenizer, PROMPTS};
@@ -202,7 +202,7 @@ pub fn evaluate(ckpt: &Opened, opts: &EvalOptions) -> Result<EvalReport> {
         bound: bound.is_some(),
         val_loss: mean,
         perplexity: mean.exp(),
-        bits_per_byte: bits_per_byte(mean, data.val.len() as u64, data.val_bytes),
+        bits_per_byte: crate::eval::val_bits_per_byte(mean, &data),
         val_loss_se: bound.map(|b| b.0),
         perplexity_se: bound.map(|b| b.0 * mean.exp()),
         t_samples: bound.map(|b| b.1),

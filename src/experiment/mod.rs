@@ -4,6 +4,8 @@
 //! finished run keeps its `result.json` and is skipped on the next call, an interrupted one
 //! resumes from its last checkpoint.
 
+pub mod adaptation;
+mod bench_cache;
 pub mod data_efficiency;
 pub mod decoding_calibration;
 pub mod ema;
@@ -18,7 +20,7 @@ mod variants;
 use crate::checkpoint;
 use crate::config::Config;
 use crate::data::load_data;
-use crate::data::Prepared;
+use crate::data::{Prepared, TextTokenizer};
 use crate::eval::report::{evaluate, EvalOptions};
 use crate::runtime::{self, device as default_device};
 use crate::train::Trainer;
@@ -43,7 +45,8 @@ pub struct ExpOptions {
     pub eval_data: PathBuf,
     /// The command line, recorded in the report.
     pub command: String,
-    /// Start from this checkpoint instead of training one (parallel-decoding only).
+    /// Start from this checkpoint instead of training one (parallel-decoding), or adapt it
+    /// instead of the fetched SmolLM2 (adaptation).
     pub from: Option<PathBuf>,
 }
 
@@ -78,6 +81,9 @@ pub struct RunSpec {
     pub sets: Vec<String>,
     pub seed: u64,
     pub steps: usize,
+    /// Start from this checkpoint's weights, model shape, tokenizer and config (with the
+    /// fine-tuning defaults under the run's overrides) instead of a preset and a random init.
+    pub init: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,6 +99,12 @@ pub struct RunResult {
     pub tokens_per_s: f64,
     /// (step, validation loss) from the run's metrics log.
     pub curve: Vec<(usize, f64)>,
+    /// (step, validation bits per byte), with step 0 for a run from a checkpoint.
+    #[serde(default)]
+    pub bpb_curve: Vec<(usize, f64)>,
+    /// Training time (s), evaluations included.
+    #[serde(default)]
+    pub elapsed_s: f64,
     pub zero_shot_avg: Option<f64>,
     pub checkpoint: String,
     pub config: String,
@@ -113,7 +125,14 @@ impl Runner {
     }
 
     pub fn config(&self, spec: &RunSpec) -> Result<Config> {
-        let mut sets = self.opts.sets.clone();
+        let mut sets: Vec<String> = match spec.init {
+            Some(_) => crate::train::FINE_TUNE_SETS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            None => Vec::new(),
+        };
+        sets.extend(self.opts.sets.iter().cloned());
         sets.extend(spec.sets.iter().cloned());
         sets.push(format!("train.seed={}", spec.seed));
         sets.push(format!("train.max_steps={}", spec.steps));
@@ -122,13 +141,26 @@ impl Runner {
         if self.opts.smoke {
             sets.push("train.eval_batches=1".into());
         }
-        Config::load(&self.opts.preset, &sets)
+        match &spec.init {
+            Some(dir) => {
+                let path = checkpoint::resolve(dir)?.join("config.toml");
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                Config::from_toml_with_sets(&text, &sets)
+            }
+            None => Config::load(&self.opts.preset, &sets),
+        }
     }
 
-    fn data_for(&mut self, cfg: &Config) -> Result<&Prepared> {
-        let key = toml::to_string(&cfg.data)?;
+    /// The corpus of `cfg`, tokenized by `tokenizer` (a starting checkpoint's) or its own.
+    fn data_for(&mut self, cfg: &Config, tokenizer: Option<TextTokenizer>) -> Result<&Prepared> {
+        let key = format!(
+            "{}{}",
+            toml::to_string(&cfg.data)?,
+            tokenizer.as_ref().map_or(String::new(), |t| t.hash())
+        );
         if !self.data.contains_key(&key) {
-            let d = load_data(cfg, None)?;
+            let d = load_data(cfg, tokenizer)?;
             self.data.insert(key.clone(), d);
         }
         Ok(&self.data[&key])
@@ -160,12 +192,25 @@ impl Runner {
             spec.variant, spec.seed, spec.steps
         );
         {
-            let data = self.data_for(&cfg)?;
-            let mut trainer = if dir.join("latest").is_file() {
-                let ckpt = checkpoint::load(&dir, &device)?;
-                Trainer::resume(cfg.clone(), ckpt, data)?
-            } else {
-                Trainer::new(cfg.clone(), data, &device)?
+            let resume = dir.join("latest").is_file();
+            let start = match (&spec.init, resume) {
+                (_, true) => Some(checkpoint::load(&dir, &device)?),
+                (Some(p), false) => Some(checkpoint::load(p, &device)?),
+                (None, false) => None,
+            };
+            // A run from a checkpoint keeps its tokenizer, also when it resumes.
+            let tokenizer = match (&spec.init, &start) {
+                (Some(_), Some(c)) => Some(TextTokenizer::from_json(&c.tokenizer_json)?),
+                _ => None,
+            };
+            let data = self.data_for(&cfg, tokenizer)?;
+            let mut trainer = match start {
+                Some(c) if resume => Trainer::resume(cfg.clone(), c, data)?,
+                Some(c) => {
+                    let weights = c.ema.as_ref().unwrap_or(&c.weights);
+                    Trainer::from_checkpoint(cfg.clone(), &c, weights, data)?
+                }
+                None => Trainer::new(cfg.clone(), data, &device)?,
             };
             trainer.run(&dir, false)?;
             if runtime::stop_requested() {
@@ -192,7 +237,7 @@ impl Runner {
             ..EvalOptions::default()
         };
         let report = evaluate(&ckpt, &eval_opts)?;
-        let (curve, tps) = read_metrics(&dir.join("metrics.jsonl"))?;
+        let (curve, bpb_curve, tps) = read_metrics(&dir.join("metrics.jsonl"))?;
         let result = RunResult {
             variant: spec.variant.clone(),
             seed: spec.seed,
@@ -203,6 +248,8 @@ impl Runner {
             bits_per_byte: report.bits_per_byte,
             tokens_per_s: tps,
             curve,
+            bpb_curve,
+            elapsed_s: ckpt.state.elapsed_s,
             zero_shot_avg: report.zero_shot.map(|z| z.average_acc_norm),
             checkpoint: ckpt.dir.display().to_string(),
             config: ckpt.config.to_toml(),
@@ -219,10 +266,11 @@ impl Runner {
     }
 }
 
-/// Validation curve and median logged tokens/s of a run.
-fn read_metrics(path: &Path) -> Result<(Vec<(usize, f64)>, f64)> {
+/// Validation curves (nats/token, bits/byte) and median logged tokens/s of a run.
+type Curve = Vec<(usize, f64)>;
+fn read_metrics(path: &Path) -> Result<(Curve, Curve, f64)> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut curve = Vec::new();
+    let (mut curve, mut bpb) = (Vec::new(), Vec::new());
     let mut tps = Vec::new();
     for line in text.lines() {
         let v: serde_json::Value = match serde_json::from_str(line) {
@@ -233,11 +281,14 @@ fn read_metrics(path: &Path) -> Result<(Vec<(usize, f64)>, f64)> {
         if let Some(l) = v["val_loss"].as_f64() {
             curve.push((step, l));
         }
+        if let Some(b) = v["val_bits_per_byte"].as_f64() {
+            bpb.push((step, b));
+        }
         if let Some(t) = v["tokens_per_s"].as_f64() {
             tps.push(t);
         }
     }
-    Ok((curve, crate::bench::median(&mut tps)))
+    Ok((curve, bpb, crate::bench::median(&mut tps)))
 }
 
 /// Mean and sample standard deviation (0 for one value).
@@ -273,6 +324,7 @@ pub const NAMES: &[&str] = &[
     "data-efficiency",
     "ema",
     "parallel-decoding",
+    "adaptation",
 ];
 
 /// Refuse an unknown experiment or options it does not take.
@@ -280,8 +332,13 @@ pub fn check(name: &str, opts: &ExpOptions) -> Result<()> {
     if !NAMES.contains(&name) {
         anyhow::bail!("unknown experiment '{name}' (known: {})", NAMES.join(", "));
     }
-    if opts.from.is_some() && name != "parallel-decoding" {
-        anyhow::bail!("--from applies to parallel-decoding only; {name} trains its own runs");
+    if opts.from.is_some() && !["parallel-decoding", "adaptation"].contains(&name) {
+        anyhow::bail!(
+            "--from applies to parallel-decoding and adaptation only; {name} trains its own runs"
+        );
+    }
+    if name == "adaptation" {
+        adaptation::base(opts)?;
     }
     Ok(())
 }
@@ -299,6 +356,7 @@ pub fn run(name: &str, opts: ExpOptions) -> Result<PathBuf> {
         "data-efficiency" => data_efficiency::run(&mut runner),
         "ema" => ema::run(&mut runner),
         "parallel-decoding" => parallel_decoding::run(&mut runner),
+        "adaptation" => adaptation::run(&mut runner),
         other => anyhow::bail!("unknown experiment '{other}' (known: {})", NAMES.join(", ")),
     }?;
     Ok(runner.opts.out.join("report.md"))

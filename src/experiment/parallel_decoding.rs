@@ -4,16 +4,14 @@
 //! model's own text, at batch 1 and 8. Every stage is reused when rerun: the training run,
 //! the distillation (resumable itself) and each measured model's benchmark rows.
 
-use super::plot::{plot, Series};
-use super::report::{write, Report, Table};
+use super::bench_cache::{bench_once, csv_rows, find, pareto, table, tag, BenchPlan, CSV_HEADER};
+use super::report::{write, Report};
 use super::{RunSpec, Runner};
-use crate::bench::decode::{bench_decode, prompt_set, DecodeBench, DecodeBenchConfig};
+use crate::bench::decode::DecodeBench;
 use crate::checkpoint::{self, Precision};
 use crate::config::ObjectiveKind;
-use crate::data::load_data;
 use crate::decode::{CardDecoder, DecoderSpec, Sampling, VerifyDecoder};
 use crate::runtime::device as default_device;
-use crate::runtime::fsutil::write_atomic;
 use crate::train::distill::{distill, DistillConfig, DistillPlan, DistillReport};
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
@@ -38,87 +36,6 @@ fn decoders() -> Vec<DecoderSpec> {
     ]
 }
 
-/// One model's benchmark rows, measured once and kept in `path`.
-fn bench_once(
-    runner: &Runner,
-    path: &Path,
-    model_dir: &Path,
-    judge_dir: &Path,
-) -> Result<Vec<DecodeBench>> {
-    let device = default_device()?;
-    let ckpt = checkpoint::open(model_dir, &device, true)?;
-    // Reused only if it measured this very checkpoint.
-    let dir = std::fs::canonicalize(&ckpt.dir).unwrap_or_else(|_| ckpt.dir.clone());
-    let measured = format!(
-        "{} step {}, judge {}",
-        dir.display(),
-        ckpt.state.step,
-        judge_dir.display()
-    );
-    if let Ok(text) = std::fs::read_to_string(path) {
-        if let Ok(saved) = serde_json::from_str::<SavedBench>(&text) {
-            if saved.model == measured {
-                eprintln!("  benchmark of {}: done earlier", model_dir.display());
-                return Ok(saved.rows);
-            }
-        }
-    }
-    let judge = checkpoint::open_as(judge_dir, &device, true, Precision::F32)?;
-    let (model, tok) = (&ckpt.model, &ckpt.tokenizer);
-    let data = load_data(&ckpt.config, Some(tok.clone()))?;
-    let smoke = runner.opts.smoke;
-    let sets = ["prose", "probes", "own"]
-        .iter()
-        .map(|n| prompt_set(n, model, tok, Some(&data)))
-        .collect::<Result<Vec<_>>>()?;
-    let cfg = DecodeBenchConfig {
-        lengths: vec![if smoke {
-            8
-        } else {
-            128.min(model.cfg.max_seq_len / 2)
-        }],
-        batches: vec![1, if smoke { 2 } else { 8 }],
-        decoders: decoders(),
-        sets,
-        rounds: if smoke { 1 } else { 3 },
-        fit_lengths: true,
-    };
-    eprintln!("  benchmark of {} ...", model_dir.display());
-    let (rows, _) = bench_decode(
-        model,
-        tok,
-        Some((&judge.model, &judge.tokenizer)),
-        &cfg,
-        |_| {},
-    )?;
-    let saved = SavedBench {
-        model: measured,
-        rows,
-    };
-    write_atomic(path, serde_json::to_string(&saved)?.as_bytes())?;
-    Ok(saved.rows)
-}
-
-/// A benchmark kept between runs, with the checkpoint it measured.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct SavedBench {
-    model: String,
-    rows: Vec<DecodeBench>,
-}
-
-/// The row of `decoder` + `setting` for (set, batch) in `rows`.
-fn find<'a>(
-    rows: &'a [DecodeBench],
-    set: &str,
-    batch: usize,
-    setting: &str,
-    decoder: &str,
-) -> Option<&'a DecodeBench> {
-    rows.iter().find(|r| {
-        r.prompt_set == set && r.batch == batch && r.decoder == decoder && r.setting == setting
-    })
-}
-
 pub fn run(runner: &mut Runner) -> Result<()> {
     // One model, so one seed (the report's header then names just that one).
     runner.opts.seeds.truncate(1);
@@ -131,6 +48,7 @@ pub fn run(runner: &mut Runner) -> Result<()> {
                 sets: vec!["train.objective=\"card\"".into()],
                 seed: runner.opts.seeds()[0],
                 steps: runner.opts.steps(4000),
+                init: None,
             };
             PathBuf::from(&runner.run(&spec)?.checkpoint)
         }
@@ -172,8 +90,16 @@ pub fn run(runner: &mut Runner) -> Result<()> {
     let distilled = PathBuf::from(&dr.run);
     // One judge for both models: SmolLM2 when fetched, else the model before distillation.
     let judge = super::external_judge().unwrap_or_else(|| base.clone());
-    let before = bench_once(runner, &out.join("bench-before.json"), &base, &judge)?;
-    let after = bench_once(runner, &out.join("bench-after.json"), &distilled, &judge)?;
+    let plan = BenchPlan {
+        sets: &["prose", "probes", "own"],
+        length: if smoke { 8 } else { 128 },
+        batches: vec![1, if smoke { 2 } else { 8 }],
+        decoders: decoders(),
+        rounds: if smoke { 1 } else { 3 },
+        precision: Precision::Stored,
+    };
+    let before = bench_once(&out.join("bench-before.json"), &base, &judge, &plan)?;
+    let after = bench_once(&out.join("bench-after.json"), &distilled, &judge, &plan)?;
     report(runner, &base, &judge, &dr, &before, &after, config)
 }
 
@@ -190,19 +116,7 @@ fn report(
     if before.is_empty() || after.is_empty() {
         bail!("the benchmark measured nothing (no prompt set fits the model's context)");
     }
-    let tagged: Vec<(&str, &DecodeBench)> = before
-        .iter()
-        .map(|r| ("before", r))
-        .chain(after.iter().map(|r| ("after", r)))
-        .collect();
-    let slots = |r: &DecodeBench| {
-        r.acceptance_by_slot
-            .iter()
-            .map(|x| format!("{x:.2}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let mut tables = Vec::new();
+    let tagged = tag([("before", before), ("after", after)]);
     let sets: Vec<String> = {
         let mut s: Vec<String> = before.iter().map(|r| r.prompt_set.clone()).collect();
         s.dedup();
@@ -214,112 +128,19 @@ fn report(
         b.dedup();
         b
     };
+    let mut tables = Vec::new();
     for set in &sets {
         for &batch in &batches {
-            let rows: Vec<Vec<String>> = tagged
-                .iter()
-                .filter(|(_, r)| &r.prompt_set == set && r.batch == batch)
-                .map(|(model, r)| {
-                    vec![
-                        model.to_string(),
-                        r.decoder.clone(),
-                        r.setting.clone(),
-                        format!("{:.0}", r.tokens_per_s),
-                        format!("{:.2}", r.ratio_to_ar),
-                        format!("{:.2}", r.tokens_per_forward),
-                        slots(r),
-                        format!("{:.2}", r.kept_fraction),
-                        format!("{:.2}", r.same_as_ar),
-                        format!("{:.3}", r.judge_nll),
-                        format!("{:.3}", r.repeated_4gram_rate),
-                        format!("{:.3}", r.distinct_2),
-                    ]
-                })
-                .collect();
-            tables.push(Table {
-                caption: format!("{set} prompts, batch {batch}"),
-                header: [
-                    "model",
-                    "decoder",
-                    "setting",
-                    "tokens/s",
-                    "× AR",
-                    "tokens/forward",
-                    "acceptance by slot",
-                    "kept",
-                    "= AR",
-                    "judge NLL ↓",
-                    "rep. 4-grams",
-                    "distinct-2",
-                ]
-                .map(String::from)
-                .to_vec(),
-                rows,
-            });
+            tables.push(table(&tagged, set, batch));
         }
     }
-    // The Pareto plot: speed against the judge's NLL on prose at batch 1.
-    let points = |rows: &[DecodeBench], decoder: &str| -> Vec<(f64, f64)> {
-        rows.iter()
-            .filter(|r| r.prompt_set == sets[0] && r.batch == 1 && r.decoder == decoder)
-            .map(|r| (r.ratio_to_ar, r.judge_nll))
-            .collect()
-    };
-    plot(
+    pareto(
         &out.join("pareto.svg"),
-        &format!("{} prompts, batch 1: speed against quality", sets[0]),
-        "tokens/s relative to AR in the same run",
-        "NLL of the output under the judge (nats/token)",
-        &[
-            Series {
-                name: "AR".into(),
-                points: points(before, "ar"),
-            },
-            Series {
-                name: "CARD τ, before distillation".into(),
-                points: points(before, "card"),
-            },
-            Series {
-                name: "CARD τ, after".into(),
-                points: points(after, "card"),
-            },
-            Series {
-                name: "verified, before".into(),
-                points: points(before, "verify"),
-            },
-            Series {
-                name: "verified, after".into(),
-                points: points(after, "verify"),
-            },
-        ],
-        false,
-        None,
+        &sets[0],
+        [("before distillation", before), ("after", after)],
     )?;
     let findings = targets(before, after, &sets);
-    let csv: Vec<Vec<String>> = tagged
-        .iter()
-        .map(|(model, r)| {
-            vec![
-                model.to_string(),
-                r.prompt_set.clone(),
-                r.batch.to_string(),
-                r.max_new_tokens.to_string(),
-                r.decoder.clone(),
-                r.setting.clone(),
-                format!("{:.2}", r.tokens_per_s),
-                format!("{:.4}", r.ratio_to_ar),
-                format!("{:.4}", r.tokens_per_forward),
-                r.drafts_accepted_per_pass
-                    .map_or(String::new(), |x| format!("{x:.4}")),
-                slots(r),
-                format!("{:.4}", r.kept_fraction),
-                format!("{:.4}", r.same_as_ar),
-                format!("{:.4}", r.judge_nll),
-                format!("{:.4}", r.repeated_4gram_rate),
-                format!("{:.4}", r.distinct_2),
-            ]
-        })
-        .collect();
+    let csv = csv_rows(&tagged);
     let report = Report {
         title: "Parallel decoding that pays: threshold decoding, lossless verification and self-distillation".into(),
         intro: vec![
@@ -331,25 +152,7 @@ fn report(
         findings,
         config,
     };
-    let header = [
-        "model",
-        "prompt_set",
-        "batch",
-        "max_new_tokens",
-        "decoder",
-        "setting",
-        "tokens_per_s",
-        "ratio_to_ar",
-        "tokens_per_forward",
-        "drafts_accepted_per_pass",
-        "acceptance_by_slot",
-        "kept_fraction",
-        "same_as_ar",
-        "judge_nll",
-        "repeated_4gram_rate",
-        "distinct_2",
-    ];
-    write(&runner.opts, &report, &header, &csv)
+    write(&runner.opts, &report, &CSV_HEADER, &csv)
 }
 
 /// The targets, each stated as reached or not with the measured numbers.

@@ -52,6 +52,7 @@ pub(super) fn run_variants(
                 sets: sets.clone(),
                 seed,
                 steps,
+                init: None,
             })?);
         }
     }

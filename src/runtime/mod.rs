@@ -28,13 +28,49 @@ pub fn install_signal_handler() {
     });
 }
 
-/// The compute device: CPU, unless built with `cuda` and a GPU is present.
+/// The device `--device` asked for; unset means `auto`.
+static DEVICE: std::sync::OnceLock<DeviceChoice> = std::sync::OnceLock::new();
+
+/// Where tensors live: `auto` takes the GPU when the binary has CUDA and one is present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// Fix the device for the whole process (the global `--device`), once, before any tensor.
+/// `cuda` in a binary built without it is refused here, so the error comes before any work.
+pub fn set_device(name: &str) -> Result<(), String> {
+    let choice = match name {
+        "auto" => DeviceChoice::Auto,
+        "cpu" => DeviceChoice::Cpu,
+        "cuda" if cfg!(feature = "cuda") => DeviceChoice::Cuda,
+        "cuda" => {
+            return Err(
+                "--device cuda: this binary was built without CUDA (cargo build --release --features cuda)".into(),
+            )
+        }
+        other => return Err(format!("unknown --device '{other}' (known: auto, cpu, cuda)")),
+    };
+    DEVICE
+        .set(choice)
+        .map_err(|_| "the device is already chosen".to_string())
+}
+
+/// The compute device `--device` chose: by default CPU, unless built with `cuda` and a GPU is
+/// present.
 pub fn device() -> Result<Device> {
+    let choice = *DEVICE.get().unwrap_or(&DeviceChoice::Auto);
     #[cfg(feature = "cuda")]
     {
-        return Ok(Device::cuda_if_available(0)?);
+        match choice {
+            DeviceChoice::Auto => return Ok(Device::cuda_if_available(0)?),
+            DeviceChoice::Cuda => return Ok(Device::new_cuda(0)?),
+            DeviceChoice::Cpu => {}
+        }
     }
-    #[allow(unreachable_code)]
+    let _ = choice;
     Ok(Device::Cpu)
 }
 

@@ -280,13 +280,7 @@ fn real_text_bpb(
         budget,
         cfg.train.seed,
     )?;
-    let tokens: usize = w.iter().map(|x| x.len()).sum();
-    let bytes = (data.val_bytes as f64 * tokens as f64 / data.val.len() as f64) as u64;
-    Ok(eval::bits_per_byte(
-        score.nats_per_token,
-        tokens as u64,
-        bytes,
-    ))
+    Ok(eval::val_bits_per_byte(score.nats_per_token, data))
 }
 
 pub fn distill(

@@ -37,6 +37,10 @@ pub struct StepMetrics {
     pub tokens_per_s: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub val_loss: Option<f64>,
+    /// The validation score in bits per byte of text (for ARM and CARD the exact AR
+    /// likelihood, so an adaptation that hurts AR quality shows here at once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_bits_per_byte: Option<f64>,
     pub elapsed_s: f64,
 }
 
@@ -399,6 +403,17 @@ impl<'a> Trainer<'a> {
         let (mut last_loss, mut tps) = (f64::NAN, 0.0);
         let mut ckpt_dir = out.to_path_buf();
         let mut interrupted = false;
+        if self.state.step == 0 && self.state.init_from.is_some() && tc.eval_every > 0 {
+            // The starting checkpoint's score, the reference the run's curve is read against.
+            let v = self.validate()?;
+            let bpb = eval::val_bits_per_byte(v, self.data);
+            let line = serde_json::json!({"step": 0, "val_loss": v, "val_bits_per_byte": bpb, "elapsed_s": 0.0});
+            writeln!(metrics, "{line}")?;
+            metrics.flush()?;
+            bar.println(format!(
+                "held-out before training: {v:.4} nats/token, {bpb:.4} bits/byte"
+            ));
+        }
         while self.state.step < tc.max_steps {
             let t0 = Instant::now();
             let (loss, norm) = self.step()?;
@@ -422,15 +437,16 @@ impl<'a> Trainer<'a> {
                     grad_norm: norm,
                     tokens_per_s: tps,
                     val_loss,
+                    val_bits_per_byte: val_loss.map(|v| eval::val_bits_per_byte(v, self.data)),
                     elapsed_s: self.state.elapsed_s,
                 };
                 writeln!(metrics, "{}", serde_json::to_string(&m)?)?;
                 metrics.flush()?;
             }
-            let val_msg = self
-                .state
-                .last_val_loss
-                .map_or(String::new(), |v| format!("  val {v:.3}"));
+            let val_msg = self.state.last_val_loss.map_or(String::new(), |v| {
+                let bpb = eval::val_bits_per_byte(v, self.data);
+                format!("  val {v:.3} ({bpb:.3} bits/byte)")
+            });
             bar.set_message(format!("loss {loss:.3}{val_msg}  {tps:.0} tok/s"));
             bar.set_position(step as u64);
             let stop = stop_requested();
@@ -458,10 +474,14 @@ impl<'a> Trainer<'a> {
     }
 }
 
-/// Drop metric lines past `step` (written by a run killed after its last checkpoint).
+/// Drop metric lines past `step` (written by a run killed after its last checkpoint); a run
+/// at step 0 starts a fresh file.
 fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
     if !path.exists() {
         return Ok(());
+    }
+    if step == 0 {
+        return crate::runtime::fsutil::write_atomic(path, b"");
     }
     let text = std::fs::read_to_string(path)?;
     let kept: String = text

@@ -21,6 +21,24 @@ pub fn card(args: &[&str], cwd: &Path) -> Output {
         .expect("card runs")
 }
 
+/// Train a `tiny` model with `objective` for `steps` steps into `cwd/out` (quietly).
+pub fn train_tiny(cwd: &Path, objective: &str, steps: usize, out: &str) {
+    let steps = steps.to_string();
+    let args = [
+        "train",
+        "--preset",
+        "tiny",
+        "--objective",
+        objective,
+        "--max-steps",
+        &steps,
+        "--out",
+        out,
+        "--quiet",
+    ];
+    assert_success(&card(&args, cwd));
+}
+
 /// A zero exit, or the command's stderr as the failure.
 pub fn assert_success(out: &Output) {
     assert!(

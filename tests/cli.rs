@@ -59,6 +59,54 @@ fn config_errors_are_one_line_and_create_nothing() {
     }
 }
 
+/// Every numeric config field refuses NaN, infinities, zero, negatives and out-of-range
+/// values where they are wrong: one `error:` line naming the field, nothing created.
+#[test]
+fn every_numeric_field_refuses_bad_values_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let cases: &[(&str, &[&str])] = &[
+        ("model.init_std", &["nan", "inf", "0", "-0.02"]),
+        ("model.rope_theta", &["nan", "-inf", "0", "-1"]),
+        ("model.norm_eps", &["nan", "inf", "0", "-1e-5"]),
+        ("model.max_seq_len", &["1", "1000000000"]),
+        ("model.d_model", &["0"]),
+        ("model.n_heads", &["0", "7"]),
+        ("model.vocab_size", &["2"]),
+        ("train.lr", &["nan", "inf", "0", "-1"]),
+        ("train.min_lr_ratio", &["-0.1", "1.5", "nan"]),
+        ("train.beta1", &["1", "-0.1", "nan"]),
+        ("train.beta2", &["1", "1.5", "nan"]),
+        ("train.eps", &["0", "-1", "nan", "inf"]),
+        ("train.weight_decay", &["-0.1", "nan", "inf"]),
+        ("train.grad_clip", &["-1", "nan", "inf"]),
+        ("train.eval_batches", &["0"]),
+        ("train.ema_decay", &["1", "-0.1", "nan"]),
+        ("train.batch_size", &["0"]),
+        ("train.seq_len", &["1"]),
+        ("train.freeze_layers", &["99"]),
+        ("noise.tail_factor", &["0.5", "nan", "inf"]),
+        ("noise.ar_fraction", &["-0.1", "1.5", "nan"]),
+        ("weights.p", &["0", "1.5", "nan"]),
+        ("weights.beta", &["-1", "nan", "inf", "0"]),
+        ("data.val_fraction", &["-0.1", "1.5", "nan"]),
+        ("mdlm.eps", &["0", "1", "nan"]),
+        ("bd3lm.block_size", &["0"]),
+        ("bd3lm.clip_high", &["0", "1.5", "nan"]),
+    ];
+    for (key, values) in cases {
+        let field = key.split('.').nth(1).unwrap();
+        for v in *values {
+            let set = format!("{key}={v}");
+            let args = [
+                "train", "--preset", "tiny", "--out", "run", "--quiet", "--set", &set,
+            ];
+            assert_error(&card(&args, cwd), field);
+            assert!(!cwd.join("run").exists(), "{set} created the run directory");
+        }
+    }
+}
+
 #[test]
 fn device_choice_is_checked_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
@@ -348,6 +396,7 @@ fn generate_prints_json_and_rejects_bad_options() {
         (&["--threshold=-0.1"], "threshold"),
         (&["--max-new-tokens", "10000"], "context"),
         (&["--top-p", "0"], "top-p"),
+        (&["--stop", ""], "--stop needs a non-empty string"),
     ];
     for (extra, needle) in bad {
         let mut args = base.to_vec();
@@ -479,6 +528,14 @@ fn every_experiment_smoke_run_writes_report_csv_and_plots() {
     // A second call reuses the finished runs instead of training again.
     let out = card(&["experiment", "ema", "--smoke"], cwd);
     assert!(String::from_utf8_lossy(&out.stderr).contains("done earlier"));
+    // ... but never a smoke run as the real one.
+    let out = card(&["experiment", "ema"], cwd);
+    assert!(!out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("trained with other settings") && log.contains("train.max_steps"),
+        "{log}"
+    );
     // parallel-decoding reuses its training run, distillation and both benchmarks.
     let out = card(&["experiment", "parallel-decoding", "--smoke"], cwd);
     let log = String::from_utf8_lossy(&out.stderr);

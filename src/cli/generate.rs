@@ -164,6 +164,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if texts.is_empty() {
         bail!("give a prompt with --prompt TEXT or --prompt-file FILE (an empty --prompt \"\" starts from <|endoftext|>)");
     }
+    // An empty stop string is found in every text: each row would stop after one token.
+    if a.stop.iter().any(|s| s.is_empty()) {
+        bail!("--stop needs a non-empty string");
+    }
     let mut stop = a.stop.clone();
     if a.chat {
         let chat = ChatFormat::for_checkpoint(&ckpt.extra)?;

@@ -119,8 +119,32 @@ impl Config {
         if t.batch_size == 0 || t.grad_accum == 0 {
             bail!("train.batch_size and train.grad_accum must be positive");
         }
-        if t.lr.is_nan() || t.lr <= 0.0 || !(0.0..=1.0).contains(&t.min_lr_ratio) {
-            bail!("train.lr must be positive and train.min_lr_ratio in [0, 1]");
+        if !(t.lr.is_finite() && t.lr > 0.0) {
+            bail!("train.lr must be a positive finite number, got {}", t.lr);
+        }
+        if !(0.0..=1.0).contains(&t.min_lr_ratio) {
+            bail!(
+                "train.min_lr_ratio must be in [0, 1], got {}",
+                t.min_lr_ratio
+            );
+        }
+        // AdamW's bias correction divides by 1 − β^step.
+        for (name, b) in [("beta1", t.beta1), ("beta2", t.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                bail!("train.{name} must be in [0, 1), got {b}");
+            }
+        }
+        if !(t.eps.is_finite() && t.eps > 0.0) {
+            bail!("train.eps must be a positive finite number, got {}", t.eps);
+        }
+        for (name, v) in [("weight_decay", t.weight_decay), ("grad_clip", t.grad_clip)] {
+            if !(v.is_finite() && v >= 0.0) {
+                bail!("train.{name} must be a finite number ≥ 0 (0: off), got {v}");
+            }
+        }
+        // The last step always validates before its checkpoint is written.
+        if t.eval_batches == 0 {
+            bail!("train.eval_batches must be at least 1 (the final validation uses it)");
         }
         if !(0.0..1.0).contains(&t.ema_decay) {
             bail!("train.ema_decay must be in [0, 1)");

@@ -3,6 +3,10 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
+/// The longest context a model may declare: its RoPE tables are allocated whole (at 2^18
+/// positions, 64 MiB for 128-wide heads), and no Llama-family model we read goes beyond.
+pub const MAX_SEQ_LEN: usize = 1 << 18;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
@@ -148,8 +152,20 @@ impl ModelConfig {
         if self.vocab_size < 3 {
             bail!("model: vocab_size must be at least 3");
         }
-        if self.max_seq_len < 2 {
-            bail!("model: max_seq_len must be at least 2");
+        if !(2..=MAX_SEQ_LEN).contains(&self.max_seq_len) {
+            bail!(
+                "model.max_seq_len must be in 2..={MAX_SEQ_LEN}, got {}",
+                self.max_seq_len
+            );
+        }
+        for (name, v) in [
+            ("rope_theta", self.rope_theta),
+            ("norm_eps", self.norm_eps),
+            ("init_std", self.init_std),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                bail!("model.{name} must be a positive finite number, got {v}");
+            }
         }
         Ok(())
     }

@@ -176,16 +176,31 @@ impl Runner {
     pub fn run(&mut self, spec: &RunSpec) -> Result<RunResult> {
         let dir = self.run_dir(spec);
         let done = dir.join("result.json");
+        let cfg = self.config(spec)?;
         if done.is_file() {
             let r: RunResult = serde_json::from_str(&std::fs::read_to_string(&done)?)
                 .with_context(|| format!("{} is corrupted; delete it to rerun", done.display()))?;
+            // Reused only when it ran these settings (a --smoke run is not the real one). The
+            // vocabulary comes from the tokenizer once training starts.
+            let saved = Config::from_toml_with_sets(&r.config, &[])?;
+            let differ: Vec<String> = cfg
+                .diff(&saved)
+                .into_iter()
+                .filter(|k| k != "model.vocab_size")
+                .collect();
+            if !differ.is_empty() {
+                anyhow::bail!(
+                    "{} was trained with other settings ({}): delete it to rerun, or choose another --out",
+                    dir.display(),
+                    differ.join(", ")
+                );
+            }
             eprintln!(
                 "  {} seed {}: done earlier (val loss {:.4})",
                 spec.variant, spec.seed, r.val_loss
             );
             return Ok(r);
         }
-        let cfg = self.config(spec)?;
         let device = default_device()?;
         eprintln!(
             "  {} seed {}: {} steps ...",

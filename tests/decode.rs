@@ -363,3 +363,42 @@ fn host_engine_and_candle_path_decode_alike() {
         }
     }
 }
+
+/// A model whose weights hold NaN (intact on disk, so no checksum catches it) stops every
+/// decoder with an error naming the cause, on both backends, instead of panicking a sampler.
+#[test]
+fn non_finite_logits_are_an_error_not_a_panic() {
+    use card::decode::{Bd3lmDecoder, MdlmDecoder};
+    let good = &fixture().model;
+    let tensors = good.dense_tensors().unwrap();
+    let bad = card::model::Transformer::from_tensors(&good.cfg, |n| {
+        let t = &tensors[n];
+        // One poisoned matrix is enough: the final norm feeds every logit.
+        if n.contains("norm") {
+            t.affine(f64::NAN, 0.0)
+        } else {
+            Ok(t.clone())
+        }
+    })
+    .unwrap();
+    let decoders: Vec<Box<dyn Decoder>> = vec![
+        Box::new(ArDecoder),
+        Box::new(card(4, 4, 0.9, CommitMode::Block)),
+        Box::new(VerifyDecoder { block_size: 2 }),
+        Box::new(MdlmDecoder { steps: 4 }),
+        Box::new(Bd3lmDecoder::default()),
+    ];
+    for backend in [Backend::Host, Backend::Candle] {
+        for d in &decoders {
+            let o = GenOptions {
+                backend: Some(backend),
+                ..opts(4, Sampling::default(), 0)
+            };
+            let err = d
+                .generate(&bad, &prompts(), &o, &mut |_| {})
+                .err()
+                .unwrap_or_else(|| panic!("{backend:?}: a NaN model decoded"));
+            assert!(err.to_string().contains("non-finite logits"), "{err}");
+        }
+    }
+}

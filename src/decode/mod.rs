@@ -210,7 +210,11 @@ pub fn check_budget(model: &Transformer, prompts: &[Vec<u32>], max_new: usize) -
 /// The logits of one row at one position, on the host (a copy: for the samplers that keep
 /// few positions).
 pub(crate) fn logits_at(logits: &Tensor, row: usize, pos: usize) -> Result<Vec<f32>> {
-    Ok(logits.get(row)?.get(pos)?.to_vec1::<f32>()?)
+    let l = logits.get(row)?.get(pos)?.to_vec1::<f32>()?;
+    if !l.iter().all(|x| x.is_finite()) {
+        bail!(crate::model::session::NON_FINITE);
+    }
+    Ok(l)
 }
 
 /// What every decoder does before its first pass: refuse prompts that cannot fit, start the

@@ -7,6 +7,11 @@ use super::{host, Attention, KvCache, Transformer};
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 
+/// Why a decoder stops on a model whose logits are NaN or infinite (a checksum proves a file
+/// intact, not finite): a sampler would have nothing to draw.
+pub const NON_FINITE: &str =
+    "the model produced non-finite logits (its weights may hold NaN or infinity)";
+
 /// Which implementation of the recipe runs a cached forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -100,6 +105,19 @@ impl<'m> Session<'m> {
 
     /// One causal pass: row r feeds `inputs[r]` (possibly empty) after its cached prefix.
     pub fn forward(&mut self, inputs: &[Vec<u32>]) -> Result<()> {
+        self.pass(inputs)?;
+        // NaN or infinite logits would leave a sampler nothing to draw.
+        for (r, input) in inputs.iter().enumerate() {
+            for i in 0..input.len() {
+                if !self.logits(r, i).iter().all(|x| x.is_finite()) {
+                    bail!(NON_FINITE);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn pass(&mut self, inputs: &[Vec<u32>]) -> Result<()> {
         self.fed += inputs.iter().map(|i| i.len()).sum::<usize>();
         match &mut self.inner {
             Inner::Host(p) => p.forward(inputs),

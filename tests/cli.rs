@@ -734,5 +734,28 @@ fn threads_flag_is_validated_and_accepted() {
         dir.path(),
     );
     assert_success(&out);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("parameters"));
+    // The count is the one training reports for the same preset.
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    let args = [
+        "train",
+        "--preset",
+        "tiny",
+        "--max-steps",
+        "1",
+        "--out",
+        "run",
+        "--quiet",
+    ];
+    let train = card(&args, dir.path());
+    assert_success(&train);
+    let log = String::from_utf8_lossy(&train.stderr);
+    let trained = log
+        .split("training ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .unwrap();
+    assert!(
+        printed.starts_with(&format!("tiny: {trained} parameters")),
+        "{printed} against {trained}"
+    );
 }

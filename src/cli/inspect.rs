@@ -2,7 +2,7 @@
 
 use super::values::choice;
 use crate::config::{Config, MaskCount, MaskMode, NoiseConfig, WeightsConfig};
-use crate::model::{Params, Transformer};
+use crate::model::tensor_specs;
 use crate::noise::tail_mask;
 use crate::objective::context_weights;
 use anyhow::{bail, Result};
@@ -84,17 +84,16 @@ pub fn run(args: InspectArgs) -> Result<()> {
     match args.what {
         What::Noise(a) => noise(a),
         What::Params { preset, sets } => {
-            let cfg = Config::load(&preset, &sets)?;
-            let params = Params::init(
-                &cfg.model,
-                candle_core::DType::F32,
-                &candle_core::Device::Cpu,
-                0,
-            )?;
-            Transformer::from_params(&cfg.model, &params)?;
+            let mut cfg = Config::load(&preset, &sets)?;
+            // Training sizes the vocabulary from the tokenizer it trains with data.vocab_size
+            // (a prepared corpus's tokenizer may differ); counted from shapes, nothing built.
+            cfg.model.vocab_size = cfg.data.vocab_size;
+            let count: usize = tensor_specs(&cfg.model)
+                .iter()
+                .map(|s| s.shape.iter().product::<usize>())
+                .sum();
             println!(
-                "{preset}: {} parameters ({} layers, d_model {}, {} heads, d_ff {}, vocab {})",
-                params.count(),
+                "{preset}: {count} parameters ({} layers, d_model {}, {} heads, d_ff {}, vocab {} from data.vocab_size)",
                 cfg.model.n_layers,
                 cfg.model.d_model,
                 cfg.model.n_heads,

@@ -107,6 +107,45 @@ fn every_numeric_field_refuses_bad_values_by_name() {
     }
 }
 
+/// A checkpoint of another format version is named as such, even when its config (from a
+/// newer card) would not parse as ours.
+#[test]
+fn a_newer_checkpoint_format_is_named_before_its_config_is_read() {
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    train_tiny(cwd, "card", 1, "run");
+    let ckpt = checkpoint_dir(&cwd.join("run"));
+    let edit = |file: &str, f: &dyn Fn(String) -> String| {
+        let p = ckpt.join(file);
+        std::fs::write(&p, f(std::fs::read_to_string(&p).unwrap())).unwrap();
+    };
+    edit("state.json", &|t| {
+        t.replace("\"format_version\": 1,", "\"format_version\": 2,")
+    });
+    edit("config.toml", &|t| {
+        t.replace("[train]", "[train]\nfuture_knob = 1")
+    });
+    // Re-seal the manifest: the files are intact, just from another version.
+    let manifest = ckpt.join("manifest.json");
+    let mut m: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    for f in ["state.json", "config.toml"] {
+        let sum = format!("{:x}", Sha256::digest(std::fs::read(ckpt.join(f)).unwrap()));
+        m.insert(f.into(), sum.into());
+    }
+    std::fs::write(&manifest, serde_json::to_string(&m).unwrap()).unwrap();
+    assert_error(
+        &card(&["eval", "run"], cwd),
+        "has format 2 (this card reads format 1)",
+    );
+}
+
+fn checkpoint_dir(run: &Path) -> std::path::PathBuf {
+    let latest = std::fs::read_to_string(run.join("latest")).unwrap();
+    run.join(latest.trim())
+}
+
 #[test]
 fn device_choice_is_checked_before_any_work() {
     let dir = tempfile::tempdir().unwrap();

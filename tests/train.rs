@@ -292,3 +292,17 @@ fn an_init_run_starts_exactly_from_its_checkpoint() {
     }
     assert_eq!(weights_of(&fresh), weights_of(&init));
 }
+
+/// A save that fails part-way (here: an unknown extra file, refused after the weights are
+/// written) leaves no staging directory and no checkpoint behind.
+#[test]
+fn a_failed_save_leaves_nothing_behind() {
+    let t = Trainer::new(tiny(1, ObjectiveKind::Card), data(), &Device::Cpu).unwrap();
+    let mut ckpt = t.checkpoint().unwrap();
+    ckpt.extra.insert("bogus.txt".into(), String::new());
+    let dir = tempfile::tempdir().unwrap();
+    let err = checkpoint::save(dir.path(), &ckpt).unwrap_err();
+    assert!(err.to_string().contains("not a checkpoint file"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -147,9 +147,12 @@ pub fn open_as(
     load(path, device)?.open_as(use_ema, precision)
 }
 
+/// Streamed, so a multi-GB weight file is not held in memory twice (once here, once loaded).
 fn sha256_file(path: &Path) -> Result<String> {
-    let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(format!("{:x}", Sha256::digest(&bytes)))
+    let mut f = fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(format!("{:x}", h.finalize()))
 }
 
 /// Write and fsync a file inside a staging directory (published later by one rename).
@@ -169,16 +172,8 @@ fn save_tensors(map: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
 }
 
 /// Save a checkpoint under `run_dir/ckpt-<step>` and point `run_dir/latest` at it.
-pub fn save(run_dir: &Path, ckpt: &Checkpoint) -> Result<PathBuf> {
-    fs::create_dir_all(run_dir)
-        .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
-    let name = format!("ckpt-{:08}", ckpt.state.step);
-    let final_dir = run_dir.join(&name);
-    let tmp_dir = run_dir.join(format!(".{name}.tmp{}", std::process::id()));
-    if tmp_dir.exists() {
-        fs::remove_dir_all(&tmp_dir)?;
-    }
-    fs::create_dir(&tmp_dir)?;
+/// Write every file of `ckpt` into the staging directory, the manifest last.
+fn stage(tmp_dir: &Path, ckpt: &Checkpoint) -> Result<()> {
     match &ckpt.quantized {
         Some(q) => gguf::write(&tmp_dir.join(gguf::FILE), q)?,
         None => save_tensors(&ckpt.weights, &tmp_dir.join("model.safetensors"))?,
@@ -209,7 +204,7 @@ pub fn save(run_dir: &Path, ckpt: &Checkpoint) -> Result<PathBuf> {
     )?;
     // The manifest is written last: a directory without a valid one is incomplete.
     let mut manifest = BTreeMap::new();
-    for entry in fs::read_dir(&tmp_dir)? {
+    for entry in fs::read_dir(tmp_dir)? {
         let p = entry?.path();
         let file = p.file_name().unwrap().to_string_lossy().to_string();
         manifest.insert(file, sha256_file(&p)?);
@@ -218,7 +213,25 @@ pub fn save(run_dir: &Path, ckpt: &Checkpoint) -> Result<PathBuf> {
         &tmp_dir.join("manifest.json"),
         serde_json::to_string_pretty(&manifest)?.as_bytes(),
     )?;
-    sync_dir(Some(&tmp_dir));
+    sync_dir(Some(tmp_dir));
+    Ok(())
+}
+
+pub fn save(run_dir: &Path, ckpt: &Checkpoint) -> Result<PathBuf> {
+    fs::create_dir_all(run_dir)
+        .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
+    let name = format!("ckpt-{:08}", ckpt.state.step);
+    let final_dir = run_dir.join(&name);
+    let tmp_dir = run_dir.join(format!(".{name}.tmp{}", std::process::id()));
+    if tmp_dir.exists() {
+        fs::remove_dir_all(&tmp_dir)?;
+    }
+    fs::create_dir(&tmp_dir)?;
+    // A save that fails part-way leaves nothing behind.
+    if let Err(e) = stage(&tmp_dir, ckpt) {
+        let _ = fs::remove_dir_all(&tmp_dir);
+        return Err(e);
+    }
     if final_dir.exists() {
         fs::remove_dir_all(&final_dir)?;
     }
@@ -305,16 +318,22 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
             );
         }
     }
-    let config = Config::from_toml(&fs::read_to_string(dir.join("config.toml"))?)
-        .with_context(|| format!("checkpoint {} has an invalid config", dir.display()))?;
-    let state: TrainState = serde_json::from_str(&fs::read_to_string(dir.join("state.json"))?)
-        .with_context(|| format!("checkpoint {} has an invalid state.json", dir.display()))?;
-    if state.format_version != FORMAT_VERSION {
+    // The format version first: a newer checkpoint's config may not parse as ours.
+    let state_text = fs::read_to_string(dir.join("state.json"))?;
+    let version = serde_json::from_str::<serde_json::Value>(&state_text)
+        .ok()
+        .and_then(|v| v["format_version"].as_u64());
+    if version != Some(FORMAT_VERSION as u64) {
         bail!(
-            "checkpoint format {} is not supported (expected {FORMAT_VERSION})",
-            state.format_version
+            "checkpoint {} has format {} (this card reads format {FORMAT_VERSION})",
+            dir.display(),
+            version.map_or("unknown".into(), |v| v.to_string())
         );
     }
+    let config = Config::from_toml(&fs::read_to_string(dir.join("config.toml"))?)
+        .with_context(|| format!("checkpoint {} has an invalid config", dir.display()))?;
+    let state: TrainState = serde_json::from_str(&state_text)
+        .with_context(|| format!("checkpoint {} has an invalid state.json", dir.display()))?;
     let read = |name: &str| -> Result<Option<HashMap<String, Tensor>>> {
         if !manifest.contains_key(name) {
             return Ok(None);

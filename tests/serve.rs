@@ -10,6 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+mod common;
+
 fn checkpoint() -> &'static Path {
     static CKPT: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     let (_, p) = CKPT.get_or_init(|| {
@@ -854,7 +856,8 @@ fn have(cmd: &str, args: &[&str]) -> bool {
 #[test]
 fn openai_python_client_completes_and_streams() {
     if !have("python3", &["-c", "import openai"]) {
-        eprintln!("SKIPPED: the openai Python package is not installed (.ci/run installs it)");
+        let why = "the openai Python package is not installed (.ci/run installs it)";
+        common::skip_unless_ci("the openai client test", why);
         return;
     }
     let s = Server::start(&[]);
@@ -882,7 +885,8 @@ fn playground_in_headless_chromium() {
         || !browser.join("node_modules/playwright-core").exists()
         || !have("node", &["--version"])
     {
-        eprintln!("SKIPPED: needs /usr/bin/chromium, node and scripts/browser/node_modules (.ci/run installs them)");
+        let why = "needs /usr/bin/chromium, node and scripts/browser/node_modules (.ci/run installs them)";
+        common::skip_unless_ci("the headless-Chromium playground test", why);
         return;
     }
     let s = Server::start(&[]);

@@ -202,7 +202,7 @@ pub fn evaluate(ckpt: &Opened, opts: &EvalOptions) -> Result<EvalReport> {
         bound: bound.is_some(),
         val_loss: mean,
         perplexity: mean.exp(),
-        bits_per_byte: crate::eval::val_bits_per_byte(mean, &data),
+        bits_per_byte: super::val_bits_per_byte(mean, &data),
         val_loss_se: bound.map(|b| b.0),
         perplexity_se: bound.map(|b| b.0 * mean.exp()),
         t_samples: bound.map(|b| b.1),

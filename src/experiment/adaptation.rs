@@ -93,10 +93,8 @@ struct BaseEval {
 pub fn run(runner: &mut Runner) -> Result<()> {
     runner.opts.seeds.truncate(1);
     let base = base(&runner.opts)?;
-    let device = default_device()?;
-    let opened = checkpoint::open_as(&base, &device, true, Precision::F32)?;
-    let tokenizer = opened.tokenizer.clone();
-    drop(opened);
+    // Only its tokenizer is needed here (to re-tokenize the corpus), not its weights.
+    let tokenizer = TextTokenizer::from_file(&checkpoint::resolve(&base)?.join("tokenizer.json"))?;
     runner.opts.preset = base.display().to_string();
     let out = runner.opts.out.clone();
     let user_data = runner.opts.sets.iter().any(|s| s.starts_with("data.path"));

@@ -281,8 +281,10 @@ impl Runner {
     }
 }
 
-/// Validation curves (nats/token, bits/byte) and median logged tokens/s of a run.
+/// (step, value) points of a logged validation score.
 type Curve = Vec<(usize, f64)>;
+
+/// Validation curves (nats/token, bits/byte) and median logged tokens/s of a run.
 fn read_metrics(path: &Path) -> Result<(Curve, Curve, f64)> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let (mut curve, mut bpb) = (Vec::new(), Vec::new());

@@ -767,7 +767,19 @@ fn threads_flag_is_validated_and_accepted() {
         &["--threads", "0", "inspect", "params", "--preset", "tiny"],
         dir.path(),
     );
-    assert_error(&out, "--threads must be at least 1");
+    assert_error(&out, "--threads must be in [1, 1024], got 0");
+    let out = card(
+        &[
+            "--threads",
+            "100000",
+            "inspect",
+            "params",
+            "--preset",
+            "tiny",
+        ],
+        dir.path(),
+    );
+    assert_error(&out, "--threads must be in [1, 1024], got 100000");
     let out = card(
         &["inspect", "params", "--preset", "tiny", "--threads", "1"],
         dir.path(),

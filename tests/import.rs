@@ -460,6 +460,7 @@ fn the_server_renders_chat_with_the_models_template() {
         decoders: ModelInfo::decoders_for(&opened.config),
         config: opened.config.clone(),
         chat: ChatFormat::for_checkpoint(&opened.extra).unwrap(),
+        max_rows: 16,
     };
     let body = br#"{"messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}], "max_tokens": 4}"#;
     let parsed = chat(body, &opened.tokenizer, &info)

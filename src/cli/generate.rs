@@ -7,7 +7,7 @@ use crate::checkpoint::{self, Precision};
 use crate::config::Config;
 use crate::data::chat::{ChatFormat, Message, Role};
 use crate::data::TextTokenizer;
-use crate::decode::text::{cut_at_stop, TextStream};
+use crate::decode::text::{cut_at_stop, StopScan, TextStream};
 use crate::decode::{
     CardDecoder, CommitMode, Decoder, DecoderSpec, Floor, GenOptions, Generation, Knobs, Reveal,
     Sampling, StepTrace,
@@ -216,12 +216,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         }
         prompts.push(ids);
     }
-    let stops = stop.clone();
-    let stop_tok = tok.clone();
-    let stop_fn = move |_row: usize, gen: &[u32]| -> bool {
-        let text = stop_tok.decode(gen).unwrap_or_default();
-        stops.iter().any(|s| text.contains(s.as_str()))
-    };
+    let scans = std::cell::RefCell::new(vec![StopScan::default(); prompts.len()]);
+    let stop_fn =
+        |row: usize, gen: &[u32]| -> bool { scans.borrow_mut()[row].hit(tok, gen, &stop) };
     let opts = GenOptions {
         sampling,
         seed: a.seed,

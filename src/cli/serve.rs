@@ -17,15 +17,43 @@ pub struct ServeArgs {
     /// Requests admitted at once (waiting or decoding); beyond it: 429 with Retry-After.
     #[arg(long, default_value_t = 64)]
     pub queue: usize,
-    /// Rows (prompts × n, over all requests) decoded together in one batch.
+    /// Rows (prompts × n) decoded together in one batch, over all requests; also the most
+    /// one request may ask for (at most 64).
     #[arg(long, default_value_t = 16)]
     pub max_batch: usize,
     /// Decoding threads; batches with different decoder settings run in parallel.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
-    /// Largest accepted request body (413 beyond).
+    /// Largest accepted request body (413 beyond; 1 KiB to 64 MiB).
     #[arg(long, default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
+    /// Require `Authorization: Bearer KEY` on /v1/ (the playground asks for it). Prefer the
+    /// environment variable: a flag shows in the process list.
+    #[arg(long, env = "CARD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Also accept requests whose Host header names this (repeatable; "*" for any). By
+    /// default only localhost, 127.0.0.1, [::1] and --host are: a DNS-rebinding page
+    /// cannot reach the server under a name of its own.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allow_hosts: Vec<String>,
+    /// Let web pages from this origin (e.g. http://localhost:3000; repeatable; "*" for any)
+    /// call the API, with CORS headers. Other pages' requests get 403.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    pub cors_origins: Vec<String>,
+    /// Open connections at once; beyond it a new one gets 503 and is closed.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
+    /// Seconds for a request's headers to arrive, and for an idle keep-alive connection to
+    /// stay open.
+    #[arg(long, default_value_t = 30.0)]
+    pub header_timeout_s: f64,
+    /// Seconds for a request's body to arrive (408 beyond).
+    #[arg(long, default_value_t = 30.0)]
+    pub body_timeout_s: f64,
+    /// Seconds a request may take from admission to its last token (504 beyond, and the
+    /// request is cancelled).
+    #[arg(long, default_value_t = 600.0)]
+    pub request_timeout_s: f64,
     /// Pause after every forward pass, in milliseconds (slow motion for demos and tests).
     #[arg(long, default_value_t = 0)]
     pub step_delay_ms: u64,
@@ -43,12 +71,24 @@ pub struct ServeArgs {
     pub f32: bool,
 }
 
+/// Seconds in [lo, hi] as a duration, or an error naming the flag.
+fn seconds(name: &str, v: f64, lo: f64, hi: f64) -> Result<Duration> {
+    if !(v.is_finite() && (lo..=hi).contains(&v)) {
+        bail!("{name} must be in [{lo}, {hi}], got {v}");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
 pub fn run(a: ServeArgs) -> Result<()> {
-    if !(a.shutdown_grace_s.is_finite() && (0.0..=3600.0).contains(&a.shutdown_grace_s)) {
-        bail!(
-            "--shutdown-grace-s must be in [0, 3600], got {}",
-            a.shutdown_grace_s
-        );
+    let shutdown_grace = seconds("--shutdown-grace-s", a.shutdown_grace_s, 0.0, 3600.0)?;
+    let header_timeout = seconds("--header-timeout-s", a.header_timeout_s, 0.1, 3600.0)?;
+    let body_timeout = seconds("--body-timeout-s", a.body_timeout_s, 0.1, 3600.0)?;
+    let request_timeout = seconds("--request-timeout-s", a.request_timeout_s, 0.1, 86400.0)?;
+    for o in &a.cors_origins {
+        let ok = o == "*" || o.starts_with("http://") || o.starts_with("https://");
+        if !ok || o.ends_with('/') {
+            bail!("--cors-origin takes an origin like http://localhost:3000 (scheme, host, port; no path), got '{o}'");
+        }
     }
     if a.step_delay_ms > 10_000 {
         bail!(
@@ -65,9 +105,16 @@ pub fn run(a: ServeArgs) -> Result<()> {
         workers: a.workers,
         max_body_bytes: a.max_body_bytes,
         step_delay: Duration::from_millis(a.step_delay_ms),
-        shutdown_grace: Duration::from_secs_f64(a.shutdown_grace_s),
+        shutdown_grace,
         model_name: a.model_name,
         no_ema: a.no_ema,
         f32: a.f32,
+        allow_hosts: a.allow_hosts,
+        cors_origins: a.cors_origins,
+        api_key: a.api_key,
+        max_connections: a.max_connections,
+        header_timeout,
+        body_timeout,
+        request_timeout,
     })
 }

@@ -12,8 +12,9 @@ pub struct TextStream {
     committed: Vec<Option<u32>>,
     /// At most this many tokens count (a request's own budget inside a larger batch).
     max: usize,
-    /// Tokens of the prefix already turned into text.
+    /// Tokens of the prefix already turned into text, and that text.
     streamed: usize,
+    detok: Detok,
     sent: String,
     stopped: bool,
 }
@@ -53,7 +54,13 @@ impl TextStream {
             return None;
         }
         self.streamed = prefix.len();
-        self.release(&tok.decode(&prefix).unwrap_or_default(), stops)
+        let text = self.detok.update(tok, &prefix).to_string();
+        self.release(&text, stops)
+    }
+
+    /// The committed prefix's text so far (a trailing incomplete character held back).
+    pub fn text(&self) -> &str {
+        &self.detok.text
     }
 
     /// The rest of the text once the row is finished with `tokens`.
@@ -85,6 +92,71 @@ impl TextStream {
         let new = new.to_string();
         self.sent = text.to_string();
         Some(new)
+    }
+}
+
+/// A row's text decoded incrementally. Each call decodes only the tokens added since the
+/// last complete character, with the previous call's tokens as context (a tokenizer may
+/// render a token differently at the start of a text), so a row of n tokens costs O(n)
+/// decoding instead of the O(n²) of decoding it whole at every commit.
+#[derive(Debug, Default, Clone)]
+pub struct Detok {
+    text: String,
+    /// `tokens[prefix..read]` is the context decoded again beside the new tokens.
+    prefix: usize,
+    read: usize,
+}
+
+impl Detok {
+    /// The text of `tokens`, which extend the tokens of the previous call (a shorter list
+    /// starts over), with a trailing incomplete UTF-8 character held back.
+    pub fn update(&mut self, tok: &TextTokenizer, tokens: &[u32]) -> &str {
+        if tokens.len() < self.read {
+            *self = Self::default();
+        }
+        if tokens.len() > self.read {
+            let before = tok
+                .decode(&tokens[self.prefix..self.read])
+                .unwrap_or_default();
+            let now = tok.decode(&tokens[self.prefix..]).unwrap_or_default();
+            if now.len() > before.len() && !now.ends_with('\u{FFFD}') {
+                match now.strip_prefix(before.as_str()) {
+                    Some(new) => self.text.push_str(new),
+                    // The new tokens changed how the context reads: decode it all once.
+                    None => self.text = tok.decode(tokens).unwrap_or_default(),
+                }
+                (self.prefix, self.read) = (self.read, tokens.len());
+            }
+        }
+        &self.text
+    }
+}
+
+/// Whether a row's text contains one of its stop strings, searching only the text that is
+/// new since the last call (plus a stop string's length of overlap).
+#[derive(Debug, Default, Clone)]
+pub struct StopScan {
+    detok: Detok,
+    checked: usize,
+}
+
+impl StopScan {
+    pub fn hit(&mut self, tok: &TextTokenizer, tokens: &[u32], stops: &[String]) -> bool {
+        if stops.is_empty() {
+            return false;
+        }
+        let text = self.detok.update(tok, tokens);
+        let overlap = stops.iter().map(|s| s.len()).max().unwrap_or(1) - 1;
+        let mut from = if text.len() < self.checked {
+            0
+        } else {
+            self.checked.saturating_sub(overlap)
+        };
+        while !text.is_char_boundary(from) {
+            from -= 1;
+        }
+        self.checked = text.len();
+        stops.iter().any(|s| text[from..].contains(s.as_str()))
     }
 }
 
@@ -125,6 +197,44 @@ mod tests {
         assert_eq!(safe_text("hi\nUser: x", &stops), ("hi", true));
         assert_eq!(safe_text("plain", &stops), ("plain", false));
         assert_eq!(safe_text("plain", &[]), ("plain", false));
+    }
+
+    #[test]
+    fn incremental_text_and_stop_scan_match_a_whole_decode() {
+        use rand::{Rng, SeedableRng};
+        let tok = TextTokenizer::train(&crate::data::embedded_documents(), 300).unwrap();
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(7);
+        let text = "Alice was beginning to get very tired; café, naïve, 東京 — fin.";
+        let real = tok.encode(text).unwrap();
+        for case in 0..40 {
+            // Real text, then random ids (byte tokens that split characters included).
+            let ids: Vec<u32> = if case == 0 {
+                real.clone()
+            } else {
+                (0..60)
+                    .map(|_| rng.random_range(0..tok.vocab_size() as u32))
+                    .collect()
+            };
+            let (mut d, mut scan) = (Detok::default(), StopScan::default());
+            let stops = vec!["e t".to_string(), "\u{FFFD}x".to_string()];
+            let mut stopped = false;
+            for n in 1..=ids.len() {
+                let full = tok.decode(&ids[..n]).unwrap();
+                let inc = d.update(&tok, &ids[..n]).to_string();
+                assert!(full.starts_with(&inc), "{case}/{n}: {inc:?} vs {full:?}");
+                if !full.ends_with('\u{FFFD}') {
+                    assert_eq!(inc, full, "{case}/{n}");
+                }
+                if !stopped {
+                    let want = stops.iter().any(|s| inc.contains(s.as_str()));
+                    assert_eq!(scan.hit(&tok, &ids[..n], &stops), want, "{case}/{n}");
+                    stopped = want;
+                }
+            }
+            if case == 0 {
+                assert_eq!(d.update(&tok, &ids), text);
+            }
+        }
     }
 
     #[test]

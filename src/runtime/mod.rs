@@ -74,13 +74,17 @@ pub fn device() -> Result<Device> {
     Ok(Device::Cpu)
 }
 
+pub const MAX_THREADS: usize = 1024;
+
 /// Fix the compute thread count once, through the variable candle and rayon read. candle
 /// otherwise recomputes its default, reading /proc/cpuinfo, on every CPU matmul: measured at
 /// ~15% of a batch-1 decoding step. Call before any thread pool exists (both are built
 /// lazily) and before other threads start.
 pub fn set_threads(threads: Option<usize>) -> Result<(), String> {
     let n = match threads {
-        Some(0) => return Err("--threads must be at least 1".into()),
+        Some(n) if !(1..=MAX_THREADS).contains(&n) => {
+            return Err(format!("--threads must be in [1, {MAX_THREADS}], got {n}"))
+        }
         Some(n) => n,
         None => candle_core::utils::get_num_threads(),
     };

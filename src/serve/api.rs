@@ -95,6 +95,9 @@ pub struct ModelInfo {
     pub decoders: Vec<&'static str>,
     /// How chat messages become a prompt.
     pub chat: ChatFormat,
+    /// Rows (prompts × n) one request may ask for: `card serve --max-batch`, at most
+    /// [`MAX_ROWS`].
+    pub max_rows: usize,
 }
 
 impl ModelInfo {
@@ -230,6 +233,16 @@ fn common(r: &mut Request, info: &ModelInfo, max_key: &str) -> Result<Common, Ap
         let msg = format!("this checkpoint cannot be decoded with the '{name}' decoder");
         return Err(ApiError::bad_value("decoder", msg));
     }
+    let stream = r.stream.unwrap_or(false);
+    if r.stream_options.is_some() && !stream {
+        let msg = "'stream_options' is only allowed when 'stream' is true";
+        return Err(ApiError::bad_value("stream_options", msg));
+    }
+    let n = int_in(r.n, "n", 1, MAX_N)?.unwrap_or(1);
+    if n > 1 && sampling.is_greedy() {
+        let msg = format!("n = {n} with greedy decoding (temperature 0) gives {n} identical choices; set a temperature above 0 or n = 1");
+        return Err(ApiError::bad_value("n", msg));
+    }
     let include_usage = match r
         .stream_options
         .as_ref()
@@ -250,9 +263,9 @@ fn common(r: &mut Request, info: &ModelInfo, max_key: &str) -> Result<Common, Ap
             sampling,
             ignore_eos: r.ignore_eos.unwrap_or(false),
         },
-        n: int_in(r.n, "n", 1, MAX_N)?.unwrap_or(1),
+        n,
         seed: r.seed.map(|Int(s)| s as u64),
-        stream: r.stream.unwrap_or(false),
+        stream,
         include_usage,
         stops: stops(r.stop.take())?,
         max_tokens,
@@ -340,10 +353,11 @@ fn finish(
     trace: bool,
 ) -> Result<Parsed, ApiError> {
     let rows = prompts.len() * c.n;
-    if rows > MAX_ROWS {
+    let most = info.max_rows.min(MAX_ROWS);
+    if rows > most {
         return Err(ApiError::bad_value(
             "n",
-            format!("prompts × n is {rows}; at most {MAX_ROWS} completions per request"),
+            format!("prompts × n is {rows}; this server decodes at most {most} completions per request (card serve --max-batch)"),
         ));
     }
     let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);

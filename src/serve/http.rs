@@ -39,7 +39,11 @@ pub(crate) async fn playground_stream(State(app): State<Arc<App>>, req: Request)
     handle(app, req, Kind::Playground, api::playground).await
 }
 
-async fn read_body(req: Request, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+async fn read_body(
+    req: Request,
+    limit: usize,
+    deadline: Duration,
+) -> Result<axum::body::Bytes, ApiError> {
     let too_big = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -55,9 +59,17 @@ async fn read_body(req: Request, limit: usize) -> Result<axum::body::Bytes, ApiE
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_big());
     }
-    axum::body::to_bytes(req.into_body(), limit)
-        .await
-        .map_err(|_| too_big())
+    match tokio::time::timeout(deadline, axum::body::to_bytes(req.into_body(), limit)).await {
+        Ok(read) => read.map_err(|_| too_big()),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {:.0}s",
+                deadline.as_secs_f64()
+            ),
+        )),
+    }
 }
 
 async fn handle(app: Arc<App>, req: Request, kind: Kind, parse: Parser) -> Response {
@@ -75,32 +87,55 @@ async fn handle(app: Arc<App>, req: Request, kind: Kind, parse: Parser) -> Respo
 }
 
 async fn start(app: Arc<App>, req: Request, parse: Parser) -> Result<(Parsed, Ticket), ApiError> {
-    let body = read_body(req, app.max_body_bytes).await?;
+    let body = read_body(req, app.max_body_bytes, app.body_timeout).await?;
+    // A queue place first, so that only admitted requests are tokenized, a few at a time.
+    let permit = app.scheduler.reserve().map_err(|e| refused(&app, e))?;
+    let _parsing = app
+        .parsing
+        .acquire()
+        .await
+        .map_err(|_| internal("the request parser is closed"))?;
     // Tokenizing is CPU work: keep it off the runtime's threads.
     let a = Arc::clone(&app);
     let parsed = tokio::task::spawn_blocking(move || parse(&body, &a.tok, &a.info))
         .await
         .map_err(|_| internal("the request parser failed"))??;
-    let ticket = app.scheduler.submit(parsed.job.clone()).map_err(|e| {
-        let mut err = match e {
-            SubmitError::QueueFull => ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "queue_full",
-                format!(
-                    "the server is busy ({} requests queued or running); retry shortly",
-                    app.scheduler.capacity()
-                ),
-            ),
-            SubmitError::ShuttingDown => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                "the server is shutting down",
-            ),
-        };
-        err.retry_after = Some(1);
-        err
-    })?;
+    let ticket = app
+        .scheduler
+        .submit(parsed.job.clone(), permit)
+        .map_err(|e| refused(&app, e))?;
     Ok((parsed, ticket))
+}
+
+fn refused(app: &App, e: SubmitError) -> ApiError {
+    let mut err = match e {
+        SubmitError::QueueFull => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "queue_full",
+            format!(
+                "the server is busy ({} requests queued or running); retry shortly",
+                app.scheduler.capacity()
+            ),
+        ),
+        SubmitError::ShuttingDown => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down",
+        ),
+    };
+    err.retry_after = Some(1);
+    err
+}
+
+fn timed_out(limit: Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "timeout",
+        format!(
+            "the request did not finish within {:.0}s (card serve --request-timeout-s)",
+            limit.as_secs_f64()
+        ),
+    )
 }
 
 fn internal(msg: &str) -> ApiError {
@@ -150,8 +185,13 @@ fn chat_text(kind: Kind, text: &str) -> &str {
 }
 
 async fn whole(app: Arc<App>, mut ticket: Ticket, _p: Parsed, kind: Kind, id: String) -> Response {
+    let deadline = tokio::time::Instant::now() + app.request_timeout;
     loop {
-        match ticket.events.recv().await {
+        let Ok(event) = tokio::time::timeout_at(deadline, ticket.events.recv()).await else {
+            // Dropping the ticket cancels the job.
+            return timed_out(app.request_timeout).into_response();
+        };
+        match event {
             Some(Event::Done(r)) => {
                 let choices: Vec<Value> = r
                     .rows
@@ -197,6 +237,7 @@ struct Streaming {
     started: Vec<bool>,
     out: VecDeque<Sse>,
     ended: bool,
+    deadline: tokio::time::Instant,
 }
 
 impl Streaming {
@@ -303,6 +344,7 @@ impl Streaming {
 
 fn stream(app: Arc<App>, ticket: Ticket, p: Parsed, kind: Kind, id: String) -> Response {
     let rows = p.job.prompts.len();
+    let app_timeout = app.request_timeout;
     let mut st = Streaming {
         app,
         ticket,
@@ -314,6 +356,7 @@ fn stream(app: Arc<App>, ticket: Ticket, p: Parsed, kind: Kind, id: String) -> R
         started: vec![false; rows],
         out: VecDeque::new(),
         ended: false,
+        deadline: tokio::time::Instant::now() + app_timeout,
     };
     if kind == Kind::Chat {
         let first: Vec<Value> = (0..rows)
@@ -330,8 +373,14 @@ fn stream(app: Arc<App>, ticket: Ticket, p: Parsed, kind: Kind, id: String) -> R
             if st.ended {
                 return None;
             }
-            let ev = st.ticket.events.recv().await;
-            st.on_event(ev);
+            match tokio::time::timeout_at(st.deadline, st.ticket.events.recv()).await {
+                Ok(ev) => st.on_event(ev),
+                Err(_) => {
+                    let e = timed_out(st.app.request_timeout);
+                    st.out.push_back(Sse::default().data(e.body().to_string()));
+                    st.finish();
+                }
+            }
         }
     });
     axum::response::sse::Sse::new(events)

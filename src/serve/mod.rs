@@ -6,7 +6,9 @@
 //! and events sent back over channels, and [`request`] / [`api`] validate what comes in.
 
 pub mod api;
+pub mod guard;
 mod http;
+mod net;
 pub mod request;
 pub mod rows;
 pub mod scheduler;
@@ -23,7 +25,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use scheduler::{Scheduler, SchedulerConfig};
 use serde_json::json;
-use std::future::IntoFuture;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -47,7 +48,24 @@ pub struct ServeOptions {
     pub no_ema: bool,
     /// Expand quantized weights to f32.
     pub f32: bool,
+    /// Host names accepted besides the local ones and `host` ("*": any).
+    pub allow_hosts: Vec<String>,
+    /// Browser origins allowed to call the API (CORS); "*" any.
+    pub cors_origins: Vec<String>,
+    /// Required as `Authorization: Bearer <key>` on `/v1/`.
+    pub api_key: Option<String>,
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    /// The longest a request may take from admission to its last byte.
+    pub request_timeout: Duration,
 }
+
+/// Upper bounds of the start-up flags (a typo like `--workers 10000` is refused).
+pub const MAX_QUEUE: usize = 65_536;
+pub const MAX_WORKERS: usize = 256;
+pub const MAX_CONNECTIONS: usize = 65_536;
+pub const MAX_BODY_BYTES: usize = 64 << 20;
 
 pub(crate) struct App {
     pub scheduler: Arc<Scheduler>,
@@ -58,6 +76,10 @@ pub(crate) struct App {
     pub objective: &'static str,
     pub max_batch: usize,
     pub workers: usize,
+    pub body_timeout: Duration,
+    pub request_timeout: Duration,
+    /// Requests tokenized at once (the rest wait, already holding a queue place).
+    pub parsing: tokio::sync::Semaphore,
 }
 
 pub(crate) fn now_s() -> u64 {
@@ -68,9 +90,30 @@ pub(crate) fn now_s() -> u64 {
 }
 
 pub fn run(o: ServeOptions) -> Result<()> {
-    if o.queue == 0 || o.max_batch == 0 || o.workers == 0 {
-        anyhow::bail!("--queue, --max-batch and --workers must be at least 1");
+    let within = |name: &str, v: usize, lo: usize, hi: usize| {
+        if (lo..=hi).contains(&v) {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("{name} must be in [{lo}, {hi}], got {v}"))
+        }
+    };
+    within("--queue", o.queue, 1, MAX_QUEUE)?;
+    within("--max-batch", o.max_batch, 1, api::MAX_ROWS)?;
+    within("--workers", o.workers, 1, MAX_WORKERS)?;
+    within("--max-connections", o.max_connections, 1, MAX_CONNECTIONS)?;
+    within("--max-body-bytes", o.max_body_bytes, 1024, MAX_BODY_BYTES)?;
+    if o.api_key.as_ref().is_some_and(|k| k.trim().is_empty()) {
+        anyhow::bail!("--api-key (or CARD_API_KEY) is empty");
     }
+    // A panic is logged as one line; the scheduler then reports it and stops the server.
+    std::panic::set_hook(Box::new(|p| {
+        let thread = std::thread::current();
+        let at = p.location().map(|l| format!(" at {l}")).unwrap_or_default();
+        eprintln!(
+            "card serve: panic in thread {}{at}",
+            thread.name().unwrap_or("?")
+        );
+    }));
     let device = runtime::device()?;
     let precision = if o.f32 {
         Precision::F32
@@ -106,6 +149,7 @@ pub fn run(o: ServeOptions) -> Result<()> {
         config: ckpt.config,
         decoders,
         chat,
+        max_rows: o.max_batch,
     };
     let scheduler = Scheduler::new(
         model,
@@ -126,6 +170,9 @@ pub fn run(o: ServeOptions) -> Result<()> {
         objective: objective.name(),
         max_batch: o.max_batch,
         workers: o.workers,
+        body_timeout: o.body_timeout,
+        request_timeout: o.request_timeout,
+        parsing: tokio::sync::Semaphore::new(o.workers.clamp(2, 16)),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -140,6 +187,9 @@ pub fn run(o: ServeOptions) -> Result<()> {
     }
     rt.shutdown_timeout(Duration::from_secs(1));
     served?;
+    if let Some(why) = scheduler.failure() {
+        anyhow::bail!("the server stopped because {why} (see above); restart it");
+    }
     eprintln!("card serve: stopped");
     Ok(())
 }
@@ -150,6 +200,16 @@ async fn serve(app: Arc<App>, o: &ServeOptions) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
+    let guard = guard::Guard {
+        hosts: guard::Guard::hosts_for(&o.host, &o.allow_hosts),
+        port: local.port(),
+        cors: o
+            .cors_origins
+            .iter()
+            .map(|c| c.to_ascii_lowercase())
+            .collect(),
+        api_key: o.api_key.clone(),
+    };
     // The first stdout line names the address (tests start the server on port 0 and read it).
     println!(
         "card serve: listening on http://{local} (model {}, context {}, decoder {})",
@@ -159,11 +219,13 @@ async fn serve(app: Arc<App>, o: &ServeOptions) -> Result<()> {
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    if local.ip().is_unspecified() && o.allow_hosts.is_empty() {
+        eprintln!("card serve: listening on every interface, but only requests addressed to {} are accepted; add --allow-host NAME for the names clients use", guard.hosts.join(", "));
+    }
     let scheduler = Arc::clone(&app.scheduler);
     let grace = o.shutdown_grace;
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let shutdown = async move {
-        while !runtime::stop_requested() {
+    let stop = async move {
+        while !runtime::stop_requested() && scheduler.failure().is_none() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         eprintln!(
@@ -172,34 +234,28 @@ async fn serve(app: Arc<App>, o: &ServeOptions) -> Result<()> {
             grace.as_secs_f64()
         );
         scheduler.close();
-        let _ = stopping_tx.send(());
         let e = Arc::clone(&scheduler);
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
             e.cancel_everything();
         });
     };
-    let server = tokio::spawn(
-        axum::serve(listener, router(app))
-            .with_graceful_shutdown(shutdown)
-            .into_future(),
-    );
-    tokio::pin!(server);
-    tokio::select! {
-        r = &mut server => return Ok(r.context("the server task failed")??),
-        _ = stopping_rx => {}
-    }
+    let limits = net::NetLimits {
+        max_connections: o.max_connections,
+        header_timeout: o.header_timeout,
+    };
     // Connections close once their requests end; don't wait forever on a stuck client.
-    match tokio::time::timeout(grace + Duration::from_secs(5), &mut server).await {
-        Ok(r) => Ok(r.context("the server task failed")??),
-        Err(_) => {
-            eprintln!("card serve: connections still open after the grace period; closing");
-            Ok(())
-        }
-    }
+    net::serve(
+        listener,
+        router(app, guard),
+        limits,
+        stop,
+        grace + Duration::from_secs(5),
+    )
+    .await
 }
 
-fn router(app: Arc<App>) -> Router {
+fn router(app: Arc<App>, guard: guard::Guard) -> Router {
     Router::new()
         .route("/", get(playground_page))
         .route("/health", get(health))
@@ -210,6 +266,10 @@ fn router(app: Arc<App>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(guard),
+            guard::check,
+        ))
 }
 
 async fn playground_page() -> Html<&'static str> {
@@ -236,8 +296,9 @@ async fn health(axum::extract::State(app): axum::extract::State<Arc<App>>) -> Re
     let e = &app.scheduler;
     let s = &e.stats;
     let closed = e.is_closed();
+    let failed = e.failure().is_some();
     let body = json!({
-        "status": if closed { "shutting_down" } else { "ok" },
+        "status": if failed { "failed" } else if closed { "shutting_down" } else { "ok" },
         "model": app.info.id,
         "objective": app.objective,
         "context": app.info.context,

@@ -5,7 +5,7 @@
 
 use super::scheduler::{Event, JobSpec};
 use crate::data::TextTokenizer;
-use crate::decode::text::{cut_at_stop, TextStream};
+use crate::decode::text::{cut_at_stop, StopScan, TextStream};
 use crate::decode::{Finish, Generation, SlotTrace, StepTrace};
 use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
@@ -77,6 +77,7 @@ pub(crate) struct RowState {
     pub jrow: usize,
     pub max: usize,
     text: TextStream,
+    scan: StopScan,
     forwards: usize,
 }
 
@@ -87,21 +88,18 @@ impl RowState {
             jrow,
             max,
             text: TextStream::new(max),
+            scan: StopScan::default(),
             forwards: 0,
         }
     }
 
     /// Whether this row is finished by its request's own rules after `gen`: cancelled, its
     /// budget, or one of its stop strings.
-    pub fn stops(&self, job: &JobView, tok: &TextTokenizer, gen: &[u32]) -> bool {
+    pub fn stops(&mut self, job: &JobView, tok: &TextTokenizer, gen: &[u32]) -> bool {
         if job.cancelled || gen.len() >= self.max {
             return true;
         }
-        let stops = &job.spec.stops;
-        !stops.is_empty() && {
-            let text = tok.decode(gen).unwrap_or_default();
-            stops.iter().any(|s| text.contains(s.as_str()))
-        }
+        self.scan.hit(tok, gen, &job.spec.stops)
     }
 
     /// A decoding step of this row: record what it committed, stream new final text, and
@@ -144,7 +142,7 @@ impl RowState {
                 slots: step.slots.iter().map(view).collect(),
                 committed: step.committed.iter().map(view).collect(),
                 rejected: step.rejected.iter().map(view).collect(),
-                text: tok.decode(&prefix).unwrap_or_default(),
+                text: self.text.text().to_string(),
                 tokens: prefix.len(),
                 elapsed_s,
                 batch_rows,

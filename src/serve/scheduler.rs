@@ -104,8 +104,9 @@ pub struct Ticket {
     pub guard: CancelOnDrop,
 }
 
-/// Frees a queue place when the job is finished (or dropped unrun).
-struct Permit(Arc<AtomicUsize>);
+/// A queue place, taken before a request is tokenized (so tokenizing is bounded by the
+/// queue's capacity) and freed when the job is finished or dropped unrun.
+pub struct Permit(Arc<AtomicUsize>);
 
 impl Drop for Permit {
     fn drop(&mut self) {
@@ -136,6 +137,10 @@ pub struct Scheduler {
     admitted: Arc<AtomicUsize>,
     closed: AtomicBool,
     cancel_all: AtomicBool,
+    failure: Mutex<Option<String>>,
+    /// Fault injection for the tests (`CARD_SERVE_PANIC_AT_FORWARD`): panic in the decoder
+    /// at this batched forward pass.
+    panic_at: Option<u64>,
     pub stats: Stats,
 }
 
@@ -150,6 +155,10 @@ impl Scheduler {
             admitted: Arc::new(AtomicUsize::new(0)),
             closed: AtomicBool::new(false),
             cancel_all: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            panic_at: std::env::var("CARD_SERVE_PANIC_AT_FORWARD")
+                .ok()
+                .and_then(|v| v.parse().ok()),
             stats: Stats::default(),
         })
     }
@@ -161,7 +170,12 @@ impl Scheduler {
                 let me = Arc::clone(self);
                 std::thread::Builder::new()
                     .name(format!("card-worker-{i}"))
-                    .spawn(move || me.work())
+                    .spawn(move || {
+                        let work = std::panic::AssertUnwindSafe(|| me.work());
+                        if std::panic::catch_unwind(work).is_err() {
+                            me.fail("a decoding worker panicked outside a batch".into());
+                        }
+                    })
                     .expect("spawning a worker thread")
             })
             .collect()
@@ -180,8 +194,9 @@ impl Scheduler {
         self.closed.load(Ordering::SeqCst)
     }
 
-    /// Queue a job, or refuse at once when the queue is full or the server is stopping.
-    pub fn submit(&self, spec: JobSpec) -> Result<Ticket, SubmitError> {
+    /// Take a queue place, or refuse at once when the queue is full or the server is
+    /// stopping.
+    pub fn reserve(&self) -> Result<Permit, SubmitError> {
         if self.is_closed() {
             return Err(SubmitError::ShuttingDown);
         }
@@ -194,7 +209,14 @@ impl Scheduler {
         if admitted.is_err() {
             return Err(SubmitError::QueueFull);
         }
-        let permit = Permit(Arc::clone(&self.admitted));
+        Ok(Permit(Arc::clone(&self.admitted)))
+    }
+
+    /// Queue a job in the place `permit` holds.
+    pub fn submit(&self, spec: JobSpec, permit: Permit) -> Result<Ticket, SubmitError> {
+        if self.is_closed() {
+            return Err(SubmitError::ShuttingDown);
+        }
         let (tx, rx) = unbounded_channel();
         let cancel = Arc::new(AtomicBool::new(false));
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -210,6 +232,25 @@ impl Scheduler {
             events: rx,
             guard: CancelOnDrop(cancel),
         })
+    }
+
+    /// Why decoding stopped working (a worker panicked or exited), if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A failure is final: a panic may leave shared state (candle's thread pool lock among
+    /// it) poisoned, so the server stops admitting, and `card serve` exits non-zero for a
+    /// supervisor to restart it, instead of answering every later request with a 500.
+    fn fail(&self, why: String) {
+        eprintln!("card serve: {why}; no more requests are admitted and the server stops");
+        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        f.get_or_insert(why);
+        drop(f);
+        self.close();
     }
 
     /// Stop admitting requests; the workers finish what is queued, then exit.
@@ -314,9 +355,10 @@ impl Scheduler {
             start: std::time::Instant::now(),
         });
         let stop = |r: usize, gen: &[u32]| -> bool {
-            let st = state.borrow();
-            let row = &st.rows[r];
-            row.stops(&self.view(&jobs[row.job]), &self.tok, gen)
+            let mut st = state.borrow_mut();
+            let row = &mut st.rows[r];
+            let job = self.view(&jobs[row.job]);
+            row.stops(&job, &self.tok, gen)
         };
         let opts = GenOptions {
             // An id no token has: EOS never ends a row.
@@ -336,10 +378,22 @@ impl Scheduler {
             })
         }));
         self.stats.active_rows.fetch_sub(n_rows, Ordering::SeqCst);
+        // The details go to the server's log, not to clients.
         let outcome = match result {
             Ok(Ok(g)) => Ok(g),
-            Ok(Err(e)) => Err(format!("decoding failed: {e:#}")),
-            Err(_) => Err("decoding failed: internal error in the decoder".to_string()),
+            Ok(Err(e)) => {
+                eprintln!("card serve: decoding a batch of {n_rows} row(s) failed: {e:#}");
+                Err("decoding failed (an internal error; the server log has the details)")
+            }
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                self.fail(format!("a decoding worker panicked: {what}"));
+                Err("decoding failed (an internal error; the server log has the details)")
+            }
         };
         let state = state.into_inner();
         for (j, job) in jobs.iter().enumerate() {
@@ -363,7 +417,7 @@ impl Scheduler {
                 }
                 Err(message) => {
                     let _ = job.tx.send(Event::Failed {
-                        message: message.clone(),
+                        message: message.to_string(),
                         cancelled: false,
                     });
                 }
@@ -391,7 +445,10 @@ impl Scheduler {
         let mut st = state.borrow_mut();
         if step.forward != st.last_forward {
             st.last_forward = step.forward;
-            self.stats.forward_passes.fetch_add(1, Ordering::SeqCst);
+            let n = self.stats.forward_passes.fetch_add(1, Ordering::SeqCst) + 1;
+            if self.panic_at == Some(n) {
+                panic!("fault injected at forward pass {n} (CARD_SERVE_PANIC_AT_FORWARD)");
+            }
             if !self.cfg.step_delay.is_zero() {
                 std::thread::sleep(self.cfg.step_delay);
             }

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod gguf;
+pub mod http;
 pub mod trained;
 
 use candle_core::backprop::GradStore;

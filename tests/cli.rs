@@ -575,6 +575,25 @@ fn every_experiment_smoke_run_writes_report_csv_and_plots() {
         log.contains("trained with other settings") && log.contains("train.max_steps"),
         "{log}"
     );
+    // ... nor a run that older code produced.
+    let runs = cwd.join("results/ema/runs");
+    let first = std::fs::read_dir(&runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let result = first.join("result.json");
+    let saved = std::fs::read_to_string(&result).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&saved).unwrap();
+    assert_eq!(v["results_version"], card::experiment::RESULTS_VERSION);
+    v["results_version"] = serde_json::json!(0);
+    std::fs::write(&result, v.to_string()).unwrap();
+    assert_error(
+        &card(&["experiment", "ema", "--smoke"], cwd),
+        "was produced by other code (results version 0",
+    );
+    std::fs::write(&result, saved).unwrap();
     // parallel-decoding reuses its training run, distillation and both benchmarks.
     let out = card(&["experiment", "parallel-decoding", "--smoke"], cwd);
     let log = String::from_utf8_lossy(&out.stderr);

@@ -49,6 +49,11 @@ pub struct TrainState {
     /// The checkpoint whose weights a `--init` run started from (None: a random init).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<String>,
+    /// SHA-256 over the training and validation token streams (see
+    /// [`crate::data::Prepared::fingerprint`]): a resume on other data behind the same path
+    /// and tokenizer is refused. None in checkpoints written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_sha256: Option<String>,
 }
 
 pub struct Checkpoint {
@@ -240,6 +245,73 @@ pub fn save(run_dir: &Path, ckpt: &Checkpoint) -> Result<PathBuf> {
     write_atomic(&run_dir.join("latest"), name.as_bytes())?;
     prune(run_dir, &name)?;
     Ok(final_dir)
+}
+
+/// The exclusive right to write into a run directory, held for as long as this lives. It is
+/// an OS file lock on `<run>/.lock`, so it is gone the moment its process dies (a killed
+/// run never leaves a stale lock), and the file names the holder for the error message.
+/// Re-entrant within a process (the CLI takes it before loading a run, the trainer again).
+pub struct RunLock {
+    _file: Option<fs::File>,
+    path: PathBuf,
+}
+
+fn held() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    static HELD: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    HELD.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        if self._file.is_some() {
+            held().retain(|p| p != &self.path);
+        }
+    }
+}
+
+pub fn lock_run(run_dir: &Path) -> Result<RunLock> {
+    let path = fs::canonicalize(run_dir)
+        .with_context(|| format!("cannot open {}", run_dir.display()))?
+        .join(".lock");
+    if held().contains(&path) {
+        return Ok(RunLock { _file: None, path });
+    }
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            let holder = holder.trim();
+            let holder = if holder.is_empty() {
+                "another process".to_string()
+            } else {
+                holder.to_string()
+            };
+            bail!(
+                "{} is being written by {holder}; wait for it to finish (or stop it), or choose another --out",
+                run_dir.display()
+            );
+        }
+        Err(fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let me = format!("card (pid {}) on {}", std::process::id(), host.trim());
+    file.set_len(0)?;
+    file.write_all(me.as_bytes())?;
+    file.flush()?;
+    held().push(path.clone());
+    Ok(RunLock {
+        _file: Some(file),
+        path,
+    })
 }
 
 /// Keep the newest KEEP checkpoints (always the one just published); remove staging

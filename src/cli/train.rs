@@ -116,6 +116,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
             (cfg, None, out)
         }
     };
+    // Before any work: a run another process is writing is refused at once.
+    let _lock = if out.exists() {
+        Some(checkpoint::lock_run(&out)?)
+    } else {
+        None
+    };
     let tokenizer = match ckpt.as_ref().or(init.as_ref()) {
         Some(c) => Some(TextTokenizer::from_json(&c.tokenizer_json)?),
         None => None,

@@ -55,6 +55,15 @@ pub struct Prepared {
     pub meta: PreparedMeta,
 }
 
+impl Prepared {
+    /// SHA-256 over the token streams' own checksums: what a checkpoint records so that a
+    /// resume on different data (behind the same path and tokenizer) is noticed.
+    pub fn fingerprint(&self) -> String {
+        let both = format!("{}:{}", self.meta.train_sha256, self.meta.val_sha256);
+        sha256_hex(both.as_bytes())
+    }
+}
+
 /// Tokenize `docs` and split them into train/validation by whole documents.
 ///
 /// Whitespace-only documents are dropped. The split shuffles document indices with a PCG

@@ -108,6 +108,19 @@ pub struct RunResult {
     pub zero_shot_avg: Option<f64>,
     pub checkpoint: String,
     pub config: String,
+    /// [`RESULTS_VERSION`] of the code that produced it (files from before it was recorded
+    /// read as 1).
+    #[serde(default = "first_results_version")]
+    pub results_version: u32,
+}
+
+/// Bumped by any change that alters what a run trains or measures (training numerics,
+/// evaluation, the result's fields), so that results from older code are rerun, not
+/// reused: a finished run is reused only at this version, with its recorded settings.
+pub const RESULTS_VERSION: u32 = 1;
+
+fn first_results_version() -> u32 {
+    1
 }
 
 /// Trains (or resumes, or reuses) runs and caches prepared data between them.
@@ -182,6 +195,13 @@ impl Runner {
                 .with_context(|| format!("{} is corrupted; delete it to rerun", done.display()))?;
             // Reused only when it ran these settings (a --smoke run is not the real one). The
             // vocabulary comes from the tokenizer once training starts.
+            if r.results_version != RESULTS_VERSION {
+                anyhow::bail!(
+                    "{} was produced by other code (results version {}, this build writes {RESULTS_VERSION}): delete it to rerun, or choose another --out",
+                    dir.display(),
+                    r.results_version
+                );
+            }
             let saved = Config::from_toml_with_sets(&r.config, &[])?;
             let differ: Vec<String> = cfg
                 .diff(&saved)
@@ -268,6 +288,7 @@ impl Runner {
             zero_shot_avg: report.zero_shot.map(|z| z.average_acc_norm),
             checkpoint: ckpt.dir.display().to_string(),
             config: ckpt.config.to_toml(),
+            results_version: RESULTS_VERSION,
         };
         crate::runtime::fsutil::write_atomic(
             &done,

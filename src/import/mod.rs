@@ -209,6 +209,7 @@ pub fn import(opts: &ImportOptions) -> Result<ImportReport> {
             last_val_loss: None,
             elapsed_s: 0.0,
             init_from: None,
+            data_sha256: None,
         },
         config: config.clone(),
         tokenizer_json: tok.to_json()?,

@@ -146,6 +146,7 @@ impl<'a> Trainer<'a> {
             last_val_loss: None,
             elapsed_s: 0.0,
             init_from: None,
+            data_sha256: Some(data.fingerprint()),
         };
         let opt = AdamW::new(&params, &cfg.train)?;
         let ema = if cfg.train.ema {
@@ -179,6 +180,15 @@ impl<'a> Trainer<'a> {
             bail!(
                 "cannot resume {}: it was trained with another tokenizer than the data's",
                 ckpt.dir.display()
+            );
+        }
+        let data_now = data.fingerprint();
+        if let Some(saved) = ckpt.state.data_sha256.as_ref().filter(|s| **s != data_now) {
+            bail!(
+                "cannot resume {}: the data differs from the data it was trained on (fingerprint {} then, {} now); resume on the same data, or start a new run with another --out",
+                ckpt.dir.display(),
+                &saved[..saved.len().min(12)],
+                &data_now[..12]
             );
         }
         let mut cfg = cfg;
@@ -384,6 +394,7 @@ impl<'a> Trainer<'a> {
     /// Train to max_steps, logging to `out/metrics.jsonl` and checkpointing into `out`.
     pub fn run(&mut self, out: &Path, progress: bool) -> Result<TrainSummary> {
         std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        let _lock = checkpoint::lock_run(out)?;
         let metrics_path = out.join("metrics.jsonl");
         truncate_metrics(&metrics_path, self.state.step)?;
         let mut metrics = std::fs::OpenOptions::new()

@@ -1,6 +1,6 @@
 //! Model invariants: finite-difference gradient checks, every parameter trained, CARD at
-//! t = 0 equals ARM, the differentiable and fused inference paths agree, and cached
-//! decoding equals full recomputation.
+//! t = 0 equals ARM, and cached decoding equals full recomputation (the forward paths
+//! against a plain reference are in `tests/reference.rs`).
 
 use candle_core::{DType, Device, Tensor, Var};
 use card::config::{Config, ModelConfig};
@@ -177,18 +177,6 @@ fn card_at_zero_noise_equals_arm() {
 fn plain_model(cfg: &ModelConfig, params: &Params) -> Transformer {
     let map = params.to_map().unwrap();
     Transformer::from_tensors(cfg, |n| Ok(map[n].clone())).unwrap()
-}
-
-#[test]
-fn fused_inference_ops_match_differentiable_ops() {
-    let cfg = small_cfg(50);
-    let params = Params::init(&cfg, DType::F32, &Device::Cpu, 11).unwrap();
-    let tracked = Transformer::from_params(&cfg, &params).unwrap();
-    let plain = plain_model(&cfg, &params);
-    let ids = Tensor::from_vec(random_ids(2 * 12, 50, 12), (2, 12), &Device::Cpu).unwrap();
-    let a = tracked.forward(&ids, Attention::Causal, None).unwrap();
-    let b = plain.forward(&ids, Attention::Causal, None).unwrap();
-    assert!(max_abs_diff(&a, &b) < 1e-4);
 }
 
 #[test]

@@ -1,9 +1,10 @@
 //! Model invariants: finite-difference gradient checks, every parameter trained, CARD at
-//! t = 0 equals ARM, and cached decoding equals full recomputation (the forward paths
-//! against a plain reference are in `tests/reference.rs`).
+//! t = 0 equals ARM (under the default Σw normalisation; under `"count"` it is ARM/β), the
+//! count normalisation's value by hand, and cached decoding equals full recomputation (the
+//! forward paths against a plain reference are in `tests/reference.rs`).
 
 use candle_core::{DType, Device, Tensor, Var};
-use card::config::{Config, ModelConfig};
+use card::config::{Config, LossNorm, ModelConfig};
 use card::model::{ops, tensor_specs, Attention, KvCache, Params, Transformer};
 use card::objective::{Arm, Card, Objective};
 use common::{finite_difference_check, max_abs_diff};
@@ -137,7 +138,10 @@ fn card_at_zero_noise_equals_arm() {
         model: small_cfg(40),
         ..Config::default()
     };
-    cfg.weights.beta = 2.0; // weights 1/β cancel under Σw normalisation
+    // The weights 1/β cancel under the default Σw normalisation, which this reduction
+    // needs: under "count" the same batch gives ARM/β (see the next test).
+    cfg.weights.beta = 2.0;
+    assert_eq!(cfg.weights.normalize, LossNorm::Weight);
     let dev = Device::Cpu;
     let params = Params::init(&cfg.model, DType::F32, &dev, 7).unwrap();
     let model = Transformer::from_params(&cfg.model, &params).unwrap();
@@ -172,6 +176,119 @@ fn card_at_zero_noise_equals_arm() {
         .to_scalar::<f32>()
         .unwrap();
     assert!((c - b).abs() > 1e-4);
+}
+
+/// The spec's weights w_n = 1 / (β + S_n), S_n = Σ_{i<n} C_i (1 − p)^{n−1−i} with
+/// C_i = m_i (1 + m_{i−1}), for targets n = 2..L of a row whose inputs 1..L−1 are masked
+/// where `mask` says (the explicit double sum, not the crate's recurrence).
+fn spec_weights(mask: &[bool], p: f64, beta: f64) -> Vec<f64> {
+    let m = |i: usize| {
+        if i == 0 {
+            0.0
+        } else {
+            mask[i - 1] as u8 as f64
+        }
+    };
+    let c = |i: usize| m(i) * (1.0 + m(i - 1));
+    (2..=mask.len() + 1)
+        .map(|n| {
+            let s: f64 = (1..n)
+                .map(|i| c(i) * (1.0 - p).powi((n - 1 - i) as i32))
+                .sum();
+            1.0 / (beta + s)
+        })
+        .collect()
+}
+
+/// −log softmax(logits)[target] in f64, by a loop.
+fn nll(logits: &[f32], target: u32) -> f64 {
+    let max = logits
+        .iter()
+        .map(|&v| v as f64)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let z: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
+    max + z.ln() - logits[target as usize] as f64
+}
+
+#[test]
+fn count_normalisation_divides_by_the_number_of_targets() {
+    let mut cfg = Config {
+        model: small_cfg(40),
+        ..Config::default()
+    };
+    cfg.weights.beta = 2.0;
+    let params = Params::init(&cfg.model, DType::F32, &Device::Cpu, 7).unwrap();
+    let model = Transformer::from_params(&cfg.model, &params).unwrap();
+    let (b, l) = (2, 10);
+    let x0 = random_ids(b * l, 40, 8); // ids ≥ 2: none is [MASK] = 1
+    let batch = |norm: LossNorm, t: [f64; 2]| {
+        let mut c = cfg.clone();
+        c.weights.normalize = norm;
+        let card = Card::new(&c, 1);
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(3);
+        let nb = card.corrupt(&x0, b, l, Some(&t), &mut rng);
+        let loss = card.loss(&model, &nb).unwrap().to_scalar::<f32>().unwrap() as f64;
+        (nb, loss)
+    };
+    let (nb, count) = batch(LossNorm::Count, [0.0, 0.6]);
+    let (nb_w, weight) = batch(LossNorm::Weight, [0.0, 0.6]);
+    assert_eq!(nb.input, nb_w.input, "the same draws either way");
+    let n = b * (l - 1);
+    assert_eq!(nb.denom, n as f64);
+    // Weights by the spec's formula from the masks the batch holds.
+    let mut w = Vec::new();
+    for r in 0..b {
+        let mask: Vec<bool> = nb.input[r * (l - 1)..(r + 1) * (l - 1)]
+            .iter()
+            .map(|&x| x == 1)
+            .collect();
+        assert_eq!(
+            mask.iter().any(|&m| m),
+            r == 1,
+            "row {r}: masks only at t > 0"
+        );
+        w.extend(spec_weights(&mask, cfg.weights.p, cfg.weights.beta));
+    }
+    for (a, e) in nb.weights.iter().zip(&w) {
+        assert!((*a as f64 - e).abs() < 1e-6, "weight {a} vs {e}");
+    }
+    // Σ w·CE by hand from the model's logits.
+    let ids = Tensor::from_vec(nb.input.clone(), (b, l - 1), &Device::Cpu).unwrap();
+    let logits = model.forward(&ids, Attention::Causal, None).unwrap();
+    let logits = logits.reshape((n, 40)).unwrap().to_vec2::<f32>().unwrap();
+    let ce: Vec<f64> = (0..n).map(|i| nll(&logits[i], nb.targets[i])).collect();
+    let weighted: f64 = w.iter().zip(&ce).map(|(w, c)| w * c).sum();
+    let sum_w: f64 = w.iter().sum();
+    assert!(
+        sum_w < n as f64 * 0.5,
+        "masks lower the weights below 1/β ({sum_w})"
+    );
+    let close = |a: f64, e: f64| (a - e).abs() < 1e-5 * e;
+    assert!(
+        close(count, weighted / n as f64),
+        "count: {count} vs {}",
+        weighted / n as f64
+    );
+    assert!(
+        close(weight, weighted / sum_w),
+        "weight: {weight} vs {}",
+        weighted / sum_w
+    );
+    // At t = 0 every w is 1/β: Σw normalisation gives the ARM loss, count gives ARM/β.
+    let (_, count0) = batch(LossNorm::Count, [0.0, 0.0]);
+    let (_, weight0) = batch(LossNorm::Weight, [0.0, 0.0]);
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(0);
+    let arm = Arm.loss(&model, &Arm.corrupt(&x0, b, l, None, &mut rng));
+    let arm = arm.unwrap().to_scalar::<f32>().unwrap() as f64;
+    assert!(
+        close(weight0, arm),
+        "weight at t = 0: {weight0} vs ARM {arm}"
+    );
+    assert!(
+        close(count0, arm / 2.0),
+        "count at t = 0: {count0} vs ARM/β {}",
+        arm / 2.0
+    );
 }
 
 fn plain_model(cfg: &ModelConfig, params: &Params) -> Transformer {

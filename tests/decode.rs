@@ -1,12 +1,12 @@
 //! Decoding invariants on a briefly trained `tiny` CARD model: CARD with K = 1 or a
 //! floor-only threshold reproduces AR greedy decoding, every step commits, T_max = 1 commits
-//! a block per pass, batches equal one-by-one decoding, sampling is seeded, and ragged
-//! cached forwards equal full recomputation.
+//! a block per pass, batches equal one-by-one decoding, sampling is seeded, a stop condition
+//! cuts at exactly its token, and ragged cached forwards equal full recomputation.
 
 use candle_core::{Device, Tensor};
 use card::data::TextTokenizer;
 use card::decode::{
-    ArDecoder, CardDecoder, CommitMode, Decoder, Floor, GenOptions, Generation, Sampling,
+    ArDecoder, CardDecoder, CommitMode, Decoder, Finish, Floor, GenOptions, Generation, Sampling,
     StepTrace, VerifyDecoder,
 };
 use card::model::{Attention, Backend, KvCache};
@@ -168,26 +168,56 @@ fn sampling_is_deterministic_for_a_seed() {
     }
 }
 
+/// A stop condition ends a row right after the token that satisfies it, keeping every token
+/// before it unchanged: exactly the unstopped run's tokens up to the first prefix that
+/// matches, whatever the decoder commits per pass (AR one token, CARD a block of 4, the
+/// verifier several drafts).
 #[test]
 fn stop_condition_and_budget_are_respected() {
     let ps = prompts();
-    let stop = |_row: usize, gen: &[u32]| gen.len() >= 5;
-    let o = GenOptions {
-        stop: Some(&stop),
-        ..opts(30, Sampling::default(), 0)
-    };
     for d in [
         &ArDecoder as &dyn Decoder,
         &card(4, 4, 0.5, CommitMode::Block),
         &VerifyDecoder { block_size: 3 },
     ] {
+        let (free, _) = run(d, &ps[..1], &opts(30, Sampling::default(), 0));
+        let free = &free.rows[0].tokens;
+        assert!(free.len() >= 12, "{}: only {} tokens", d.name(), free.len());
+        // A length condition: exactly 5 tokens.
+        let stop = |_row: usize, gen: &[u32]| gen.len() >= 5;
+        let o = GenOptions {
+            stop: Some(&stop),
+            ..opts(30, Sampling::default(), 0)
+        };
         let (g, _) = run(d, &ps[..1], &o);
-        let n = g.rows[0].tokens.len();
-        assert!((5..=8).contains(&n), "{}: {n} tokens", d.name());
-        if d.name() == "verify" {
-            // The verifier pushes its tokens one at a time: it stops exactly at the condition.
-            assert_eq!(n, 5);
-        }
+        assert_eq!(g.rows[0].tokens, free[..5], "{}", d.name());
+        assert_eq!(g.rows[0].finish, Finish::Stop, "{}", d.name());
+        // A stop string (as `--stop` builds it: the decoded text contains it), taken from the
+        // unstopped text's tokens 6..8: the row ends at the shortest prefix whose text holds it.
+        let needle = tok().decode(&free[5..8]).unwrap().trim().to_string();
+        assert!(!needle.is_empty(), "{}: a blank stop string", d.name());
+        let text_of = |gen: &[u32]| tok().decode(gen).unwrap();
+        let want = (1..=free.len())
+            .find(|&n| text_of(&free[..n]).contains(&needle))
+            .expect("the unstopped text holds the stop string");
+        assert!(
+            want < free.len(),
+            "{}: the stop string ends the text",
+            d.name()
+        );
+        let stop = |_row: usize, gen: &[u32]| text_of(gen).contains(&needle);
+        let o = GenOptions {
+            stop: Some(&stop),
+            ..opts(30, Sampling::default(), 0)
+        };
+        let (g, _) = run(d, &ps[..1], &o);
+        assert_eq!(
+            g.rows[0].tokens,
+            free[..want],
+            "{}: stop {needle:?}",
+            d.name()
+        );
+        assert_eq!(g.rows[0].finish, Finish::Stop, "{}", d.name());
     }
     assert!(ArDecoder
         .generate(

@@ -1,7 +1,8 @@
 //! Decoding invariants on a briefly trained `tiny` CARD model: CARD with K = 1 or a
 //! floor-only threshold reproduces AR greedy decoding, every step commits, T_max = 1 commits
 //! a block per pass, batches equal one-by-one decoding, sampling is seeded, a stop condition
-//! cuts at exactly its token, and ragged cached forwards equal full recomputation.
+//! cuts at exactly its token, the most-confident floor picks the top masked slot, and ragged
+//! cached forwards equal full recomputation.
 
 use candle_core::{Device, Tensor};
 use card::data::TextTokenizer;
@@ -227,6 +228,48 @@ fn stop_condition_and_budget_are_respected() {
             &mut |_| {}
         )
         .is_err());
+}
+
+/// With τ above every confidence no slot passes the threshold, so each step commits the
+/// floor's one slot: under `Floor::MostConfident` the masked slot of the highest confidence
+/// (the leftmost among equals), never a slot committed before. T_max > K, so no step is
+/// forced to fill the block. The committed tokens, by position, are the generation.
+#[test]
+fn most_confident_floor_commits_the_most_confident_masked_slot() {
+    let ps = prompts();
+    let d = CardDecoder {
+        floor: Floor::MostConfident,
+        ..card(4, 5, 2.0, CommitMode::Block)
+    };
+    let (g, steps) = run(&d, &ps, &opts(16, Sampling::default(), 0));
+    let mut committed: Vec<Vec<(usize, u32)>> = vec![Vec::new(); ps.len()];
+    let mut not_leftmost = 0;
+    for s in &steps {
+        assert_eq!(s.committed.len(), 1, "one slot per step: {s:?}");
+        let c = &s.committed[0];
+        // The slots still masked after the step were the other candidates.
+        for o in s.slots.iter().filter(|o| o.masked) {
+            let beaten =
+                c.confidence > o.confidence || (c.confidence == o.confidence && c.pos < o.pos);
+            assert!(beaten, "committed {c:?} over {o:?}");
+            not_leftmost += usize::from(o.pos < c.pos);
+        }
+        assert!(
+            committed[s.row].iter().all(|&(p, _)| p != c.pos),
+            "slot {} committed twice",
+            c.pos
+        );
+        committed[s.row].push((c.pos, c.token));
+    }
+    // The leftmost floor would never skip a masked slot: the test tells the floors apart.
+    assert!(not_leftmost > 0, "every step chose the leftmost slot");
+    for (r, row) in g.rows.iter().enumerate() {
+        let mut c = committed[r].clone();
+        c.sort();
+        let by_pos: Vec<u32> = c.iter().map(|x| x.1).collect();
+        assert!(row.tokens.len() >= 4, "row {r} ended early: {row:?}");
+        assert_eq!(row.tokens, by_pos[..row.tokens.len()], "row {r}");
+    }
 }
 
 #[test]

@@ -331,3 +331,79 @@ impl Decoder for CardDecoder {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::Sampling;
+
+    /// A row whose window holds these (committed token, confidence) slots, at `step`.
+    fn row(slots: &[(Option<u32>, f32)], step: usize) -> Row {
+        let opts = GenOptions {
+            max_new_tokens: 16,
+            eos_id: 0,
+            mask_id: 1,
+            sampling: Sampling::default(),
+            seed: 0,
+            stop: None,
+            backend: None,
+        };
+        Row {
+            progress: Progress::new(&opts),
+            pending: Vec::new(),
+            window: slots
+                .iter()
+                .map(|&(token, conf)| Slot {
+                    token,
+                    cand: 7,
+                    conf,
+                    age: step,
+                })
+                .collect(),
+            slot0: Vec::new(),
+            step,
+        }
+    }
+
+    fn chosen(d: &CardDecoder, r: &Row) -> Vec<usize> {
+        let mut out = Vec::new();
+        d.choose(r, &mut out);
+        out
+    }
+
+    #[test]
+    fn floors_pick_their_slot_only_when_none_passes() {
+        let d = |tau: f64, floor: Floor| CardDecoder {
+            block_size: 5,
+            step_limit: 8,
+            threshold: tau,
+            floor,
+            commit: CommitMode::Block,
+        };
+        // Slot 1 is committed (its high confidence is no candidate's); 2 and 3 tie.
+        let r = row(
+            &[
+                (None, 0.3),
+                (Some(4), 0.95),
+                (None, 0.6),
+                (None, 0.6),
+                (None, 0.1),
+            ],
+            1,
+        );
+        assert_eq!(chosen(&d(0.9, Floor::MostConfident), &r), [2]);
+        assert_eq!(chosen(&d(0.9, Floor::Leftmost), &r), [0]);
+        // Above-threshold slots are all committed and the floor is not consulted.
+        assert_eq!(chosen(&d(0.5, Floor::MostConfident), &r), [2, 3]);
+        assert_eq!(chosen(&d(0.5, Floor::Leftmost), &r), [2, 3]);
+        // τ = 1: only a certain slot passes; otherwise the floor's most confident one.
+        let certain = row(&[(None, 0.2), (None, 1.0), (None, 0.9)], 1);
+        assert_eq!(chosen(&d(1.0, Floor::MostConfident), &certain), [1]);
+        let unsure = row(&[(None, 0.2), (None, 0.4), (None, 0.99)], 1);
+        assert_eq!(chosen(&d(1.0, Floor::MostConfident), &unsure), [2]);
+        assert_eq!(chosen(&d(1.0, Floor::Leftmost), &unsure), [0]);
+        // At the step limit every masked slot of the block is filled.
+        let late = row(&[(None, 0.2), (Some(3), 0.4), (None, 0.1)], 8);
+        assert_eq!(chosen(&d(1.0, Floor::MostConfident), &late), [0, 2]);
+    }
+}

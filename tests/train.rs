@@ -7,6 +7,7 @@ use card::config::{Config, ObjectiveKind};
 use card::data::load_data;
 use card::data::Prepared;
 use card::train::Trainer;
+use std::io::Write;
 use std::sync::OnceLock;
 
 mod common;
@@ -45,6 +46,7 @@ fn resume_is_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = tiny(6, ObjectiveKind::Card);
     cfg.train.grad_accum = 2; // exercise accumulation across the resume too
+    cfg.train.log_every = 1; // a metrics line every step
     let mut straight = Trainer::new(cfg.clone(), data(), &Device::Cpu).unwrap();
     straight.run(&dir.path().join("straight"), false).unwrap();
 
@@ -57,6 +59,16 @@ fn resume_is_bit_identical() {
         .unwrap();
     let ckpt = checkpoint::load(&run, &Device::Cpu).unwrap();
     assert_eq!(ckpt.state.step, 3);
+    // A run killed after its step-3 checkpoint had logged steps 4 and 5 as well: the resumed
+    // run must drop those lines and log each step again, once.
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(run.join("metrics.jsonl"))
+        .unwrap();
+    for step in [4, 5] {
+        writeln!(log, "{}", serde_json::json!({"step": step, "loss": 99.0})).unwrap();
+    }
+    drop(log);
     let mut resumed = Trainer::resume(cfg.clone(), ckpt, data()).unwrap();
     resumed.run(&run, false).unwrap();
 
@@ -71,9 +83,25 @@ fn resume_is_bit_identical() {
     for (x, y) in a.weights.iter().zip(&b.weights) {
         assert_eq!(common::max_abs_diff(x, y), 0.0);
     }
-    // The metrics log holds each step once.
+    // The metrics log holds each step once, in order, with the straight run's losses.
+    let (resumed, straight) = (
+        steps_logged(&run),
+        steps_logged(&dir.path().join("straight")),
+    );
+    let steps: Vec<u64> = resumed.iter().map(|x| x.0).collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(resumed, straight);
+}
+
+/// (step, loss) of every line of a run's metrics log, in file order.
+fn steps_logged(run: &std::path::Path) -> Vec<(u64, f64)> {
     let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    assert!(log.lines().count() >= 2);
+    log.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+        })
+        .collect()
 }
 
 #[test]

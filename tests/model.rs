@@ -8,26 +8,10 @@ use card::config::{Config, LossNorm, ModelConfig};
 use card::model::{ops, tensor_specs, Attention, KvCache, Params, Transformer};
 use card::objective::{Arm, Card, Objective};
 use common::{finite_difference_check, max_abs_diff};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 mod common;
-
-fn small_cfg(vocab: usize) -> ModelConfig {
-    ModelConfig {
-        vocab_size: vocab,
-        d_model: 16,
-        n_layers: 2,
-        n_heads: 2,
-        d_ff: 24,
-        max_seq_len: 32,
-        ..ModelConfig::default()
-    }
-}
-
-fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
-    let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
-    (0..n).map(|_| rng.random_range(2..vocab as u32)).collect()
-}
+use common::{random_ids, small_cfg};
 
 /// Weighted next-token loss under a given attention, as a scalar f64.
 fn loss_of(

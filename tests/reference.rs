@@ -9,24 +9,10 @@ use card::model::{
     ops, tensor_specs, Attention, Backend, Params, Session, Transformer, Visibility,
 };
 use rand::{Rng, SeedableRng};
+
+mod common;
+use common::{random_ids, small_cfg};
 use std::collections::HashMap;
-
-fn small_cfg(vocab: usize) -> ModelConfig {
-    ModelConfig {
-        vocab_size: vocab,
-        d_model: 16,
-        n_layers: 2,
-        n_heads: 2,
-        d_ff: 24,
-        max_seq_len: 32,
-        ..ModelConfig::default()
-    }
-}
-
-fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
-    let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
-    (0..n).map(|_| rng.random_range(2..vocab as u32)).collect()
-}
 
 /// Random weights of every tensor of `cfg`, by name, at scales that keep activations O(1):
 /// matrices N(0, 1/√cols), norm weights 1 + N(0, 0.3²) (so a norm that ignored its weight

@@ -24,15 +24,7 @@ fn raw(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &st
         body.len()
     ));
     s.write_all(head.as_bytes()).unwrap();
-    let mut r = BufReader::new(s);
-    let (status, headers) = read_head(&mut r);
-    let mut body = String::new();
-    body_reader(r, &headers).read_to_string(&mut body).unwrap();
-    Resp {
-        status,
-        headers,
-        body,
-    }
+    read_response(s)
 }
 
 #[test]

@@ -192,7 +192,12 @@ pub fn body_reader(r: BufReader<TcpStream>, headers: &[(String, String)]) -> Box
 }
 
 pub fn request(addr: &str, method: &str, path: &str, body: &[u8]) -> Resp {
-    let mut r = BufReader::new(send(addr, method, path, body));
+    read_response(send(addr, method, path, body))
+}
+
+/// The whole response on a connection whose request has been sent.
+pub fn read_response(s: TcpStream) -> Resp {
+    let mut r = BufReader::new(s);
     let (status, headers) = read_head(&mut r);
     let mut body = String::new();
     body_reader(r, &headers).read_to_string(&mut body).unwrap();

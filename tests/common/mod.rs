@@ -165,3 +165,22 @@ pub fn finite_difference_check(
     }
     checked
 }
+
+/// A small model shape for numeric tests.
+pub fn small_cfg(vocab: usize) -> card::config::ModelConfig {
+    card::config::ModelConfig {
+        vocab_size: vocab,
+        d_model: 16,
+        n_layers: 2,
+        n_heads: 2,
+        d_ff: 24,
+        max_seq_len: 32,
+        ..card::config::ModelConfig::default()
+    }
+}
+
+/// `n` seeded token ids in 2..vocab.
+pub fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(2..vocab as u32)).collect()
+}

@@ -333,10 +333,10 @@ impl Prepared {
             let path = dir.join(name);
             let bytes =
                 fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            let expected = tokens * w as u64;
+            let expected = tokens.checked_mul(w as u64);
             ensure!(
-                bytes.len() as u64 == expected,
-                "{} has {} bytes but meta.json records {tokens} {} tokens ({expected} bytes): truncated or corrupt",
+                Some(bytes.len() as u64) == expected,
+                "{} has {} bytes but meta.json records {tokens} {} tokens: truncated or corrupt",
                 path.display(),
                 bytes.len(),
                 meta.token_dtype

@@ -97,7 +97,13 @@ impl TextTokenizer {
     /// is missing is added as a special token, with the id the `tokenizers` crate assigns (the
     /// model's vocabulary size, then upwards); an error if that id is already in use.
     pub fn from_json(json: &str) -> Result<Self> {
-        let mut inner = Tokenizer::from_str(json).map_err(tk_err("cannot parse tokenizer JSON"))?;
+        // tokenizers 0.22 panics (`expect("Helper")`) on a decoder section it cannot read, a
+        // truncated file included: check the syntax first, and turn any panic into an error.
+        serde_json::from_str::<serde_json::Value>(json)
+            .map_err(|e| anyhow!("cannot parse tokenizer JSON: {e}"))?;
+        let mut inner = std::panic::catch_unwind(|| Tokenizer::from_str(json))
+            .map_err(|_| anyhow!("cannot parse tokenizer JSON: the tokenizers crate rejected it"))?
+            .map_err(tk_err("cannot parse tokenizer JSON"))?;
         for special in [EOT, MASK] {
             if inner.token_to_id(special).is_none() {
                 inner.add_special_tokens(&[AddedToken::from(special, true)]);

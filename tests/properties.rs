@@ -12,6 +12,7 @@ use card::data::chat::{ChatFormat, ChatInfo};
 use card::data::{embedded_documents, prepare, Prepared, TextTokenizer};
 use card::decode::text::Detok;
 use card::serve::api::{self, ApiError, ModelInfo, Parsed};
+use card::serve::request;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunConfig, RngAlgorithm, TestRng, TestRunner};
 use serde_json::{json, Map, Value};
@@ -52,28 +53,8 @@ where
 // ---------------------------------------------------------------------------------------
 // The JSON API: completions, chat and playground bodies.
 
-const KEYS: &[&str] = &[
-    "model",
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "repetition_penalty",
-    "ignore_eos",
-    "stop",
-    "seed",
-    "n",
-    "stream",
-    "stream_options",
-    "user",
-    "decoder",
-    "block_size",
-    "step_limit",
-    "threshold",
-    "presence_penalty",
-    "frequency_penalty",
-    "logprobs",
-    "logit_bias",
+/// Fields the endpoints add to the common ones, and names from inside nested objects.
+const MORE_KEYS: &[&str] = &[
     "prompt",
     "messages",
     "max_completion_tokens",
@@ -111,7 +92,7 @@ const WORDS: &[&str] = &[
 
 fn key() -> impl Strategy<Value = String> {
     prop_oneof![
-        6 => prop::sample::select(KEYS).prop_map(str::to_string),
+        6 => prop::sample::select([request::COMMON, MORE_KEYS].concat()).prop_map(str::to_string),
         1 => any::<String>(),
     ]
 }
@@ -562,6 +543,46 @@ fn pick(dir: &Path, i: &prop::sample::Index) -> PathBuf {
     files[i.index(files.len())].clone()
 }
 
+/// A copy of `good` under a temporary directory with one file (picked by `file`) damaged.
+struct Damaged {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    target: PathBuf,
+    name: String,
+    changed: bool,
+}
+
+fn damaged_copy(good: &Path, file: &prop::sample::Index, d: &Damage) -> Damaged {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(good.file_name().unwrap());
+    copy_dir(good, &dir);
+    let target = pick(&dir, file);
+    let name = target.file_name().unwrap().to_str().unwrap().to_string();
+    let changed = apply(&target, d);
+    Damaged {
+        _tmp: tmp,
+        dir,
+        target,
+        name,
+        changed,
+    }
+}
+
+impl Damaged {
+    /// Record the damaged file's checksum in the manifest, so the parsers behind it are
+    /// reached; false when there is nothing to reseal.
+    fn reseal_checkpoint(&self) -> bool {
+        if self.name == "manifest.json" || !self.target.exists() {
+            return false;
+        }
+        let m = self.dir.join("manifest.json");
+        let mut manifest: Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+        manifest[&self.name] = json!(sha256(&self.target));
+        std::fs::write(&m, serde_json::to_vec(&manifest).unwrap()).unwrap();
+        true
+    }
+}
+
 /// A `tiny` CARD checkpoint (two training steps), saved once.
 fn trained_checkpoint() -> &'static Path {
     static C: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
@@ -580,21 +601,10 @@ fn a_damaged_checkpoint_is_refused_or_decodes_never_panics() {
     let strategy = (any::<prop::sample::Index>(), damage(), any::<bool>());
     let (sealed_seen, plain_seen) = (Seen::default(), Seen::default());
     check(120, strategy, |(file, d, reseal)| {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("ckpt");
-        copy_dir(good, &dir);
-        let target = pick(&dir, &file);
-        let name = target.file_name().unwrap().to_str().unwrap().to_string();
-        let changed = apply(&target, &d);
-        // Resealing records the damaged file's checksum, so the parsers behind it are reached.
-        let sealed = reseal && name != "manifest.json" && target.exists();
-        if sealed {
-            let m = dir.join("manifest.json");
-            let mut manifest: Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
-            manifest[&name] = json!(sha256(&target));
-            std::fs::write(&m, serde_json::to_vec(&manifest).unwrap()).unwrap();
-        }
-        let r = checkpoint::load(&dir, &Device::Cpu).and_then(|c| c.open(false));
+        let c = damaged_copy(good, &file, &d);
+        let sealed = reseal && c.reseal_checkpoint();
+        let (name, changed) = (&c.name, c.changed);
+        let r = checkpoint::load(&c.dir, &Device::Cpu).and_then(|c| c.open(false));
         if changed {
             if sealed { &sealed_seen } else { &plain_seen }.count(r.is_ok());
         }
@@ -639,31 +649,27 @@ fn a_damaged_prepared_corpus_is_refused_or_valid_never_panics() {
     let strategy = (any::<prop::sample::Index>(), damage(), any::<bool>());
     let (sealed_seen, plain_seen) = (Seen::default(), Seen::default());
     check(200, strategy, |(file, d, reseal)| {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("data");
-        copy_dir(good, &dir);
-        let target = pick(&dir, &file);
-        let name = target.file_name().unwrap().to_str().unwrap().to_string();
-        let changed = apply(&target, &d);
+        let c = damaged_copy(good, &file, &d);
+        let (dir, target, name, changed) = (&c.dir, &c.target, c.name.as_str(), c.changed);
         let mut sealed = false;
         if reseal && target.exists() && name != "meta.json" {
             let m = dir.join("meta.json");
             let mut meta: Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
-            let len = std::fs::metadata(&target).unwrap().len();
+            let len = std::fs::metadata(target).unwrap().len();
             let width = if meta["token_dtype"] == "u16" { 2 } else { 4 };
             let split = name.trim_end_matches(".bin");
             if name.ends_with(".bin") && len.is_multiple_of(width) {
-                meta[format!("{split}_sha256")] = json!(sha256(&target));
+                meta[format!("{split}_sha256")] = json!(sha256(target));
                 meta[format!("{split}_tokens")] = json!(len / width);
                 sealed = true;
-            } else if let Ok(t) = TextTokenizer::from_file(&target) {
+            } else if let Ok(t) = TextTokenizer::from_file(target) {
                 meta["tokenizer_hash"] = json!(t.hash());
                 meta["vocab_size"] = json!(t.vocab_size());
                 sealed = true;
             }
             std::fs::write(&m, serde_json::to_vec(&meta).unwrap()).unwrap();
         }
-        let r = Prepared::load(&dir);
+        let r = Prepared::load(dir);
         if changed {
             if sealed { &sealed_seen } else { &plain_seen }.count(r.is_ok());
         }
@@ -699,21 +705,14 @@ fn the_binary_turns_a_damaged_checkpoint_into_one_error_line() {
     let strategy = (any::<prop::sample::Index>(), damage(), any::<bool>());
     let seen = Seen::default();
     check(16, strategy, |(file, d, reseal)| {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("ckpt");
-        copy_dir(good, &dir);
-        let target = pick(&dir, &file);
-        let name = target.file_name().unwrap().to_str().unwrap().to_string();
-        apply(&target, &d);
-        if reseal && name != "manifest.json" && target.exists() {
-            let m = dir.join("manifest.json");
-            let mut manifest: Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
-            manifest[&name] = json!(sha256(&target));
-            std::fs::write(&m, serde_json::to_vec(&manifest).unwrap()).unwrap();
+        let c = damaged_copy(good, &file, &d);
+        if reseal {
+            c.reseal_checkpoint();
         }
+        let name = &c.name;
         let args = [
             "generate",
-            "ckpt",
+            c.dir.to_str().unwrap(),
             "--prompt",
             "Alice",
             "--max-new-tokens",
@@ -721,7 +720,7 @@ fn the_binary_turns_a_damaged_checkpoint_into_one_error_line() {
             "--threads",
             "1",
         ];
-        let out = common::card(&args, tmp.path());
+        let out = common::card(&args, c.dir.parent().unwrap());
         let stderr = String::from_utf8_lossy(&out.stderr);
         seen.count(out.status.success());
         prop_assert!(

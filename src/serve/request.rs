@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 /// The fields every generation endpoint takes.
-const COMMON: &[&str] = &[
+pub const COMMON: &[&str] = &[
     "model",
     "max_tokens",
     "temperature",

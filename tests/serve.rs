@@ -522,36 +522,109 @@ fn load_test_concurrent_streaming_clients() {
     const CLIENTS: usize = 16;
     const PER_CLIENT: usize = 4;
     const LIMIT: Duration = Duration::from_secs(120);
-    let s = Server::start(&[]);
+    const PROMPTS: [&str; 4] = ["Alice was", "The Queen said", "It was", "Down the"];
+    // A 1 ms pause per forward pass keeps each request alive long enough (≥ 24 ms) for a
+    // mid-stream disconnect to reach the server while its rows still decode.
+    let s = Server::start(&["--step-delay-ms", "1"]);
+    let body = |prompt: &str, decoder: &str, stream: bool| {
+        json!({"prompt": prompt, "max_tokens": 24, "temperature": 0, "decoder": decoder,
+            "stream": stream, "stream_options": if stream { json!({"include_usage": true}) } else { Value::Null }})
+    };
+    // Each (prompt, decoder) decoded alone first: under load every full response must carry
+    // exactly its own request's text, so a row handed to the wrong client shows up here.
+    let mut expected = std::collections::HashMap::new();
+    for p in PROMPTS {
+        for d in ["ar", "card"] {
+            let mut b = body(p, d, false);
+            b.as_object_mut().unwrap().remove("stream_options");
+            let r = post(&s.addr, "/v1/completions", &b);
+            assert_eq!(r.status, 200, "{}", r.body);
+            let text = r.json()["choices"][0]["text"].as_str().unwrap().to_string();
+            expected.insert((p, d), text);
+        }
+    }
+    let alone = s.health()["completed"].as_u64().unwrap();
+    let distinct: std::collections::HashSet<_> = expected.values().collect();
+    assert!(
+        distinct.len() > 2,
+        "the prompts give too few distinct texts: {expected:?}"
+    );
+
+    // Seeded choice of which requests hang up, and after how many events (1–3).
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let plan: Vec<Vec<Option<usize>>> = (0..CLIENTS)
+        .map(|c| {
+            (0..PER_CLIENT)
+                .map(|i| (next() % 4 == 0 && (c + i) % 4 != 3).then(|| 1 + (next() % 3) as usize))
+                .collect()
+        })
+        .collect();
+    let dropped = plan.iter().flatten().filter(|d| d.is_some()).count();
+    assert!(dropped >= 4, "the seed plans only {dropped} disconnects");
+
     let start = Instant::now();
     let results: Vec<(f64, f64, u64)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..CLIENTS)
-            .map(|c| {
-                let addr = s.addr.clone();
+        let handles: Vec<_> = plan
+            .iter()
+            .enumerate()
+            .map(|(c, plan)| {
+                let (addr, expected, body) = (s.addr.clone(), &expected, &body);
                 scope.spawn(move || {
-                    (0..PER_CLIENT)
-                        .map(|i| {
-                            let decoder = if (c + i) % 2 == 0 { "card" } else { "ar" };
-                            let body = json!({"prompt": "Alice was", "max_tokens": 24,
-                                "decoder": decoder, "stream": true,
-                                "stream_options": {"include_usage": true}});
-                            let t0 = Instant::now();
-                            let mut ev = Events::open(&addr, "/v1/completions", &body);
-                            assert_eq!(ev.status, 200);
-                            let mut first = None;
-                            let mut events = Vec::new();
-                            while let Some(d) = ev.next() {
-                                first.get_or_insert(t0.elapsed().as_secs_f64());
-                                if d == "[DONE]" {
-                                    break;
-                                }
-                                events.push(serde_json::from_str::<Value>(&d).unwrap());
+                    let mut done = Vec::new();
+                    for (i, hang_up) in plan.iter().enumerate() {
+                        let decoder = if (c + i) % 2 == 0 { "card" } else { "ar" };
+                        let prompt = PROMPTS[(c * PER_CLIENT + i) % PROMPTS.len()];
+                        let t0 = Instant::now();
+                        if (c + i) % 4 == 3 {
+                            // One request in four waits for the whole answer instead.
+                            let mut b = body(prompt, decoder, false);
+                            b.as_object_mut().unwrap().remove("stream_options");
+                            let v = post(&addr, "/v1/completions", &b).json();
+                            assert_eq!(
+                                v["choices"][0]["text"], expected[&(prompt, decoder)],
+                                "client {c} request {i} ({decoder}, {prompt:?}) got another row's text"
+                            );
+                            let tokens = v["usage"]["completion_tokens"].as_u64().unwrap();
+                            let t = t0.elapsed().as_secs_f64();
+                            done.push((t, t, tokens));
+                            continue;
+                        }
+                        let mut ev = Events::open(&addr, "/v1/completions", &body(prompt, decoder, true));
+                        assert_eq!(ev.status, 200);
+                        if let Some(k) = hang_up {
+                            for _ in 0..*k {
+                                ev.next();
                             }
-                            let u = &events.last().expect("events")["usage"];
-                            let tokens = u["completion_tokens"].as_u64().expect("usage at the end");
-                            (t0.elapsed().as_secs_f64(), first.unwrap_or(0.0), tokens)
-                        })
-                        .collect::<Vec<_>>()
+                            continue; // dropping `ev` closes the connection mid-stream
+                        }
+                        let mut first = None;
+                        let mut events = Vec::new();
+                        while let Some(d) = ev.next() {
+                            first.get_or_insert(t0.elapsed().as_secs_f64());
+                            if d == "[DONE]" {
+                                break;
+                            }
+                            events.push(serde_json::from_str::<Value>(&d).unwrap());
+                        }
+                        let text: String = events
+                            .iter()
+                            .filter_map(|e| e["choices"].get(0).and_then(|c| c["text"].as_str()))
+                            .collect();
+                        assert_eq!(
+                            text, expected[&(prompt, decoder)],
+                            "client {c} request {i} ({decoder}, {prompt:?}) got another row's text"
+                        );
+                        let u = &events.last().expect("events")["usage"];
+                        let tokens = u["completion_tokens"].as_u64().expect("usage at the end");
+                        done.push((t0.elapsed().as_secs_f64(), first.unwrap_or(0.0), tokens));
+                    }
+                    done
                 })
             })
             .collect();
@@ -562,15 +635,26 @@ fn load_test_concurrent_streaming_clients() {
     });
     let wall = start.elapsed();
     assert!(wall < LIMIT, "load test took {wall:?}");
-    assert_eq!(results.len(), CLIENTS * PER_CLIENT, "lost responses");
+    assert_eq!(
+        results.len(),
+        CLIENTS * PER_CLIENT - dropped,
+        "lost responses"
+    );
+    wait_until("the dropped rows to stop", Duration::from_secs(10), || {
+        s.health()["active_rows"] == 0
+    });
     let mut lat: Vec<f64> = results.iter().map(|r| r.0).collect();
     let mut ttft: Vec<f64> = results.iter().map(|r| r.1).collect();
     lat.sort_by(f64::total_cmp);
     ttft.sort_by(f64::total_cmp);
     let tokens: u64 = results.iter().map(|r| r.2).sum();
     let h = s.health();
+    let (completed, cancelled) = (
+        h["completed"].as_u64().unwrap() - alone,
+        h["cancelled"].as_u64().unwrap(),
+    );
     eprintln!(
-        "load test: {CLIENTS} concurrent streaming clients × {PER_CLIENT} requests (AR and CARD mixed, 24 tokens) in {:.2}s: latency p50 {:.0} ms, p95 {:.0} ms; first event p50 {:.0} ms, p95 {:.0} ms; {:.1} requests/s, {:.0} tokens/s; {} batches, largest {} rows",
+        "load test: {CLIENTS} concurrent streaming clients × {PER_CLIENT} requests (AR and CARD mixed, a quarter not streamed, 24 tokens, 1 ms per pass) in {:.2}s, {dropped} hung up mid-stream ({cancelled} cancelled before finishing): latency p50 {:.0} ms, p95 {:.0} ms; first event p50 {:.0} ms, p95 {:.0} ms; {:.1} requests/s, {:.0} tokens/s; {} batches, largest {} rows",
         wall.as_secs_f64(),
         percentile(&lat, 0.5) * 1e3,
         percentile(&lat, 0.95) * 1e3,
@@ -581,11 +665,22 @@ fn load_test_concurrent_streaming_clients() {
         h["batches"],
         h["max_batch_rows"],
     );
-    assert_eq!(h["completed"], (CLIENTS * PER_CLIENT) as u64);
+    // Every request is accounted for exactly once: finished, or cancelled by its hang-up (a
+    // client that hangs up after its last row committed counts as finished).
+    assert_eq!(completed + cancelled, (CLIENTS * PER_CLIENT) as u64, "{h}");
+    assert!(cancelled >= 1, "no disconnect cancelled its rows: {h}");
     assert!(
         h["max_batch_rows"].as_u64().unwrap() > 1,
         "concurrent requests were never batched"
     );
+    // And the server is healthy afterwards.
+    assert_eq!(h["status"], "ok");
+    let r = post(
+        &s.addr,
+        "/v1/completions",
+        &json!({"prompt": "Alice was", "max_tokens": 4}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
 }
 
 fn have(cmd: &str, args: &[&str]) -> bool {
@@ -633,18 +728,30 @@ fn playground_in_headless_chromium() {
         common::skip_unless_ci("the headless-Chromium playground test", why);
         return;
     }
-    let s = Server::start(&[]);
     let shots = root.join("target/artifacts");
     std::fs::create_dir_all(&shots).unwrap();
-    let out = Command::new("node")
-        .arg(browser.join("playground_check.mjs"))
-        .args(["--url", &format!("http://{}/", s.addr)])
-        .args(["--out".as_ref(), shots.as_os_str()])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success());
-    assert!(stdout.contains("playground check: ok"));
-    assert!(shots.join("playground.png").exists());
+    // Once open, once behind --api-key: the page must ask for the key, refuse a wrong one and
+    // then decode with the right one.
+    for key in [None, Some("playground-key-7")] {
+        let s = match key {
+            Some(k) => Server::start(&["--api-key", k]),
+            None => Server::start(&[]),
+        };
+        let _ = std::fs::remove_file(shots.join("playground.png"));
+        let out = Command::new("node")
+            .arg(browser.join("playground_check.mjs"))
+            .args(["--url", &format!("http://{}/", s.addr)])
+            .args(["--out".as_ref(), shots.as_os_str()])
+            .args(key.map(|k| ["--api-key", k]).iter().flatten())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "key {key:?}");
+        assert!(stdout.contains("playground check: ok"));
+        if key.is_some() {
+            assert!(stdout.contains("refused a missing and a wrong key"));
+        }
+        assert!(shots.join("playground.png").exists());
+    }
 }

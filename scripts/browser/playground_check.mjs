@@ -1,6 +1,8 @@
 // Load the card serve playground in headless Chromium, run AR and CARD side by side on one
 // prompt, check that decoding steps render and text appears, and save screenshots.
-// Usage: node playground_check.mjs --url http://127.0.0.1:PORT/ --out DIR
+// With --api-key KEY (a server started with --api-key), it first checks that the page asks for
+// the key and refuses a wrong one, then enters the key and runs as above.
+// Usage: node playground_check.mjs --url http://127.0.0.1:PORT/ --out DIR [--api-key KEY]
 import { chromium } from "playwright-core";
 import path from "node:path";
 import fs from "node:fs";
@@ -11,6 +13,7 @@ const arg = (name, dflt) => {
 };
 const url = arg("--url");
 const out = arg("--out", ".");
+const apiKey = arg("--api-key", "");
 fs.mkdirSync(out, { recursive: true });
 
 const browser = await chromium.launch({
@@ -34,8 +37,23 @@ try {
   page.on("pageerror", (e) => errors.push(String(e)));
   page.on("requestfailed", (r) => errors.push("request failed: " + r.url()));
   await page.goto(url);
-  await page.waitForFunction(() => document.getElementById("model").textContent.includes("context"));
   await page.fill("#prompt", "Alice was beginning");
+  if (apiKey) {
+    const asks = () => document.getElementById("model").textContent.includes("needs an API key");
+    await page.waitForFunction(asks, null, { timeout: 10000 });
+    for (const wrong of ["", "not-" + apiKey]) {
+      await page.fill("#api_key", wrong);
+      await page.click("#run");
+      await page.waitForFunction(() => document.getElementById("error").textContent.includes("needs an API key"),
+        null, { timeout: 10000 });
+      if (await page.locator(".panel").count()) await fail(`key ${JSON.stringify(wrong)}: decoding started`);
+      await page.waitForSelector("#run:not([disabled])");
+    }
+    console.log("api key: the page refused a missing and a wrong key");
+    await page.fill("#api_key", apiKey);
+  } else {
+    await page.waitForFunction(() => document.getElementById("model").textContent.includes("context"));
+  }
   await page.selectOption("#decoder", "all");
   await page.fill("#max_tokens", "32");
   // A barely trained model is never confident: a low τ shows several commits per step.

@@ -297,6 +297,16 @@ fn a_panicking_decoder_is_reported_and_the_server_exits_non_zero() {
         "internal detail leaked: {}",
         r.body
     );
+    // Until it exits (after --shutdown-grace-s), the server says it failed and admits nothing.
+    let h = get(&addr, "/health");
+    assert_eq!(h.status, 503, "{}", h.body);
+    assert_eq!(h.json()["status"], "failed", "{}", h.body);
+    let again = post(
+        &addr,
+        "/v1/completions",
+        &json!({"prompt": "Alice", "max_tokens": 2}),
+    );
+    assert_eq!(again.status, 503, "{}", again.body);
     let start = Instant::now();
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod decode;
+pub mod dist;
 pub mod eval;
 pub mod experiment;
 pub mod import;

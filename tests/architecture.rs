@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 /// Top-level modules from the bottom up; a module may use only modules of a lower rank.
 const LAYERS: &[&[&str]] = &[
-    &["runtime"],
+    &["runtime", "dist"],
     &["config"],
     &["data"],
     &["model", "noise"],

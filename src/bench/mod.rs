@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use std::time::Instant;
 
 pub use decode::{bench_decode, DecodeBench, DecodeBenchConfig};
-pub use train::{bench_train, memory_probe, MemoryProbe, TrainBench};
+pub use train::{bench_distributed, bench_train, memory_probe, DistBench, MemoryProbe, TrainBench};
 
 pub fn median(xs: &mut [f64]) -> f64 {
     xs.sort_by(|a, b| a.partial_cmp(b).expect("no NaN timings"));

@@ -152,3 +152,61 @@ pub fn memory_probe(
         steps,
     })
 }
+
+/// One data-parallel configuration's training throughput, as rank 0 measured it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct DistBench {
+    pub objective: String,
+    pub backend: String,
+    pub ranks: usize,
+    pub threads_per_rank: usize,
+    pub tokens_per_step: usize,
+    /// Medians over the timed steps.
+    pub step_time_s: f64,
+    /// Summing gradients over ranks (including waiting for the slowest rank).
+    pub comm_time_s: f64,
+    pub tokens_per_s: f64,
+    pub tokens_per_s_per_rank: f64,
+}
+
+/// Time `steps` data-parallel steps (after `warmup`) of one objective over `comm`'s ranks,
+/// the same global batch as one process would take.
+pub fn bench_distributed(
+    cfg: &Config,
+    data: &Prepared,
+    objective: ObjectiveKind,
+    warmup: usize,
+    steps: usize,
+    comm: std::rc::Rc<dyn crate::dist::Collective>,
+    device: &Device,
+) -> Result<DistBench> {
+    let mut c = cfg.clone();
+    c.train.objective = objective;
+    c.train.max_steps = warmup + steps;
+    let (ranks, backend) = (comm.world(), comm.describe());
+    let mut trainer = Trainer::with_model_vocab(c, data, device)?.distributed(comm)?;
+    for _ in 0..warmup.max(1) {
+        trainer.step()?;
+    }
+    let (mut times, mut comms) = (Vec::new(), Vec::new());
+    for _ in 0..steps {
+        let t = Instant::now();
+        trainer.step()?;
+        device.synchronize()?;
+        times.push(t.elapsed().as_secs_f64());
+        comms.push(trainer.last_comm_s);
+    }
+    let step_time = median(&mut times);
+    let tokens = trainer.cfg.tokens_per_step();
+    Ok(DistBench {
+        objective: objective.name().to_string(),
+        backend,
+        ranks,
+        threads_per_rank: crate::runtime::threads(),
+        tokens_per_step: tokens,
+        step_time_s: step_time,
+        comm_time_s: median(&mut comms),
+        tokens_per_s: tokens as f64 / step_time,
+        tokens_per_s_per_rank: tokens as f64 / step_time / ranks as f64,
+    })
+}

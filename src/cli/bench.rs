@@ -83,6 +83,19 @@ pub struct TrainBenchArgs {
     /// memory as JSON (peak, and resident growth over the last `steps` steps).
     #[arg(long, hide = true)]
     pub memory_probe: bool,
+    /// Data-parallel throughput instead: the same global batch on each of these rank counts
+    /// (e.g. 1,2), each launched with `--mpirun`; prints step time, communication time per
+    /// step, tokens/s per rank and scaling efficiency against the first count. Needs a binary
+    /// built with `--features mpi`.
+    #[arg(long, value_delimiter = ',', value_name = "RANKS")]
+    pub distributed: Vec<usize>,
+    /// The MPI launcher `--distributed` runs (extra arguments after it, e.g.
+    /// "mpirun --hostfile hosts").
+    #[arg(long, default_value = "mpirun")]
+    pub mpirun: String,
+    /// Internal: this process is one rank of a `--distributed` measurement.
+    #[arg(long, hide = true)]
+    pub rank_bench: bool,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -114,9 +127,35 @@ fn train(a: TrainBenchArgs) -> Result<()> {
     }
     let objectives = parse_objectives(&a.objective)?;
     let cfg = Config::load(&a.preset, &a.sets)?;
+    if !a.distributed.is_empty() {
+        return distributed(&a, &objectives);
+    }
     let device = default_device()?;
-    eprintln!("preparing data (embedded corpus unless data.path is set)");
+    if !a.rank_bench {
+        eprintln!("preparing data (embedded corpus unless data.path is set)");
+    }
     let data = load_data(&cfg, None)?;
+    if a.rank_bench {
+        let comm = crate::dist::init()?;
+        let leader = comm.rank() == 0;
+        return crate::dist::or_abort(comm.clone().as_ref(), || {
+            for &o in &objectives {
+                let r = crate::bench::bench_distributed(
+                    &cfg,
+                    &data,
+                    o,
+                    a.warmup,
+                    a.steps,
+                    comm.clone(),
+                    &device,
+                )?;
+                if leader {
+                    println!("{}", serde_json::to_string(&r)?);
+                }
+            }
+            Ok(())
+        });
+    }
     if a.memory_probe {
         let probe =
             crate::bench::memory_probe(&cfg, &data, objectives[0], a.warmup, a.steps, &device)?;
@@ -364,4 +403,108 @@ fn probe_memory(a: &TrainBenchArgs, objective: &str) -> Option<crate::bench::Mem
         .success()
         .then(|| serde_json::from_str(text.lines().last()?).ok())
         .flatten()
+}
+
+/// `--distributed`: each rank count in a job of its own under the launcher, one after the
+/// other, then the table with ratios against the first count.
+fn distributed(a: &TrainBenchArgs, objectives: &[ObjectiveKind]) -> Result<()> {
+    if !cfg!(feature = "mpi") {
+        bail!("--distributed needs a binary built with MPI: cargo build --release --features mpi");
+    }
+    if a.distributed.contains(&0) {
+        bail!("--distributed: rank counts must be at least 1");
+    }
+    let exe = std::env::current_exe()?;
+    let mut launcher = a.mpirun.split_whitespace();
+    let program = launcher.next().context("--mpirun is empty")?;
+    let extra: Vec<&str> = launcher.collect();
+    let mut rows: Vec<crate::bench::DistBench> = Vec::new();
+    for &n in &a.distributed {
+        eprintln!("bench train: {n} rank(s) under {program}");
+        let mut cmd = std::process::Command::new(program);
+        if is_root() {
+            // OpenMPI refuses to start as root unless told this is intended.
+            cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+                .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+        }
+        if !crate::runtime::threads_chosen() {
+            // Each rank then takes its share of the cores (this process set the variable).
+            cmd.env_remove("RAYON_NUM_THREADS");
+        }
+        cmd.args(&extra)
+            // OpenMPI binds each of a few ranks to one core by default, which would put all
+            // of a rank's compute threads on that core.
+            .args(["-n", &n.to_string(), "--oversubscribe", "--bind-to", "none"])
+            .arg(&exe)
+            .args(["bench", "train", "--rank-bench", "--preset", &a.preset])
+            .args(["--objective", &a.objective])
+            .args([
+                "--warmup",
+                &a.warmup.to_string(),
+                "--steps",
+                &a.steps.to_string(),
+            ]);
+        for s in &a.sets {
+            cmd.args(["--set", s]);
+        }
+        let out = cmd
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("cannot start {program} (is OpenMPI installed?)"))?;
+        if !out.status.success() {
+            bail!("the {n}-rank measurement failed ({})", out.status);
+        }
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Ok(r) = serde_json::from_str(line) {
+                rows.push(r);
+            }
+        }
+    }
+    let cores = candle_core::utils::get_num_threads();
+    println!(
+        "bench train --distributed: preset {}, {} tokens per global step, {} cores here",
+        a.preset,
+        rows.first().map_or(0, |r| r.tokens_per_step),
+        cores
+    );
+    println!("objective  ranks  threads/rank  step_time_s  comm_s/step  tokens/s  tokens/s/rank  speedup  efficiency");
+    for o in objectives {
+        let of: Vec<&crate::bench::DistBench> =
+            rows.iter().filter(|r| r.objective == o.name()).collect();
+        let Some(base) = of.first() else { continue };
+        let base_n = base.ranks as f64;
+        for r in &of {
+            let speedup = base.step_time_s / r.step_time_s;
+            println!(
+                "{:<9}  {:>5}  {:>12}  {:>11.4}  {:>11.4}  {:>8.0}  {:>13.0}  {:>6.2}x  {:>9.0}%",
+                r.objective,
+                r.ranks,
+                r.threads_per_rank,
+                r.step_time_s,
+                r.comm_time_s,
+                r.tokens_per_s,
+                r.tokens_per_s_per_rank,
+                speedup,
+                100.0 * speedup * base_n / r.ranks as f64
+            );
+        }
+    }
+    if extra.is_empty() && a.distributed.iter().any(|&n| n > 1) {
+        println!("note: every rank ran on this machine, sharing its {cores} cores, so more ranks add no compute here; comm_s/step is the cost the transport adds per step");
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&rows)?);
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
 }

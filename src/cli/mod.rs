@@ -21,7 +21,8 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "card", version, about, long_about = None)]
 struct Cli {
-    /// Compute threads (default: RAYON_NUM_THREADS, else the number of physical cores).
+    /// Compute threads (default: RAYON_NUM_THREADS, else the number of physical cores, split
+    /// evenly between the MPI ranks on one machine).
     #[arg(long, global = true, value_name = "N")]
     threads: Option<usize>,
     /// Compute device: auto (the GPU when built with `--features cuda` and one is present),
@@ -61,7 +62,14 @@ enum Command {
 /// Parse the command line, set up the process, run the subcommand.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = crate::runtime::set_threads(cli.threads) {
+    // Ranks that share a machine split its cores unless told otherwise.
+    let threads = cli
+        .threads
+        .or_else(|| match std::env::var_os("RAYON_NUM_THREADS") {
+            Some(_) => None,
+            None => crate::dist::threads_per_rank(candle_core::utils::get_num_threads()),
+        });
+    if let Err(e) = crate::runtime::set_threads(threads) {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }

@@ -5,10 +5,12 @@ use crate::checkpoint;
 use crate::config::{Config, ObjectiveKind};
 use crate::data::load_data;
 use crate::data::TextTokenizer;
+use crate::dist::Collective;
 use crate::runtime::device as default_device;
 use crate::train::Trainer;
 use anyhow::{bail, Result};
 use std::path::PathBuf;
+use std::rc::Rc;
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
@@ -52,6 +54,13 @@ pub struct TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
+    // Under `mpirun` every rank runs this; an error on one ends the whole job.
+    let comm = crate::dist::init()?;
+    crate::dist::or_abort(comm.as_ref(), || train(args, comm.clone()))
+}
+
+fn train(args: TrainArgs, comm: Rc<dyn Collective>) -> Result<()> {
+    let leader = comm.rank() == 0;
     let mut sets = args.sets.clone();
     if let Some(o) = args.objective {
         sets.push(format!("train.objective=\"{}\"", o.name()));
@@ -117,7 +126,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
     };
     // Before any work: a run another process is writing is refused at once.
-    let _lock = if out.exists() {
+    let _lock = if out.exists() && leader {
         Some(checkpoint::lock_run(&out)?)
     } else {
         None
@@ -134,11 +143,30 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 (Some(ema), false) => (ema, "EMA"),
                 _ => (&i.weights, "raw"),
             };
-            eprintln!("starting from the {which} weights of {}", i.dir.display());
+            if leader {
+                eprintln!("starting from the {which} weights of {}", i.dir.display());
+            }
             Trainer::from_checkpoint(cfg, i, weights, &data)?
         }
         (None, None) => Trainer::new(cfg, &data, &device)?,
     };
+    let world = comm.world();
+    if world > 1 {
+        trainer = trainer.distributed(comm.clone())?;
+        if leader {
+            eprintln!(
+                "data-parallel over {}: {world} ranks, each {} of every {} sequences, {} compute threads per rank",
+                comm.describe(),
+                trainer.cfg.train.batch_size / world,
+                trainer.cfg.train.batch_size,
+                crate::runtime::threads()
+            );
+        }
+    }
+    if !leader {
+        trainer.run(&out, false)?;
+        return Ok(());
+    }
     let c = &trainer.cfg;
     eprintln!(
         "training {} parameters, {} objective, on {} train / {} val tokens: {} steps of {} tokens -> {}",

@@ -56,6 +56,24 @@ impl NoisyBatch {
     }
 }
 
+impl NoisyBatch {
+    /// Rows `rows` of this batch, keeping the whole batch's normaliser, so the slices' losses
+    /// sum to the whole batch's loss (one rank's share in data-parallel training).
+    pub fn rows(&self, rows: Range<usize>) -> Self {
+        let len = self.input_len;
+        let per_row_t = self.t.len() / self.batch.max(1);
+        Self {
+            batch: rows.len(),
+            input: self.input[rows.start * len..rows.end * len].to_vec(),
+            input_len: len,
+            targets: self.targets[rows.start * len..rows.end * len].to_vec(),
+            weights: self.weights[rows.start * len..rows.end * len].to_vec(),
+            denom: self.denom,
+            t: self.t[rows.start * per_row_t..rows.end * per_row_t].to_vec(),
+        }
+    }
+}
+
 /// How an objective's held-out text is scored.
 pub enum HeldOut<'a> {
     /// The exact causal likelihood (ARM, CARD).

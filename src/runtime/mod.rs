@@ -81,6 +81,9 @@ pub const MAX_THREADS: usize = 1024;
 /// ~15% of a batch-1 decoding step. Call before any thread pool exists (both are built
 /// lazily) and before other threads start.
 pub fn set_threads(threads: Option<usize>) -> Result<(), String> {
+    if threads.is_some() || std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        THREADS_CHOSEN.store(true, Ordering::SeqCst);
+    }
     let n = match threads {
         Some(n) if !(1..=MAX_THREADS).contains(&n) => {
             return Err(format!("--threads must be in [1, {MAX_THREADS}], got {n}"))
@@ -90,6 +93,14 @@ pub fn set_threads(threads: Option<usize>) -> Result<(), String> {
     };
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     Ok(())
+}
+
+static THREADS_CHOSEN: AtomicBool = AtomicBool::new(false);
+
+/// Whether the user chose the thread count (`--threads` or RAYON_NUM_THREADS) rather than
+/// taking the default: child processes that pick their own share are told only then.
+pub fn threads_chosen() -> bool {
+    THREADS_CHOSEN.load(Ordering::SeqCst)
 }
 
 /// candle's thread count, read once: candle's own getter parses an environment variable (an

@@ -13,6 +13,7 @@ pub const FINE_TUNE_SETS: [&str; 2] = ["train.lr=3e-4", "train.warmup_steps=50"]
 use crate::checkpoint::{self, Checkpoint, TrainState, FORMAT_VERSION};
 use crate::config::Config;
 use crate::data::{eval_windows, Prepared};
+use crate::dist::{self, Collective};
 use crate::eval;
 use crate::model::{Params, Transformer};
 use crate::objective::{self, Objective};
@@ -26,6 +27,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::Instant;
 
 #[derive(Debug, Clone, Serialize)]
@@ -67,7 +69,14 @@ pub struct Trainer<'a> {
     pub extra: std::collections::BTreeMap<String, String>,
     data: &'a Prepared,
     batches: Batches<'a>,
+    /// The ranks this run trains with ([`dist::Single`] in one process).
+    comm: Rc<dyn Collective>,
+    /// Seconds the last step spent summing gradients over ranks.
+    pub last_comm_s: f64,
 }
+
+/// Gradients are summed over ranks in buckets of this many elements (16 MiB of f32).
+const BUCKET: usize = 4 << 20;
 
 impl<'a> Trainer<'a> {
     /// A fresh run (model vocabulary taken from the tokenizer).
@@ -253,7 +262,35 @@ impl<'a> Trainer<'a> {
             extra: Default::default(),
             data,
             batches,
+            comm: Rc::new(dist::Single),
+            last_comm_s: 0.0,
         })
+    }
+
+    /// Train data-parallel over `comm`'s ranks: each takes its slice of every global batch
+    /// (train.batch_size rows, which must divide evenly), gradients are summed over ranks,
+    /// and only rank 0 writes checkpoints and metrics. The ranks' weights must agree.
+    pub fn distributed(mut self, comm: Rc<dyn Collective>) -> Result<Self> {
+        dist::shard(self.cfg.train.batch_size, comm.as_ref())?;
+        let tensors: Vec<Tensor> = self
+            .params
+            .vars
+            .iter()
+            .map(|v| v.as_tensor().clone())
+            .collect();
+        dist::check_same_weights(comm.as_ref(), &tensors)?;
+        self.comm = comm;
+        Ok(self)
+    }
+
+    /// The collective this run trains with.
+    pub fn comm(&self) -> &dyn Collective {
+        self.comm.as_ref()
+    }
+
+    /// Rank 0 (the only rank, in one process) writes checkpoints, metrics and progress.
+    pub fn is_leader(&self) -> bool {
+        self.comm.rank() == 0
     }
 
     /// One optimizer step over grad_accum micro-batches; returns (loss, grad norm).
@@ -271,6 +308,13 @@ impl<'a> Trainer<'a> {
             let nb = self
                 .objective
                 .corrupt(&x0, tc.batch_size, tc.seq_len, None, &mut rng);
+            // Every rank draws the whole batch's noise (cheap, and the same as one process
+            // would) and trains on its own rows; the global normaliser makes the ranks'
+            // losses sum to the whole batch's.
+            let nb = match self.comm.world() {
+                1 => nb,
+                _ => nb.rows(dist::shard(tc.batch_size, self.comm.as_ref())?),
+            };
             let loss = self.objective.loss(&self.model, &nb)?;
             loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             let store = (loss / accum as f64)?.backward()?;
@@ -296,6 +340,12 @@ impl<'a> Trainer<'a> {
             });
         }
         let mut grads = grads.expect("grad_accum >= 1");
+        self.last_comm_s = dist::sum_gradients(self.comm.as_ref(), &mut grads, BUCKET)?;
+        if self.comm.world() > 1 {
+            let mut l = [loss_sum];
+            self.comm.sum_f64(&mut l)?;
+            loss_sum = l[0];
+        }
         // Frozen parameters take no step, so their gradients must not set the clipping norm.
         for (g, &frozen) in grads.iter_mut().zip(&self.opt.frozen) {
             if frozen {
@@ -391,20 +441,36 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// Train to max_steps, logging to `out/metrics.jsonl` and checkpointing into `out`.
+    /// Train to max_steps, logging to `out/metrics.jsonl` and checkpointing into `out` (rank 0
+    /// alone writes there and validates; the other ranks only train).
     pub fn run(&mut self, out: &Path, progress: bool) -> Result<TrainSummary> {
-        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-        let _lock = checkpoint::lock_run(out)?;
-        let metrics_path = out.join("metrics.jsonl");
-        truncate_metrics(&metrics_path, self.state.step)?;
-        let mut metrics = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)?;
+        let leader = self.is_leader();
+        let mut _lock = None;
+        let mut metrics = None;
+        if leader {
+            std::fs::create_dir_all(out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            _lock = Some(checkpoint::lock_run(out)?);
+            let metrics_path = out.join("metrics.jsonl");
+            truncate_metrics(&metrics_path, self.state.step)?;
+            metrics = Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&metrics_path)?,
+            );
+        }
+        let mut log = |line: &str| -> Result<()> {
+            if let Some(m) = metrics.as_mut() {
+                writeln!(m, "{line}")?;
+                m.flush()?;
+            }
+            Ok(())
+        };
         let tc = self.cfg.train.clone();
         let bar = crate::runtime::progress_bar(
             tc.max_steps as u64,
-            progress,
+            progress && leader,
             "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
         );
         bar.set_position(self.state.step as u64);
@@ -414,13 +480,12 @@ impl<'a> Trainer<'a> {
         let (mut last_loss, mut tps) = (f64::NAN, 0.0);
         let mut ckpt_dir = out.to_path_buf();
         let mut interrupted = false;
-        if self.state.step == 0 && self.state.init_from.is_some() && tc.eval_every > 0 {
+        if leader && self.state.step == 0 && self.state.init_from.is_some() && tc.eval_every > 0 {
             // The starting checkpoint's score, the reference the run's curve is read against.
             let v = self.validate()?;
             let bpb = eval::val_bits_per_byte(v, self.data);
             let line = serde_json::json!({"step": 0, "val_loss": v, "val_bits_per_byte": bpb, "elapsed_s": 0.0});
-            writeln!(metrics, "{line}")?;
-            metrics.flush()?;
+            log(&line.to_string())?;
             bar.println(format!(
                 "held-out before training: {v:.4} nats/token, {bpb:.4} bits/byte"
             ));
@@ -435,7 +500,7 @@ impl<'a> Trainer<'a> {
             let step = self.state.step;
             let done = step == tc.max_steps;
             let mut val_loss = None;
-            if (tc.eval_every > 0 && step.is_multiple_of(tc.eval_every)) || done {
+            if leader && ((tc.eval_every > 0 && step.is_multiple_of(tc.eval_every)) || done) {
                 let v = self.validate()?;
                 self.state.last_val_loss = Some(v);
                 val_loss = Some(v);
@@ -451,8 +516,7 @@ impl<'a> Trainer<'a> {
                     val_bits_per_byte: val_loss.map(|v| eval::val_bits_per_byte(v, self.data)),
                     elapsed_s: self.state.elapsed_s,
                 };
-                writeln!(metrics, "{}", serde_json::to_string(&m)?)?;
-                metrics.flush()?;
+                log(&serde_json::to_string(&m)?)?;
             }
             let val_msg = self.state.last_val_loss.map_or(String::new(), |v| {
                 let bpb = eval::val_bits_per_byte(v, self.data);
@@ -460,8 +524,10 @@ impl<'a> Trainer<'a> {
             });
             bar.set_message(format!("loss {loss:.3}{val_msg}  {tps:.0} tok/s"));
             bar.set_position(step as u64);
-            let stop = stop_requested();
-            if done || stop || (tc.ckpt_every > 0 && step.is_multiple_of(tc.ckpt_every)) {
+            // Every rank stops after the same step when any of them was signalled.
+            let stop = dist::any(self.comm.as_ref(), stop_requested())?;
+            let save = done || stop || (tc.ckpt_every > 0 && step.is_multiple_of(tc.ckpt_every));
+            if save && leader {
                 ckpt_dir = checkpoint::save(out, &self.checkpoint()?)?;
             }
             if stop {

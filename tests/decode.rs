@@ -4,13 +4,13 @@
 //! cuts at exactly its token, the most-confident floor picks the top masked slot, and ragged
 //! cached forwards equal full recomputation.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use card::data::TextTokenizer;
 use card::decode::{
     ArDecoder, CardDecoder, CommitMode, Decoder, Finish, Floor, GenOptions, Generation, Sampling,
     StepTrace, VerifyDecoder,
 };
-use card::model::{Attention, Backend, KvCache};
+use card::model::{Attention, Backend, KvCache, Transformer};
 use common::max_abs_diff;
 
 mod common;
@@ -41,9 +41,18 @@ fn opts(max_new: usize, sampling: Sampling, seed: u64) -> GenOptions<'static> {
 }
 
 fn run(d: &dyn Decoder, prompts: &[Vec<u32>], o: &GenOptions) -> (Generation, Vec<StepTrace>) {
+    run_on(&fixture().model, d, prompts, o)
+}
+
+fn run_on(
+    model: &Transformer,
+    d: &dyn Decoder,
+    prompts: &[Vec<u32>],
+    o: &GenOptions,
+) -> (Generation, Vec<StepTrace>) {
     let mut steps = Vec::new();
     let g = d
-        .generate(&fixture().model, prompts, o, &mut |s| steps.push(s.clone()))
+        .generate(model, prompts, o, &mut |s| steps.push(s.clone()))
         .unwrap();
     (g, steps)
 }
@@ -64,6 +73,9 @@ fn tokens(g: &Generation) -> Vec<Vec<u32>> {
 
 #[test]
 fn card_reduces_to_ar_greedy() {
+    // On the invariant tests' device (`CARD_TEST_DEVICE`).
+    let model = &fixture().on_device;
+    let run = |d: &dyn Decoder, ps: &[Vec<u32>], o: &GenOptions| run_on(model, d, ps, o);
     let ps = prompts();
     let o = opts(40, Sampling::default(), 0);
     let (ar, _) = run(&ArDecoder, &ps[..1], &o);
@@ -274,9 +286,9 @@ fn most_confident_floor_commits_the_most_confident_masked_slot() {
 
 #[test]
 fn ragged_cached_forward_equals_full_recomputation() {
-    let model = &fixture().model;
+    let model = &fixture().on_device;
     let c = &model.cfg;
-    let dev = Device::Cpu;
+    let dev = model.device().clone();
     let a: Vec<u32> = tok()
         .encode("Alice was beginning to get very tired")
         .unwrap();

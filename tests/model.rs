@@ -29,7 +29,7 @@ fn loss_of(
 
 fn gradient_check(attn_kind: &str) {
     let cfg = small_cfg(11);
-    let dev = Device::Cpu;
+    let dev = common::device();
     let params = Params::init(&cfg, DType::F64, &dev, 1).unwrap();
     // Larger weights than the default init so every path carries signal.
     for v in &params.vars {
@@ -93,7 +93,7 @@ fn every_parameter_gets_a_nonzero_gradient() {
         ..Config::default()
     };
     cfg.train.seq_len = 16;
-    let dev = Device::Cpu;
+    let dev = common::device();
     let params = Params::init(&cfg.model, DType::F32, &dev, 4).unwrap();
     let model = Transformer::from_params(&cfg.model, &params).unwrap();
     let card = Card::new(&cfg, 1);
@@ -283,9 +283,9 @@ fn plain_model(cfg: &ModelConfig, params: &Params) -> Transformer {
 #[test]
 fn cached_logits_equal_full_recomputation() {
     let cfg = small_cfg(50);
-    let params = Params::init(&cfg, DType::F32, &Device::Cpu, 13).unwrap();
+    let dev = common::device();
+    let params = Params::init(&cfg, DType::F32, &dev, 13).unwrap();
     let model = plain_model(&cfg, &params);
-    let dev = Device::Cpu;
     let toks = random_ids(20, 50, 14);
     let full = model
         .forward(

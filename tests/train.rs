@@ -47,17 +47,18 @@ fn resume_is_bit_identical() {
     let mut cfg = tiny(6, ObjectiveKind::Card);
     cfg.train.grad_accum = 2; // exercise accumulation across the resume too
     cfg.train.log_every = 1; // a metrics line every step
-    let mut straight = Trainer::new(cfg.clone(), data(), &Device::Cpu).unwrap();
+    let dev = common::device();
+    let mut straight = Trainer::new(cfg.clone(), data(), &dev).unwrap();
     straight.run(&dir.path().join("straight"), false).unwrap();
 
     let mut half = cfg.clone();
     half.train.max_steps = 3;
     let run = dir.path().join("resumed");
-    Trainer::new(half, data(), &Device::Cpu)
+    Trainer::new(half, data(), &dev)
         .unwrap()
         .run(&run, false)
         .unwrap();
-    let ckpt = checkpoint::load(&run, &Device::Cpu).unwrap();
+    let ckpt = checkpoint::load(&run, &dev).unwrap();
     assert_eq!(ckpt.state.step, 3);
     // A run killed after its step-3 checkpoint had logged steps 4 and 5 as well: the resumed
     // run must drop those lines and log each step again, once.

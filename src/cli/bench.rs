@@ -136,7 +136,7 @@ fn train(a: TrainBenchArgs) -> Result<()> {
     }
     let data = load_data(&cfg, None)?;
     if a.rank_bench {
-        let comm = crate::dist::init()?;
+        let comm = crate::dist::init(&device)?;
         let leader = comm.rank() == 0;
         return crate::dist::or_abort(comm.clone().as_ref(), || {
             for &o in &objectives {

@@ -77,6 +77,10 @@ pub fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
+    // A rank of a multi-GPU job takes the GPU of its local rank.
+    if let Some(local) = crate::dist::local_rank() {
+        crate::runtime::set_cuda_ordinal(local);
+    }
     // Ctrl-C / SIGTERM: the trainer saves a checkpoint and stops; a second signal exits.
     crate::runtime::install_signal_handler();
     let result = match cli.command {

@@ -9,6 +9,7 @@ use crate::dist::Collective;
 use crate::runtime::device as default_device;
 use crate::train::Trainer;
 use anyhow::{bail, Result};
+use candle_core::Device;
 use std::path::PathBuf;
 use std::rc::Rc;
 
@@ -55,11 +56,12 @@ pub struct TrainArgs {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     // Under `mpirun` every rank runs this; an error on one ends the whole job.
-    let comm = crate::dist::init()?;
-    crate::dist::or_abort(comm.as_ref(), || train(args, comm.clone()))
+    let device = default_device()?;
+    let comm = crate::dist::init(&device)?;
+    crate::dist::or_abort(comm.as_ref(), || train(args, &device, comm.clone()))
 }
 
-fn train(args: TrainArgs, comm: Rc<dyn Collective>) -> Result<()> {
+fn train(args: TrainArgs, device: &Device, comm: Rc<dyn Collective>) -> Result<()> {
     let leader = comm.rank() == 0;
     let mut sets = args.sets.clone();
     if let Some(o) = args.objective {
@@ -71,7 +73,7 @@ fn train(args: TrainArgs, comm: Rc<dyn Collective>) -> Result<()> {
     if let Some(d) = &args.data {
         sets.push(format!("data.path={:?}", d.display().to_string()));
     }
-    let device = default_device()?;
+    let device = device.clone();
     let init = match &args.init {
         Some(dir) => Some(checkpoint::load(dir, &device)?),
         None => None,

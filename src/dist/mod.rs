@@ -6,9 +6,11 @@
 
 #[cfg(feature = "mpi")]
 pub mod mpi;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -112,11 +114,34 @@ fn count_cpu_list(list: &str) -> Option<usize> {
     (n > 0).then_some(n)
 }
 
-/// The collective this process trains with: MPI when a launcher started it, else one
-/// process. A launcher with a binary built without MPI is refused. (Call it once: MPI
-/// cannot be initialised twice in a process.)
-pub fn init() -> Result<Rc<dyn Collective>> {
+/// This rank's index among the ranks on its machine (which GPU it takes), where a launcher
+/// says.
+pub fn local_rank() -> Option<usize> {
+    [
+        "LOCAL_RANK",
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "MPI_LOCALRANKID",
+    ]
+    .iter()
+    .find_map(|n| std::env::var(n).ok()?.parse().ok())
+}
+
+/// The collective this process trains with on `device`: NCCL for a GPU rank (`--features
+/// nccl`), MPI when an MPI launcher started it, else one process. A launcher the binary
+/// cannot serve is refused. (Call it once: MPI cannot be initialised twice in a process.)
+pub fn init(device: &Device) -> Result<Rc<dyn Collective>> {
+    #[cfg(feature = "nccl")]
+    if device.is_cuda() && nccl::placement().is_some_and(|(_, world, _)| world > 1) {
+        return Ok(Rc::new(nccl::Nccl::init(device)?));
+    }
+    let torchrun = std::env::var_os("RANK").is_some() && std::env::var_os("WORLD_SIZE").is_some();
     match launched() {
+        None if torchrun && !device.is_cuda() => bail!(
+            "started by a torchrun-style launcher (RANK, WORLD_SIZE): that is for GPU ranks over NCCL; launch CPU processes with mpirun"
+        ),
+        None if torchrun => bail!(
+            "started by a torchrun-style launcher (RANK, WORLD_SIZE) but this binary was built without NCCL; rebuild with --features nccl"
+        ),
         None => Ok(Rc::new(Single)),
         #[cfg(feature = "mpi")]
         Some(_) => Ok(Rc::new(mpi::Mpi::init()?)),

@@ -65,13 +65,25 @@ pub fn device() -> Result<Device> {
     #[cfg(feature = "cuda")]
     {
         match choice {
-            DeviceChoice::Auto => return Ok(Device::cuda_if_available(0)?),
-            DeviceChoice::Cuda => return Ok(Device::new_cuda(0)?),
+            DeviceChoice::Auto => return Ok(Device::cuda_if_available(cuda_ordinal())?),
+            DeviceChoice::Cuda => return Ok(Device::new_cuda(cuda_ordinal())?),
             DeviceChoice::Cpu => {}
         }
     }
     let _ = choice;
     Ok(Device::Cpu)
+}
+
+/// Which GPU `device()` opens: set once for a rank of a multi-GPU job (its local rank).
+static CUDA_ORDINAL: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+pub fn set_cuda_ordinal(ordinal: usize) {
+    let _ = CUDA_ORDINAL.set(ordinal);
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn cuda_ordinal() -> usize {
+    *CUDA_ORDINAL.get().unwrap_or(&0)
 }
 
 pub const MAX_THREADS: usize = 1024;

@@ -13,6 +13,21 @@ use rand::{Rng, SeedableRng};
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// The device the invariant tests (gradients, cached == recomputed logits, CARD K = 1 == AR
+/// greedy, resume determinism, every parameter's gradient) run on: CPU, or the GPU with
+/// `CARD_TEST_DEVICE=cuda` in a build with `--features cuda` (`scripts/gpu-check.sh`). A value
+/// that cannot be honoured fails the test instead of quietly testing the CPU.
+pub fn device() -> Device {
+    match std::env::var("CARD_TEST_DEVICE").as_deref() {
+        Err(_) | Ok("") | Ok("cpu") => Device::Cpu,
+        Ok("cuda") if cfg!(feature = "cuda") => {
+            Device::new_cuda(0).expect("CARD_TEST_DEVICE=cuda, but no GPU could be opened")
+        }
+        Ok("cuda") => panic!("CARD_TEST_DEVICE=cuda needs a test build with --features cuda"),
+        Ok(other) => panic!("CARD_TEST_DEVICE={other}: known values are cpu and cuda"),
+    }
+}
+
 /// Run the `card` binary in `cwd`.
 pub fn card(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_card"))

@@ -14,6 +14,8 @@ pub struct Fixture {
     /// training `Var`s (only candle's forward with `KvCache` does).
     pub plain: Transformer,
     pub vars: Transformer,
+    /// The trained weights on the device the invariant tests run on (`common::device`).
+    pub on_device: Transformer,
 }
 
 pub fn fixture() -> &'static Fixture {
@@ -31,11 +33,29 @@ pub fn fixture() -> &'static Fixture {
         let mc = &t.cfg.model; // the vocabulary resolved from the data
         let plain = Transformer::from_tensors(mc, |n| t.params.tensor(n)?.copy()).unwrap();
         let vars = Transformer::from_params(mc, &t.params).unwrap();
+        let dev = super::device();
+        // The weights `eval_model` decodes (the EMA where the run keeps one), copied over.
+        let src: Vec<_> = match &t.ema {
+            Some(e) => e.weights.clone(),
+            None => t
+                .params
+                .vars
+                .iter()
+                .map(|v| v.as_tensor().detach())
+                .collect(),
+        };
+        let names = &t.params.names;
+        let on_device = Transformer::from_tensors(mc, |n| {
+            let i = names.iter().position(|x| x == n).expect("a parameter name");
+            src[i].to_device(&dev)
+        })
+        .unwrap();
         Fixture {
             data,
             model,
             plain,
             vars,
+            on_device,
         }
     })
 }

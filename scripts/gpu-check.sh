@@ -2,8 +2,9 @@
 # The GPU check, prepared to run once on a lent GPU machine (`run` in the tool library), with
 # what `scripts/build-cuda.sh 90 cuda,nccl` built here carried along:
 #
-#   run --carry target-cuda/release/card --carry target-cuda/device-tests \
-#       --timeout 540 'bash scripts/gpu-check.sh'
+#   run --carry target-cuda/carry --timeout 540 'bash scripts/gpu-check.sh'
+#
+# (target-cuda/carry holds the xz-packed binary and device tests; they are unpacked here.)
 #
 # It prints the GPU, runs the device invariant tests on it (CARD_TEST_DEVICE=cuda: gradients,
 # cached == recomputed logits, CARD K = 1 == AR greedy, resume determinism, every parameter's
@@ -12,6 +13,11 @@
 # preset (34.7M parameters) after one training step, and copies the results to $OUT for
 # docs/results.md.
 set -euo pipefail
+if [ -f target-cuda/carry/card.xz ] && [ ! -x target-cuda/release/card ]; then
+    mkdir -p target-cuda/release
+    xz -dc target-cuda/carry/card.xz > target-cuda/release/card && chmod +x target-cuda/release/card
+    xz -dc target-cuda/carry/device-tests.tar.xz | tar -C target-cuda -xf -
+fi
 bin="${BIN:-target-cuda/release/card}"
 out="${OUT:-/tmp/gpu-check}"
 mkdir -p "$out"

@@ -131,7 +131,10 @@ fn train(a: TrainBenchArgs) -> Result<()> {
         return distributed(&a, &objectives);
     }
     let device = default_device()?;
-    if !a.rank_bench {
+    if !a.rank_bench && !a.memory_probe {
+        if let Some(w) = crate::bench::busy_warning() {
+            eprintln!("{w}");
+        }
         eprintln!("preparing data (embedded corpus unless data.path is set)");
     }
     let data = load_data(&cfg, None)?;
@@ -241,6 +244,9 @@ fn decode(a: DecodeBenchArgs) -> Result<()> {
     let decoders = parse_decoders(&a.grid, &a.verify)?;
     if a.batch.contains(&0) || a.lengths.contains(&0) {
         bail!("--batch and --lengths must be positive");
+    }
+    if let Some(w) = crate::bench::busy_warning() {
+        eprintln!("{w}");
     }
     let device = default_device()?;
     let ckpt = checkpoint::open(&a.checkpoint, &device, !a.no_ema)?;

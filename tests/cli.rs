@@ -833,3 +833,48 @@ fn threads_flag_is_validated_and_accepted() {
         "{printed} against {trained}"
     );
 }
+
+#[test]
+fn bench_train_measures_f32_and_bf16_compute_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "bench",
+        "train",
+        "--preset",
+        "tiny",
+        "--objective",
+        "card",
+        "--compute",
+        "f32,bf16",
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+        "--json",
+    ];
+    let out = card(&args, dir.path());
+    assert_success(&out);
+    let rows = last_json(&out);
+    let computes: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["compute"].as_str().unwrap())
+        .collect();
+    assert_eq!(computes, ["f32", "bf16"]);
+    assert!(rows[1]["ratio_to_card"].as_f64().unwrap() > 0.0);
+    let bad = [
+        "bench",
+        "train",
+        "--preset",
+        "tiny",
+        "--compute",
+        "f16",
+        "--steps",
+        "1",
+    ];
+    assert_error(
+        &card(&bad, dir.path()),
+        "--compute: unknown 'f16' (known: f32, bf16)",
+    );
+}

@@ -526,3 +526,70 @@ fn fused_linear_matches_matmul_and_has_exact_gradients() {
         );
     }
 }
+
+/// `train.compute = "bf16"`: the linear layer's values and both gradients agree with the f32
+/// product to bf16 precision (operands rounded to 8 significant bits, sums in f32), on the path
+/// this machine takes (AVX512_BF16 dot products or the portable fallback).
+#[test]
+fn bf16_linear_matches_f32_to_bf16_precision() {
+    use card::config::ComputeDtype;
+    use card::model::fused::bf16::has_dot_product;
+    eprintln!("bf16 dot products on this CPU: {}", has_dot_product());
+    let dev = Device::Cpu;
+    for (lead, k, n) in [
+        (vec![2, 3], 5, 4),
+        (vec![70], 33, 17),
+        (vec![4, 64], 96, 40),
+    ] {
+        let rows: usize = lead.iter().product();
+        let mut xs = lead.clone();
+        xs.push(k);
+        let x = Var::from_vec(
+            randn(rows * k, 1.0, 51).iter().map(|&v| v as f32).collect(),
+            xs.as_slice(),
+            &dev,
+        )
+        .unwrap();
+        let w = Var::from_vec(
+            randn(n * k, 1.0, 52).iter().map(|&v| v as f32).collect(),
+            (n, k),
+            &dev,
+        )
+        .unwrap();
+        let mut ys = lead.clone();
+        ys.push(n);
+        let r = Tensor::from_vec(
+            randn(rows * n, 1.0, 53).iter().map(|&v| v as f32).collect(),
+            ys.as_slice(),
+            &dev,
+        )
+        .unwrap();
+        let run = |compute| {
+            let y = ops::linear_in(x.as_tensor(), w.as_tensor(), compute).unwrap();
+            let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let dx = g.get(x.as_tensor()).unwrap().clone();
+            let dw = g.get(w.as_tensor()).unwrap().clone();
+            (y, dx, dw)
+        };
+        let (f, b) = (run(ComputeDtype::F32), run(ComputeDtype::Bf16));
+        for (name, want, got) in [("y", &f.0, &b.0), ("dx", &f.1, &b.1), ("dw", &f.2, &b.2)] {
+            assert_eq!(want.dims(), got.dims(), "{name}");
+            let (want, got) = (to_vec(want), to_vec(got));
+            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let diff = want
+                .iter()
+                .zip(&got)
+                .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+            // Each operand is off by at most 2^-9 relative; a sum of products stays well
+            // inside 1% of the largest output.
+            assert!(
+                diff <= 1e-2 * scale,
+                "{name} {lead:?}x{k}->{n}: {diff} of {scale}"
+            );
+            assert!(
+                diff > 0.0,
+                "{name}: bf16 and f32 agree exactly, so bf16 did not run"
+            );
+        }
+    }
+}

@@ -335,3 +335,51 @@ fn a_failed_save_leaves_nothing_behind() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// `train.compute = "bf16"` trains (the loss falls like f32's), saves its setting, resumes
+/// exactly, and is refused over bf16 weights.
+#[test]
+fn bf16_compute_trains_and_resumes_exactly() {
+    use card::config::{ComputeDtype, DType as ConfigDType};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny(8, ObjectiveKind::Card);
+    cfg.train.compute = ComputeDtype::Bf16;
+    cfg.train.log_every = 1;
+    let mut straight = Trainer::new(cfg.clone(), data(), &Device::Cpu).unwrap();
+    straight.run(&dir.path().join("straight"), false).unwrap();
+    let log = steps_logged(&dir.path().join("straight"));
+    assert!(
+        log[7].1 < log[0].1 - 0.1,
+        "bf16 training did not learn: {log:?}"
+    );
+    let mut f32_cfg = cfg.clone();
+    f32_cfg.train.compute = ComputeDtype::F32;
+    let mut f = Trainer::new(f32_cfg, data(), &Device::Cpu).unwrap();
+    f.run(&dir.path().join("f32"), false).unwrap();
+    let f32_log = steps_logged(&dir.path().join("f32"));
+    for ((_, a), (_, b)) in log.iter().zip(&f32_log) {
+        assert!((a - b).abs() < 0.05, "bf16 {log:?} vs f32 {f32_log:?}");
+    }
+    assert_ne!(log, f32_log, "bf16 compute gave f32's losses exactly");
+    // Resume halfway: the same weights as the straight run, bit for bit.
+    let mut half = cfg.clone();
+    half.train.max_steps = 4;
+    let run = dir.path().join("resumed");
+    Trainer::new(half, data(), &Device::Cpu)
+        .unwrap()
+        .run(&run, false)
+        .unwrap();
+    let ckpt = checkpoint::load(&run, &Device::Cpu).unwrap();
+    assert_eq!(ckpt.config.train.compute, ComputeDtype::Bf16);
+    let mut resumed = Trainer::resume(cfg.clone(), ckpt, data()).unwrap();
+    resumed.run(&run, false).unwrap();
+    assert_eq!(weights_of(&resumed), weights_of(&straight));
+    // bf16 products over bf16 weights is not a mixed-precision setting.
+    let mut bad = cfg;
+    bad.train.dtype = ConfigDType::Bf16;
+    let err = Trainer::new(bad, data(), &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("train.compute"), "{err}");
+}

@@ -2,7 +2,7 @@
 //! measured on the same machine.
 
 use super::{matmul_peak_gflops, median, peak_rss_mb, rss_mb};
-use crate::config::{Config, ObjectiveKind};
+use crate::config::{ComputeDtype, Config, ObjectiveKind};
 use crate::data::Prepared;
 use crate::train::Trainer;
 use anyhow::Result;
@@ -13,6 +13,8 @@ use std::time::Instant;
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainBench {
     pub objective: String,
+    /// What the linear layers computed in (`train.compute`).
+    pub compute: String,
     pub params: usize,
     pub tokens_per_step: usize,
     /// Median over the timed steps.
@@ -31,12 +33,12 @@ pub struct TrainBench {
     pub ratio_to_card: Option<f64>,
 }
 
-/// Time `steps` training steps (after `warmup`) for each objective on the same model shape,
-/// batch and data, in this process.
+/// Time `steps` training steps (after `warmup`) for each (objective, compute) variant on the
+/// same model shape, batch and data, in this process.
 pub fn bench_train(
     cfg: &Config,
     data: &Prepared,
-    objectives: &[ObjectiveKind],
+    variants: &[(ObjectiveKind, ComputeDtype)],
     warmup: usize,
     steps: usize,
     device: &Device,
@@ -49,10 +51,15 @@ pub fn bench_train(
     // objective in a process of its own).
     let mut trainers = Vec::new();
     let mut peaks = Vec::new();
-    for &obj in objectives {
-        progress(&format!("{}: warm-up", obj.name()));
+    let label = |(o, c): (ObjectiveKind, ComputeDtype)| match c {
+        ComputeDtype::F32 => o.name().to_string(),
+        ComputeDtype::Bf16 => format!("{} (bf16)", o.name()),
+    };
+    for &(obj, compute) in variants {
+        progress(&format!("{}: warm-up", label((obj, compute))));
         let mut c = cfg.clone();
         c.train.objective = obj;
+        c.train.compute = compute;
         c.train.max_steps = warmup + steps;
         let mut trainer = Trainer::with_model_vocab(c, data, device)?;
         for _ in 0..warmup.max(1) {
@@ -63,15 +70,10 @@ pub fn bench_train(
     }
     // Phase 2: timed steps interleaved round-robin, so a noisy machine slows every objective
     // alike and the ratios stay meaningful.
-    let mut times = vec![Vec::with_capacity(steps); objectives.len()];
+    let mut times = vec![Vec::with_capacity(steps); variants.len()];
     for i in 0..steps {
         for (o, trainer) in trainers.iter_mut().enumerate() {
-            progress(&format!(
-                "{}: step {}/{}",
-                objectives[o].name(),
-                i + 1,
-                steps
-            ));
+            progress(&format!("{}: step {}/{}", label(variants[o]), i + 1, steps));
             let t = Instant::now();
             trainer.step()?;
             device.synchronize()?;
@@ -85,7 +87,11 @@ pub fn bench_train(
         let tokens = c.tokens_per_step();
         let flops = c.model.train_flops_per_token(c.train.seq_len) * tokens as f64;
         out.push(TrainBench {
-            objective: objectives[o].name().to_string(),
+            objective: variants[o].0.name().to_string(),
+            compute: match variants[o].1 {
+                ComputeDtype::F32 => "f32".into(),
+                ComputeDtype::Bf16 => "bf16".into(),
+            },
             params: trainer.params.count(),
             tokens_per_step: tokens,
             step_time_s: step_time,

@@ -3,7 +3,7 @@
 use crate::bench::decode::{compare_precision, prompt_set};
 use crate::bench::{bench_decode, bench_train, DecodeBenchConfig};
 use crate::checkpoint::{self, Precision};
-use crate::config::{Choice, Config, ObjectiveKind};
+use crate::config::{Choice, ComputeDtype, Config, ObjectiveKind};
 use crate::data::load_data;
 use crate::decode::{CardDecoder, DecoderSpec, VerifyDecoder};
 use crate::runtime::device as default_device;
@@ -74,6 +74,11 @@ pub struct TrainBenchArgs {
     /// Untimed warm-up steps per objective.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+    /// What the linear layers compute in, comma-separated: f32, bf16 (bf16 operands, f32
+    /// sums; `train.compute`). Each objective runs once per entry, interleaved [default: the
+    /// config's train.compute].
+    #[arg(long, value_delimiter = ',', value_name = "DTYPES")]
+    pub compute: Vec<String>,
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
     /// Print JSON as the last line: one object for one objective, else a list.
@@ -127,6 +132,18 @@ fn train(a: TrainBenchArgs) -> Result<()> {
     }
     let objectives = parse_objectives(&a.objective)?;
     let cfg = Config::load(&a.preset, &a.sets)?;
+    let computes: Vec<ComputeDtype> = if a.compute.is_empty() {
+        vec![cfg.train.compute]
+    } else {
+        a.compute
+            .iter()
+            .map(|c| match c.trim() {
+                "f32" => Ok(ComputeDtype::F32),
+                "bf16" => Ok(ComputeDtype::Bf16),
+                other => bail!("--compute: unknown '{other}' (known: f32, bf16)"),
+            })
+            .collect::<Result<_>>()?
+    };
     if !a.distributed.is_empty() {
         return distributed(&a, &objectives);
     }
@@ -166,7 +183,11 @@ fn train(a: TrainBenchArgs) -> Result<()> {
         return Ok(());
     }
     let tty = std::io::stderr().is_terminal();
-    let mut results = bench_train(&cfg, &data, &objectives, a.warmup, a.steps, &device, |m| {
+    let variants: Vec<(ObjectiveKind, ComputeDtype)> = objectives
+        .iter()
+        .flat_map(|&o| computes.iter().map(move |&c| (o, c)))
+        .collect();
+    let mut results = bench_train(&cfg, &data, &variants, a.warmup, a.steps, &device, |m| {
         if tty {
             eprint!("\r\x1b[2K{m}")
         }
@@ -179,7 +200,7 @@ fn train(a: TrainBenchArgs) -> Result<()> {
                 r.objective, a.steps
             );
         }
-        if let Some(p) = probe_memory(&a, &r.objective) {
+        if let Some(p) = probe_memory(&a, &r.objective, &r.compute) {
             r.peak_rss_mb = p.peak_rss_mb;
             r.rss_growth_mb = Some(p.rss_growth_mb);
         }
@@ -198,11 +219,12 @@ fn train(a: TrainBenchArgs) -> Result<()> {
         candle_core::utils::get_num_threads(),
         results[0].matmul_peak_gflops
     );
-    println!("objective  step_time_s(median)  tokens/s  peak_rss_mb  rss_growth_mb   MFU   ratio_to_card");
+    println!("objective  compute  step_time_s(median)  tokens/s  peak_rss_mb  rss_growth_mb   MFU   ratio_to_card");
     for r in &results {
         println!(
-            "{:<9}  {:>19.4}  {:>8.0}  {:>11.0}  {:>13}  {:>4.1}%  {}",
+            "{:<9}  {:<7}  {:>19.4}  {:>8.0}  {:>11.0}  {:>13}  {:>4.1}%  {}",
             r.objective,
+            r.compute,
             r.step_time_s,
             r.tokens_per_s,
             r.peak_rss_mb,
@@ -386,7 +408,11 @@ fn decode(a: DecodeBenchArgs) -> Result<()> {
 
 /// Memory of a child `card` running one objective's warm-up and timed steps, or None if it
 /// fails.
-fn probe_memory(a: &TrainBenchArgs, objective: &str) -> Option<crate::bench::MemoryProbe> {
+fn probe_memory(
+    a: &TrainBenchArgs,
+    objective: &str,
+    compute: &str,
+) -> Option<crate::bench::MemoryProbe> {
     let exe = std::env::current_exe().ok()?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args([
@@ -403,6 +429,7 @@ fn probe_memory(a: &TrainBenchArgs, objective: &str) -> Option<crate::bench::Mem
     for s in &a.sets {
         cmd.args(["--set", s]);
     }
+    cmd.args(["--set", &format!("train.compute=\"{compute}\"")]);
     let out = cmd.stderr(std::process::Stdio::null()).output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     out.status

@@ -81,6 +81,9 @@ impl Config {
 
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
+        if self.train.compute == ComputeDtype::Bf16 && self.train.dtype != DType::F32 {
+            bail!("train.compute = \"bf16\" keeps f32 weights: it needs train.dtype = \"f32\"");
+        }
         let n = &self.noise;
         if n.tail_factor.is_nan() || n.tail_factor < 1.0 || !n.tail_factor.is_finite() {
             bail!("noise.tail_factor (λ) must be ≥ 1, got {}", n.tail_factor);
@@ -227,6 +230,7 @@ fn apply_set(root: &mut toml::Table, set: &str) -> Result<()> {
     every.noise.ar_fraction = 0.5;
     every.train.freeze_embeddings = true;
     every.train.freeze_layers = 1;
+    every.train.compute = ComputeDtype::Bf16;
     let defaults = toml::Table::try_from(every).expect("defaults serialise");
     let known = defaults
         .get(parts[0])

@@ -265,6 +265,21 @@ impl DType {
     }
 }
 
+/// What training's matrix products compute in (`train.compute`): `f32`, or `bf16` operands
+/// with f32 sums (CPU, with AVX512_BF16 dot products where the CPU has them), the weights,
+/// optimizer state, norms, softmax and loss staying f32.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ComputeDtype {
+    #[default]
+    F32,
+    Bf16,
+}
+
+fn is_f32_compute(c: &ComputeDtype) -> bool {
+    *c == ComputeDtype::F32
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
@@ -293,6 +308,8 @@ pub struct TrainConfig {
     pub log_every: usize,
     pub seed: u64,
     pub dtype: DType,
+    #[serde(skip_serializing_if = "is_f32_compute")]
+    pub compute: ComputeDtype,
     /// Keep the token embedding (and a tied head) fixed.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub freeze_embeddings: bool,
@@ -326,6 +343,7 @@ impl Default for TrainConfig {
             log_every: 10,
             seed: 0,
             dtype: DType::F32,
+            compute: ComputeDtype::F32,
             freeze_embeddings: false,
             freeze_layers: 0,
         }

@@ -5,7 +5,7 @@
 use super::layer::Compute;
 use super::visibility::Visibility;
 use super::{ops, KvCache, Weight};
-use crate::config::ModelConfig;
+use crate::config::{ComputeDtype, ModelConfig};
 use candle_core::{Result, Tensor};
 
 /// One pass's context: RoPE tables of its positions, its visibility and cache.
@@ -18,6 +18,7 @@ pub(crate) struct CandleCompute<'a> {
     pub cache: Option<&'a mut KvCache>,
     /// Only the first `head_len` positions get logits.
     pub head_len: Option<usize>,
+    pub compute: ComputeDtype,
 }
 
 impl Compute for CandleCompute<'_> {
@@ -29,7 +30,7 @@ impl Compute for CandleCompute<'_> {
     }
 
     fn linear(&mut self, x: Tensor, w: &Weight) -> Result<Tensor> {
-        w.linear(&x)
+        w.linear_in(&x, self.compute)
     }
 
     fn bias(&mut self, x: Tensor, b: &Weight) -> Result<Tensor> {

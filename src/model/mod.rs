@@ -20,7 +20,7 @@ pub mod visibility;
 pub mod weight;
 
 use self::candle::CandleCompute;
-use crate::config::ModelConfig;
+use crate::config::{ComputeDtype, ModelConfig};
 use candle_core::{DType, Device, Result, Tensor};
 pub use kv_cache::{KvCache, RowLens};
 pub use layer::{tensor_specs, Init, TensorSpec, Weights};
@@ -36,6 +36,9 @@ pub struct Transformer {
     /// RoPE tables [max_seq_len, hd/2].
     pub(crate) cos: Tensor,
     pub(crate) sin: Tensor,
+    /// What the training path's linear layers compute in (`train.compute`); inference and
+    /// cached decoding always run their own f32 paths.
+    pub compute: ComputeDtype,
 }
 
 impl Transformer {
@@ -92,6 +95,7 @@ impl Transformer {
             weights,
             cos,
             sin,
+            compute: ComputeDtype::F32,
         })
     }
 
@@ -253,6 +257,7 @@ impl Transformer {
             vis,
             cache,
             head_len: None,
+            compute: self.compute,
         };
         let logits = self.weights.run(&mut pass, x)?;
         if let Some(c) = pass.cache {
@@ -297,6 +302,7 @@ impl Transformer {
             vis: Visibility::uniform(attn, 0),
             cache: None,
             head_len: Some(head_len),
+            compute: self.compute,
         };
         self.weights.run(&mut pass, x)
     }

@@ -98,7 +98,16 @@ pub fn swiglu(gate_up: &Tensor) -> Result<Tensor> {
 
 /// x [.., in] times w [out, in]ᵀ, flattening leading dimensions into one matmul.
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    linear_in(x, w, crate::config::ComputeDtype::F32)
+}
+
+/// [`linear`] computed in `compute` on the training path (tracked f32 CPU tensors; anything
+/// else takes the f32 paths).
+pub fn linear_in(x: &Tensor, w: &Tensor, compute: crate::config::ComputeDtype) -> Result<Tensor> {
     if (x.track_op() || w.track_op()) && fused::supported(x) && w.dtype() == x.dtype() {
+        if compute == crate::config::ComputeDtype::Bf16 && x.dtype() == DType::F32 {
+            return fused::linear_bf16(x, w);
+        }
         return fused::linear(x, w);
     }
     let dims = x.dims();

@@ -154,8 +154,13 @@ impl Weight {
 
     /// x · selfᵀ.
     pub fn linear(&self, x: &Tensor) -> Result<Tensor> {
+        self.linear_in(x, crate::config::ComputeDtype::F32)
+    }
+
+    /// x · selfᵀ, a training product in `compute`.
+    pub fn linear_in(&self, x: &Tensor, compute: crate::config::ComputeDtype) -> Result<Tensor> {
         match self {
-            Weight::Dense(w) => super::ops::linear(x, w),
+            Weight::Dense(w) => super::ops::linear_in(x, w, compute),
             Weight::Quant(q) => q.forward(x),
         }
     }

@@ -248,7 +248,8 @@ impl<'a> Trainer<'a> {
         state: TrainState,
         data: &'a Prepared,
     ) -> Result<Self> {
-        let model = Transformer::from_params(&cfg.model, &params)?;
+        let mut model = Transformer::from_params(&cfg.model, &params)?;
+        model.compute = cfg.train.compute;
         let objective = objective::build(&cfg, data.tokenizer.mask_id());
         let batches = Batches::new(&data.train, cfg.train.seq_len, cfg.train.seed)?;
         Ok(Self {

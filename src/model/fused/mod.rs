@@ -8,6 +8,7 @@
 //! Only f32 and f64 CPU tensors are supported: see [`supported`].
 
 mod attention;
+pub mod bf16;
 mod linear;
 mod loss;
 pub(crate) mod norm;
@@ -21,7 +22,7 @@ use candle_core::{CpuStorage, DType, Layout, Result, Tensor, WithDType};
 use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
 
 pub use attention::attention;
-pub use linear::linear;
+pub use linear::{linear, linear_bf16};
 pub use loss::nll_rows;
 pub use norm::rms_norm;
 pub use pointwise::{rope, swiglu};
@@ -233,6 +234,15 @@ impl<T> Out<T> {
     #[inline]
     pub unsafe fn row(&self, i: usize) -> &mut [T] {
         std::slice::from_raw_parts_mut((self.ptr as *mut T).add(i * self.row_len), self.row_len)
+    }
+
+    /// The first `len` elements of the `i`-th row (a last row the buffer holds only part of).
+    ///
+    /// # Safety
+    /// As [`Out::row`], and `i * row_len + len` must lie within the buffer.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn row_prefix(&self, i: usize, len: usize) -> &mut [T] {
+        std::slice::from_raw_parts_mut((self.ptr as *mut T).add(i * self.row_len), len)
     }
 }
 

@@ -267,9 +267,6 @@ fn decode(a: DecodeBenchArgs) -> Result<()> {
     if a.batch.contains(&0) || a.lengths.contains(&0) {
         bail!("--batch and --lengths must be positive");
     }
-    if let Some(w) = crate::bench::busy_warning() {
-        eprintln!("{w}");
-    }
     let device = default_device()?;
     let ckpt = checkpoint::open(&a.checkpoint, &device, !a.no_ema)?;
     if !matches!(ckpt.objective(), ObjectiveKind::Card | ObjectiveKind::Arm) {
@@ -300,6 +297,10 @@ fn decode(a: DecodeBenchArgs) -> Result<()> {
         .iter()
         .map(|n| prompt_set(n.trim(), model, tok, data.as_ref()))
         .collect::<Result<Vec<_>>>()?;
+    // Every input is checked: measuring starts here.
+    if let Some(w) = crate::bench::busy_warning() {
+        eprintln!("{w}");
+    }
     let tty = std::io::stderr().is_terminal();
     let fit_lengths = a.lengths.is_empty();
     let cfg = DecodeBenchConfig {

@@ -878,3 +878,27 @@ fn bench_train_measures_f32_and_bf16_compute_side_by_side() {
         "--compute: unknown 'f16' (known: f32, bf16)",
     );
 }
+
+#[test]
+fn a_torchrun_style_launch_of_cpu_processes_is_refused() {
+    // RANK/WORLD_SIZE > 1 without a GPU: NCCL is for GPU ranks, CPU ranks go through mpirun.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_card"))
+        .args([
+            "train",
+            "--preset",
+            "tiny",
+            "--max-steps",
+            "1",
+            "--out",
+            "run",
+            "--quiet",
+        ])
+        .current_dir(dir.path())
+        .env("RANK", "0")
+        .env("WORLD_SIZE", "2")
+        .output()
+        .unwrap();
+    assert_error(&out, "launch CPU processes with mpirun");
+    assert!(!dir.path().join("run").exists());
+}

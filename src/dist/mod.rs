@@ -134,7 +134,12 @@ pub fn init(device: &Device) -> Result<Rc<dyn Collective>> {
     if device.is_cuda() && nccl::placement().is_some_and(|(_, world, _)| world > 1) {
         return Ok(Rc::new(nccl::Nccl::init(device)?));
     }
-    let torchrun = std::env::var_os("RANK").is_some() && std::env::var_os("WORLD_SIZE").is_some();
+    // A torchrun-style job of more than one process (a lone RANK/WORLD_SIZE=1 is one process).
+    let torchrun = std::env::var_os("RANK").is_some()
+        && std::env::var("WORLD_SIZE")
+            .ok()
+            .and_then(|w| w.parse::<usize>().ok())
+            .is_some_and(|w| w > 1);
     match launched() {
         None if torchrun && !device.is_cuda() => bail!(
             "started by a torchrun-style launcher (RANK, WORLD_SIZE): that is for GPU ranks over NCCL; launch CPU processes with mpirun"

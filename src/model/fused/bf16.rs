@@ -10,6 +10,8 @@ use super::{gemm_into, par_rows, Out};
 /// Rows of one micro-tile and columns of one packed panel (two 16-lane registers).
 const MR: usize = 8;
 const NR: usize = 32;
+/// Row blocks one task runs each B panel over (64 rows).
+const GROUP: usize = 8;
 
 /// An operand as (data, row stride, column stride): element (i, j) is `data[i*rs + j*cs]`.
 pub type Strided<'a> = (&'a [f32], usize, usize);
@@ -143,25 +145,33 @@ mod dot_product {
         let (pa, pb) = (pack_a(a, m, k), pack_b(b, k, n));
         let kp = k.div_ceil(2);
         let panels = n.div_ceil(NR);
-        let blocks = Out::new(&mut c, MR * n);
-        par_rows(m.div_ceil(MR), MR * n * k.max(1), |bi| {
-            let rows = (m - bi * MR).min(MR);
-            // SAFETY: block bi writes only its rows of C (the last block is shorter).
-            let dst = unsafe { blocks.row_prefix(bi, rows * n) };
+        let blocks = m.div_ceil(MR);
+        // A task takes GROUP row blocks and runs each B panel over all of them while the
+        // panel is in L1: a wide B (the vocabulary head) is then read once per GROUP blocks
+        // instead of once per block.
+        let groups = Out::new(&mut c, GROUP * MR * n);
+        par_rows(blocks.div_ceil(GROUP), GROUP * MR * n * k.max(1), |g| {
+            let first = g * GROUP;
+            let rows = (m - first * MR).min(GROUP * MR);
+            // SAFETY: group g writes only its rows of C (the last group is shorter).
+            let dst = unsafe { groups.row_prefix(g, rows * n) };
             for p in 0..panels {
                 let cols = (n - p * NR).min(NR);
-                // SAFETY: the CPU has AVX512_BF16 (checked by the caller); the packed
-                // buffers hold kp pairs for this block and panel.
-                unsafe {
-                    tile(
-                        &pa[bi * kp * MR..(bi + 1) * kp * MR],
-                        &pb[p * kp * NR..(p + 1) * kp * NR],
-                        kp,
-                        &mut dst[p * NR..],
-                        n,
-                        (rows, cols),
-                    )
-                };
+                for bi in first..blocks.min(first + GROUP) {
+                    let r0 = (bi - first) * MR;
+                    // SAFETY: the CPU has AVX512_BF16 (checked by the caller); the packed
+                    // buffers hold kp pairs for this block and panel.
+                    unsafe {
+                        tile(
+                            &pa[bi * kp * MR..(bi + 1) * kp * MR],
+                            &pb[p * kp * NR..(p + 1) * kp * NR],
+                            kp,
+                            &mut dst[r0 * n + p * NR..],
+                            n,
+                            ((m - bi * MR).min(MR), cols),
+                        )
+                    };
+                }
             }
         });
         c

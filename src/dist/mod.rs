@@ -67,18 +67,21 @@ impl Collective for Single {
 /// The launcher this process runs under, read from the variables MPI launchers set
 /// (OpenMPI's `mpirun`, PMI for MPICH/Intel MPI/Slurm, PMIx): (world size, ranks on this node).
 pub fn launched() -> Option<(usize, usize)> {
-    let var = |names: &[&str]| {
-        names
-            .iter()
-            .find_map(|n| std::env::var(n).ok()?.parse::<usize>().ok())
-    };
-    let world = var(&["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"])?;
-    let local = var(&[
+    let world = env_number(&["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"])?;
+    let local = env_number(&[
         "OMPI_COMM_WORLD_LOCAL_SIZE",
         "MPI_LOCALNRANKS",
         "PMI_LOCAL_SIZE",
     ]);
     Some((world, local.unwrap_or(1).max(1)))
+}
+
+/// The first of these environment variables that holds a number (launchers name the same
+/// fact differently).
+pub(crate) fn env_number(names: &[&str]) -> Option<usize> {
+    names
+        .iter()
+        .find_map(|n| std::env::var(n).ok()?.parse().ok())
 }
 
 /// Compute threads per rank when several ranks share a node and no count was given: the
@@ -117,13 +120,11 @@ fn count_cpu_list(list: &str) -> Option<usize> {
 /// This rank's index among the ranks on its machine (which GPU it takes), where a launcher
 /// says.
 pub fn local_rank() -> Option<usize> {
-    [
+    env_number(&[
         "LOCAL_RANK",
         "OMPI_COMM_WORLD_LOCAL_RANK",
         "MPI_LOCALRANKID",
-    ]
-    .iter()
-    .find_map(|n| std::env::var(n).ok()?.parse().ok())
+    ])
 }
 
 /// The collective this process trains with on `device`: NCCL for a GPU rank (`--features
@@ -135,11 +136,8 @@ pub fn init(device: &Device) -> Result<Rc<dyn Collective>> {
         return Ok(Rc::new(nccl::Nccl::init(device)?));
     }
     // A torchrun-style job of more than one process (a lone RANK/WORLD_SIZE=1 is one process).
-    let torchrun = std::env::var_os("RANK").is_some()
-        && std::env::var("WORLD_SIZE")
-            .ok()
-            .and_then(|w| w.parse::<usize>().ok())
-            .is_some_and(|w| w > 1);
+    let torchrun =
+        std::env::var_os("RANK").is_some() && env_number(&["WORLD_SIZE"]).is_some_and(|w| w > 1);
     match launched() {
         None if torchrun && !device.is_cuda() => bail!(
             "started by a torchrun-style launcher (RANK, WORLD_SIZE): that is for GPU ranks over NCCL; launch CPU processes with mpirun"

@@ -34,6 +34,16 @@ impl Mpi {
     }
 }
 
+impl Mpi {
+    /// Element-wise sum over ranks into `buf` (the library takes a separate send buffer).
+    fn sum<T: mpi::datatype::Equivalence + Copy>(&self, buf: &mut [T]) -> Result<()> {
+        let send = buf.to_vec();
+        self.world
+            .all_reduce_into(&send[..], buf, SystemOperation::sum());
+        Ok(())
+    }
+}
+
 impl Collective for Mpi {
     fn rank(&self) -> usize {
         self.rank
@@ -52,16 +62,10 @@ impl Collective for Mpi {
         format!("MPI ({lib})")
     }
     fn sum_f32(&self, buf: &mut [f32]) -> Result<()> {
-        let send = buf.to_vec();
-        self.world
-            .all_reduce_into(&send[..], buf, SystemOperation::sum());
-        Ok(())
+        self.sum(buf)
     }
     fn sum_f64(&self, buf: &mut [f64]) -> Result<()> {
-        let send = buf.to_vec();
-        self.world
-            .all_reduce_into(&send[..], buf, SystemOperation::sum());
-        Ok(())
+        self.sum(buf)
     }
     fn abort(&self, code: i32) -> ! {
         self.world.abort(code)

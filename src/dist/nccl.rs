@@ -17,20 +17,9 @@ use std::time::{Duration, Instant};
 
 /// Rank, world size and local rank from the launcher's variables.
 pub fn placement() -> Option<(usize, usize, usize)> {
-    let var = |names: &[&str]| {
-        names
-            .iter()
-            .find_map(|n| std::env::var(n).ok()?.parse::<usize>().ok())
-    };
-    let rank = var(&["RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"])?;
-    let world = var(&["WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"])?;
-    let local = var(&[
-        "LOCAL_RANK",
-        "OMPI_COMM_WORLD_LOCAL_RANK",
-        "MPI_LOCALRANKID",
-    ])
-    .unwrap_or(0);
-    Some((rank, world, local))
+    let rank = super::env_number(&["RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"])?;
+    let world = super::env_number(&["WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"])?;
+    Some((rank, world, super::local_rank().unwrap_or(0)))
 }
 
 pub struct Nccl {

@@ -284,11 +284,6 @@ impl<'a> Trainer<'a> {
         Ok(self)
     }
 
-    /// The collective this run trains with.
-    pub fn comm(&self) -> &dyn Collective {
-        self.comm.as_ref()
-    }
-
     /// Rank 0 (the only rank, in one process) writes checkpoints, metrics and progress.
     pub fn is_leader(&self) -> bool {
         self.comm.rank() == 0
@@ -373,20 +368,23 @@ impl<'a> Trainer<'a> {
 
     /// The model evaluation uses: EMA weights when kept, else the current weights (untracked).
     pub fn eval_model(&self) -> Result<Transformer> {
-        let tensors: Vec<Tensor> = match &self.ema {
-            Some(e) => e.weights.clone(),
-            None => self
-                .params
-                .vars
-                .iter()
-                .map(|v| v.as_tensor().detach())
-                .collect(),
-        };
-        let names = &self.params.names;
         Ok(Transformer::from_tensors(&self.cfg.model, |n| {
-            let i = names.iter().position(|x| x == n).expect("known name");
-            Ok(tensors[i].clone())
+            self.eval_tensor(n)
         })?)
+    }
+
+    /// Weight `name` as evaluation uses it: the EMA where kept, else the current weight.
+    pub fn eval_tensor(&self, name: &str) -> candle_core::Result<Tensor> {
+        let i = self
+            .params
+            .names
+            .iter()
+            .position(|x| x == name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("no parameter {name}")))?;
+        Ok(match &self.ema {
+            Some(e) => e.weights[i].clone(),
+            None => self.params.vars[i].as_tensor().detach(),
+        })
     }
 
     /// Validation loss over eval_batches batches of the validation split, scored as the

@@ -35,21 +35,8 @@ pub fn fixture() -> &'static Fixture {
         let vars = Transformer::from_params(mc, &t.params).unwrap();
         let dev = super::device();
         // The weights `eval_model` decodes (the EMA where the run keeps one), copied over.
-        let src: Vec<_> = match &t.ema {
-            Some(e) => e.weights.clone(),
-            None => t
-                .params
-                .vars
-                .iter()
-                .map(|v| v.as_tensor().detach())
-                .collect(),
-        };
-        let names = &t.params.names;
-        let on_device = Transformer::from_tensors(mc, |n| {
-            let i = names.iter().position(|x| x == n).expect("a parameter name");
-            src[i].to_device(&dev)
-        })
-        .unwrap();
+        let on_device =
+            Transformer::from_tensors(mc, |n| t.eval_tensor(n)?.to_device(&dev)).unwrap();
         Fixture {
             data,
             model,

@@ -171,6 +171,70 @@ fn prepare_splits_whole_documents_deterministically() {
 }
 
 #[test]
+fn holdout_sets_sources_aside_from_training_and_the_tokenizer() {
+    let docs = embedded_documents();
+    let holdout = vec!["chapter-03".to_string(), "chapter-1".to_string()];
+    let p = card::data::prepare::prepare_with_holdout(docs.clone(), None, 1024, 0.25, 7, &holdout)
+        .unwrap();
+    // chapter-03 alone; "chapter-1" takes chapters 10, 11 and 12 (first matching pattern wins).
+    let groups = p.heldout_groups();
+    assert_eq!(groups.len(), 2);
+    assert_eq!(p.meta.holdout[0].sources, vec!["carroll-alice/chapter-03"]);
+    assert_eq!(p.meta.holdout[1].sources.len(), 3);
+    assert_eq!(p.meta.train_documents + p.meta.val_documents, 12 - 4);
+    let train = decode_docs(&p.tokenizer, &p.train);
+    let val = decode_docs(&p.tokenizer, &p.val);
+    for (g, (pattern, ids, bytes)) in p.meta.holdout.iter().zip(&groups) {
+        assert_eq!(*pattern, g.pattern);
+        let texts = decode_docs(&p.tokenizer, ids);
+        assert_eq!(texts.len(), g.sources.len());
+        assert_eq!(*bytes, texts.iter().map(|t| t.len() as u64).sum::<u64>());
+        for (name, text) in g.sources.iter().zip(&texts) {
+            let original = docs.iter().find(|d| &d.name == name).unwrap();
+            assert_eq!(text, &original.text);
+            assert!(
+                !train.contains(text) && !val.contains(text),
+                "{name} leaked"
+            );
+        }
+    }
+    // The tokenizer never saw the held-out text: it equals one trained without those documents.
+    let rest: Vec<Document> = docs
+        .iter()
+        .filter(|d| !holdout.iter().any(|h| d.name.contains(h.as_str())))
+        .cloned()
+        .collect();
+    assert_eq!(
+        prepare(rest, None, 1024, 0.25, 7).unwrap().tokenizer.hash(),
+        p.tokenizer.hash()
+    );
+    // Saved and loaded as it was; a corpus without holdout still loads and has none.
+    let root = tempfile::tempdir().unwrap();
+    p.save(&root.path().join("h")).unwrap();
+    let back = Prepared::load(&root.path().join("h")).unwrap();
+    assert_eq!(
+        (back.heldout.clone(), back.meta.clone()),
+        (p.heldout.clone(), p.meta.clone())
+    );
+    fs::write(root.path().join("h/heldout.bin"), b"xx").unwrap();
+    let err = format!("{:#}", Prepared::load(&root.path().join("h")).unwrap_err());
+    assert!(err.contains("heldout.bin"), "{err}");
+    // Patterns that match nothing, or everything, are refused by name.
+    let none = card::data::prepare::prepare_with_holdout(
+        docs.clone(),
+        None,
+        1024,
+        0.25,
+        7,
+        &["gutenberg/".into()],
+    );
+    assert!(format!("{:#}", none.unwrap_err()).contains("\"gutenberg/\" matches no document"));
+    let all =
+        card::data::prepare::prepare_with_holdout(docs, None, 1024, 0.25, 7, &["chapter".into()]);
+    assert!(all.is_err());
+}
+
+#[test]
 fn prepare_edge_cases() {
     let two = vec![doc("a", "first document"), doc("b", "second document")];
     let p = prepare(two, None, 300, 0.01, 0).unwrap();

@@ -59,6 +59,11 @@ pub struct PrepareArgs {
     /// Seed of the train/validation split.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Set aside every document whose name contains PATTERN as a held-out source, never
+    /// trained on nor seen by the tokenizer (evaluated per pattern): e.g. `brown/cj` (Brown's
+    /// "learned" genre), `gutenberg/shakespeare-`. Repeat or separate by commas.
+    #[arg(long, value_name = "PATTERN", value_delimiter = ',')]
+    pub holdout: Vec<String>,
 }
 
 pub fn run(args: DataArgs) -> Result<()> {
@@ -160,8 +165,15 @@ fn run_prepare(p: PrepareArgs) -> Result<()> {
         .map(TextTokenizer::from_file)
         .transpose()?;
     let n_docs = docs.len();
-    let prepared = data::prepare(docs, tokenizer, p.vocab_size, p.val_fraction, p.seed)
-        .context("cannot prepare the corpus")?;
+    let prepared = data::prepare::prepare_with_holdout(
+        docs,
+        tokenizer,
+        p.vocab_size,
+        p.val_fraction,
+        p.seed,
+        &p.holdout,
+    )
+    .context("cannot prepare the corpus")?;
     prepared.save(&out)?;
     let m = &prepared.meta;
     let per_token = |bytes: u64, tokens: u64, docs: usize| {
@@ -195,6 +207,15 @@ fn run_prepare(p: PrepareArgs) -> Result<()> {
         m.val_bytes,
         per_token(m.val_bytes, m.val_tokens, m.val_documents)
     );
+    for g in &m.holdout {
+        println!(
+            "held out {:?}: {} docs, {} tokens, {} bytes",
+            g.pattern,
+            g.sources.len(),
+            g.tokens,
+            g.bytes
+        );
+    }
     println!(
         "wrote {} ({} ids, {:.1}s)",
         out.display(),

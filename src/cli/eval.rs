@@ -155,6 +155,13 @@ fn print_report(r: &EvalReport) {
         println!("perplexity     {:.2}", r.perplexity);
         println!("bits per byte  {:.4}", r.bits_per_byte);
     }
+    for h in &r.heldout {
+        let le = if r.bound { "≤" } else { "" };
+        println!(
+            "held-out source {:?}: {le}{:.4} bits/byte over {} tokens",
+            h.pattern, h.bits_per_byte, h.tokens
+        );
+    }
     if !r.loss_vs_t.is_empty() {
         println!("\n   t   CARD loss   mean CE (all targets)");
         for p in &r.loss_vs_t {

@@ -28,6 +28,7 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("tiny", include_str!("../../configs/tiny.toml")),
     ("demo", include_str!("../../configs/demo.toml")),
     ("small", include_str!("../../configs/small.toml")),
+    ("cpu", include_str!("../../configs/cpu.toml")),
     ("base", include_str!("../../configs/base.toml")),
     ("bench-5m", include_str!("../../configs/bench-5m.toml")),
     ("paper-110m", include_str!("../../configs/paper-110m.toml")),

@@ -21,7 +21,15 @@ pub fn load_data(cfg: &Config, tokenizer: Option<TextTokenizer>) -> Result<Prepa
 
 fn load_full(cfg: &Config, tokenizer: Option<TextTokenizer>) -> Result<Prepared> {
     if !cfg.data.path.is_empty() {
-        let data = Prepared::load(Path::new(&cfg.data.path))?;
+        let path = Path::new(&cfg.data.path);
+        if !path.exists() {
+            bail!(
+                "prepared corpus {} does not exist: make it with `card data prepare --out {}` (the `cpu` preset's corpus: `card data fetch --eval`, then `card data prepare --out data/prepared/cpu --holdout brown/cj,gutenberg/shakespeare-`)",
+                path.display(),
+                path.display()
+            );
+        }
+        let data = Prepared::load(path)?;
         if let Some(tok) = tokenizer {
             if tok.hash() != data.tokenizer.hash() {
                 bail!(
@@ -41,14 +49,19 @@ fn load_full(cfg: &Config, tokenizer: Option<TextTokenizer>) -> Result<Prepared>
     )
 }
 
-/// Non-overlapping evaluation windows from the start of a split (at most `max` of them).
+/// Non-overlapping evaluation windows of a split: all of them, or `max` spread evenly over the
+/// split (so that a capped evaluation still reads every part of it, not only its first
+/// documents).
 pub fn eval_windows(tokens: &[u32], seq_len: usize, max: Option<usize>) -> Vec<&[u32]> {
     let n = tokens.len() / seq_len;
     if n == 0 && tokens.len() >= 2 {
         return vec![tokens];
     }
-    let n = max.map_or(n, |m| n.min(m));
-    (0..n)
-        .map(|i| &tokens[i * seq_len..(i + 1) * seq_len])
+    let k = max.map_or(n, |m| n.min(m));
+    (0..k)
+        .map(|i| {
+            let w = i * n / k;
+            &tokens[w * seq_len..(w + 1) * seq_len]
+        })
         .collect()
 }

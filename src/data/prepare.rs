@@ -17,6 +17,7 @@ const META: &str = "meta.json";
 const TOKENIZER: &str = "tokenizer.json";
 const TRAIN: &str = "train.bin";
 const VAL: &str = "val.bin";
+const HELDOUT: &str = "heldout.bin";
 
 /// Contents of `meta.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,6 +41,22 @@ pub struct PreparedMeta {
     /// Document names in each split, in stream order.
     pub train_sources: Vec<String>,
     pub val_sources: Vec<String>,
+    /// Held-out sources: documents set aside by name before the split (never trained on, nor
+    /// seen by the tokenizer), one group per pattern, stored in this order in heldout.bin.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holdout: Vec<HoldoutGroup>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub heldout_sha256: String,
+}
+
+/// The documents one `--holdout` pattern set aside.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HoldoutGroup {
+    /// Every document whose name contains this string (and no earlier pattern) is in the group.
+    pub pattern: String,
+    pub tokens: u64,
+    pub bytes: u64,
+    pub sources: Vec<String>,
 }
 
 /// A tokenized corpus split into train/validation by whole documents. Each stream is the
@@ -52,10 +69,27 @@ pub struct Prepared {
     /// UTF-8 bytes of the train documents' text (for bits per byte).
     pub train_bytes: u64,
     pub val_bytes: u64,
+    /// The held-out sources' stream: the groups of `meta.holdout`, one after the other.
+    pub heldout: Vec<u32>,
     pub meta: PreparedMeta,
 }
 
 impl Prepared {
+    /// (pattern, tokens, bytes) of each held-out source group.
+    pub fn heldout_groups(&self) -> Vec<(&str, &[u32], u64)> {
+        let mut at = 0;
+        self.meta
+            .holdout
+            .iter()
+            .map(|g| {
+                let n = g.tokens as usize;
+                let ids = &self.heldout[at..at + n];
+                at += n;
+                (g.pattern.as_str(), ids, g.bytes)
+            })
+            .collect()
+    }
+
     /// SHA-256 over the token streams' own checksums: what a checkpoint records so that a
     /// resume on different data (behind the same path and tokenizer) is noticed.
     pub fn fingerprint(&self) -> String {
@@ -78,6 +112,19 @@ pub fn prepare(
     val_fraction: f64,
     seed: u64,
 ) -> Result<Prepared> {
+    prepare_with_holdout(docs, tokenizer, vocab_size, val_fraction, seed, &[])
+}
+
+/// [`prepare`], after setting aside as held-out sources every document whose name contains one
+/// of `holdout` (grouped by the first pattern it contains; each pattern must match something).
+pub fn prepare_with_holdout(
+    docs: Vec<Document>,
+    tokenizer: Option<TextTokenizer>,
+    vocab_size: usize,
+    val_fraction: f64,
+    seed: u64,
+    holdout: &[String],
+) -> Result<Prepared> {
     ensure!(
         val_fraction > 0.0 && val_fraction < 1.0,
         "validation fraction must be strictly between 0 and 1, got {val_fraction}"
@@ -86,6 +133,27 @@ pub fn prepare(
         .into_iter()
         .filter(|d| !d.text.trim().is_empty())
         .collect();
+    let mut groups: Vec<Vec<Document>> = vec![Vec::new(); holdout.len()];
+    // Held-out documents keep their input order within a group.
+    let docs: Vec<Document> = docs
+        .into_iter()
+        .filter_map(
+            |d| match holdout.iter().position(|p| d.name.contains(p.as_str())) {
+                Some(g) => {
+                    groups[g].push(d);
+                    None
+                }
+                None => Some(d),
+            },
+        )
+        .collect();
+    for (p, g) in holdout.iter().zip(&groups) {
+        ensure!(!p.is_empty(), "a holdout pattern is empty");
+        ensure!(
+            !g.is_empty(),
+            "holdout pattern {p:?} matches no document name"
+        );
+    }
     let n = docs.len();
     if n < 2 {
         bail!("need at least 2 non-empty documents to split into train and validation, got {n} (each input file is one document: pass several files or a directory)");
@@ -117,6 +185,19 @@ pub fn prepare(
     );
     let (train, train_bytes) = encode_split(&tokenizer, &train_docs)?;
     let (val, val_bytes) = encode_split(&tokenizer, &val_docs)?;
+    let mut heldout = Vec::new();
+    let mut holdout_meta = Vec::new();
+    for (p, g) in holdout.iter().zip(&groups) {
+        let (ids, bytes) = encode_split(&tokenizer, g)?;
+        holdout_meta.push(HoldoutGroup {
+            pattern: p.clone(),
+            tokens: ids.len() as u64,
+            bytes,
+            sources: g.iter().map(|d| d.name.clone()).collect(),
+        });
+        heldout.extend(ids);
+    }
+    let dtype = dtype_for(tokenizer.vocab_size());
     let names = |d: &[Document]| d.iter().map(|d| d.name.clone()).collect::<Vec<_>>();
     let meta = PreparedMeta {
         format_version: FORMAT_VERSION,
@@ -135,6 +216,12 @@ pub fn prepare(
         val_sha256: sha256_hex(&to_bytes(&val, dtype_for(tokenizer.vocab_size()))),
         train_sources: names(&train_docs),
         val_sources: names(&val_docs),
+        heldout_sha256: if heldout.is_empty() {
+            String::new()
+        } else {
+            sha256_hex(&to_bytes(&heldout, dtype))
+        },
+        holdout: holdout_meta,
     };
     Ok(Prepared {
         tokenizer,
@@ -142,6 +229,7 @@ pub fn prepare(
         val,
         train_bytes,
         val_bytes,
+        heldout,
         meta,
     })
 }
@@ -248,6 +336,12 @@ impl Prepared {
                 &staging.join(VAL),
                 &to_bytes(&self.val, &self.meta.token_dtype),
             )?;
+            if !self.meta.holdout.is_empty() {
+                write_atomic(
+                    &staging.join(HELDOUT),
+                    &to_bytes(&self.heldout, &self.meta.token_dtype),
+                )?;
+            }
             let meta = serde_json::to_string_pretty(&self.meta)?;
             write_atomic(&staging.join(META), meta.as_bytes())
         })();
@@ -285,6 +379,7 @@ impl Prepared {
             val: self.val.clone(),
             train_bytes: bytes,
             val_bytes: self.val_bytes,
+            heldout: self.heldout.clone(),
             meta,
         }
     }
@@ -369,12 +464,19 @@ impl Prepared {
         };
         let train = read(TRAIN, meta.train_tokens, &meta.train_sha256)?;
         let val = read(VAL, meta.val_tokens, &meta.val_sha256)?;
+        let heldout = if meta.holdout.is_empty() {
+            Vec::new()
+        } else {
+            let tokens = meta.holdout.iter().map(|g| g.tokens).sum();
+            read(HELDOUT, tokens, &meta.heldout_sha256)?
+        };
         Ok(Prepared {
             tokenizer,
             train,
             val,
             train_bytes: meta.train_bytes,
             val_bytes: meta.val_bytes,
+            heldout,
             meta,
         })
     }

@@ -19,7 +19,10 @@ use std::path::PathBuf;
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
     pub data: Option<PathBuf>,
+    /// Windows scored per split (validation and each held-out source group).
     pub max_windows: Option<usize>,
+    /// Also score the held-out source groups of the corpus.
+    pub heldout: bool,
     /// Loss at these noise levels (CARD checkpoints).
     pub noise_levels: Vec<f64>,
     /// Zero-shot tasks to run (names from `eval_files::TASKS`, LAMBADA separately).
@@ -32,6 +35,8 @@ pub struct EvalOptions {
     pub generation: Option<GenerationEval>,
     /// MDLM/BD3LM: how many noise draws the NELBO bound may take.
     pub bound_budget: BoundBudget,
+    /// MDLM/BD3LM: noise draws per zero-shot choice and LAMBADA passage.
+    pub elbo_samples: usize,
     /// Seed of the bound's noise draws.
     pub seed: u64,
 }
@@ -41,6 +46,7 @@ impl Default for EvalOptions {
         Self {
             data: None,
             max_windows: None,
+            heldout: true,
             noise_levels: (0..10).map(|i| i as f64 / 10.0).collect(),
             tasks: Vec::new(),
             lambada: false,
@@ -48,6 +54,7 @@ impl Default for EvalOptions {
             data_dir: PathBuf::from("data"),
             generation: None,
             bound_budget: BoundBudget::default(),
+            elbo_samples: 8,
             seed: 0,
         }
     }
@@ -109,6 +116,9 @@ pub struct EvalReport {
     pub perplexity_se: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub t_samples: Option<usize>,
+    /// The same score on each held-out source group of the corpus (`data prepare --holdout`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub heldout: Vec<HeldoutScore>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub loss_vs_t: Vec<NoisePoint>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -117,6 +127,16 @@ pub struct EvalReport {
     pub lambada: Option<LambadaResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<GenerationReport>,
+}
+
+/// The held-out score on one group of sources the model never trained on.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct HeldoutScore {
+    pub pattern: String,
+    /// Tokens scored (the first `max_windows` windows of the group).
+    pub tokens: u64,
+    pub loss: f64,
+    pub bits_per_byte: f64,
 }
 
 pub fn evaluate(ckpt: &Opened, opts: &EvalOptions) -> Result<EvalReport> {
@@ -146,6 +166,29 @@ pub fn evaluate(ckpt: &Opened, opts: &EvalOptions) -> Result<EvalReport> {
     )?;
     let (tokens, mean) = (score.tokens, score.nats_per_token);
     let bound = score.bound.map(|b| (b.se, b.t_samples));
+    let mut heldout = Vec::new();
+    let groups = if opts.heldout {
+        data.heldout_groups()
+    } else {
+        Vec::new()
+    };
+    for (pattern, ids, bytes) in groups {
+        let windows = eval_windows(ids, cfg.train.seq_len, opts.max_windows);
+        let s = held_out(
+            model,
+            obj.as_ref(),
+            &windows,
+            batch,
+            opts.bound_budget,
+            opts.seed,
+        )?;
+        heldout.push(HeldoutScore {
+            pattern: pattern.to_string(),
+            tokens: s.tokens,
+            loss: s.nats_per_token,
+            bits_per_byte: super::bits_per_byte(s.nats_per_token, ids.len() as u64, bytes),
+        });
+    }
 
     let loss_vs_t = if objective == ObjectiveKind::Card && !opts.noise_levels.is_empty() {
         let subset = &windows[..windows.len().min(4 * batch)];
@@ -159,7 +202,7 @@ pub fn evaluate(ckpt: &Opened, opts: &EvalOptions) -> Result<EvalReport> {
         HeldOut::Bound(bound) => Box::new(ElboScorer {
             model,
             bound,
-            samples: 8,
+            samples: opts.elbo_samples,
             seed: opts.seed,
         }),
     };
@@ -206,6 +249,7 @@ pub fn evaluate(ckpt: &Opened, opts: &EvalOptions) -> Result<EvalReport> {
         val_loss_se: bound.map(|b| b.0),
         perplexity_se: bound.map(|b| b.0 * mean.exp()),
         t_samples: bound.map(|b| b.1),
+        heldout,
         loss_vs_t,
         zero_shot,
         lambada,

@@ -7,6 +7,7 @@ use crate::objective::Bound;
 use crate::runtime::rng::{rng, Stream};
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
+use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -89,7 +90,7 @@ pub fn load_task(path: &Path) -> Result<Vec<McDoc>> {
 
 /// Log-likelihood (or a lower bound) of a continuation, and whether greedy decoding would
 /// produce it (None where that is not defined).
-pub trait Scorer {
+pub trait Scorer: Sync {
     fn loglik(&self, context: &[u32], continuation: &[u32]) -> Result<(f64, Option<bool>)>;
 }
 
@@ -178,25 +179,30 @@ pub fn score_mc(
     task: &str,
     docs: &[McDoc],
 ) -> Result<McResult> {
-    let (mut hits, mut hits_norm, mut chance) = (0usize, 0usize, 0.0);
-    for d in docs {
-        let mut best = (f64::NEG_INFINITY, 0);
-        let mut best_norm = (f64::NEG_INFINITY, 0);
-        for (i, c) in d.choices.iter().enumerate() {
-            let (ctx, cont) = encode_pair(tok, &d.context, c)?;
-            let (ll, _) = scorer.loglik(&ctx, &cont)?;
-            let norm = ll / c.chars().count().max(1) as f64;
-            if ll > best.0 {
-                best = (ll, i);
+    // Documents in parallel: one short sequence keeps a matmul on one core, and every score is
+    // a function of its text alone, so the order does not change the result.
+    let per_doc: Vec<(bool, bool)> = docs
+        .par_iter()
+        .map(|d| -> Result<(bool, bool)> {
+            let mut best = (f64::NEG_INFINITY, 0);
+            let mut best_norm = (f64::NEG_INFINITY, 0);
+            for (i, c) in d.choices.iter().enumerate() {
+                let (ctx, cont) = encode_pair(tok, &d.context, c)?;
+                let (ll, _) = scorer.loglik(&ctx, &cont)?;
+                let norm = ll / c.chars().count().max(1) as f64;
+                if ll > best.0 {
+                    best = (ll, i);
+                }
+                if norm > best_norm.0 {
+                    best_norm = (norm, i);
+                }
             }
-            if norm > best_norm.0 {
-                best_norm = (norm, i);
-            }
-        }
-        hits += (best.1 == d.gold) as usize;
-        hits_norm += (best_norm.1 == d.gold) as usize;
-        chance += 1.0 / d.choices.len() as f64;
-    }
+            Ok((best.1 == d.gold, best_norm.1 == d.gold))
+        })
+        .collect::<Result<_>>()?;
+    let hits = per_doc.iter().filter(|x| x.0).count();
+    let hits_norm = per_doc.iter().filter(|x| x.1).count();
+    let chance: f64 = docs.iter().map(|d| 1.0 / d.choices.len() as f64).sum();
     let n = docs.len();
     let acc = hits as f64 / n.max(1) as f64;
     let acc_norm = hits_norm as f64 / n.max(1) as f64;
@@ -228,14 +234,21 @@ pub fn score_lambada(
     tok: &TextTokenizer,
     docs: &[McDoc],
 ) -> Result<LambadaResult> {
+    let scored: Vec<(f64, Option<bool>, usize)> = docs
+        .par_iter()
+        .map(|d| -> Result<_> {
+            let (ctx, cont) = encode_pair(tok, &d.context, &d.choices[d.gold])?;
+            let (ll, greedy) = scorer.loglik(&ctx, &cont)?;
+            Ok((ll, greedy, cont.len()))
+        })
+        .collect::<Result<_>>()?;
     let (mut hits, mut nll, mut tokens, mut bytes) = (Some(0usize), 0.0, 0usize, 0usize);
-    for d in docs {
+    for (d, (ll, greedy, n)) in docs.iter().zip(scored) {
         let target = &d.choices[d.gold];
-        let (ctx, cont) = encode_pair(tok, &d.context, target)?;
-        let (ll, greedy) = scorer.loglik(&ctx, &cont)?;
+        let cont_len = n;
         hits = hits.zip(greedy).map(|(h, g)| h + g as usize);
         nll -= ll;
-        tokens += cont.len();
+        tokens += cont_len;
         bytes += target.len();
     }
     let n = docs.len();

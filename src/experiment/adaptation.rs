@@ -114,6 +114,7 @@ pub fn run(runner: &mut Runner) -> Result<()> {
         seed: runner.opts.seeds()[0],
         steps: runner.opts.steps(STEPS),
         init: Some(base.clone()),
+        zero_shot: false,
     };
     let cfg = runner.config(&spec)?;
     let data_path = (!cfg.data.path.is_empty()).then(|| PathBuf::from(&cfg.data.path));

@@ -14,6 +14,7 @@ pub mod objectives;
 pub mod parallel_decoding;
 pub mod plot;
 pub mod report;
+mod stats;
 pub mod tail_factor;
 mod variants;
 
@@ -22,6 +23,7 @@ use crate::config::Config;
 use crate::data::load_data;
 use crate::data::{Prepared, TextTokenizer};
 use crate::eval::report::{evaluate, EvalOptions};
+use crate::eval::BoundBudget;
 use crate::runtime::{self, device as default_device};
 use crate::train::Trainer;
 use anyhow::{Context, Result};
@@ -48,6 +50,16 @@ pub struct ExpOptions {
     /// Start from this checkpoint instead of training one (parallel-decoding), or adapt it
     /// instead of the fetched SmolLM2 (adaptation).
     pub from: Option<PathBuf>,
+    /// Training steps of every run (the preset's `train.max_steps` for presets other than
+    /// `tiny`, whose experiments keep their own lengths), before `scale`.
+    pub steps: Option<usize>,
+    /// Evaluation windows per split (validation and each held-out source); None = all.
+    pub eval_windows: Option<usize>,
+    /// Also score LAMBADA (`zero_shot_limit` passages) where an experiment scores the zero-shot
+    /// tasks.
+    pub lambada: bool,
+    /// `git commit` each finished run's summary (and the report) as it is written.
+    pub commit: bool,
 }
 
 impl ExpOptions {
@@ -56,6 +68,7 @@ impl ExpOptions {
         if self.smoke {
             10
         } else {
+            let base = self.steps.unwrap_or(base);
             ((base as f64 * self.scale).round() as usize).max(1)
         }
     }
@@ -69,7 +82,38 @@ impl ExpOptions {
     }
 
     fn eval_windows(&self) -> Option<usize> {
-        self.smoke.then_some(4)
+        if self.smoke {
+            Some(4)
+        } else {
+            self.eval_windows
+        }
+    }
+
+    /// MDLM/BD3LM evaluation draws: (most per window for the NELBO bound, per zero-shot
+    /// choice). Capped below `card eval`'s defaults at any preset but `tiny`, where a diffusion
+    /// model's evaluation would otherwise cost more than its training.
+    fn bound_draws(&self) -> (usize, usize) {
+        if self.steps.is_some() {
+            (8, 4)
+        } else {
+            (
+                BoundBudget::default().max_samples,
+                EvalOptions::default().elbo_samples,
+            )
+        }
+    }
+
+    /// What a run's evaluation depends on besides its checkpoint: a finished run is reused
+    /// (here or by another experiment) only when this matches, where a run scored on the
+    /// zero-shot tasks also answers for a command that does not score them.
+    fn eval_settings(&self, zero_shot: bool) -> String {
+        format!(
+            "windows={:?} draws={:?} zero_shot={:?} lambada={:?}",
+            self.eval_windows(),
+            self.bound_draws(),
+            self.zero_shot_limit.filter(|_| zero_shot),
+            self.lambada && zero_shot,
+        )
     }
 }
 
@@ -84,6 +128,9 @@ pub struct RunSpec {
     /// Start from this checkpoint's weights, model shape, tokenizer and config (with the
     /// fine-tuning defaults under the run's overrides) instead of a preset and a random init.
     pub init: Option<PathBuf>,
+    /// Score the zero-shot suite (and LAMBADA) when the options ask for it and the files are
+    /// installed.
+    pub zero_shot: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -106,6 +153,33 @@ pub struct RunResult {
     #[serde(default)]
     pub elapsed_s: f64,
     pub zero_shot_avg: Option<f64>,
+    /// (task, length-normalised accuracy, chance) of each zero-shot task.
+    #[serde(default)]
+    pub zero_shot_tasks: Vec<(String, f64, f64)>,
+    /// LAMBADA last-word accuracy (exact scorers only) and target bits per byte.
+    #[serde(default)]
+    pub lambada_acc: Option<f64>,
+    #[serde(default)]
+    pub lambada_bpb: Option<f64>,
+    /// Bits per byte on each held-out source group.
+    #[serde(default)]
+    pub heldout: Vec<crate::eval::report::HeldoutScore>,
+    /// Which weights the numbers above score ("ema" when the run kept an average), and the
+    /// validation bits per byte of the last step's raw weights beside them.
+    #[serde(default)]
+    pub weights: String,
+    #[serde(default)]
+    pub raw_bits_per_byte: Option<f64>,
+    /// Evaluation time (s) and [`ExpOptions::eval_settings`].
+    #[serde(default)]
+    pub eval_s: f64,
+    #[serde(default)]
+    pub eval_settings: String,
+    /// `git describe` of the code and the machine that trained the run.
+    #[serde(default)]
+    pub code_version: String,
+    #[serde(default)]
+    pub machine: String,
     pub checkpoint: String,
     pub config: String,
     /// [`RESULTS_VERSION`] of the code that produced it (files from before it was recorded
@@ -117,7 +191,7 @@ pub struct RunResult {
 /// Bumped by any change that alters what a run trains or measures (training numerics,
 /// evaluation, the result's fields), so that results from older code are rerun, not
 /// reused: a finished run is reused only at this version, with its recorded settings.
-pub const RESULTS_VERSION: u32 = 1;
+pub const RESULTS_VERSION: u32 = 2;
 
 fn first_results_version() -> u32 {
     1
@@ -190,29 +264,16 @@ impl Runner {
         let dir = self.run_dir(spec);
         let done = dir.join("result.json");
         let cfg = self.config(spec)?;
+        let zero_shot = spec.zero_shot
+            && self.opts.zero_shot_limit.is_some()
+            && crate::data::eval_files::task_file(&self.opts.eval_data, "piqa").is_ok();
+        let settings = self.opts.eval_settings(zero_shot);
         if done.is_file() {
-            let r: RunResult = serde_json::from_str(&std::fs::read_to_string(&done)?)
-                .with_context(|| format!("{} is corrupted; delete it to rerun", done.display()))?;
-            // Reused only when it ran these settings (a --smoke run is not the real one). The
-            // vocabulary comes from the tokenizer once training starts.
-            if r.results_version != RESULTS_VERSION {
+            let r = read_result(&done)?;
+            if let Err(why) = reusable(&r, &cfg, &settings) {
                 anyhow::bail!(
-                    "{} was produced by other code (results version {}, this build writes {RESULTS_VERSION}): delete it to rerun, or choose another --out",
-                    dir.display(),
-                    r.results_version
-                );
-            }
-            let saved = Config::from_toml_with_sets(&r.config, &[])?;
-            let differ: Vec<String> = cfg
-                .diff(&saved)
-                .into_iter()
-                .filter(|k| k != "model.vocab_size")
-                .collect();
-            if !differ.is_empty() {
-                anyhow::bail!(
-                    "{} was trained with other settings ({}): delete it to rerun, or choose another --out",
-                    dir.display(),
-                    differ.join(", ")
+                    "{} was {why}: delete it to rerun, or choose another --out",
+                    dir.display()
                 );
             }
             eprintln!(
@@ -220,6 +281,28 @@ impl Runner {
                 spec.variant, spec.seed, r.val_loss
             );
             return Ok(r);
+        }
+        if !dir.join("latest").is_file() {
+            if let Some((from, mut r)) = self.finished_elsewhere(spec.seed, &cfg, &settings) {
+                std::fs::create_dir_all(&dir)?;
+                if from.join("metrics.jsonl").is_file() {
+                    std::fs::copy(from.join("metrics.jsonl"), dir.join("metrics.jsonl"))?;
+                }
+                r.variant = spec.variant.clone();
+                crate::runtime::fsutil::write_atomic(
+                    &done,
+                    serde_json::to_string_pretty(&r)?.as_bytes(),
+                )?;
+                eprintln!(
+                    "  {} seed {}: the same run finished in {} (val loss {:.4})",
+                    spec.variant,
+                    spec.seed,
+                    from.display(),
+                    r.val_loss
+                );
+                self.commit_run(spec, &dir, &r);
+                return Ok(r);
+            }
         }
         let device = default_device()?;
         eprintln!(
@@ -252,9 +335,9 @@ impl Runner {
                 anyhow::bail!("interrupted; rerun the same command to resume");
             }
         }
-        let ckpt = checkpoint::open(&dir, &device, true)?;
-        let zero_shot = self.opts.zero_shot_limit.is_some()
-            && crate::data::eval_files::task_file(&self.opts.eval_data, "piqa").is_ok();
+        let started = std::time::Instant::now();
+        let loaded = checkpoint::load(&dir, &device)?;
+        let ckpt = loaded.open(true)?;
         let eval_opts = EvalOptions {
             max_windows: self.opts.eval_windows(),
             noise_levels: Vec::new(),
@@ -267,11 +350,30 @@ impl Runner {
             } else {
                 Vec::new()
             },
+            lambada: zero_shot && self.opts.lambada,
             limit: self.opts.zero_shot_limit,
             data_dir: self.opts.eval_data.clone(),
+            bound_budget: BoundBudget {
+                max_samples: self.opts.bound_draws().0,
+                ..BoundBudget::default()
+            },
+            elbo_samples: self.opts.bound_draws().1,
             ..EvalOptions::default()
         };
         let report = evaluate(&ckpt, &eval_opts)?;
+        // The raw weights' validation score beside the average's (the EMA experiment).
+        let raw_bits_per_byte = match ckpt.weights {
+            "ema" => {
+                let raw = EvalOptions {
+                    heldout: false,
+                    tasks: Vec::new(),
+                    lambada: false,
+                    ..eval_opts.clone()
+                };
+                Some(evaluate(&loaded.open(false)?, &raw)?.bits_per_byte)
+            }
+            _ => None,
+        };
         let (curve, bpb_curve, tps) = read_metrics(&dir.join("metrics.jsonl"))?;
         let result = RunResult {
             variant: spec.variant.clone(),
@@ -285,7 +387,22 @@ impl Runner {
             curve,
             bpb_curve,
             elapsed_s: ckpt.state.elapsed_s,
-            zero_shot_avg: report.zero_shot.map(|z| z.average_acc_norm),
+            zero_shot_avg: report.zero_shot.as_ref().map(|z| z.average_acc_norm),
+            zero_shot_tasks: report.zero_shot.as_ref().map_or(Vec::new(), |z| {
+                z.tasks
+                    .iter()
+                    .map(|t| (t.task.clone(), t.acc_norm, t.chance))
+                    .collect()
+            }),
+            lambada_acc: report.lambada.as_ref().and_then(|l| l.accuracy),
+            lambada_bpb: report.lambada.as_ref().map(|l| l.bits_per_byte),
+            heldout: report.heldout.clone(),
+            weights: ckpt.weights.to_string(),
+            raw_bits_per_byte,
+            eval_s: started.elapsed().as_secs_f64(),
+            eval_settings: settings,
+            code_version: code_version(),
+            machine: report::machine().0,
             checkpoint: ckpt.dir.display().to_string(),
             config: ckpt.config.to_toml(),
             results_version: RESULTS_VERSION,
@@ -298,7 +415,133 @@ impl Runner {
             "    val loss {:.4}, {:.4} bits/byte",
             result.val_loss, result.bits_per_byte
         );
+        self.commit_run(spec, &dir, &result);
         Ok(result)
+    }
+
+    /// A run of another experiment beside this one (`results/*/runs/*`) that trained the same
+    /// config and seed and was evaluated the same way.
+    fn finished_elsewhere(
+        &self,
+        seed: u64,
+        cfg: &Config,
+        settings: &str,
+    ) -> Option<(PathBuf, RunResult)> {
+        let parent = self.opts.out.parent()?;
+        let mut experiments: Vec<PathBuf> = std::fs::read_dir(parent)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p != &self.opts.out)
+            .collect();
+        experiments.sort();
+        for exp in experiments {
+            let Ok(runs) = std::fs::read_dir(exp.join("runs")) else {
+                continue;
+            };
+            let mut runs: Vec<PathBuf> = runs.flatten().map(|e| e.path()).collect();
+            runs.sort();
+            for run in runs {
+                let Ok(r) = read_result(&run.join("result.json")) else {
+                    continue;
+                };
+                if r.seed == seed && reusable(&r, cfg, settings).is_ok() {
+                    return Some((run, r));
+                }
+            }
+        }
+        None
+    }
+
+    /// With `--commit`, commit the run's summary so that it survives this machine.
+    fn commit_run(&self, spec: &RunSpec, dir: &Path, r: &RunResult) {
+        if self.opts.commit && !self.opts.smoke {
+            let files = [dir.join("result.json"), dir.join("metrics.jsonl")];
+            let name = self
+                .opts
+                .out
+                .file_name()
+                .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+            let msg = format!(
+                "results/{name}: {} seed {} ({} steps, val {:.4} bits/byte)",
+                spec.variant, spec.seed, r.steps, r.bits_per_byte
+            );
+            git_commit(&files, &msg);
+        }
+    }
+}
+
+fn read_result(path: &Path) -> Result<RunResult> {
+    serde_json::from_str(&std::fs::read_to_string(path)?)
+        .with_context(|| format!("{} is corrupted; delete it to rerun", path.display()))
+}
+
+/// Whether a finished run answers for `cfg` evaluated with `settings`: the same results
+/// version, settings (the vocabulary comes from the tokenizer once training starts) and
+/// evaluation. Err says why not.
+fn reusable(r: &RunResult, cfg: &Config, settings: &str) -> std::result::Result<(), String> {
+    if r.results_version != RESULTS_VERSION {
+        return Err(format!(
+            "produced by other code (results version {}, this build writes {RESULTS_VERSION})",
+            r.results_version
+        ));
+    }
+    let saved = Config::from_toml_with_sets(&r.config, &[]).map_err(|e| e.to_string())?;
+    let differ: Vec<String> = cfg
+        .diff(&saved)
+        .into_iter()
+        .filter(|k| k != "model.vocab_size")
+        .collect();
+    if !differ.is_empty() {
+        return Err(format!(
+            "trained with other settings ({})",
+            differ.join(", ")
+        ));
+    }
+    let scoring = |s: &str| s.split(" zero_shot=").next().unwrap_or("").to_string();
+    let wants_zero_shot = !settings.contains("zero_shot=None");
+    let answers = r.eval_settings == settings
+        || (!wants_zero_shot && scoring(&r.eval_settings) == scoring(settings));
+    if !answers {
+        return Err(format!(
+            "evaluated otherwise ({}; this command: {settings})",
+            r.eval_settings
+        ));
+    }
+    Ok(())
+}
+
+/// `git describe --always --dirty` of the working directory, or "unknown".
+pub fn code_version() -> String {
+    std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Commit exactly `files` (nothing else that is staged); a failure is a warning, not an error,
+/// since the files stay on disk.
+pub fn git_commit(files: &[PathBuf], msg: &str) {
+    let files: Vec<&PathBuf> = files.iter().filter(|f| f.is_file()).collect();
+    let git = |args: &[&str]| -> std::result::Result<(), String> {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .args(files.iter().map(|f| f.as_os_str()))
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            let err = String::from_utf8_lossy(&out.stderr);
+            Err(err.lines().next().unwrap_or("git failed").to_string())
+        }
+    };
+    let done = git(&["add", "--"]).and_then(|_| git(&["commit", "-q", "-m", msg, "--"]));
+    if let Err(e) = done {
+        eprintln!("    warning: could not commit the run's summary ({e}); it stays on disk");
     }
 }
 
@@ -397,7 +640,22 @@ pub fn run(name: &str, opts: ExpOptions) -> Result<PathBuf> {
         "adaptation" => adaptation::run(&mut runner),
         other => anyhow::bail!("unknown experiment '{other}' (known: {})", NAMES.join(", ")),
     }?;
-    Ok(runner.opts.out.join("report.md"))
+    let out = &runner.opts.out;
+    if runner.opts.commit && !runner.opts.smoke {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(out)?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.is_file()
+                    && p.extension().is_some_and(|x| {
+                        ["md", "csv", "svg", "json"].contains(&&*x.to_string_lossy())
+                    })
+            })
+            .collect();
+        files.sort();
+        git_commit(&files, &format!("results/{name}: report"));
+    }
+    Ok(out.join("report.md"))
 }
 
 /// The judge of generated text when a pretrained model is fetched (`card data fetch --model

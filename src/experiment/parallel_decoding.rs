@@ -49,6 +49,7 @@ pub fn run(runner: &mut Runner) -> Result<()> {
                 seed: runner.opts.seeds()[0],
                 steps: runner.opts.steps(4000),
                 init: None,
+                zero_shot: false,
             };
             PathBuf::from(&runner.run(&spec)?.checkpoint)
         }

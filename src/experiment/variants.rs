@@ -2,7 +2,8 @@
 //! mean validation curves, the ranking note and the per-run CSV.
 
 use super::plot::{plot, Series};
-use super::report::{write, Report};
+use super::report::{write, Report, Table};
+use super::stats::Paired;
 use super::{fmt_mean_sd, mean_sd, RunResult, RunSpec, Runner};
 use anyhow::Result;
 
@@ -16,6 +17,12 @@ pub(super) const CSV_HEADER: &[&str] = &[
     "bits_per_byte",
     "tokens_per_s",
     "zero_shot_avg",
+    "lambada_acc",
+    "lambada_bpb",
+    "raw_bits_per_byte",
+    "heldout_bits_per_byte",
+    "elapsed_s",
+    "code_version",
 ];
 
 pub(super) fn csv_rows(results: &[RunResult]) -> Vec<Vec<String>> {
@@ -32,6 +39,17 @@ pub(super) fn csv_rows(results: &[RunResult]) -> Vec<Vec<String>> {
                 format!("{:.5}", r.bits_per_byte),
                 format!("{:.1}", r.tokens_per_s),
                 r.zero_shot_avg.map_or(String::new(), |z| format!("{z:.4}")),
+                r.lambada_acc.map_or(String::new(), |z| format!("{z:.4}")),
+                r.lambada_bpb.map_or(String::new(), |z| format!("{z:.4}")),
+                r.raw_bits_per_byte
+                    .map_or(String::new(), |z| format!("{z:.5}")),
+                r.heldout
+                    .iter()
+                    .map(|h| format!("{}={:.5}", h.pattern, h.bits_per_byte))
+                    .collect::<Vec<_>>()
+                    .join(";"),
+                format!("{:.0}", r.elapsed_s),
+                r.code_version.clone(),
             ]
         })
         .collect()
@@ -53,6 +71,7 @@ pub(super) fn run_variants(
                 seed,
                 steps,
                 init: None,
+                zero_shot: true,
             })?);
         }
     }
@@ -113,13 +132,176 @@ pub(super) fn curves_plot(
     )
 }
 
+/// Mean zero-shot average ("–" unless every run was scored).
 pub(super) fn zs(runs: &[&RunResult]) -> String {
     let z: Vec<f64> = runs.iter().filter_map(|r| r.zero_shot_avg).collect();
-    if z.is_empty() {
+    if z.is_empty() || z.len() < runs.len() {
         "–".into()
     } else {
         fmt_mean_sd(&z, 3)
     }
+}
+
+/// The held-out source groups the runs were scored on (those of the first run).
+pub(super) fn heldout_patterns(results: &[RunResult]) -> Vec<String> {
+    results.first().map_or(Vec::new(), |r| {
+        r.heldout.iter().map(|h| h.pattern.clone()).collect()
+    })
+}
+
+/// Mean ± sd bits per byte of `runs` on each held-out source group.
+pub(super) fn heldout_cells(runs: &[&RunResult], patterns: &[String]) -> Vec<String> {
+    patterns
+        .iter()
+        .map(|p| {
+            let v: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| r.heldout.iter().find(|h| &h.pattern == p))
+                .map(|h| h.bits_per_byte)
+                .collect();
+            if v.is_empty() {
+                "–".into()
+            } else {
+                fmt_mean_sd(&v, 4)
+            }
+        })
+        .collect()
+}
+
+/// `first`, "val bits/byte ↓", one column per held-out source, then `rest`.
+pub(super) fn header(first: &str, patterns: &[String], rest: &[&str]) -> Vec<String> {
+    let mut h = vec![first.to_string(), "val bits/byte ↓".to_string()];
+    h.extend(
+        patterns
+            .iter()
+            .map(|p| format!("held-out `{p}` bits/byte ↓")),
+    );
+    h.extend(rest.iter().map(|s| s.to_string()));
+    h
+}
+
+/// Mean LAMBADA accuracy ("–" unless every run was scored exactly).
+pub(super) fn lambada(runs: &[&RunResult]) -> String {
+    let z: Vec<f64> = runs.iter().filter_map(|r| r.lambada_acc).collect();
+    if z.is_empty() || z.len() < runs.len() {
+        "–".into()
+    } else {
+        fmt_mean_sd(&z, 3)
+    }
+}
+
+/// Mean LAMBADA target bits per byte (an upper bound for diffusion models; "–" unless every run
+/// was scored).
+pub(super) fn lambada_bpb(runs: &[&RunResult]) -> String {
+    let z: Vec<f64> = runs.iter().filter_map(|r| r.lambada_bpb).collect();
+    if z.is_empty() || z.len() < runs.len() {
+        "–".into()
+    } else {
+        fmt_mean_sd(&z, 3)
+    }
+}
+
+/// Per-seed differences `variant − reference` of `metric` (lower is better), one table row
+/// each: the variant, one cell per seed, mean ± sd, and the verdict of [`Paired`].
+pub(super) fn paired_rows(
+    results: &[RunResult],
+    reference: &str,
+    names: &[String],
+    seeds: &[u64],
+    metric: impl Fn(&RunResult) -> Option<f64>,
+) -> Vec<Vec<String>> {
+    names
+        .iter()
+        .filter(|v| v.as_str() != reference)
+        .map(|v| {
+            let mut row = vec![v.clone()];
+            let mut diffs = Vec::new();
+            for &s in seeds {
+                let pick = |name: &str| {
+                    results
+                        .iter()
+                        .find(|r| r.variant == name && r.seed == s)
+                        .and_then(&metric)
+                };
+                match (pick(v), pick(reference)) {
+                    (Some(x), Some(y)) => {
+                        diffs.push(x - y);
+                        row.push(format!("{:+.4}", x - y));
+                    }
+                    _ => row.push("–".into()),
+                }
+            }
+            let p = Paired::new(diffs);
+            row.push(format!("{:+.4} ± {:.4}", p.mean, p.sd));
+            row.push(p.verdict("better", "worse"));
+            row
+        })
+        .collect()
+}
+
+/// The table of [`paired_rows`] for validation and every held-out source.
+pub(super) fn paired_table(results: &[RunResult], reference: &str, names: &[String]) -> Vec<Table> {
+    let mut seeds: Vec<u64> = results.iter().map(|r| r.seed).collect();
+    seeds.sort_unstable();
+    seeds.dedup();
+    let mut header = vec!["variant".to_string()];
+    header.extend(seeds.iter().map(|s| format!("seed {s}")));
+    header.extend(["mean ± sd".to_string(), "verdict".to_string()]);
+    let mut tables = vec![Table {
+        caption: format!(
+            "Per-seed difference from {reference} in validation bits/byte (variant − {reference}; negative = variant better), paired t-test over seeds"
+        ),
+        header: header.clone(),
+        rows: paired_rows(results, reference, names, &seeds, |r| Some(r.bits_per_byte)),
+    }];
+    for p in heldout_patterns(results) {
+        tables.push(Table {
+            caption: format!("The same on the held-out source `{p}`"),
+            header: header.clone(),
+            rows: paired_rows(results, reference, names, &seeds, |r| {
+                r.heldout
+                    .iter()
+                    .find(|h| h.pattern == p)
+                    .map(|h| h.bits_per_byte)
+            }),
+        });
+    }
+    tables
+}
+
+/// What the runs cost: steps, tokens, wall time, machines and code versions.
+pub(super) fn budget(results: &[RunResult]) -> String {
+    if results.is_empty() {
+        return String::new();
+    }
+    let mut steps: Vec<usize> = results.iter().map(|r| r.steps).collect();
+    steps.sort_unstable();
+    steps.dedup();
+    let mut tokens: Vec<u64> = results.iter().map(|r| r.tokens_seen).collect();
+    tokens.sort_unstable();
+    tokens.dedup();
+    let train_h: f64 = results.iter().map(|r| r.elapsed_s).sum::<f64>() / 3600.0;
+    let eval_h: f64 = results.iter().map(|r| r.eval_s).sum::<f64>() / 3600.0;
+    let mut machines: Vec<String> = results.iter().map(|r| r.machine.clone()).collect();
+    machines.sort();
+    machines.dedup();
+    let mut versions: Vec<String> = results.iter().map(|r| r.code_version.clone()).collect();
+    versions.sort();
+    versions.dedup();
+    let list = |v: &[String]| {
+        v.iter()
+            .map(|x| format!("`{x}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "Budget: {} runs of {} steps ({} training tokens each); {train_h:.2} h of training and {eval_h:.2} h of evaluation in all. Trained on {}; code {}.",
+        results.len(),
+        steps.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" / "),
+        tokens.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" / "),
+        list(&machines),
+        list(&versions),
+    )
 }
 
 pub(super) fn config_of(results: &[RunResult]) -> String {
@@ -145,22 +327,28 @@ pub(super) fn ranking_note(results: &[RunResult], names: &[String]) -> String {
         .iter()
         .map(|(v, b)| format!("{v} ({b:.4})"))
         .collect();
-    format!("Ranking by validation bits per byte, best first: {}. Differences smaller than the seed spread are not evidence either way.", order.join(" < "))
+    format!("Ranking by validation bits per byte, best first: {}. Only the verdicts of the per-seed table count as evidence.", order.join(" < "))
 }
 
-/// Write up a comparison of variants the shared way: `report` plus the validation curves of
-/// every variant (first among the plots), the ranking by bits per byte (last among the
+/// Write up a comparison of variants the shared way: `report` plus the budget (last in the
+/// intro), the per-seed differences from `reference` (after the tables), the validation curves
+/// of every variant (first among the plots), the ranking by bits per byte (last among the
 /// findings), one run's config, and the per-run CSV.
 pub(super) fn write_comparison(
     runner: &Runner,
     results: &[RunResult],
     names: &[String],
+    reference: &str,
     curves_title: &str,
     mut report: Report,
 ) -> Result<()> {
     curves_plot(runner, results, names, "curves.svg", curves_title)?;
     let caption = "Validation loss during training, mean over seeds".to_string();
     report.plots.insert(0, ("curves.svg".into(), caption));
+    report.intro.push(budget(results));
+    report
+        .tables
+        .extend(paired_table(results, reference, names));
     report.findings.push(ranking_note(results, names));
     report.config = config_of(results);
     write(&runner.opts, &report, CSV_HEADER, &csv_rows(results))

@@ -46,7 +46,7 @@ pub struct ExperimentArgs {
     /// change of machine: a later call reuses every committed run and trains the rest.
     #[arg(long)]
     pub commit: bool,
-    /// Output folder [default: results/NAME].
+    /// Output folder [default: results/NAME; results/tiny/NAME for the tiny preset].
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Config overrides for every run.
@@ -81,10 +81,14 @@ pub fn run_cli(a: ExperimentArgs) -> Result<()> {
         .collect::<Vec<_>>()
         .join(" ");
     let opts = ExpOptions {
+        // The tiny smoke versions keep out of the way of the real experiments' results.
         out: a
             .out
             .clone()
-            .unwrap_or_else(|| PathBuf::from("results").join(&a.name)),
+            .unwrap_or_else(|| match tiny && a.name != "adaptation" {
+                true => PathBuf::from("results/tiny").join(&a.name),
+                false => PathBuf::from("results").join(&a.name),
+            }),
         smoke: a.smoke,
         scale: a.scale,
         seeds: a.seeds.clone(),

@@ -63,12 +63,33 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // Ranks that share a machine split its cores unless told otherwise.
-    let threads = cli
+    let mut threads = cli
         .threads
         .or_else(|| match std::env::var_os("RAYON_NUM_THREADS") {
             Some(_) => None,
             None => crate::dist::threads_per_rank(candle_core::utils::get_num_threads()),
         });
+    // Long-running work that finds the machine busy takes only the cores left free; a
+    // benchmark keeps its count and warns instead, since it measures.
+    let long_running = matches!(
+        cli.command,
+        Command::Train(_)
+            | Command::Distill(_)
+            | Command::Experiment(_)
+            | Command::Serve(_)
+            | Command::Eval(_)
+    );
+    if threads.is_none()
+        && long_running
+        && std::env::var_os("RAYON_NUM_THREADS").is_none()
+        && (cli.device == "cpu" || (cli.device == "auto" && !cfg!(feature = "cuda")))
+    {
+        let default = candle_core::utils::get_num_threads();
+        if let Some((n, note)) = crate::runtime::load::shared_machine_threads(default) {
+            crate::runtime::set_thread_note(note);
+            threads = Some(n);
+        }
+    }
     if let Err(e) = crate::runtime::set_threads(threads) {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;

@@ -4,6 +4,7 @@
 
 pub mod alloc;
 pub mod fsutil;
+pub mod load;
 pub mod rng;
 
 use anyhow::Result;
@@ -119,7 +120,23 @@ pub fn threads_chosen() -> bool {
 /// allocation) on every call, dozens of times per decoded token.
 pub fn threads() -> usize {
     static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(candle_core::utils::get_num_threads)
+    *N.get_or_init(|| {
+        // Said when the work starts, not before an input error (which stays one line).
+        if let Some(note) = THREAD_NOTE.lock().ok().and_then(|mut n| n.take()) {
+            eprintln!("{note}");
+        }
+        candle_core::utils::get_num_threads()
+    })
+}
+
+static THREAD_NOTE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// A note on the thread count (see [`load::shared_machine_threads`]) to print once compute
+/// starts.
+pub fn set_thread_note(note: String) {
+    if let Ok(mut n) = THREAD_NOTE.lock() {
+        *n = Some(note);
+    }
 }
 
 /// A progress bar of `len` units drawn with `template` (indicatif's syntax), or a hidden one

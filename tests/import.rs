@@ -7,6 +7,7 @@ use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use card::checkpoint::{self, Precision};
+use card::config::ModelConfig;
 use card::decode::{ArDecoder, Decoder, GenOptions, Sampling};
 use card::model::host::HostPass;
 use card::model::{Attention, Backend, Transformer};
@@ -469,4 +470,43 @@ fn the_server_renders_chat_with_the_models_template() {
     let prompt = opened.tokenizer.decode(&parsed.job.prompts[0]).unwrap();
     assert_eq!(prompt, "sys<|im_end|>hi<|im_end|>");
     assert!(parsed.job.stops.contains(&"<|im_end|>".to_string()));
+}
+
+/// Issue 17: `to_bf16` rounds every matrix to bf16 blocks that the host backend decodes with
+/// f32 activations: its logits are the rounded model's (expanded to f32) up to summation
+/// order, within bf16's rounding of the f32 model's, and an FFN width that is not a
+/// multiple of 32 (the `small` preset's 688) decodes too.
+#[test]
+fn bf16_weights_decode_on_the_host_backend_like_their_f32_expansion() {
+    let n = vocab().0.len();
+    for d_ff in [64, 72] {
+        let c = ModelConfig {
+            d_ff,
+            ..cfg(n, true)
+        };
+        let w = random_weights(&c);
+        let f32_model = Transformer::from_tensors(&c, |name| Ok(w[name].clone())).unwrap();
+        let bf16 = f32_model.to_bf16().unwrap();
+        assert_eq!(bf16.weights_label(), "bf16");
+        assert_eq!(Backend::for_model(&bf16), Backend::Host);
+        let expanded = bf16.dequantized().unwrap();
+        let mut pass = HostPass::new(&bf16, 1, 32).unwrap();
+        pass.forward(&[IDS.to_vec()]).unwrap();
+        let exact = common::full_logits(&expanded, &IDS);
+        let reference = common::full_logits(&f32_model, &IDS);
+        for (i, (want, f)) in exact.iter().zip(&reference).enumerate() {
+            let got = &pass.logits(0, i)[..n];
+            let d = common::max_slice_diff(got, &want[..n]);
+            assert!(
+                d < 1e-3,
+                "d_ff {d_ff}, position {i}: {d} from the expansion"
+            );
+            let scale = f[..n].iter().fold(0f32, |a, x| a.max(x.abs()));
+            let r = common::max_slice_diff(got, &f[..n]) / scale;
+            assert!(
+                r < 0.05,
+                "d_ff {d_ff}, position {i}: {r} of the f32 logits' scale"
+            );
+        }
+    }
 }

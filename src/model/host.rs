@@ -209,7 +209,7 @@ fn embed_row(embed: &HostMat, t: usize, out: &mut [f32]) {
             let mut row = t;
             for &(kind, bytes, rows) in parts {
                 if row < rows {
-                    let rb = d / quant::BLOCK * kind.bytes();
+                    let rb = kind.row_bytes(d);
                     return quant::dequantize_row(kind, &bytes[row * rb..(row + 1) * rb], out);
                 }
                 row -= rows;

@@ -155,6 +155,28 @@ impl Transformer {
         }
     }
 
+    /// The same model with every matrix rounded to bf16 blocks (norms and biases stay f32):
+    /// for decoding on the host backend, which reads half the bytes of f32 per token.
+    pub fn to_bf16(&self) -> Result<Self> {
+        let mut err = None;
+        let weights = self.weights.map(|w| {
+            let done = match w {
+                Weight::Dense(t) if t.rank() == 2 => candle_core::quantized::QTensor::quantize(
+                    t,
+                    candle_core::quantized::GgmlDType::BF16,
+                )
+                .and_then(|q| QMatrix::new(vec![q]))
+                .map(|q| Weight::Quant(std::sync::Arc::new(q))),
+                other => Ok(other.clone()),
+            };
+            done.map_err(|e| err = Some(e)).ok()
+        });
+        match weights {
+            Some(w) => Self::from_weights(&self.cfg, w),
+            None => Err(err.expect("an error")),
+        }
+    }
+
     /// Every weight by its checkpoint name, expanded to dense f32.
     pub fn dense_tensors(&self) -> Result<std::collections::HashMap<String, Tensor>> {
         let mut list = Vec::new();

@@ -34,7 +34,13 @@ impl QMatrix {
                 candle_core::bail!("quantized parts of {c} and {cols} columns cannot stack");
             }
             let dtype = p.dtype();
-            out.push((QMatMul::from_qtensor(p)?, dtype, rows));
+            // candle expands bf16 to f32 on load; kept as blocks, the host kernel reads half
+            // the bytes per token (and candle's bf16 matmul serves the other paths).
+            let m = match dtype {
+                GgmlDType::BF16 => QMatMul::QTensor(Arc::new(p)),
+                _ => QMatMul::from_qtensor(p)?,
+            };
+            out.push((m, dtype, rows));
         }
         Ok(Self { parts: out, cols })
     }

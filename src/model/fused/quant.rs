@@ -1,4 +1,4 @@
-//! x · wᵀ with w in GGUF blocks (Q4_0, Q4_1, Q8_0) and x in f32, for the host backend's
+//! x · wᵀ with w in GGUF blocks (Q4_0, Q4_1, Q8_0) or bf16 and x in f32, for the host backend's
 //! decoding steps. Each 32-value block is expanded once into registers and dotted with every
 //! input row while there, so a step reads the packed weights once. Activations stay f32
 //! (candle's quantized matmul rounds them to 8 bits, and its Q4_1 dot is scalar): the result
@@ -20,6 +20,8 @@ pub enum Blocks {
     Q4_1,
     /// f16 scale d, 32 signed bytes: q·d.
     Q8_0,
+    /// 32 bf16 values (`card bench decode --bf16`: half the bytes of f32, no scale).
+    Bf16,
 }
 
 impl Blocks {
@@ -28,7 +30,17 @@ impl Blocks {
             GgmlDType::Q4_0 => Some(Blocks::Q4_0),
             GgmlDType::Q4_1 => Some(Blocks::Q4_1),
             GgmlDType::Q8_0 => Some(Blocks::Q8_0),
+            GgmlDType::BF16 => Some(Blocks::Bf16),
             _ => None,
+        }
+    }
+
+    /// Bytes of a row of `k` values: whole blocks, except that bf16 rows may end in a part
+    /// block (k = 688, say).
+    pub fn row_bytes(self, k: usize) -> usize {
+        match self {
+            Blocks::Bf16 => 2 * k,
+            _ => k / BLOCK * self.bytes(),
         }
     }
 
@@ -38,6 +50,7 @@ impl Blocks {
             Blocks::Q4_0 => 18,
             Blocks::Q4_1 => 20,
             Blocks::Q8_0 => 34,
+            Blocks::Bf16 => 64,
         }
     }
 }
@@ -48,6 +61,13 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 
 /// One block's 32 values (the portable path, and the reference the SIMD one is tested on).
 pub fn unpack(kind: Blocks, blk: &[u8], out: &mut [f32]) {
+    if kind == Blocks::Bf16 {
+        for (o, b) in out.iter_mut().zip(blk.chunks_exact(2)) {
+            // A bf16 is the top half of an f32.
+            *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+        }
+        return;
+    }
     let d = f16_at(blk, 0);
     match kind {
         Blocks::Q4_0 | Blocks::Q4_1 => {
@@ -65,10 +85,11 @@ pub fn unpack(kind: Blocks, blk: &[u8], out: &mut [f32]) {
                 *o = q as i8 as f32 * d;
             }
         }
+        Blocks::Bf16 => unreachable!("handled above"),
     }
 }
 
-/// A row of `k` values (k a multiple of 32) expanded into `out`.
+/// A row of `k` values (k a multiple of 32 but for bf16) expanded into `out`.
 pub fn dequantize_row(kind: Blocks, row: &[u8], out: &mut [f32]) {
     for (blk, o) in row.chunks(kind.bytes()).zip(out.chunks_mut(BLOCK)) {
         unpack(kind, blk, o);
@@ -88,9 +109,12 @@ pub fn matmul_into(
     out_t: &mut [f32],
     out: &mut [f32],
 ) {
-    let row_bytes = k / BLOCK * kind.bytes();
+    let row_bytes = kind.row_bytes(k);
     assert!(
-        m <= MAX_ROWS && k.is_multiple_of(BLOCK) && x.len() >= m * k && w.len() >= n * row_bytes,
+        m <= MAX_ROWS
+            && (k.is_multiple_of(BLOCK) || kind == Blocks::Bf16)
+            && x.len() >= m * k
+            && w.len() >= n * row_bytes,
         "quantized matmul: m {m} k {k} n {n}, x {} w {}",
         x.len(),
         w.len()
@@ -133,9 +157,10 @@ pub(crate) fn dots(x: &[f32], wrow: &[u8], k: usize, kind: Blocks, o: &mut [f32]
     let mut vals = [0f32; BLOCK];
     o.fill(0.0);
     for (b, blk) in wrow.chunks(kind.bytes()).enumerate() {
-        unpack(kind, blk, &mut vals);
+        let w = (k - b * BLOCK).min(BLOCK);
+        unpack(kind, blk, &mut vals[..w]);
         for (i, oi) in o.iter_mut().enumerate() {
-            let xb = &x[i * k + b * BLOCK..i * k + (b + 1) * BLOCK];
+            let xb = &x[i * k + b * BLOCK..i * k + b * BLOCK + w];
             *oi += xb.iter().zip(&vals).map(|(a, w)| a * w).sum::<f32>();
         }
     }
@@ -158,6 +183,14 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn expand(kind: Blocks, blk: *const u8) -> [__m256; 4] {
+        if kind == Blocks::Bf16 {
+            // Widen 8 bf16 to 32 bits and shift them into the top half of an f32.
+            let v = |at: usize| {
+                let h = _mm_loadu_si128(blk.add(2 * at) as *const __m128i);
+                _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+            };
+            return [v(0), v(8), v(16), v(24)];
+        }
         let scale = f16(blk);
         let d = _mm256_set1_ps(scale);
         match kind {
@@ -189,6 +222,7 @@ mod avx2 {
                 };
                 [v(0), v(8), v(16), v(24)]
             }
+            Blocks::Bf16 => unreachable!("handled above"),
         }
     }
 
@@ -207,7 +241,7 @@ mod avx2 {
         o: &mut [f32],
     ) {
         let blocks = k / BLOCK;
-        assert!(x.len() >= M * k && wrow.len() >= blocks * kind.bytes() && o.len() >= M);
+        assert!(x.len() >= M * k && wrow.len() >= kind.row_bytes(k) && o.len() >= M);
         let mut acc = [[_mm256_setzero_ps(); A]; M];
         let xp = x.as_ptr();
         for b in 0..blocks {
@@ -221,6 +255,11 @@ mod avx2 {
                 }
             }
         }
+        // A bf16 row's part block (the only kind that has one), value by value.
+        let (tail0, mut tail) = (blocks * BLOCK, [0f32; BLOCK]);
+        if tail0 < k {
+            super::unpack(kind, &wrow[2 * tail0..2 * k], &mut tail[..k - tail0]);
+        }
         for (i, a) in acc.iter().enumerate() {
             let mut s = a[0];
             for v in a.iter().skip(1) {
@@ -228,7 +267,8 @@ mod avx2 {
             }
             let mut lanes = [0f32; 8];
             _mm256_storeu_ps(lanes.as_mut_ptr(), s);
-            o[i] = lanes.iter().sum();
+            let rest: f32 = (tail0..k).map(|c| x[i * k + c] * tail[c - tail0]).sum();
+            o[i] = lanes.iter().sum::<f32>() + rest;
         }
     }
 }
@@ -242,15 +282,22 @@ mod tests {
     /// Both paths against candle's own dequantization of the same blocks.
     #[test]
     fn simd_and_portable_paths_equal_the_expanded_product() {
-        let (n, k) = (37, 96);
-        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        for (dtype, k) in [
+            (GgmlDType::Q4_0, 96),
+            (GgmlDType::Q4_1, 96),
+            (GgmlDType::Q8_0, 96),
+            (GgmlDType::BF16, 96),
+            // bf16 rows need not be whole blocks (the FFN's 688 columns).
+            (GgmlDType::BF16, 75),
+        ] {
+            let n = 37;
+            let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
             let q = QTensor::quantize(&w, dtype).unwrap();
             let bytes = q.data().unwrap().into_owned();
             let dense = q.dequantize(&Device::Cpu).unwrap();
             let kind = Blocks::of(dtype).unwrap();
             let mut row = vec![0f32; k];
-            dequantize_row(kind, &bytes[..k / BLOCK * kind.bytes()], &mut row);
+            dequantize_row(kind, &bytes[..kind.row_bytes(k)], &mut row);
             assert_eq!(
                 row,
                 dense.get(0).unwrap().to_vec1::<f32>().unwrap(),
@@ -266,7 +313,7 @@ mod tests {
                 let want = want.to_vec1::<f32>().unwrap();
                 let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 for simd in [false, simd_available()] {
-                    let row_bytes = k / BLOCK * kind.bytes();
+                    let row_bytes = kind.row_bytes(k);
                     let mut out = vec![0f32; m * n];
                     for j in 0..n {
                         let mut o = vec![0f32; m];

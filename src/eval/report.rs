@@ -156,14 +156,17 @@ pub fn evaluate(ckpt: &Opened, opts: &EvalOptions) -> Result<EvalReport> {
     if matches!(obj.held_out(), HeldOut::Bound(_)) && opts.bound_budget.max_samples == 0 {
         bail!("the bound needs at least one noise draw per window");
     }
-    let score = held_out(
-        model,
-        obj.as_ref(),
-        &windows,
-        batch,
-        opts.bound_budget,
-        opts.seed,
-    )?;
+    let score_on = |windows: &[&[u32]]| {
+        held_out(
+            model,
+            obj.as_ref(),
+            windows,
+            batch,
+            opts.bound_budget,
+            opts.seed,
+        )
+    };
+    let score = score_on(&windows)?;
     let (tokens, mean) = (score.tokens, score.nats_per_token);
     let bound = score.bound.map(|b| (b.se, b.t_samples));
     let mut heldout = Vec::new();
@@ -174,14 +177,7 @@ pub fn evaluate(ckpt: &Opened, opts: &EvalOptions) -> Result<EvalReport> {
     };
     for (pattern, ids, bytes) in groups {
         let windows = eval_windows(ids, cfg.train.seq_len, opts.max_windows);
-        let s = held_out(
-            model,
-            obj.as_ref(),
-            &windows,
-            batch,
-            opts.bound_budget,
-            opts.seed,
-        )?;
+        let s = score_on(&windows)?;
         heldout.push(HeldoutScore {
             pattern: pattern.to_string(),
             tokens: s.tokens,

@@ -3,7 +3,8 @@
 use super::plot::{plot, Series};
 use super::report::{write, Report, Table};
 use super::variants::{
-    budget, col, config_of, csv_rows, mean_curve, of, paired_rows, run_variants, CSV_HEADER,
+    budget, col, config_of, csv_rows, mean_curve, of, paired_header, paired_rows, run_variants,
+    CSV_HEADER,
 };
 use super::{fmt_mean_sd, RunResult, Runner};
 use anyhow::Result;
@@ -81,12 +82,7 @@ pub fn run(runner: &mut Runner) -> Result<()> {
             ]
         })
         .collect();
-    let mut seeds: Vec<u64> = results.iter().map(|r| r.seed).collect();
-    seeds.sort_unstable();
-    seeds.dedup();
-    let mut head = vec!["objective".to_string()];
-    head.extend(seeds.iter().map(|s| format!("seed {s}")));
-    head.extend(["mean ± sd".into(), "verdict".into()]);
+    let (seeds, head) = paired_header(&results, "objective");
     let paired = |which: &str, f: &dyn Fn(&RunResult) -> Option<f64>| {
         Table {
         caption: format!("Per-seed difference from ARM in {which} validation loss (objective − ARM, nats/token; negative = better than ARM; MDLM's is a bound), paired t-test"),

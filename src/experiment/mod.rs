@@ -93,8 +93,9 @@ impl ExpOptions {
     }
 
     /// MDLM/BD3LM evaluation draws: (most per window for the NELBO bound, per zero-shot
-    /// choice). Capped below `card eval`'s defaults at any preset but `tiny`, where a diffusion
-    /// model's evaluation would otherwise cost more than its training.
+    /// choice). Capped below `card eval`'s defaults whenever the run length is set (any preset
+    /// but `tiny`, or `--steps`), where a diffusion model's evaluation would otherwise cost
+    /// more than its training.
     fn bound_draws(&self) -> (usize, usize) {
         if self.steps.is_some() {
             (8, 4)

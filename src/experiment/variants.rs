@@ -132,14 +132,19 @@ pub(super) fn curves_plot(
     )
 }
 
-/// Mean zero-shot average ("–" unless every run was scored).
-pub(super) fn zs(runs: &[&RunResult]) -> String {
-    let z: Vec<f64> = runs.iter().filter_map(|r| r.zero_shot_avg).collect();
+/// Mean ± sd of `f` over `runs` ("–" unless every run has a value).
+fn mean_of_all(runs: &[&RunResult], f: impl Fn(&RunResult) -> Option<f64>) -> String {
+    let z: Vec<f64> = runs.iter().filter_map(|r| f(r)).collect();
     if z.is_empty() || z.len() < runs.len() {
         "–".into()
     } else {
         fmt_mean_sd(&z, 3)
     }
+}
+
+/// Mean zero-shot average ("–" unless every run was scored).
+pub(super) fn zs(runs: &[&RunResult]) -> String {
+    mean_of_all(runs, |r| r.zero_shot_avg)
 }
 
 /// The held-out source groups the runs were scored on (those of the first run).
@@ -182,23 +187,13 @@ pub(super) fn header(first: &str, patterns: &[String], rest: &[&str]) -> Vec<Str
 
 /// Mean LAMBADA accuracy ("–" unless every run was scored exactly).
 pub(super) fn lambada(runs: &[&RunResult]) -> String {
-    let z: Vec<f64> = runs.iter().filter_map(|r| r.lambada_acc).collect();
-    if z.is_empty() || z.len() < runs.len() {
-        "–".into()
-    } else {
-        fmt_mean_sd(&z, 3)
-    }
+    mean_of_all(runs, |r| r.lambada_acc)
 }
 
 /// Mean LAMBADA target bits per byte (an upper bound for diffusion models; "–" unless every run
 /// was scored).
 pub(super) fn lambada_bpb(runs: &[&RunResult]) -> String {
-    let z: Vec<f64> = runs.iter().filter_map(|r| r.lambada_bpb).collect();
-    if z.is_empty() || z.len() < runs.len() {
-        "–".into()
-    } else {
-        fmt_mean_sd(&z, 3)
-    }
+    mean_of_all(runs, |r| r.lambada_bpb)
 }
 
 /// Per-seed differences `variant − reference` of `metric` (lower is better), one table row
@@ -239,14 +234,21 @@ pub(super) fn paired_rows(
         .collect()
 }
 
-/// The table of [`paired_rows`] for validation and every held-out source.
-pub(super) fn paired_table(results: &[RunResult], reference: &str, names: &[String]) -> Vec<Table> {
+/// The seeds of `results` in order, and the header of a [`paired_rows`] table: `first`, one
+/// column per seed, mean ± sd, verdict.
+pub(super) fn paired_header(results: &[RunResult], first: &str) -> (Vec<u64>, Vec<String>) {
     let mut seeds: Vec<u64> = results.iter().map(|r| r.seed).collect();
     seeds.sort_unstable();
     seeds.dedup();
-    let mut header = vec!["variant".to_string()];
+    let mut header = vec![first.to_string()];
     header.extend(seeds.iter().map(|s| format!("seed {s}")));
     header.extend(["mean ± sd".to_string(), "verdict".to_string()]);
+    (seeds, header)
+}
+
+/// The table of [`paired_rows`] for validation and every held-out source.
+pub(super) fn paired_table(results: &[RunResult], reference: &str, names: &[String]) -> Vec<Table> {
+    let (seeds, header) = paired_header(results, "variant");
     let mut tables = vec![Table {
         caption: format!(
             "Per-seed difference from {reference} in validation bits/byte (variant − {reference}; negative = variant better), paired t-test over seeds"

@@ -529,12 +529,12 @@ fn fused_linear_matches_matmul_and_has_exact_gradients() {
 
 /// `train.compute = "bf16"`: the linear layer's values and both gradients agree with the f32
 /// product to bf16 precision (operands rounded to 8 significant bits, sums in f32), on the path
-/// this machine takes (AVX512_BF16 dot products or the portable fallback).
+/// this machine takes (AMX tiles, AVX512_BF16 dot products or the portable fallback).
 #[test]
 fn bf16_linear_matches_f32_to_bf16_precision() {
     use card::config::ComputeDtype;
-    use card::model::fused::bf16::has_dot_product;
-    eprintln!("bf16 dot products on this CPU: {}", has_dot_product());
+    use card::model::fused::bf16::Path;
+    eprintln!("bf16 products on this CPU: {}", Path::best().name());
     let dev = Device::Cpu;
     for (lead, k, n) in [
         (vec![2, 3], 5, 4),

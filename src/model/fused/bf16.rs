@@ -1,9 +1,10 @@
 //! Matrix products in bf16 with f32 accumulation, for training's linear layers under
 //! `train.compute = "bf16"` (the weights, optimizer state, norms, softmax and loss stay f32).
 //! Operands are f32 in memory and rounded to bf16 (nearest even) while they are packed; the
-//! products run on AVX512_BF16's `vdpbf16ps` (two bf16 products per f32 lane per
-//! instruction) where the CPU has it, and otherwise on gemm over the same rounded values, so
-//! both paths compute the same products and differ only in summation order.
+//! products run on AMX tiles (`amx.rs`) where the CPU and kernel offer them, else on
+//! AVX512_BF16's `vdpbf16ps` (two bf16 products per f32 lane per instruction), else on gemm
+//! over the same rounded values: every path computes the same products and differs only in
+//! summation order.
 
 use super::{gemm_into, par_rows, Out};
 
@@ -30,23 +31,69 @@ pub fn round_bf16(x: f32) -> f32 {
     f32::from_bits((bf16_bits(x) as u32) << 16)
 }
 
-/// Whether this CPU runs the bf16 dot-product path.
-pub fn has_dot_product() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16")
+/// The kernels a bf16 product can run on, fastest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// AMX-BF16 tiles (Intel Sapphire Rapids and later; `CARD_NO_AMX=1` turns them off).
+    Amx,
+    /// AVX512_BF16 `vdpbf16ps`.
+    DotProduct,
+    /// bf16-rounded operands through the f32 gemm.
+    Portable,
+}
+
+impl Path {
+    pub const ALL: [Path; 3] = [Path::Amx, Path::DotProduct, Path::Portable];
+
+    /// Whether this CPU (and kernel) can run the path.
+    pub fn available(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Path::Amx => super::amx::available(),
+            #[cfg(target_arch = "x86_64")]
+            Path::DotProduct => {
+                std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bf16")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Path::Amx | Path::DotProduct => false,
+            Path::Portable => true,
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+
+    /// The path [`matmul`] takes on this machine.
+    pub fn best() -> Path {
+        *Path::ALL.iter().find(|p| p.available()).expect("portable")
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Amx => "amx-bf16",
+            Path::DotProduct => "avx512-bf16",
+            Path::Portable => "portable",
+        }
+    }
 }
 
 /// C [m×n] = A [m×k] · B [k×n] with bf16-rounded operands and f32 sums.
-pub fn matmul(a: Strided, b: Strided, (m, k, n): (usize, usize, usize)) -> Vec<f32> {
-    #[cfg(target_arch = "x86_64")]
-    if has_dot_product() {
-        return dot_product::matmul(a, b, (m, k, n));
+pub fn matmul(a: Strided, b: Strided, dims: (usize, usize, usize)) -> Vec<f32> {
+    matmul_on(Path::best(), a, b, dims)
+}
+
+/// [`matmul`] on one path; panics if the CPU lacks it (check [`Path::available`]).
+pub fn matmul_on(path: Path, a: Strided, b: Strided, dims: (usize, usize, usize)) -> Vec<f32> {
+    assert!(
+        path.available(),
+        "bf16 path {} is not available",
+        path.name()
+    );
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        Path::Amx => super::amx::matmul(a, b, dims),
+        #[cfg(target_arch = "x86_64")]
+        Path::DotProduct => dot_product::matmul(a, b, dims),
+        _ => matmul_portable(a, b, dims),
     }
-    matmul_portable(a, b, (m, k, n))
 }
 
 /// The reference path: round both operands, then an f32 gemm.
@@ -251,7 +298,7 @@ mod tests {
     }
 
     #[test]
-    fn both_paths_equal_the_rounded_reference_for_any_shape_and_strides() {
+    fn every_path_equals_the_rounded_reference_for_any_shape_and_strides() {
         // Odd k (a padded pair), partial tiles and panels, and transposed operands.
         for &(m, k, n) in &[
             (1, 1, 1),
@@ -259,18 +306,19 @@ mod tests {
             (9, 17, 33),
             (20, 64, 70),
             (3, 255, 40),
+            (64, 32, 64),  // whole AMX blocks only
+            (70, 100, 65), // whole and partial blocks, k not a tile multiple
         ] {
-            let (ad, bd) = (data(m * k, 1), data(k * n, 2));
-            let cases: [(Strided, Strided); 2] = [
+            let (ad, bd) = (data(2 * m * k, 1), data(2 * k * n, 2));
+            let cases: [(Strided, Strided); 3] = [
                 ((&ad, k, 1), (&bd, n, 1)),
                 ((&ad, 1, m), (&bd, 1, k)), // A and B stored transposed
+                ((&ad, 2, 2 * m), (&bd, 2, 2 * k)), // neither stride 1
             ];
             for (a, b) in cases {
                 let want = reference(a, b, (m, k, n));
-                for (name, got) in [
-                    ("dispatched", matmul(a, b, (m, k, n))),
-                    ("portable", matmul_portable(a, b, (m, k, n))),
-                ] {
+                for path in Path::ALL.into_iter().filter(|p| p.available()) {
+                    let (name, got) = (path.name(), matmul_on(path, a, b, (m, k, n)));
                     for (g, w) in got.iter().zip(&want) {
                         // Only the f32 summation order differs from the f64 reference.
                         let tol = 1e-5 * (k as f64).sqrt() * (1.0 + w.abs());
@@ -285,14 +333,45 @@ mod tests {
     }
 
     #[test]
-    fn the_machine_takes_the_path_it_reports() {
-        // On a CPU with AVX512_BF16 the dispatched path is the dot-product kernel, whose
-        // rounding of a product sum differs from gemm's somewhere in a large product.
-        let (m, k, n) = (16, 512, 64);
+    fn every_path_this_cpu_lacks_is_named() {
+        for path in Path::ALL.into_iter().filter(|p| !p.available()) {
+            eprintln!(
+                "bf16 path {} not available here: its parity is untested",
+                path.name()
+            );
+        }
+    }
+
+    /// CPU flags as Linux reports them, independent of the detection code under test.
+    fn cpuinfo_flags() -> Vec<String> {
+        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let line = info.lines().find(|l| l.starts_with("flags")).unwrap_or("");
+        line.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn the_machine_takes_the_best_path_its_cpu_has() {
+        let flags = cpuinfo_flags();
+        if flags.is_empty() {
+            eprintln!("no /proc/cpuinfo: only the dispatched result is checked");
+        } else {
+            let has = |f: &str| flags.iter().any(|x| x == f);
+            let want = if has("amx_bf16") && std::env::var_os("CARD_NO_AMX").is_none() {
+                Path::Amx
+            } else if has("avx512_bf16") {
+                Path::DotProduct
+            } else {
+                Path::Portable
+            };
+            assert_eq!(Path::best(), want, "flags say {want:?}");
+        }
+        let (m, k, n) = (40, 96, 50);
         let (ad, bd) = (data(m * k, 3), data(k * n, 4));
         let (a, b) = ((&ad[..], k, 1), (&bd[..], n, 1));
-        let same = matmul(a, b, (m, k, n)) == matmul_portable(a, b, (m, k, n));
-        eprintln!("bf16 dot product on this CPU: {}", has_dot_product());
-        assert_eq!(same, !has_dot_product(), "the dispatch took the other path");
+        eprintln!("bf16 products on this CPU: {}", Path::best().name());
+        assert_eq!(
+            matmul(a, b, (m, k, n)),
+            matmul_on(Path::best(), a, b, (m, k, n))
+        );
     }
 }

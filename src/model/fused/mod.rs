@@ -14,6 +14,7 @@ pub mod bf16;
 mod linear;
 mod loss;
 pub(crate) mod norm;
+pub mod optim;
 pub(crate) mod pointwise;
 pub mod quant;
 mod simd;
@@ -219,7 +220,7 @@ pub(crate) struct Out<T> {
 }
 
 impl<T> Out<T> {
-    pub fn new(v: &mut Vec<T>, row_len: usize) -> Self {
+    pub fn new(v: &mut [T], row_len: usize) -> Self {
         Self {
             ptr: v.as_mut_ptr() as usize,
             row_len,

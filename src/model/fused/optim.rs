@@ -1,0 +1,146 @@
+//! The optimizer's per-element updates (AdamW, the EMA of weights) as one in-place pass over
+//! each parameter. Written with candle ops, an AdamW step is a dozen passes, each allocating
+//! a tensor the size of the parameter; here the weight, both moments and the EMA copy are
+//! updated where they lie. The arithmetic is the composite path's, operation for operation in
+//! f32, so both give the same bits (`train::optim` keeps that path for other devices/dtypes).
+
+use super::par_rows;
+use candle_core::{CpuStorage, InplaceOp1, Layout, Result, Tensor};
+use std::cell::RefCell;
+
+/// Elements per parallel unit (a fixed split: results do not depend on the thread count).
+const CHUNK: usize = 16 * 1024;
+
+/// AdamW's scalars for one step, as the composite path rounds them to f32.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamW {
+    pub beta1: f64,
+    pub beta2: f64,
+    /// 1 − β₁ᵗ and 1 − β₂ᵗ.
+    pub bias1: f64,
+    pub bias2: f64,
+    pub eps: f64,
+    pub lr: f64,
+    /// Decoupled weight decay, 0 for parameters that take none.
+    pub weight_decay: f64,
+}
+
+/// Whether [`adamw`] and [`ema`] run on these tensors (CPU f32, contiguous).
+pub fn supported(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.is_contiguous())
+}
+
+/// Runs `f` once on a tensor's f32 elements, mutably (candle's in-place op holds its lock).
+struct WithMut<F>(RefCell<Option<F>>);
+
+impl<F: FnOnce(&mut [f32]) -> Result<()>> InplaceOp1 for WithMut<F> {
+    fn name(&self) -> &'static str {
+        "fused-optimizer-update"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let CpuStorage::F32(v) = storage else {
+            candle_core::bail!("the fused optimizer update takes f32 tensors");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("the fused optimizer update takes contiguous tensors");
+        };
+        let f = self
+            .0
+            .borrow_mut()
+            .take()
+            .expect("an in-place op runs once");
+        f(&mut v[start..end])
+    }
+}
+
+fn with_mut(t: &Tensor, f: impl FnOnce(&mut [f32]) -> Result<()>) -> Result<()> {
+    t.inplace_op1(&WithMut(RefCell::new(Some(f))))
+}
+
+fn with_ref<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(CpuStorage::F32(v)) = &*storage else {
+        candle_core::bail!("the fused optimizer update takes f32 CPU tensors");
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("the fused optimizer update takes contiguous tensors");
+    };
+    f(&v[start..end])
+}
+
+/// Split four equal-length slices into fixed chunks and run `f` on each, in parallel.
+fn par_chunks4(
+    (a, b, c, d): (&mut [f32], &mut [f32], &mut [f32], &[f32]),
+    f: impl Fn(&mut [f32], &mut [f32], &mut [f32], &[f32]) + Sync,
+) {
+    let n = a.len();
+    let ptrs = (
+        a.as_mut_ptr() as usize,
+        b.as_mut_ptr() as usize,
+        c.as_mut_ptr() as usize,
+    );
+    par_rows(n.div_ceil(CHUNK), CHUNK, |u| {
+        let (lo, len) = (u * CHUNK, CHUNK.min(n - u * CHUNK));
+        // SAFETY: chunk u is the only user of elements lo..lo+len of each slice.
+        let part =
+            |p: usize| unsafe { std::slice::from_raw_parts_mut((p as *mut f32).add(lo), len) };
+        f(part(ptrs.0), part(ptrs.1), part(ptrs.2), &d[lo..lo + len]);
+    });
+}
+
+/// One AdamW step on `w` with gradient `g`, moments `m` and `v` updated in place. The caller
+/// checks [`supported`]; the four tensors must have the same number of elements.
+pub fn adamw(w: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, s: AdamW) -> Result<()> {
+    let f = |x: f64| x as f32;
+    let (b1, c1, b2, c2) = (f(s.beta1), f(1.0 - s.beta1), f(s.beta2), f(1.0 - s.beta2));
+    let (inv1, inv2, eps, lr) = (f(1.0 / s.bias1), f(1.0 / s.bias2), f(s.eps), f(s.lr));
+    let keep = (s.weight_decay > 0.0).then(|| f(1.0 - s.lr * s.weight_decay));
+    with_ref(g, |g| {
+        with_mut(m, |m| {
+            with_mut(v, |v| {
+                with_mut(w, |w| {
+                    if [m.len(), v.len(), w.len()] != [g.len(); 3] {
+                        candle_core::bail!("adamw: parameter, gradient and moments differ in size");
+                    }
+                    par_chunks4((w, m, v, g), |w, m, v, g| {
+                        for j in 0..g.len() {
+                            let gj = g[j];
+                            m[j] = m[j] * b1 + gj * c1;
+                            v[j] = v[j] * b2 + gj * gj * c2;
+                            let update = (m[j] * inv1) / ((v[j] * inv2).sqrt() + eps);
+                            let wj = keep.map_or(w[j], |k| w[j] * k);
+                            w[j] = wj - update * lr;
+                        }
+                    });
+                    Ok(())
+                })
+            })
+        })
+    })
+}
+
+/// e ← e·d + w·(1 − d) in place. The caller checks [`supported`].
+pub fn ema(e: &Tensor, w: &Tensor, d: f64) -> Result<()> {
+    let (d, c) = (d as f32, (1.0 - d) as f32);
+    with_ref(w, |w| {
+        with_mut(e, |e| {
+            if e.len() != w.len() {
+                candle_core::bail!("ema: weights and average differ in size");
+            }
+            let n = e.len();
+            let ptr = e.as_mut_ptr() as usize;
+            par_rows(n.div_ceil(CHUNK), CHUNK, |u| {
+                let lo = u * CHUNK;
+                let len = CHUNK.min(n - lo);
+                // SAFETY: chunk u is the only user of elements lo..lo+len.
+                let e = unsafe { std::slice::from_raw_parts_mut((ptr as *mut f32).add(lo), len) };
+                for (e, &w) in e.iter_mut().zip(&w[lo..lo + len]) {
+                    *e = *e * d + w * c;
+                }
+            });
+            Ok(())
+        })
+    })
+}

@@ -24,17 +24,39 @@ pub fn median(xs: &mut [f64]) -> f64 {
     }
 }
 
-/// Median f32 matmul throughput (GFLOP/s) of an n×n×n product on `device`.
-pub fn matmul_peak_gflops(device: &Device, n: usize, rounds: usize) -> Result<f64> {
+/// Median matmul throughput (GFLOP/s) of an n×n×n product on `device`: candle's f32 matmul,
+/// or with `bf16` on CPU the bf16 product training's linear layers run (`fused::bf16`, on
+/// the fastest path this CPU has).
+pub fn matmul_peak_gflops(device: &Device, n: usize, rounds: usize, bf16: bool) -> Result<f64> {
     let a = Tensor::randn(0f32, 1.0, (n, n), device)?;
     let b = Tensor::randn(0f32, 1.0, (n, n), device)?;
-    let _ = a.matmul(&b)?; // warm-up
+    let host_bf16 = bf16 && device.is_cpu();
+    let (ha, hb) = if host_bf16 {
+        (
+            a.flatten_all()?.to_vec1::<f32>()?,
+            b.flatten_all()?.to_vec1::<f32>()?,
+        )
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let product = || -> Result<()> {
+        if host_bf16 {
+            drop(crate::model::fused::bf16::matmul(
+                (&ha, n, 1),
+                (&hb, n, 1),
+                (n, n, n),
+            ));
+        } else {
+            drop(a.matmul(&b)?);
+            device.synchronize()?;
+        }
+        Ok(())
+    };
+    product()?; // warm-up
     let mut times: Vec<f64> = (0..rounds)
         .map(|_| {
             let t = Instant::now();
-            let c = a.matmul(&b)?;
-            device.synchronize()?;
-            drop(c);
+            product()?;
             Ok(t.elapsed().as_secs_f64())
         })
         .collect::<Result<_>>()?;

@@ -27,7 +27,7 @@ pub struct TrainBench {
     /// Resident growth (MiB) over `steps` steps after warm-up + `steps` steps, measured in a
     /// child process; a leak per step shows here.
     pub rss_growth_mb: Option<f64>,
-    /// Model FLOPs per second over the measured matmul peak.
+    /// Model FLOPs per second over the measured matmul peak of this variant's compute type.
     pub mfu: f64,
     pub matmul_peak_gflops: f64,
     pub ratio_to_card: Option<f64>,
@@ -45,7 +45,12 @@ pub fn bench_train(
     progress: impl Fn(&str),
 ) -> Result<Vec<TrainBench>> {
     progress("measuring the matmul peak");
-    let peak = matmul_peak_gflops(device, 1024, 7)?;
+    let peak_f32 = matmul_peak_gflops(device, 1024, 7, false)?;
+    let peak_bf16 = if variants.iter().any(|v| v.1 == ComputeDtype::Bf16) {
+        matmul_peak_gflops(device, 1024, 7, true)?
+    } else {
+        f64::NAN
+    };
     // Phase 1, one objective at a time: build and warm up. The memory recorded is this
     // process's high-water mark so far (exact for the first objective; the CLI measures each
     // objective in a process of its own).
@@ -86,6 +91,10 @@ pub fn bench_train(
         let step_time = median(&mut times[o]);
         let tokens = c.tokens_per_step();
         let flops = c.model.train_flops_per_token(c.train.seq_len) * tokens as f64;
+        let peak = match variants[o].1 {
+            ComputeDtype::F32 => peak_f32,
+            ComputeDtype::Bf16 => peak_bf16,
+        };
         out.push(TrainBench {
             objective: variants[o].0.name().to_string(),
             compute: match variants[o].1 {

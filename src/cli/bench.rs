@@ -214,14 +214,14 @@ fn train(a: TrainBenchArgs) -> Result<()> {
     }
     let c = &cfg;
     println!(
-        "bench train: preset {} ({} params), batch {} x seq {} = {} tokens/step, {} threads, matmul peak {:.1} GFLOP/s",
+        "bench train: preset {} ({} params), batch {} x seq {} = {} tokens/step, {} threads, {}",
         a.preset,
         results[0].params,
         c.train.batch_size,
         c.train.seq_len,
         results[0].tokens_per_step,
         candle_core::utils::get_num_threads(),
-        results[0].matmul_peak_gflops
+        peaks(&results, device.is_cpu())
     );
     println!("objective  compute  step_time_s(median)  tokens/s  peak_rss_mb  rss_growth_mb   MFU   ratio_to_card");
     for r in &results {
@@ -245,6 +245,23 @@ fn train(a: TrainBenchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The matmul peak each compute type's MFU is measured against, e.g. "matmul peak f32 383.6
+/// GFLOP/s, bf16 (amx-bf16) 1520.2 GFLOP/s".
+fn peaks(results: &[crate::bench::TrainBench], cpu: bool) -> String {
+    let mut seen: Vec<String> = Vec::new();
+    for r in results {
+        let name = match r.compute.as_str() {
+            "bf16" if cpu => format!("bf16 ({})", crate::model::fused::bf16::Path::best().name()),
+            c => c.to_string(),
+        };
+        let entry = format!("{name} {:.1} GFLOP/s", r.matmul_peak_gflops);
+        if !seen.contains(&entry) {
+            seen.push(entry);
+        }
+    }
+    format!("matmul peak {}", seen.join(", "))
 }
 
 fn parse_decoders(grid: &[String], verify: &[String]) -> Result<Vec<DecoderSpec>> {

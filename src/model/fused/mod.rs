@@ -7,8 +7,6 @@
 //! rows (an RMSNorm weight gradient) sum fixed blocks, then the blocks in order.
 //! Only f32 and f64 CPU tensors are supported: see [`supported`].
 
-#[cfg(target_arch = "x86_64")]
-mod amx;
 mod attention;
 pub mod bf16;
 mod linear;

@@ -6,13 +6,14 @@
 //! over the same rounded values: every path computes the same products and differs only in
 //! summation order.
 
-use super::{gemm_into, par_rows, Out};
+#[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
+mod dot_product;
+#[cfg(target_arch = "x86_64")]
+mod pack;
 
-/// Rows of one micro-tile and columns of one packed panel (two 16-lane registers).
-const MR: usize = 8;
-const NR: usize = 32;
-/// Row blocks one task runs each B panel over (64 rows).
-const GROUP: usize = 8;
+use super::gemm_into;
 
 /// An operand as (data, row stride, column stride): element (i, j) is `data[i*rs + j*cs]`.
 pub type Strided<'a> = (&'a [f32], usize, usize);
@@ -49,12 +50,9 @@ impl Path {
     pub fn available(self) -> bool {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Path::Amx => super::amx::available(),
+            Path::Amx => amx::available(),
             #[cfg(target_arch = "x86_64")]
-            Path::DotProduct => {
-                std::is_x86_feature_detected!("avx512f")
-                    && std::is_x86_feature_detected!("avx512bf16")
-            }
+            Path::DotProduct => pack::available(),
             #[cfg(not(target_arch = "x86_64"))]
             Path::Amx | Path::DotProduct => false,
             Path::Portable => true,
@@ -89,7 +87,7 @@ pub fn matmul_on(path: Path, a: Strided, b: Strided, dims: (usize, usize, usize)
     );
     match path {
         #[cfg(target_arch = "x86_64")]
-        Path::Amx => super::amx::matmul(a, b, dims),
+        Path::Amx => amx::matmul(a, b, dims),
         #[cfg(target_arch = "x86_64")]
         Path::DotProduct => dot_product::matmul(a, b, dims),
         _ => matmul_portable(a, b, dims),
@@ -122,137 +120,6 @@ pub fn matmul_portable(a: Strided, b: Strided, (m, k, n): (usize, usize, usize))
         )
     };
     c
-}
-
-#[cfg(target_arch = "x86_64")]
-mod dot_product {
-    use super::*;
-    use std::arch::x86_64::*;
-
-    /// Two bf16 values (even k low, odd k high) in one u32.
-    fn pair(lo: f32, hi: f32) -> u32 {
-        bf16_bits(lo) as u32 | ((bf16_bits(hi) as u32) << 16)
-    }
-
-    /// B as panels of NR columns: [panel][k pair][NR] (zero-padded).
-    fn pack_b((d, rs, cs): Strided, k: usize, n: usize) -> Vec<u32> {
-        let kp = k.div_ceil(2);
-        let panels = n.div_ceil(NR);
-        let mut out = vec![0u32; panels * kp * NR];
-        let slots = Out::new(&mut out, kp * NR);
-        par_rows(panels, kp * NR, |p| {
-            // SAFETY: panel p writes only its own slice.
-            let dst = unsafe { slots.row(p) };
-            for q in 0..kp {
-                for j in 0..NR.min(n - p * NR) {
-                    let col = p * NR + j;
-                    let lo = d[2 * q * rs + col * cs];
-                    let hi = if 2 * q + 1 < k {
-                        d[(2 * q + 1) * rs + col * cs]
-                    } else {
-                        0.0
-                    };
-                    dst[q * NR + j] = pair(lo, hi);
-                }
-            }
-        });
-        out
-    }
-
-    /// A as blocks of MR rows: [block][k pair][MR] (zero-padded).
-    fn pack_a((d, rs, cs): Strided, m: usize, k: usize) -> Vec<u32> {
-        let kp = k.div_ceil(2);
-        let blocks = m.div_ceil(MR);
-        let mut out = vec![0u32; blocks * kp * MR];
-        let slots = Out::new(&mut out, kp * MR);
-        par_rows(blocks, kp * MR, |bi| {
-            // SAFETY: block bi writes only its own slice.
-            let dst = unsafe { slots.row(bi) };
-            for i in 0..MR.min(m - bi * MR) {
-                let row = bi * MR + i;
-                for q in 0..kp {
-                    let lo = d[row * rs + 2 * q * cs];
-                    let hi = if 2 * q + 1 < k {
-                        d[row * rs + (2 * q + 1) * cs]
-                    } else {
-                        0.0
-                    };
-                    dst[q * MR + i] = pair(lo, hi);
-                }
-            }
-        });
-        out
-    }
-
-    pub fn matmul(a: Strided, b: Strided, (m, k, n): (usize, usize, usize)) -> Vec<f32> {
-        let mut c = vec![0f32; m * n];
-        if m * n == 0 {
-            return c;
-        }
-        let (pa, pb) = (pack_a(a, m, k), pack_b(b, k, n));
-        let kp = k.div_ceil(2);
-        let panels = n.div_ceil(NR);
-        let blocks = m.div_ceil(MR);
-        // A task takes GROUP row blocks and runs each B panel over all of them while the
-        // panel is in L1: a wide B (the vocabulary head) is then read once per GROUP blocks
-        // instead of once per block.
-        let groups = Out::new(&mut c, GROUP * MR * n);
-        par_rows(blocks.div_ceil(GROUP), GROUP * MR * n * k.max(1), |g| {
-            let first = g * GROUP;
-            let rows = (m - first * MR).min(GROUP * MR);
-            // SAFETY: group g writes only its rows of C (the last group is shorter).
-            let dst = unsafe { groups.row_prefix(g, rows * n) };
-            for p in 0..panels {
-                let cols = (n - p * NR).min(NR);
-                for bi in first..blocks.min(first + GROUP) {
-                    let r0 = (bi - first) * MR;
-                    // SAFETY: the CPU has AVX512_BF16 (checked by the caller); the packed
-                    // buffers hold kp pairs for this block and panel.
-                    unsafe {
-                        tile(
-                            &pa[bi * kp * MR..(bi + 1) * kp * MR],
-                            &pb[p * kp * NR..(p + 1) * kp * NR],
-                            kp,
-                            &mut dst[r0 * n + p * NR..],
-                            n,
-                            ((m - bi * MR).min(MR), cols),
-                        )
-                    };
-                }
-            }
-        });
-        c
-    }
-
-    /// One MR×NR tile of C from packed A and B.
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn tile(
-        a: &[u32],
-        b: &[u32],
-        kp: usize,
-        c: &mut [f32],
-        ldc: usize,
-        (rows, cols): (usize, usize),
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-        for q in 0..kp {
-            let bp = b.as_ptr().add(q * NR);
-            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp as *const _));
-            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(16) as *const _));
-            let ap = a.as_ptr().add(q * MR);
-            for (i, acc) in acc.iter_mut().enumerate() {
-                let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*ap.add(i) as i32));
-                acc[0] = _mm512_dpbf16_ps(acc[0], x, b0);
-                acc[1] = _mm512_dpbf16_ps(acc[1], x, b1);
-            }
-        }
-        let mut row = [0f32; NR];
-        for (i, acc) in acc.iter().enumerate().take(rows) {
-            _mm512_storeu_ps(row.as_mut_ptr(), acc[0]);
-            _mm512_storeu_ps(row.as_mut_ptr().add(16), acc[1]);
-            c[i * ldc..i * ldc + cols].copy_from_slice(&row[..cols]);
-        }
-    }
 }
 
 #[cfg(test)]

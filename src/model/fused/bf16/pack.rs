@@ -1,5 +1,6 @@
-//! Operands rounded to bf16 and laid out for the tiles, on AVX-512 (every AMX CPU has
-//! AVX512_BF16, whose `vcvtneps2bf16` rounds 16 values to nearest even per instruction).
+//! Operands rounded to bf16 and laid out for the hardware paths (AMX tiles and `vdpbf16ps`),
+//! on AVX-512 with AVX512_BF16, whose `vcvtneps2bf16` rounds 16 values to nearest even per
+//! instruction (every AMX CPU has it).
 //!
 //! A tile of A is 16 rows of 32 consecutive k values; a tile of B is 16 k-pairs of 16 columns,
 //! each column's two k values side by side. When an operand's k runs across memory rows (A
@@ -7,11 +8,25 @@
 //! bf16 pairs are transposed in registers. Every element of a packed buffer is written,
 //! padding included (zeros beyond m, n and k), so buffers need no zeroing first.
 
-use super::super::bf16::{bf16_bits, Strided};
 use super::super::{par_rows, Out};
-use super::{BLOCK, KC, TILE};
+use super::{bf16_bits, Strided};
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
+
+/// Rows of a tile; f32 columns of an accumulator tile; k pairs of a B tile; columns of a B panel.
+pub(super) const TILE: usize = 16;
+/// bf16 values of k one AMX tile product consumes; `kpad` is a multiple of it.
+pub(super) const KC: usize = 32;
+/// Rows of a packed A block, and columns of a pair of B panels: 2 × 2 tiles.
+pub(super) const BLOCK: usize = 2 * TILE;
+
+/// Whether this CPU runs the packing (AVX-512 F/BW/VL and AVX512_BF16).
+pub(super) fn available() -> bool {
+    std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512vl")
+        && std::is_x86_feature_detected!("avx512bf16")
+}
 
 /// A vector of `n` elements every one of which the caller writes before reading.
 pub(super) fn uninit<T>(n: usize) -> Vec<MaybeUninit<T>> {
@@ -120,7 +135,7 @@ pub(super) fn pack_a(a: Strided, m: usize, k: usize, kpad: usize) -> Vec<u16> {
     let mut out = uninit::<u16>(blocks * BLOCK * kpad);
     let slots = Out::new(&mut out, BLOCK * kpad);
     par_rows(blocks, BLOCK * kpad, |bi| {
-        // SAFETY: block bi writes only its own rows; AVX512_BF16 is checked by `available`.
+        // SAFETY: block bi writes only its own rows; the caller checked `available`.
         let dst = unsafe { slots.row(bi) };
         unsafe { pack_a_block(a, (m, k, kpad), bi * BLOCK, dst.as_mut_ptr() as *mut u16) };
     });
@@ -196,7 +211,7 @@ pub(super) fn pack_b(b: Strided, k: usize, n: usize, kpad: usize) -> Vec<u32> {
     let mut out = uninit::<u32>(panels * len);
     let slots = Out::new(&mut out, len);
     par_rows(panels, len, |p| {
-        // SAFETY: panel p writes only its own slice; AVX512_BF16 is checked by `available`.
+        // SAFETY: panel p writes only its own slice; the caller checked `available`.
         let dst = unsafe { slots.row(p) };
         unsafe { pack_b_panel(b, (k, n, kpad), p * TILE, dst.as_mut_ptr() as *mut u32) };
     });

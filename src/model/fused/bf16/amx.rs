@@ -9,20 +9,11 @@
 //! even) while packed, as on the other paths; AMX flushes denormal inputs and outputs to
 //! zero, which only values below 1e-38 notice.
 
-mod pack;
-
-use super::bf16::Strided;
-use super::{par_rows, Out};
-use pack::{pack_a, pack_b};
+use super::super::{par_rows, Out};
+use super::pack::{self, pack_a, pack_b, BLOCK, KC, TILE};
+use super::Strided;
 use std::arch::asm;
 use std::sync::OnceLock;
-
-/// Rows of a tile; f32 columns of an accumulator tile; k pairs of a B tile.
-const TILE: usize = 16;
-/// bf16 values of k one tile product consumes.
-const KC: usize = 32;
-/// Rows (and columns) of the C block one pass of the inner loop computes: 2 × 2 tiles.
-const BLOCK: usize = 2 * TILE;
 
 /// Whether this CPU has AMX-BF16 and Linux has granted this process the tile state (asked
 /// once: the kernel keeps the large tile registers off until a process requests them).
@@ -33,11 +24,7 @@ pub fn available() -> bool {
             return false;
         }
         // The packing rounds with AVX512_BF16, which every AMX CPU has.
-        let avx512 = std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("avx512vl")
-            && std::is_x86_feature_detected!("avx512bf16");
-        avx512 && cpu_has_amx_bf16() && request_tile_state()
+        pack::available() && cpu_has_amx_bf16() && request_tile_state()
     })
 }
 

@@ -3,7 +3,7 @@
 //! plain `linear` costs four full passes over the activations in every backward; this op
 //! is one node whose backward is two matmuls.
 
-use super::bf16;
+use super::{bf16, with_f32};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
@@ -22,18 +22,6 @@ pub fn linear_bf16(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 struct Linear {
     bf16: bool,
-}
-
-/// An f32 CPU tensor's elements in layout order (contiguous), without a copy.
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(CpuStorage::F32(v)) = &*storage else {
-        candle_core::bail!("the bf16 linear takes f32 CPU tensors");
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("the bf16 linear takes contiguous tensors");
-    };
-    f(&v[start..end])
 }
 
 /// (rows, in, out) of a product, checking the shapes agree.

@@ -252,6 +252,18 @@ pub(crate) fn zeros<T: Real>(n: usize) -> Vec<T> {
     vec![T::ZERO; n]
 }
 
+/// An f32 CPU tensor's elements in layout order (contiguous), without a copy.
+pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(CpuStorage::F32(v)) = &*storage else {
+        candle_core::bail!("this fused kernel takes f32 CPU tensors");
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("this fused kernel takes contiguous tensors");
+    };
+    f(&v[start..end])
+}
+
 /// Run `f(row)` for every row in 0..n, spread over candle's worker pool in fixed units when
 /// the work (`n · cost` elements) is large enough to pay for the dispatch.
 pub(crate) fn par_rows(n: usize, cost: usize, f: impl Fn(usize) + Sync) {

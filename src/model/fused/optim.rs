@@ -4,7 +4,7 @@
 //! updated where they lie. The arithmetic is the composite path's, operation for operation in
 //! f32, so both give the same bits (`train::optim` keeps that path for other devices/dtypes).
 
-use super::par_rows;
+use super::{par_blocks, with_f32};
 use candle_core::{CpuStorage, InplaceOp1, Layout, Result, Tensor};
 use std::cell::RefCell;
 
@@ -59,35 +59,13 @@ fn with_mut(t: &Tensor, f: impl FnOnce(&mut [f32]) -> Result<()>) -> Result<()> 
     t.inplace_op1(&WithMut(RefCell::new(Some(f))))
 }
 
-fn with_ref<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(CpuStorage::F32(v)) = &*storage else {
-        candle_core::bail!("the fused optimizer update takes f32 CPU tensors");
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("the fused optimizer update takes contiguous tensors");
-    };
-    f(&v[start..end])
-}
-
-/// Split four equal-length slices into fixed chunks and run `f` on each, in parallel.
-fn par_chunks4(
-    (a, b, c, d): (&mut [f32], &mut [f32], &mut [f32], &[f32]),
-    f: impl Fn(&mut [f32], &mut [f32], &mut [f32], &[f32]) + Sync,
-) {
-    let n = a.len();
-    let ptrs = (
-        a.as_mut_ptr() as usize,
-        b.as_mut_ptr() as usize,
-        c.as_mut_ptr() as usize,
-    );
-    par_rows(n.div_ceil(CHUNK), CHUNK, |u| {
-        let (lo, len) = (u * CHUNK, CHUNK.min(n - u * CHUNK));
-        // SAFETY: chunk u is the only user of elements lo..lo+len of each slice.
-        let part =
-            |p: usize| unsafe { std::slice::from_raw_parts_mut((p as *mut f32).add(lo), len) };
-        f(part(ptrs.0), part(ptrs.1), part(ptrs.2), &d[lo..lo + len]);
-    });
+/// Elements `lo..lo + len` of the f32 buffer at `ptr`.
+///
+/// # Safety
+/// The range must lie in the buffer and no one else may use it meanwhile.
+#[allow(clippy::mut_from_ref)]
+unsafe fn part<'a>(ptr: usize, r: &std::ops::Range<usize>) -> &'a mut [f32] {
+    std::slice::from_raw_parts_mut((ptr as *mut f32).add(r.start), r.len())
 }
 
 /// One AdamW step on `w` with gradient `g`, moments `m` and `v` updated in place. The caller
@@ -97,14 +75,18 @@ pub fn adamw(w: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, s: AdamW) -> Result
     let (b1, c1, b2, c2) = (f(s.beta1), f(1.0 - s.beta1), f(s.beta2), f(1.0 - s.beta2));
     let (inv1, inv2, eps, lr) = (f(1.0 / s.bias1), f(1.0 / s.bias2), f(s.eps), f(s.lr));
     let keep = (s.weight_decay > 0.0).then(|| f(1.0 - s.lr * s.weight_decay));
-    with_ref(g, |g| {
+    with_f32(g, |g| {
         with_mut(m, |m| {
             with_mut(v, |v| {
                 with_mut(w, |w| {
                     if [m.len(), v.len(), w.len()] != [g.len(); 3] {
                         candle_core::bail!("adamw: parameter, gradient and moments differ in size");
                     }
-                    par_chunks4((w, m, v, g), |w, m, v, g| {
+                    let ptrs = [w.as_mut_ptr(), m.as_mut_ptr(), v.as_mut_ptr()].map(|p| p as usize);
+                    par_blocks(g.len(), CHUNK, |r| {
+                        // SAFETY: block r is the only user of these elements of w, m and v.
+                        let [w, m, v] = ptrs.map(|p| unsafe { part(p, &r) });
+                        let g = &g[r];
                         for j in 0..g.len() {
                             let gj = g[j];
                             m[j] = m[j] * b1 + gj * c1;
@@ -124,19 +106,16 @@ pub fn adamw(w: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, s: AdamW) -> Result
 /// e ← e·d + w·(1 − d) in place. The caller checks [`supported`].
 pub fn ema(e: &Tensor, w: &Tensor, d: f64) -> Result<()> {
     let (d, c) = (d as f32, (1.0 - d) as f32);
-    with_ref(w, |w| {
+    with_f32(w, |w| {
         with_mut(e, |e| {
             if e.len() != w.len() {
                 candle_core::bail!("ema: weights and average differ in size");
             }
-            let n = e.len();
             let ptr = e.as_mut_ptr() as usize;
-            par_rows(n.div_ceil(CHUNK), CHUNK, |u| {
-                let lo = u * CHUNK;
-                let len = CHUNK.min(n - lo);
-                // SAFETY: chunk u is the only user of elements lo..lo+len.
-                let e = unsafe { std::slice::from_raw_parts_mut((ptr as *mut f32).add(lo), len) };
-                for (e, &w) in e.iter_mut().zip(&w[lo..lo + len]) {
+            par_blocks(e.len(), CHUNK, |r| {
+                // SAFETY: block r is the only user of these elements.
+                let e = unsafe { part(ptr, &r) };
+                for (e, &w) in e.iter_mut().zip(&w[r]) {
                     *e = *e * d + w * c;
                 }
             });

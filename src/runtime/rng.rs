@@ -48,6 +48,21 @@ pub fn rng(seed: u64, stream: Stream, index: u64) -> rand_pcg::Pcg64 {
     rand_pcg::Pcg64::seed_from_u64(mix)
 }
 
+/// `n` values in [−1, 1] for unit tests' operands: a fixed xorshift stream per seed, so that
+/// test data stays the same whatever version of `rand` is in the lock file.
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: u64) -> Vec<f64> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % 20_001) as f64 / 10_000.0 - 1.0
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -171,19 +171,8 @@ impl Ema {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::rng::test_values;
     use candle_core::{DType, Device, Var};
-
-    fn values(n: usize, seed: u64) -> Vec<f64> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s % 20_001) as f64 / 10_000.0 - 1.0
-            })
-            .collect()
-    }
 
     /// Three AdamW steps (a matrix with decay, a vector without) and an EMA update in `dtype`,
     /// against the textbook update in f64. f32 takes the fused in-place pass, f64 the candle ops.
@@ -194,7 +183,7 @@ mod tests {
         let init: Vec<Vec<f64>> = shapes
             .iter()
             .enumerate()
-            .map(|(i, s)| values(s.iter().product(), 10 + i as u64))
+            .map(|(i, s)| test_values(s.iter().product(), 10 + i as u64))
             .collect();
         let vars = shapes
             .iter()
@@ -229,7 +218,7 @@ mod tests {
             let grads: Vec<Vec<f64>> = init
                 .iter()
                 .enumerate()
-                .map(|(i, x)| values(x.len(), 100 * t + i as u64))
+                .map(|(i, x)| test_values(x.len(), 100 * t + i as u64))
                 .collect();
             let gt = grads
                 .iter()

@@ -9,10 +9,10 @@
 //! even) while packed, as on the other paths; AMX flushes denormal inputs and outputs to
 //! zero, which only values below 1e-38 notice.
 
-use super::super::{par_rows, Out};
 use super::pack::{self, pack_a, pack_b, BLOCK, KC, TILE};
 use super::Strided;
 use std::arch::asm;
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 /// Whether this CPU has AMX-BF16 and Linux has granted this process the tile state (asked
@@ -83,16 +83,9 @@ pub fn matmul(a: Strided, b: Strided, (m, k, n): (usize, usize, usize)) -> Vec<f
     }
     let kpad = k.div_ceil(KC) * KC;
     let (pa, pb) = (pack_a(a, m, k, kpad), pack_b(b, k, n, kpad));
-    let blocks = m.div_ceil(BLOCK);
     let panel_len = kpad / 2 * TILE;
-    // Every element of C is stored by exactly one block, so it starts uninitialised: zeroing
-    // a large output first was a single-threaded memset on the step's critical path.
-    let mut c = pack::uninit::<f32>(m * n);
-    let rows_out = Out::new(&mut c, BLOCK * n);
-    par_rows(blocks, BLOCK * n * kpad / 8, |bi| {
+    let fill = |bi: usize, dst: &mut [MaybeUninit<f32>]| {
         let rows = (m - bi * BLOCK).min(BLOCK);
-        // SAFETY: block bi writes only its rows of C (the last block is shorter).
-        let dst = unsafe { rows_out.row_prefix(bi, rows * n) };
         let a_block = &pa[bi * BLOCK * kpad..(bi + 1) * BLOCK * kpad];
         // SAFETY: `available()` was checked by the caller (AMX present, tile state granted);
         // this thread loads its own tile configuration before the products.
@@ -107,9 +100,9 @@ pub fn matmul(a: Strided, b: Strided, (m, k, n): (usize, usize, usize)) -> Vec<f
             }
             asm!("tilerelease", options(nostack, nomem));
         }
-    });
-    // SAFETY: the blocks stored every row and column of C.
-    unsafe { pack::assume_init(c) }
+    };
+    // SAFETY: block bi stores every row and column of its rows of C (the last is shorter).
+    unsafe { pack::written(m * n, BLOCK * n, BLOCK * n * kpad / 8, fill) }
 }
 
 /// One 32×32 block of C at `c` (rows × cols of it stored): `a` is 32 packed rows, `b0`/`b1`

@@ -4,10 +4,10 @@
 //! broadcasts one k-pair of each A row against two 16-column B panels per step, and a task
 //! runs its 32 packed rows over every panel pair while the pair is in L1.
 
-use super::super::{par_rows, Out};
 use super::pack::{self, pack_a, pack_b, BLOCK, KC, TILE};
 use super::Strided;
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 /// Rows of one micro-tile.
 const MR: usize = 8;
@@ -21,14 +21,8 @@ pub fn matmul(a: Strided, b: Strided, (m, k, n): (usize, usize, usize)) -> Vec<f
     let (pa, pb) = (pack_a(a, m, k, kpad), pack_b(b, k, n, kpad));
     let kp = kpad / 2;
     let panel_len = kp * TILE;
-    let blocks = m.div_ceil(BLOCK);
-    // Every element of C is stored by one micro-tile, so it starts uninitialised.
-    let mut c = pack::uninit::<f32>(m * n);
-    let rows_out = Out::new(&mut c, BLOCK * n);
-    par_rows(blocks, BLOCK * n * kpad / 8, |bi| {
+    let fill = |bi: usize, dst: &mut [MaybeUninit<f32>]| {
         let rows = (m - bi * BLOCK).min(BLOCK);
-        // SAFETY: block bi writes only its rows of C (the last block is shorter).
-        let dst = unsafe { rows_out.row_prefix(bi, rows * n) };
         let dst = dst.as_mut_ptr() as *mut f32;
         // A's bf16 pairs: row i of the block starts at u32 index i · kp.
         let a_block = pa[bi * BLOCK * kpad..].as_ptr() as *const u32;
@@ -52,9 +46,9 @@ pub fn matmul(a: Strided, b: Strided, (m, k, n): (usize, usize, usize)) -> Vec<f
                 };
             }
         }
-    });
-    // SAFETY: the micro-tiles stored every row and column of C.
-    unsafe { pack::assume_init(c) }
+    };
+    // SAFETY: the micro-tiles of block bi store every row and column of its rows of C.
+    unsafe { pack::written(m * n, BLOCK * n, BLOCK * n * kpad / 8, fill) }
 }
 
 /// One MR × 32 tile of C at `c` (rows × cols of it stored) from MR packed A rows at `a`.

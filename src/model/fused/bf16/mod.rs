@@ -127,15 +127,8 @@ mod tests {
     use super::*;
 
     fn data(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s % 20_001) as f32 / 10_000.0 - 1.0
-            })
-            .collect()
+        let v = crate::runtime::rng::test_values(n, seed);
+        v.into_iter().map(|x| x as f32).collect()
     }
 
     /// The products of the bf16-rounded operands, summed in f64.

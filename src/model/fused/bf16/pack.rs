@@ -28,19 +28,30 @@ pub(super) fn available() -> bool {
         && std::is_x86_feature_detected!("avx512bf16")
 }
 
-/// A vector of `n` elements every one of which the caller writes before reading.
-pub(super) fn uninit<T>(n: usize) -> Vec<MaybeUninit<T>> {
-    let mut v = Vec::with_capacity(n);
-    // SAFETY: MaybeUninit elements need no initialisation.
-    unsafe { v.set_len(n) };
-    v
-}
-
-/// A fully written buffer as the plain type.
+/// `total` values written in parallel, `len` at a time: `fill(i, slot)` writes the whole of
+/// slot i (values `i·len..`; the last slot may be shorter), and costs about `cost` each for
+/// [`par_rows`]. Nothing is zeroed first: a large buffer's memset was a single-threaded stretch
+/// on the step's critical path.
 ///
 /// # Safety
-/// Every element must have been written.
-pub(super) unsafe fn assume_init<T>(v: Vec<MaybeUninit<T>>) -> Vec<T> {
+/// `fill` must write every element of each slot it is given.
+pub(super) unsafe fn written<T: Send + Sync>(
+    total: usize,
+    len: usize,
+    cost: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync,
+) -> Vec<T> {
+    let mut v: Vec<MaybeUninit<T>> = Vec::with_capacity(total);
+    // SAFETY: MaybeUninit elements need no initialisation.
+    v.set_len(total);
+    if total > 0 {
+        let slots = Out::new(&mut v, len);
+        par_rows(total.div_ceil(len), cost, |i| {
+            // SAFETY: slot i is disjoint from every other and lies within the buffer.
+            fill(i, slots.row_prefix(i, len.min(total - i * len)))
+        });
+    }
+    // SAFETY: the caller's fill wrote every slot, and the slots cover the buffer.
     let mut v = std::mem::ManuallyDrop::new(v);
     Vec::from_raw_parts(v.as_mut_ptr() as *mut T, v.len(), v.capacity())
 }
@@ -131,16 +142,14 @@ unsafe fn transpose(r: &[__m512i; 16]) -> [__m512i; 16] {
 
 /// A as blocks of 32 rows of `kpad` bf16 values.
 pub(super) fn pack_a(a: Strided, m: usize, k: usize, kpad: usize) -> Vec<u16> {
-    let blocks = m.div_ceil(BLOCK);
-    let mut out = uninit::<u16>(blocks * BLOCK * kpad);
-    let slots = Out::new(&mut out, BLOCK * kpad);
-    par_rows(blocks, BLOCK * kpad, |bi| {
-        // SAFETY: block bi writes only its own rows; the caller checked `available`.
-        let dst = unsafe { slots.row(bi) };
-        unsafe { pack_a_block(a, (m, k, kpad), bi * BLOCK, dst.as_mut_ptr() as *mut u16) };
-    });
-    // SAFETY: every block wrote all its BLOCK · kpad values.
-    unsafe { assume_init(out) }
+    let len = BLOCK * kpad;
+    // SAFETY: block bi writes all its BLOCK · kpad values, padding included; the caller
+    // checked `available`.
+    unsafe {
+        written(m.div_ceil(BLOCK) * len, len, len, |bi, dst| {
+            pack_a_block(a, (m, k, kpad), bi * BLOCK, dst.as_mut_ptr() as *mut u16)
+        })
+    }
 }
 
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
@@ -206,17 +215,13 @@ unsafe fn pack_a_block(
 /// B as panels of 16 columns, each `kpad / 2` rows of 16 (even k, odd k) bf16 pairs; the
 /// panels cover `n` rounded up to whole 32-column blocks.
 pub(super) fn pack_b(b: Strided, k: usize, n: usize, kpad: usize) -> Vec<u32> {
-    let panels = n.div_ceil(BLOCK) * 2;
     let len = kpad / 2 * TILE;
-    let mut out = uninit::<u32>(panels * len);
-    let slots = Out::new(&mut out, len);
-    par_rows(panels, len, |p| {
-        // SAFETY: panel p writes only its own slice; the caller checked `available`.
-        let dst = unsafe { slots.row(p) };
-        unsafe { pack_b_panel(b, (k, n, kpad), p * TILE, dst.as_mut_ptr() as *mut u32) };
-    });
-    // SAFETY: every panel wrote all its values.
-    unsafe { assume_init(out) }
+    // SAFETY: panel p writes all its values, padding included; the caller checked `available`.
+    unsafe {
+        written(n.div_ceil(BLOCK) * 2 * len, len, len, |p, dst| {
+            pack_b_panel(b, (k, n, kpad), p * TILE, dst.as_mut_ptr() as *mut u32)
+        })
+    }
 }
 
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]

@@ -13,6 +13,7 @@ pub mod dist;
 pub mod eval;
 pub mod experiment;
 pub mod import;
+pub mod kernels;
 pub mod model;
 pub mod noise;
 pub mod objective;

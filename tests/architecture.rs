@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["runtime", "dist"],
     &["config"],
-    &["data"],
+    &["data", "kernels"],
     &["model", "noise"],
     &["objective"],
     &["checkpoint", "decode"],
@@ -151,4 +151,83 @@ fn clap_stays_in_the_command_line() {
         .map(|f| f.display().to_string())
         .collect();
     assert!(outside.is_empty(), "clap outside cli/: {outside:?}");
+}
+
+/// The longest a function in `cli/` may be: a command parses, calls and prints.
+const MAX_CLI_FN_LINES: usize = 80;
+
+/// (name, lines) of every `fn` in `text`, from its signature to the closing brace at the
+/// signature's indentation (rustfmt's layout).
+fn function_lengths(text: &str) -> Vec<(String, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let code = line.trim_start();
+        let indent = &line[..line.len() - code.len()];
+        let rest = ["pub ", "pub(crate) ", "pub(super) "]
+            .iter()
+            .find_map(|p| code.strip_prefix(p))
+            .unwrap_or(code);
+        let rest = rest.strip_prefix("async ").unwrap_or(rest);
+        let Some(sig) = rest.strip_prefix("fn ") else {
+            continue;
+        };
+        let name: String = sig
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let close = format!("{indent}}}");
+        if let Some(end) = lines[i + 1..].iter().position(|l| *l == close) {
+            out.push((name, end + 2));
+        }
+    }
+    out
+}
+
+#[test]
+fn command_line_functions_stay_short() {
+    let (src, files) = src_files();
+    let long: Vec<String> = files
+        .iter()
+        .filter(|f| module_of(&src, f).is_some_and(|m| m == "cli"))
+        .flat_map(|f| {
+            let text = std::fs::read_to_string(f).unwrap();
+            function_lengths(&text)
+                .into_iter()
+                .filter(|(_, n)| *n > MAX_CLI_FN_LINES)
+                .map(|(name, n)| format!("{}: fn {name} has {n} lines", f.display()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        long.is_empty(),
+        "over {MAX_CLI_FN_LINES} lines in cli/ (move the work below the command line):\n{}",
+        long.join("\n")
+    );
+}
+
+#[test]
+fn the_length_check_measures_a_function() {
+    let text = "fn short() {\n    x();\n}\n\n    pub fn inner(a: u8) {\n        if a {\n        }\n    }\n";
+    assert_eq!(
+        function_lengths(text),
+        [("short".to_string(), 3), ("inner".to_string(), 4)]
+    );
+}
+
+#[test]
+fn kernels_know_nothing_of_the_model() {
+    // Kernels sit below the model: they take slices, tensors and `config::Heads`.
+    let (src, files) = src_files();
+    let up: Vec<String> = files
+        .iter()
+        .filter(|f| module_of(&src, f).is_some_and(|m| m == "kernels"))
+        .flat_map(|f| {
+            let used = uses(&std::fs::read_to_string(f).unwrap());
+            used.into_iter()
+                .filter(|u| !["kernels", "runtime", "config"].contains(&u.as_str()))
+                .map(move |u| format!("{} uses `{u}`", f.display()))
+        })
+        .collect();
+    assert!(up.is_empty(), "{}", up.join("\n"));
 }

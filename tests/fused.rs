@@ -533,7 +533,7 @@ fn fused_linear_matches_matmul_and_has_exact_gradients() {
 #[test]
 fn bf16_linear_matches_f32_to_bf16_precision() {
     use card::config::ComputeDtype;
-    use card::model::fused::bf16::Path;
+    use card::kernels::bf16::Path;
     eprintln!("bf16 products on this CPU: {}", Path::best().name());
     let dev = Device::Cpu;
     for (lead, k, n) in [

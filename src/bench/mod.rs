@@ -25,7 +25,7 @@ pub fn median(xs: &mut [f64]) -> f64 {
 }
 
 /// Median matmul throughput (GFLOP/s) of an n×n×n product on `device`: candle's f32 matmul,
-/// or with `bf16` on CPU the bf16 product training's linear layers run (`fused::bf16`, on
+/// or with `bf16` on CPU the bf16 product training's linear layers run (`kernels::bf16`, on
 /// the fastest path this CPU has).
 pub fn matmul_peak_gflops(device: &Device, n: usize, rounds: usize, bf16: bool) -> Result<f64> {
     let a = Tensor::randn(0f32, 1.0, (n, n), device)?;
@@ -41,7 +41,7 @@ pub fn matmul_peak_gflops(device: &Device, n: usize, rounds: usize, bf16: bool) 
     };
     let product = || -> Result<()> {
         if host_bf16 {
-            drop(crate::model::fused::bf16::matmul(
+            drop(crate::kernels::bf16::matmul(
                 (&ha, n, 1),
                 (&hb, n, 1),
                 (n, n, n),

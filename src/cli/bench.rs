@@ -253,7 +253,7 @@ fn peaks(results: &[crate::bench::TrainBench], cpu: bool) -> String {
     let mut seen: Vec<String> = Vec::new();
     for r in results {
         let name = match r.compute.as_str() {
-            "bf16" if cpu => format!("bf16 ({})", crate::model::fused::bf16::Path::best().name()),
+            "bf16" if cpu => format!("bf16 ({})", crate::kernels::bf16::Path::best().name()),
             c => c.to_string(),
         };
         let entry = format!("{name} {:.1} GFLOP/s", r.matmul_peak_gflops);

@@ -8,15 +8,14 @@
 //! real tokens are computed. Keys and values live in a host cache with the same per-row
 //! bookkeeping as [`super::KvCache`] ([`RowLens`]); `truncate_row` rolls a row back.
 
-use super::fused::norm::rms_norm_row;
-use super::fused::pointwise::{rotate, swiglu_row};
-use super::fused::quant::{self, Blocks};
-use super::fused::small_matmul::{matmul_into, MAX_ROWS};
-use super::fused::{gemm_into, par_rows, Real};
 use super::layer::{Compute, Weights};
 use super::{RowLens, Transformer, Weight};
-use crate::config::{Heads, ModelConfig};
-use crate::runtime::threads;
+use crate::config::ModelConfig;
+use crate::kernels::decode::{attend, linear, linear_packed};
+use crate::kernels::norm::rms_norm_row;
+use crate::kernels::pointwise::{rotate, swiglu_row};
+use crate::kernels::quant::{self, Blocks};
+use crate::kernels::small_matmul::MAX_ROWS;
 use anyhow::{bail, Result};
 use candle_core::{CpuStorage, DType, Storage, Tensor};
 
@@ -322,7 +321,8 @@ impl<'m> Compute for HostCompute<'_, 'm> {
         }
         let mut out = take(self.pool, self.rows.len() * heads.q_width());
         let block0 = layer * batch;
-        attend(self.rows, &qkv, cache, heads, block0, self.scores, &mut out);
+        let kv = (&cache.k[..], &cache.v[..], cap);
+        attend(self.rows, &qkv, kv, heads, block0, self.scores, &mut out);
         self.pool.push(qkv);
         Ok(out)
     }
@@ -349,107 +349,4 @@ impl<'m> Compute for HostCompute<'_, 'm> {
     fn release(&mut self, x: Vec<f32>) {
         self.pool.push(x);
     }
-}
-
-/// out [n, m] = x [n, k] · w [m, k]ᵀ: up to `MAX_ROWS` rows per weight pass, gemm beyond.
-fn linear(
-    x: &[f32],
-    n: usize,
-    k: usize,
-    w: &[f32],
-    m: usize,
-    scratch: &mut [f32],
-    out: &mut [f32],
-) {
-    if n > MAX_ROWS {
-        // A prompt: compute-bound, where gemm's packing pays off.
-        // SAFETY: x holds n·k, w m·k and out n·m elements.
-        unsafe {
-            gemm_into(
-                (n, m, k),
-                (out.as_mut_ptr(), m as isize, 1),
-                false,
-                (x.as_ptr(), k as isize, 1),
-                (w.as_ptr(), 1, k as isize),
-                gemm::Parallelism::Rayon(threads()),
-            )
-        };
-        return;
-    }
-    matmul_into(x, n, k, w, m, scratch, out);
-}
-
-/// out [n, m] = x [n, k] · wᵀ for w in packed parts stacked by rows: `MAX_ROWS` input rows
-/// per pass over the blocks; each part's columns land at its offset in out.
-fn linear_packed(
-    x: &[f32],
-    n: usize,
-    k: usize,
-    parts: &[(Blocks, &[u8], usize)],
-    scratch: &mut [f32],
-    part_out: &mut [f32],
-    out: &mut [f32],
-) {
-    let m: usize = parts.iter().map(|p| p.2).sum();
-    for r0 in (0..n).step_by(MAX_ROWS) {
-        let rows = MAX_ROWS.min(n - r0);
-        let xs = &x[r0 * k..(r0 + rows) * k];
-        if let [(kind, bytes, pn)] = parts {
-            // One part: its columns are the output's, written in place.
-            let dst = &mut out[r0 * m..(r0 + rows) * m];
-            quant::matmul_into(xs, rows, k, *kind, bytes, *pn, scratch, dst);
-            continue;
-        }
-        let mut col = 0;
-        for &(kind, bytes, pn) in parts {
-            quant::matmul_into(xs, rows, k, kind, bytes, pn, scratch, part_out);
-            for i in 0..rows {
-                let dst = &mut out[(r0 + i) * m + col..(r0 + i) * m + col + pn];
-                dst.copy_from_slice(&part_out[i * pn..(i + 1) * pn]);
-            }
-            col += pn;
-        }
-    }
-}
-
-/// Causal attention of every packed row and query head over its batch row's cached keys
-/// 0..=pos, spread over the pool by (row, head); `block0` is the layer's first (layer, row)
-/// block of the cache.
-fn attend(
-    rows: &[(usize, usize)],
-    qkv: &[f32],
-    cache: &HostCache,
-    heads: Heads,
-    block0: usize,
-    scores: &mut [f32],
-    att: &mut [f32],
-) {
-    let (nh, hd, width, d) = (heads.q, heads.dim, heads.qkv_width(), heads.q_width());
-    let cap = cache.rows.capacity();
-    let scale = 1.0 / (hd as f32).sqrt();
-    let (s_ptr, a_ptr) = (scores.as_mut_ptr() as usize, att.as_mut_ptr() as usize);
-    par_rows(rows.len() * nh, cap * hd, |unit| {
-        let (i, hh) = (unit / nh, unit % nh);
-        let (r, pos) = rows[i];
-        let keys = pos + 1;
-        let base = ((block0 + r) * heads.kv + heads.kv_of(hh)) * cap * hd;
-        let q = &qkv[i * width + hh * hd..i * width + (hh + 1) * hd];
-        // SAFETY: unit (i, hh) alone uses its score segment and its output slice.
-        let s =
-            unsafe { std::slice::from_raw_parts_mut((s_ptr as *mut f32).add(unit * cap), keys) };
-        let out =
-            unsafe { std::slice::from_raw_parts_mut((a_ptr as *mut f32).add(i * d + hh * hd), hd) };
-        for (j, sj) in s.iter_mut().enumerate() {
-            *sj = f32::dot(q, &cache.k[base + j * hd..base + (j + 1) * hd]) * scale;
-        }
-        let z = f32::exp_inplace_sum(s, f32::max_of(s));
-        out.fill(0.0);
-        for (j, &p) in s.iter().enumerate() {
-            let vj = &cache.v[base + j * hd..base + (j + 1) * hd];
-            let p = p / z;
-            for (o, &x) in out.iter_mut().zip(vj) {
-                *o += p * x;
-            }
-        }
-    });
 }

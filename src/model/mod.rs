@@ -9,7 +9,6 @@
 //! the causal decoders, on the [`Backend`] chosen for it.
 
 mod candle;
-pub mod fused;
 pub mod host;
 pub mod kv_cache;
 pub mod layer;

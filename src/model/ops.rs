@@ -1,19 +1,19 @@
 //! Numeric building blocks, in three implementations picked per call:
-//! - CPU f32/f64 tensors run the kernels of [`super::fused`], which have their own backward
+//! - CPU f32/f64 tensors run the kernels of [`crate::kernels`], which have their own backward
 //!   (training and inference alike);
 //! - elsewhere, tensors that track gradients run [`composite`] ops candle can differentiate;
 //! - elsewhere, inference tensors run candle's fused kernels, which have no backward and would
 //!   silently cut the graph.
 
-use super::fused;
 use super::visibility::Visibility;
 use crate::config::Heads;
+use crate::kernels;
 use candle_core::{DType, Result, Tensor};
 
 /// Softmax over the last dimension.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    if fused::supported(x) {
-        return fused::softmax_last(x, 1.0, None);
+    if kernels::supported(x) {
+        return kernels::softmax_last(x, 1.0, None);
     }
     if !x.track_op() && x.dtype() != DType::F64 {
         return candle_nn::ops::softmax_last_dim(x);
@@ -24,12 +24,12 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 /// Attention probabilities softmax(scale·scores + mask) over the keys: scores [.., Tq, Tk]
 /// under the pass's visibility (a bias broadcasts over the leading dimensions).
 pub fn attention_softmax(scores: &Tensor, scale: f64, vis: &Visibility) -> Result<Tensor> {
-    if fused::supported(scores) {
+    if kernels::supported(scores) {
         return match vis {
-            Visibility::Causal { offset } => fused::softmax_last(scores, scale, Some(*offset)),
-            Visibility::Full => fused::softmax_last(scores, scale, None),
+            Visibility::Causal { offset } => kernels::softmax_last(scores, scale, Some(*offset)),
+            Visibility::Full => kernels::softmax_last(scores, scale, None),
             Visibility::Bias(b) => {
-                fused::softmax_last(&(scores * scale)?.broadcast_add(b)?, 1.0, None)
+                kernels::softmax_last(&(scores * scale)?.broadcast_add(b)?, 1.0, None)
             }
         };
     }
@@ -48,15 +48,16 @@ pub fn attention(
     scale: f64,
     vis: &Visibility,
 ) -> Result<Option<Tensor>> {
-    if !fused::supported(qkv) || cos.rank() != 2 || cos.dtype() != qkv.dtype() {
+    if !kernels::supported(qkv) || cos.rank() != 2 || cos.dtype() != qkv.dtype() {
         return Ok(None);
     }
-    match vis {
-        Visibility::Causal { offset: 0 } | Visibility::Full => {}
-        Visibility::Bias(b) if b.rank() == 2 => {}
+    let mask = match vis {
+        Visibility::Causal { offset: 0 } => kernels::Mask::Causal,
+        Visibility::Full => kernels::Mask::Full,
+        Visibility::Bias(b) if b.rank() == 2 => kernels::Mask::Bias(b.clone()),
         _ => return Ok(None),
-    }
-    fused::attention(qkv, cos, sin, heads, scale, vis).map(Some)
+    };
+    kernels::attention(qkv, cos, sin, heads, scale, &mask).map(Some)
 }
 
 /// Log-softmax over the last dimension (always differentiable).
@@ -66,8 +67,8 @@ pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
 
 /// RMSNorm: x / sqrt(mean(x²) + eps) * weight.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    if fused::supported(x) && weight.dtype() == x.dtype() && weight.device().is_cpu() {
-        return fused::rms_norm(x, weight, eps);
+    if kernels::supported(x) && weight.dtype() == x.dtype() && weight.device().is_cpu() {
+        return kernels::rms_norm(x, weight, eps);
     }
     if !x.track_op() && !weight.track_op() && x.dtype() != DType::F64 {
         return candle_nn::ops::rms_norm(x, weight, eps as f32);
@@ -79,8 +80,9 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 /// x: [B, H, T, hd] (any strides with a unit last stride); cos/sin: [T, hd/2], or
 /// [B, T, hd/2] for per-row positions.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    if fused::supported(x) && cos.rank() == 2 && cos.dtype() == x.dtype() && cos.device().is_cpu() {
-        return fused::rope(x, cos, sin);
+    if kernels::supported(x) && cos.rank() == 2 && cos.dtype() == x.dtype() && cos.device().is_cpu()
+    {
+        return kernels::rope(x, cos, sin);
     }
     if !x.track_op() && x.dtype() != DType::F64 {
         return candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin);
@@ -90,8 +92,8 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 
 /// SiLU(gate) * up, with gate and up the two halves of the last dimension.
 pub fn swiglu(gate_up: &Tensor) -> Result<Tensor> {
-    if fused::supported(gate_up) {
-        return fused::swiglu(gate_up);
+    if kernels::supported(gate_up) {
+        return kernels::swiglu(gate_up);
     }
     composite::swiglu(gate_up)
 }
@@ -104,25 +106,25 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// [`linear`] computed in `compute` on the training path (tracked f32 CPU tensors; anything
 /// else takes the f32 paths).
 pub fn linear_in(x: &Tensor, w: &Tensor, compute: crate::config::ComputeDtype) -> Result<Tensor> {
-    if (x.track_op() || w.track_op()) && fused::supported(x) && w.dtype() == x.dtype() {
+    if (x.track_op() || w.track_op()) && kernels::supported(x) && w.dtype() == x.dtype() {
         if compute == crate::config::ComputeDtype::Bf16 && x.dtype() == DType::F32 {
-            return fused::linear_bf16(x, w);
+            return kernels::linear_bf16(x, w);
         }
-        return fused::linear(x, w);
+        return kernels::linear(x, w);
     }
     let dims = x.dims();
     let inner = dims[dims.len() - 1];
     let rows: usize = dims[..dims.len() - 1].iter().product();
     let x2 = x.reshape((rows, inner))?;
     // Decoding steps (a few rows, no gradient): read the weights once instead of packing them.
-    let small = (1..=fused::SMALL_MATMUL_ROWS).contains(&rows)
+    let small = (1..=kernels::SMALL_MATMUL_ROWS).contains(&rows)
         && !x.track_op()
         && !w.track_op()
         && x.dtype() == DType::F32
         && w.dtype() == DType::F32
         && x.device().is_cpu();
     let out = if small {
-        fused::small_matmul(&x2, w)?
+        kernels::small_matmul(&x2, w)?
     } else {
         x2.matmul(&w.t()?)?
     };
@@ -140,8 +142,8 @@ pub fn weighted_nll(
     weights: &Tensor,
     denom: f64,
 ) -> Result<Tensor> {
-    if fused::supported(logits) {
-        let nll = fused::nll_rows(logits, targets)?;
+    if kernels::supported(logits) {
+        let nll = kernels::nll_rows(logits, targets)?;
         return (nll * weights)?.sum_all()? * (1.0 / denom);
     }
     let v = logits.dim(candle_core::D::Minus1)?;
@@ -150,8 +152,8 @@ pub fn weighted_nll(
 
 /// Per-row NLL without reduction (evaluation).
 pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    if fused::supported(logits) {
-        return fused::nll_rows(logits, targets);
+    if kernels::supported(logits) {
+        return kernels::nll_rows(logits, targets);
     }
     composite::token_nll(logits, targets)
 }

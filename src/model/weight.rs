@@ -2,7 +2,7 @@
 //! or a matrix kept in its GGUF blocks (quantized decoding), multiplied by candle's
 //! quantized matmul without ever being expanded.
 
-use super::fused::quant::Blocks;
+use crate::kernels::quant::Blocks;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Result, Tensor, D};
 use std::sync::Arc;

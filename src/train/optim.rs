@@ -1,10 +1,10 @@
 //! AdamW with decoupled weight decay on matrices only, global-norm clipping, the learning-rate
 //! schedule and the EMA of weights. State is plain tensors so checkpoints can hold it; on CPU
-//! f32 the moments, weights and EMA are updated in place in one pass (`fused::optim`), else
+//! f32 the moments, weights and EMA are updated in place in one pass (`kernels::optim`), else
 //! with candle ops.
 
 use crate::config::{LrSchedule, TrainConfig};
-use crate::model::fused::optim as fused;
+use crate::kernels::optim as kernel;
 use crate::model::Params;
 use candle_core::{Result, Tensor};
 
@@ -75,8 +75,8 @@ impl AdamW {
             let g = &grads[i];
             let decay = if self.decay[i] { cfg.weight_decay } else { 0.0 };
             let w = var.as_tensor();
-            if fused::supported(&[w, g, &self.m[i], &self.v[i]]) {
-                let s = fused::AdamW {
+            if kernel::supported(&[w, g, &self.m[i], &self.v[i]]) {
+                let s = kernel::AdamW {
                     beta1: b1,
                     beta2: b2,
                     bias1: bc1,
@@ -85,7 +85,7 @@ impl AdamW {
                     lr,
                     weight_decay: decay,
                 };
-                fused::adamw(w, g, &self.m[i], &self.v[i], s)?;
+                kernel::adamw(w, g, &self.m[i], &self.v[i], s)?;
                 continue;
             }
             self.m[i] = ((&self.m[i] * b1)? + (g * (1.0 - b1))?)?;
@@ -158,8 +158,8 @@ impl Ema {
     pub fn update(&mut self, params: &Params, step: usize) -> Result<()> {
         let d = self.decay.min((1.0 + step as f64) / (10.0 + step as f64));
         for (e, v) in self.weights.iter_mut().zip(&params.vars) {
-            if fused::supported(&[e, v.as_tensor()]) {
-                fused::ema(e, v.as_tensor(), d)?;
+            if kernel::supported(&[e, v.as_tensor()]) {
+                kernel::ema(e, v.as_tensor(), d)?;
                 continue;
             }
             *e = ((&*e * d)? + (v.as_tensor().detach() * (1.0 - d))?)?;

@@ -1,34 +1,10 @@
-//! Fused CPU kernels with their own backward, for the training path (`ops.rs` is the entry
-//! point and falls back to composite candle ops where these do not apply).
-//!
-//! Every kernel works row by row over the last dimension; rows are spread over candle's
-//! worker pool in fixed units, and every value is produced by one sequential loop, so
-//! results do not depend on thread scheduling (bit-identical reruns). Reductions across
-//! rows (an RMSNorm weight gradient) sum fixed blocks, then the blocks in order.
-//! Only f32 and f64 CPU tensors are supported: see [`supported`].
+//! The base every kernel stands on: the float types they run on (`Real`), row access to
+//! strided layouts, output buffers written from several threads, the worker-pool split
+//! (`par_rows`, `par_blocks`), the gemm call and the f32/f64 dispatch.
 
-mod attention;
-pub mod bf16;
-mod linear;
-mod loss;
-pub(crate) mod norm;
-pub mod optim;
-pub(crate) mod pointwise;
-pub mod quant;
-mod simd;
-pub(crate) mod small_matmul;
-mod softmax;
-
+use super::simd;
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor, WithDType};
 use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
-
-pub use attention::attention;
-pub use linear::{linear, linear_bf16};
-pub use loss::nll_rows;
-pub use norm::rms_norm;
-pub use pointwise::{rope, swiglu};
-pub use small_matmul::{small_matmul, MAX_ROWS as SMALL_MATMUL_ROWS};
-pub use softmax::softmax_last;
 
 /// Whether the fused kernels handle this tensor (CPU, f32 or f64).
 pub fn supported(x: &Tensor) -> bool {

@@ -1,6 +1,6 @@
 //! Row-local element-wise ops: SwiGLU and rotary position embedding.
 
-use super::{contiguous, dispatch, par_rows, zeros, Out, Real, Rows};
+use super::core::{contiguous, dispatch, par_rows, zeros, Out, Real, Rows};
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType,
 };

@@ -1,6 +1,6 @@
 //! RMSNorm y = x / sqrt(mean(x²) + eps) ⊙ w with gradients for x and w.
 
-use super::{contiguous, dispatch, par_blocks, par_rows, zeros, Out, Real, Rows};
+use super::core::{contiguous, dispatch, par_blocks, par_rows, zeros, Out, Real, Rows};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 
 /// Rows per block of the weight-gradient reduction (fixed, so the sum order is too).

@@ -4,7 +4,7 @@
 //! updated where they lie. The arithmetic is the composite path's, operation for operation in
 //! f32, so both give the same bits (`train::optim` keeps that path for other devices/dtypes).
 
-use super::{par_blocks, with_f32};
+use super::core::{par_blocks, with_f32};
 use candle_core::{CpuStorage, InplaceOp1, Layout, Result, Tensor};
 use std::cell::RefCell;
 

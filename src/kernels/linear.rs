@@ -3,7 +3,8 @@
 //! plain `linear` costs four full passes over the activations in every backward; this op
 //! is one node whose backward is two matmuls.
 
-use super::{bf16, with_f32};
+use super::bf16;
+use super::core::with_f32;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 

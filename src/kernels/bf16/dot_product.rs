@@ -5,7 +5,7 @@
 //! runs its 32 packed rows over every panel pair while the pair is in L1.
 
 use super::pack::{self, pack_a, pack_b, BLOCK, KC, TILE};
-use super::Strided;
+use super::round::Strided;
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 

@@ -8,8 +8,8 @@
 //! bf16 pairs are transposed in registers. Every element of a packed buffer is written,
 //! padding included (zeros beyond m, n and k), so buffers need no zeroing first.
 
-use super::super::{par_rows, Out};
-use super::{bf16_bits, Strided};
+use super::super::core::{par_rows, Out};
+use super::round::{bf16_bits, Strided};
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 

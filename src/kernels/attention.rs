@@ -9,16 +9,27 @@
 //! probabilities in the backward (flash-attention style), so memory is O(T) per head rather
 //! than O(T²). Causal blocks skip the keys they cannot see.
 
+use super::core::{dispatch, gemm_into, par_rows, zeros, Real};
 use super::pointwise::rotate;
-use super::{dispatch, gemm_into, par_rows, zeros, Real};
 use crate::config::Heads;
-use crate::model::visibility::Visibility;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use gemm::Parallelism;
 use std::sync::Mutex;
 
 /// Queries per block: scores [QB, T] are the only quadratic buffer.
 const QB: usize = 64;
+
+/// What the queries of a pass see. Queries and keys are the same T positions (no cached
+/// prefix), so this is the kernel's own, smaller description of a pass's visibility.
+#[derive(Clone, Debug)]
+pub enum Mask {
+    /// Query i sees keys 0..=i.
+    Causal,
+    /// Every query sees every key.
+    Full,
+    /// An additive bias [T, T] shared by rows and heads.
+    Bias(Tensor),
+}
 
 /// softmax(scale · rope(q)·rope(k)ᵀ + mask) · v for qkv [B, T, qkv width] (per token: the
 /// queries of every head, then keys, then values, as `heads` lays them out) with cos/sin
@@ -31,12 +42,12 @@ pub fn attention(
     sin: &Tensor,
     heads: Heads,
     scale: f64,
-    mask: &Visibility,
+    mask: &Mask,
 ) -> Result<Tensor> {
-    match mask {
-        Visibility::Causal { offset: 0 } | Visibility::Full => {}
-        Visibility::Bias(b) if b.rank() == 2 => {}
-        _ => candle_core::bail!("fused attention: a cached offset or per-row mask"),
+    if let Mask::Bias(b) = mask {
+        if b.rank() != 2 {
+            candle_core::bail!("fused attention: a per-row mask");
+        }
     }
     qkv.contiguous()?.apply_op1(Attn {
         cos: cos.clone(),
@@ -53,7 +64,7 @@ struct Attn {
     sin: Tensor,
     heads: Heads,
     scale: f64,
-    mask: Visibility,
+    mask: Mask,
     /// Log-sum-exp of each (row, head, query), saved by the forward for the backward.
     lse: Mutex<Vec<f64>>,
 }
@@ -89,7 +100,7 @@ impl Attn {
             x.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1::<T>()
         };
         let bias = match &self.mask {
-            Visibility::Bias(m) => Some(host(m, (t, t))?),
+            Mask::Bias(m) => Some(host(m, (t, t))?),
             _ => None,
         };
         Ok(Geometry {
@@ -101,7 +112,7 @@ impl Attn {
             cos: host(&self.cos, (t, hd / 2))?,
             sin: host(&self.sin, (t, hd / 2))?,
             bias,
-            causal: matches!(self.mask, Visibility::Causal { .. }),
+            causal: matches!(self.mask, Mask::Causal),
             scale: T::from_f64(self.scale),
         })
     }

@@ -10,7 +10,7 @@
 //! zero, which only values below 1e-38 notice.
 
 use super::pack::{self, pack_a, pack_b, BLOCK, KC, TILE};
-use super::Strided;
+use super::round::Strided;
 use std::arch::asm;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;

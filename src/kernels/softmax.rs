@@ -1,7 +1,7 @@
 //! Softmax over the last dimension of scale·x, optionally causal: entries a query may not
 //! see are skipped (exactly 0 in the output and its gradient) instead of adding a −∞ bias.
 
-use super::{dispatch, par_rows, zeros, Out, Real, Rows};
+use super::core::{dispatch, par_rows, zeros, Out, Real, Rows};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 
 /// softmax(scale · x) over the last dimension. With `causal = Some(offset)`, x is

@@ -1,7 +1,7 @@
 //! Cross-entropy over the vocabulary without materialising log-softmax: the forward pass
 //! keeps one number per row (its NLL); the backward pass writes g·(softmax − onehot) directly.
 
-use super::{contiguous, dispatch, par_rows, zeros, Out, Real, Rows};
+use super::core::{contiguous, dispatch, par_rows, zeros, Out, Real, Rows};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 
 /// Per-row negative log-likelihood −log softmax(logits_i)[target_i]: logits [N, V] or

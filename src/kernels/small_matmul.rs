@@ -4,7 +4,7 @@
 //! here a step of up to `MAX_ROWS` tokens reads the weights once, like an AR step.
 //! Inference only (no backward): `ops::linear` uses it for untracked f32 CPU tensors.
 
-use super::{contiguous, par_rows};
+use super::core::{contiguous, par_rows};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 /// Row counts up to this take the small-m path.

@@ -35,95 +35,14 @@ pub fn run(runner: &mut Runner) -> Result<()> {
     let measured = plan.run(|_| {})?;
     let rows = &measured.rows;
     let len = rows.first().map_or(0, |r| r.max_new_tokens);
-    let label = |r: &DecodeBench| match r.decoder.as_str() {
-        "ar" => "AR".to_string(),
-        _ => r.setting.clone(),
-    };
     let points: Vec<(f64, f64)> = rows
         .iter()
         .map(|r| (r.tokens_per_forward, r.judge_nll))
         .collect();
     let frontier: Vec<(f64, f64)> = pareto(&points).into_iter().map(|i| points[i]).collect();
-    let on_frontier = |r: &DecodeBench| frontier.contains(&(r.tokens_per_forward, r.judge_nll));
-    let table_rows: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            vec![
-                label(r),
-                format!("{:.2}", r.tokens_per_forward),
-                format!("{:.1}", r.tokens_per_s),
-                format!("{:.2}", r.ratio_to_ar),
-                format!("{:.3}", r.judge_nll),
-                format!("{:.3}", r.repeated_4gram_rate),
-                format!("{:.2}", r.unigram_entropy),
-                if on_frontier(r) {
-                    "✓".into()
-                } else {
-                    String::new()
-                },
-            ]
-        })
-        .collect();
-    let ar: Vec<(f64, f64)> = rows
-        .iter()
-        .filter(|r| r.block_size.is_none())
-        .map(|r| (r.tokens_per_forward, r.judge_nll))
-        .collect();
-    let card: Vec<(f64, f64)> = rows
-        .iter()
-        .filter(|r| r.block_size.is_some())
-        .map(|r| (r.tokens_per_forward, r.judge_nll))
-        .collect();
-    plot(
-        &runner.opts.out.join("pareto.svg"),
-        "Decoding calibration: speed vs quality",
-        "tokens per forward pass",
-        "NLL of the generated text under the judge (nats/token)",
-        &[
-            Series {
-                name: "CARD (K, T, τ)".into(),
-                points: card,
-            },
-            Series {
-                name: "AR".into(),
-                points: ar,
-            },
-        ],
-        false,
-        Some(&Series {
-            name: "Pareto frontier".into(),
-            points: frontier,
-        }),
-    )?;
-    let tps: Vec<(f64, f64)> = rows.iter().map(|r| (r.tokens_per_s, r.judge_nll)).collect();
-    plot(
-        &runner.opts.out.join("tokens_per_s.svg"),
-        "Decoding calibration: wall-clock speed vs quality",
-        "generated tokens per second",
-        "NLL of the generated text (nats/token)",
-        &[Series {
-            name: "settings".into(),
-            points: tps,
-        }],
-        false,
-        None,
-    )?;
-    let csv: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            vec![
-                r.decoder.clone(),
-                r.block_size.map_or(String::new(), |x| x.to_string()),
-                r.step_limit.map_or(String::new(), |x| x.to_string()),
-                r.threshold.map_or(String::new(), |x| x.to_string()),
-                format!("{:.4}", r.tokens_per_forward),
-                format!("{:.2}", r.tokens_per_s),
-                format!("{:.4}", r.judge_nll),
-                format!("{:.4}", r.repeated_4gram_rate),
-                format!("{:.4}", r.unigram_entropy),
-            ]
-        })
-        .collect();
+    let table_rows = table_rows(rows, &frontier);
+    plots(&runner.opts.out, rows, frontier)?;
+    let csv = csv_rows(rows);
     let report = Report {
         title: "Decoding calibration: block size K × step limit T_max × threshold τ".into(),
         intro: vec![format!(
@@ -159,6 +78,100 @@ pub fn run(runner: &mut Runner) -> Result<()> {
         ],
         &csv,
     )
+}
+
+/// The report's table: one row per setting, ✓ on the frontier.
+fn table_rows(rows: &[DecodeBench], frontier: &[(f64, f64)]) -> Vec<Vec<String>> {
+    let label = |r: &DecodeBench| match r.decoder.as_str() {
+        "ar" => "AR".to_string(),
+        _ => r.setting.clone(),
+    };
+    let on_frontier = |r: &DecodeBench| frontier.contains(&(r.tokens_per_forward, r.judge_nll));
+    rows.iter()
+        .map(|r| {
+            vec![
+                label(r),
+                format!("{:.2}", r.tokens_per_forward),
+                format!("{:.1}", r.tokens_per_s),
+                format!("{:.2}", r.ratio_to_ar),
+                format!("{:.3}", r.judge_nll),
+                format!("{:.3}", r.repeated_4gram_rate),
+                format!("{:.2}", r.unigram_entropy),
+                if on_frontier(r) {
+                    "✓".into()
+                } else {
+                    String::new()
+                },
+            ]
+        })
+        .collect()
+}
+
+/// Tokens per forward against the judge's NLL (with the frontier), and tokens/s against it.
+fn plots(out: &std::path::Path, rows: &[DecodeBench], frontier: Vec<(f64, f64)>) -> Result<()> {
+    let ar: Vec<(f64, f64)> = rows
+        .iter()
+        .filter(|r| r.block_size.is_none())
+        .map(|r| (r.tokens_per_forward, r.judge_nll))
+        .collect();
+    let card: Vec<(f64, f64)> = rows
+        .iter()
+        .filter(|r| r.block_size.is_some())
+        .map(|r| (r.tokens_per_forward, r.judge_nll))
+        .collect();
+    plot(
+        &out.join("pareto.svg"),
+        "Decoding calibration: speed vs quality",
+        "tokens per forward pass",
+        "NLL of the generated text under the judge (nats/token)",
+        &[
+            Series {
+                name: "CARD (K, T, τ)".into(),
+                points: card,
+            },
+            Series {
+                name: "AR".into(),
+                points: ar,
+            },
+        ],
+        false,
+        Some(&Series {
+            name: "Pareto frontier".into(),
+            points: frontier,
+        }),
+    )?;
+    let tps: Vec<(f64, f64)> = rows.iter().map(|r| (r.tokens_per_s, r.judge_nll)).collect();
+    plot(
+        &out.join("tokens_per_s.svg"),
+        "Decoding calibration: wall-clock speed vs quality",
+        "generated tokens per second",
+        "NLL of the generated text (nats/token)",
+        &[Series {
+            name: "settings".into(),
+            points: tps,
+        }],
+        false,
+        None,
+    )
+}
+
+/// One CSV row per setting.
+fn csv_rows(rows: &[DecodeBench]) -> Vec<Vec<String>> {
+    rows.iter()
+        .map(|r| {
+            vec![
+                r.decoder.clone(),
+                r.block_size.map_or(String::new(), |x| x.to_string()),
+                r.step_limit.map_or(String::new(), |x| x.to_string()),
+                r.threshold.map_or(String::new(), |x| x.to_string()),
+                format!("{:.4}", r.tokens_per_forward),
+                format!("{:.2}", r.tokens_per_s),
+                format!("{:.4}", r.judge_nll),
+                format!("{:.4}", r.repeated_4gram_rate),
+                format!("{:.4}", r.unigram_entropy),
+            ]
+        })
+        .collect()
 }
 
 /// The CARD settings measured: K × T_max × τ.

@@ -130,17 +130,6 @@ pub struct DecodeBench {
     pub alloc_bytes_per_token: f64,
 }
 
-/// A decoder's settings in words.
-pub fn setting_of(d: &DecoderSpec) -> String {
-    match d {
-        DecoderSpec::Ar => "-".into(),
-        DecoderSpec::Card(c) => format!("K={} T={} τ={}", c.block_size, c.step_limit, c.threshold),
-        DecoderSpec::Verify(v) => format!("K={}", v.block_size),
-        DecoderSpec::Mdlm(m) => format!("steps={}", m.steps),
-        DecoderSpec::Bd3lm(b) => format!("steps={}", b.steps),
-    }
-}
-
 /// STREAM-style copy bandwidth (bytes/s, read + write) of a 256 MiB f32 buffer, median of 7.
 /// On the CPU both buffers are allocated and touched once, and the copy runs on all pool
 /// threads, as the decoder reads its weights (timing fresh allocations would measure page
@@ -288,6 +277,8 @@ fn generate_all(
     Ok(all.expect("at least one batch"))
 }
 
+/// Every setting of `cfg` on `model`, AR first as the baseline, per prompt set, batch size and
+/// length; and the copy bandwidth (bytes/s) the rows' `bandwidth_fraction` is measured against.
 pub fn bench_decode(
     model: &Transformer,
     tok: &TextTokenizer,
@@ -301,32 +292,16 @@ pub fn bench_decode(
     // the median of all samples is the reference.
     let mut stream = CopyBandwidth::new(model.device());
     let mut bandwidths = vec![stream.sample()?];
-    let weight_bytes = model.weight_bytes() as f64;
+    let decoders = with_ar_first(&cfg.decoders);
     let mut out = Vec::new();
     // Forward passes per second of each round, per row of `out`.
     let mut forward_rates: Vec<Vec<f64>> = Vec::new();
-    let mut decoders = vec![DecoderSpec::Ar];
-    decoders.extend(
-        cfg.decoders
-            .iter()
-            .filter(|d| **d != DecoderSpec::Ar)
-            .cloned(),
-    );
     for set in &cfg.sets {
         for &batch in &cfg.batches {
-            // Every prompt of the set, in batches of `batch` (a short set is cycled to fill one).
-            let rows = set.prompts.len().max(batch).div_ceil(batch) * batch;
-            let prompts: Vec<Vec<u32>> = (0..rows)
-                .map(|i| set.prompts[i % set.prompts.len()].clone())
-                .collect();
+            let prompts = batched(set, batch);
             let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
             for &len in &cfg.lengths {
-                // Fitted lengths shrink to what the context leaves after the longest prompt.
-                let len = if cfg.fit_lengths {
-                    len.min(model.cfg.max_seq_len.saturating_sub(longest))
-                } else {
-                    len
-                };
+                let len = fitted_length(cfg, model, len, longest);
                 if len == 0 || longest + len > model.cfg.max_seq_len {
                     progress(&format!(
                         "skipping {}: length {len} is beyond the model's context",
@@ -334,96 +309,30 @@ pub fn bench_decode(
                     ));
                     continue;
                 }
-                // EOS is disabled (an id no token has) so every run generates exactly `len` tokens.
-                let opts = GenOptions {
-                    eos_id: u32::MAX,
-                    ..GenOptions::new(len, tok)
+                let case = Case {
+                    set: &set.name,
+                    prompts: &prompts,
+                    batch,
+                    len,
                 };
-                // Rounds interleaved across decoders, so drift on a busy machine hits all alike.
-                let n = decoders.len();
-                let (mut tps, mut fps) = (vec![Vec::new(); n], vec![Vec::new(); n]);
-                let (mut allocs, mut alloc_bytes) = (vec![Vec::new(); n], vec![Vec::new(); n]);
-                let mut last: Vec<Option<(Generation, Mechanism)>> = (0..n).map(|_| None).collect();
-                for round in 0..cfg.rounds.max(1) {
-                    for (i, d) in decoders.iter().enumerate() {
-                        progress(&format!(
-                            "{}, batch {batch}, {len} tokens, round {}: {} {}",
-                            set.name,
-                            round + 1,
-                            d.name(),
-                            setting_of(d)
-                        ));
-                        let mut mech = Mechanism::default();
-                        let (count0, bytes0) = crate::runtime::alloc::allocations();
-                        let g = generate_all(d, model, &prompts, batch, &opts, &mut mech)?;
-                        let (count1, bytes1) = crate::runtime::alloc::allocations();
-                        let n = g.generated_tokens().max(1) as f64;
-                        allocs[i].push((count1 - count0) as f64 / n);
-                        alloc_bytes[i].push((bytes1 - bytes0) as f64 / n);
-                        tps[i].push(g.tokens_per_s());
-                        fps[i].push(g.forward_passes as f64 / g.elapsed_s.max(1e-9));
-                        last[i] = Some((g, mech));
-                    }
-                    bandwidths.push(stream.sample()?);
-                }
-                let ar_tps = median(&mut tps[0]);
-                let ar_tokens: Vec<Vec<u32>> = last[0]
-                    .as_ref()
-                    .expect("AR ran")
-                    .0
-                    .rows
-                    .iter()
-                    .map(|r| r.tokens.clone())
-                    .collect();
-                for (i, d) in decoders.iter().enumerate() {
-                    let (g, mech) = last[i].take().expect("at least one round");
-                    let tokens_per_s = median(&mut tps[i]);
-                    let [ent, rep, dist2, nll] = quality(judge, tok, &prompts, &g)?;
-                    let same = g
-                        .rows
-                        .iter()
-                        .zip(&ar_tokens)
-                        .filter(|(r, a)| &r.tokens == *a)
-                        .count() as f64
-                        / g.rows.len() as f64;
-                    let verify = matches!(d, DecoderSpec::Verify(_));
-                    let card = match d {
-                        DecoderSpec::Card(c) => Some(c),
-                        _ => None,
-                    };
-                    forward_rates.push(std::mem::take(&mut fps[i]));
-                    out.push(DecodeBench {
-                        prompt_set: set.name.clone(),
-                        batch,
-                        max_new_tokens: len,
-                        weights: model.weights_label(),
-                        decoder: d.name().to_string(),
-                        setting: setting_of(d),
-                        block_size: match d {
-                            DecoderSpec::Card(c) => Some(c.block_size),
-                            DecoderSpec::Verify(v) => Some(v.block_size),
-                            _ => None,
-                        },
-                        step_limit: card.map(|c| c.step_limit),
-                        threshold: card.map(|c| c.threshold),
-                        tokens_per_s,
-                        tokens_per_forward: g.tokens_per_forward(),
-                        forward_passes: g.forward_passes,
-                        generated_tokens: g.generated_tokens(),
-                        ratio_to_ar: tokens_per_s / ar_tps,
-                        drafts_accepted_per_pass: verify
-                            .then(|| mech.accepted as f64 / mech.passes.max(1) as f64),
-                        acceptance_by_slot: if verify { mech.by_slot() } else { Vec::new() },
-                        kept_fraction: g.kept_fraction(),
-                        same_as_ar: same,
-                        unigram_entropy: ent,
-                        repeated_4gram_rate: rep,
-                        distinct_2: dist2,
-                        judge_nll: nll,
-                        bandwidth_fraction: f64::NAN,
-                        allocs_per_token: median(&mut allocs[i]),
-                        alloc_bytes_per_token: median(&mut alloc_bytes[i]),
-                    });
+                let mut runs = measure(
+                    model,
+                    tok,
+                    &decoders,
+                    &case,
+                    cfg.rounds,
+                    &mut || {
+                        bandwidths.push(stream.sample()?);
+                        Ok(())
+                    },
+                    &progress,
+                )?;
+                let ar_tps = median(&mut runs[0].tokens_per_s);
+                let ar_tokens = runs[0].tokens();
+                for (d, run) in decoders.iter().zip(&mut runs) {
+                    forward_rates.push(std::mem::take(&mut run.forwards_per_s));
+                    let ar = (ar_tps, ar_tokens.as_slice());
+                    out.push(row(d, run, &case, (model, tok), judge, ar)?);
                 }
             }
         }
@@ -435,62 +344,167 @@ pub fn bench_decode(
         );
     }
     let bandwidth = median(&mut bandwidths);
+    let weight_bytes = model.weight_bytes() as f64;
     for (row, rates) in out.iter_mut().zip(&mut forward_rates) {
         row.bandwidth_fraction = median(rates) * weight_bytes / bandwidth;
     }
     Ok((out, bandwidth))
 }
 
-/// Quantized decoding against its f32 reference on the same prompts.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PrecisionComparison {
-    pub weights: String,
-    pub rows: usize,
-    /// Rows whose greedy AR tokens equal the reference's.
-    pub same_rows: usize,
-    /// Share of generated positions where the two agree, up to each row's first difference.
-    pub prefix_agreement: f64,
-    /// Mean NLL (nats/token) of the reference's greedy text under each model.
-    pub nll_reference: f64,
-    pub nll_quantized: f64,
+/// AR (the baseline, measured first), then the other settings.
+fn with_ar_first(decoders: &[DecoderSpec]) -> Vec<DecoderSpec> {
+    let mut all = vec![DecoderSpec::Ar];
+    all.extend(decoders.iter().filter(|d| **d != DecoderSpec::Ar).cloned());
+    all
 }
 
-/// Greedy AR continuations (`len` tokens, EOS ignored) of `prompts` from both models, and the
-/// NLL of the reference's under both.
-pub fn compare_precision(
-    reference: &Transformer,
-    quantized: &Transformer,
-    tok: &TextTokenizer,
-    prompts: &[Vec<u32>],
+/// Every prompt of the set, in batches of `batch` (a short set is cycled to fill one).
+fn batched(set: &PromptSet, batch: usize) -> Vec<Vec<u32>> {
+    let rows = set.prompts.len().max(batch).div_ceil(batch) * batch;
+    (0..rows)
+        .map(|i| set.prompts[i % set.prompts.len()].clone())
+        .collect()
+}
+
+/// The length measured after prompts of up to `longest` tokens: fitted lengths shrink to
+/// what the context leaves, others stay (and are skipped when they do not fit).
+fn fitted_length(
+    cfg: &DecodeBenchConfig,
+    model: &Transformer,
     len: usize,
-) -> Result<PrecisionComparison> {
+    longest: usize,
+) -> usize {
+    if cfg.fit_lengths {
+        len.min(model.cfg.max_seq_len.saturating_sub(longest))
+    } else {
+        len
+    }
+}
+
+/// One prompt set at one batch size and length.
+struct Case<'a> {
+    set: &'a str,
+    prompts: &'a [Vec<u32>],
+    batch: usize,
+    len: usize,
+}
+
+/// One decoder's rounds: per-round figures and the last round's generation.
+#[derive(Default)]
+struct Rounds {
+    tokens_per_s: Vec<f64>,
+    forwards_per_s: Vec<f64>,
+    allocs: Vec<f64>,
+    alloc_bytes: Vec<f64>,
+    last: Option<(Generation, Mechanism)>,
+}
+
+impl Rounds {
+    fn tokens(&self) -> Vec<Vec<u32>> {
+        let (g, _) = self.last.as_ref().expect("at least one round");
+        g.rows.iter().map(|r| r.tokens.clone()).collect()
+    }
+}
+
+/// `rounds` rounds of every decoder on `case`, interleaved across decoders so drift on a busy
+/// machine hits all alike; `after_round` runs after each round (a bandwidth sample).
+fn measure(
+    model: &Transformer,
+    tok: &TextTokenizer,
+    decoders: &[DecoderSpec],
+    case: &Case,
+    rounds: usize,
+    after_round: &mut dyn FnMut() -> Result<()>,
+    progress: &dyn Fn(&str),
+) -> Result<Vec<Rounds>> {
+    // EOS is disabled (an id no token has) so every run generates exactly `len` tokens.
     let opts = GenOptions {
         eos_id: u32::MAX,
-        ..GenOptions::new(len, tok)
+        ..GenOptions::new(case.len, tok)
     };
-    let a = DecoderSpec::Ar.generate(reference, prompts, &opts, &mut |_| {})?;
-    let b = DecoderSpec::Ar.generate(quantized, prompts, &opts, &mut |_| {})?;
-    let (mut same, mut agree, mut total) = (0, 0, 0);
-    let (mut nll_a, mut nll_b) = (0.0, 0.0);
-    for ((p, ra), rb) in prompts.iter().zip(&a.rows).zip(&b.rows) {
-        same += usize::from(ra.tokens == rb.tokens);
-        agree += ra
-            .tokens
-            .iter()
-            .zip(&rb.tokens)
-            .take_while(|(x, y)| x == y)
-            .count();
-        total += ra.tokens.len();
-        nll_a += continuation_nll(reference, p, &ra.tokens)?;
-        nll_b += continuation_nll(quantized, p, &ra.tokens)?;
+    let mut runs: Vec<Rounds> = decoders.iter().map(|_| Rounds::default()).collect();
+    for round in 0..rounds.max(1) {
+        for (d, run) in decoders.iter().zip(&mut runs) {
+            progress(&format!(
+                "{}, batch {}, {} tokens, round {}: {} {}",
+                case.set,
+                case.batch,
+                case.len,
+                round + 1,
+                d.name(),
+                d.setting()
+            ));
+            let mut mech = Mechanism::default();
+            let (count0, bytes0) = crate::runtime::alloc::allocations();
+            let g = generate_all(d, model, case.prompts, case.batch, &opts, &mut mech)?;
+            let (count1, bytes1) = crate::runtime::alloc::allocations();
+            let n = g.generated_tokens().max(1) as f64;
+            run.allocs.push((count1 - count0) as f64 / n);
+            run.alloc_bytes.push((bytes1 - bytes0) as f64 / n);
+            run.tokens_per_s.push(g.tokens_per_s());
+            run.forwards_per_s
+                .push(g.forward_passes as f64 / g.elapsed_s.max(1e-9));
+            run.last = Some((g, mech));
+        }
+        after_round()?;
     }
-    let n = prompts.len().max(1) as f64;
-    Ok(PrecisionComparison {
-        weights: quantized.weights_label(),
-        rows: prompts.len(),
-        same_rows: same,
-        prefix_agreement: agree as f64 / total.max(1) as f64,
-        nll_reference: nll_a / n,
-        nll_quantized: nll_b / n,
+    Ok(runs)
+}
+
+/// The row of decoder `d` from its rounds, against AR's (tokens/s, tokens); its bandwidth
+/// share is filled in at the end.
+fn row(
+    d: &DecoderSpec,
+    run: &mut Rounds,
+    case: &Case,
+    (model, tok): (&Transformer, &TextTokenizer),
+    judge: (&Transformer, &TextTokenizer),
+    (ar_tps, ar_tokens): (f64, &[Vec<u32>]),
+) -> Result<DecodeBench> {
+    let (g, mech) = run.last.take().expect("at least one round");
+    let tokens_per_s = median(&mut run.tokens_per_s);
+    let [ent, rep, dist2, nll] = quality(judge, tok, case.prompts, &g)?;
+    let same = g
+        .rows
+        .iter()
+        .zip(ar_tokens)
+        .filter(|(r, a)| &r.tokens == *a)
+        .count() as f64
+        / g.rows.len() as f64;
+    let verify = matches!(d, DecoderSpec::Verify(_));
+    let card = match d {
+        DecoderSpec::Card(c) => Some(c),
+        _ => None,
+    };
+    Ok(DecodeBench {
+        prompt_set: case.set.to_string(),
+        batch: case.batch,
+        max_new_tokens: case.len,
+        weights: model.weights_label(),
+        decoder: d.name().to_string(),
+        setting: d.setting(),
+        block_size: match d {
+            DecoderSpec::Card(c) => Some(c.block_size),
+            DecoderSpec::Verify(v) => Some(v.block_size),
+            _ => None,
+        },
+        step_limit: card.map(|c| c.step_limit),
+        threshold: card.map(|c| c.threshold),
+        tokens_per_s,
+        tokens_per_forward: g.tokens_per_forward(),
+        forward_passes: g.forward_passes,
+        generated_tokens: g.generated_tokens(),
+        ratio_to_ar: tokens_per_s / ar_tps,
+        drafts_accepted_per_pass: verify.then(|| mech.accepted as f64 / mech.passes.max(1) as f64),
+        acceptance_by_slot: if verify { mech.by_slot() } else { Vec::new() },
+        kept_fraction: g.kept_fraction(),
+        same_as_ar: same,
+        unigram_entropy: ent,
+        repeated_4gram_rate: rep,
+        distinct_2: dist2,
+        judge_nll: nll,
+        bandwidth_fraction: f64::NAN,
+        allocs_per_token: median(&mut run.allocs),
+        alloc_bytes_per_token: median(&mut run.alloc_bytes),
     })
 }

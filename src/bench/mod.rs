@@ -2,6 +2,7 @@
 //! medians over rounds.
 
 pub mod decode;
+pub mod plan;
 pub mod train;
 
 use anyhow::Result;
@@ -9,6 +10,7 @@ use candle_core::{Device, Tensor};
 use std::time::Instant;
 
 pub use decode::{bench_decode, DecodeBench, DecodeBenchConfig};
+pub use plan::{DecodePlan, DecodeReport, Lengths};
 pub use train::{bench_distributed, bench_train, memory_probe, DistBench, MemoryProbe, TrainBench};
 
 pub fn median(xs: &mut [f64]) -> f64 {

@@ -225,3 +225,114 @@ pub fn bench_distributed(
         tokens_per_s_per_rank: tokens as f64 / step_time / ranks as f64,
     })
 }
+
+/// `card bench train`'s table: the shape measured, then one row per variant.
+pub struct TrainReport<'a> {
+    pub preset: &'a str,
+    pub cfg: &'a Config,
+    pub results: &'a [TrainBench],
+    /// Whether it ran on the CPU (bf16 then names the product's path).
+    pub cpu: bool,
+}
+
+impl std::fmt::Display for TrainReport<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (c, first) = (self.cfg, &self.results[0]);
+        writeln!(
+            f,
+            "bench train: preset {} ({} params), batch {} x seq {} = {} tokens/step, {} threads, {}",
+            self.preset,
+            first.params,
+            c.train.batch_size,
+            c.train.seq_len,
+            first.tokens_per_step,
+            candle_core::utils::get_num_threads(),
+            peaks(self.results, self.cpu)
+        )?;
+        write!(f, "objective  compute  step_time_s(median)  tokens/s  peak_rss_mb  rss_growth_mb   MFU   ratio_to_card")?;
+        for r in self.results {
+            write!(
+                f,
+                "\n{:<9}  {:<7}  {:>19.4}  {:>8.0}  {:>11.0}  {:>13}  {:>4.1}%  {}",
+                r.objective,
+                r.compute,
+                r.step_time_s,
+                r.tokens_per_s,
+                r.peak_rss_mb,
+                r.rss_growth_mb.map_or("-".into(), |x| format!("{x:+.1}")),
+                100.0 * r.mfu,
+                r.ratio_to_card.map_or("-".into(), |x| format!("{x:.3}"))
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The matmul peak each compute type's MFU is measured against, e.g. "matmul peak f32 383.6
+/// GFLOP/s, bf16 (amx-bf16) 1520.2 GFLOP/s".
+fn peaks(results: &[TrainBench], cpu: bool) -> String {
+    let mut seen: Vec<String> = Vec::new();
+    for r in results {
+        let name = match r.compute.as_str() {
+            "bf16" if cpu => format!("bf16 ({})", crate::kernels::bf16::Path::best().name()),
+            c => c.to_string(),
+        };
+        let entry = format!("{name} {:.1} GFLOP/s", r.matmul_peak_gflops);
+        if !seen.contains(&entry) {
+            seen.push(entry);
+        }
+    }
+    format!("matmul peak {}", seen.join(", "))
+}
+
+/// `card bench train --distributed`'s table: per objective, each rank count against the first.
+pub struct DistReport<'a> {
+    pub preset: &'a str,
+    pub objectives: &'a [ObjectiveKind],
+    pub rows: &'a [DistBench],
+    /// Every rank ran on this machine, and some measurement had more than one.
+    pub one_machine: bool,
+}
+
+impl std::fmt::Display for DistReport<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cores = candle_core::utils::get_num_threads();
+        writeln!(
+            f,
+            "bench train --distributed: preset {}, {} tokens per global step, {} cores here",
+            self.preset,
+            self.rows.first().map_or(0, |r| r.tokens_per_step),
+            cores
+        )?;
+        write!(f, "objective  ranks  threads/rank  step_time_s  comm_s/step  tokens/s  tokens/s/rank  speedup  efficiency")?;
+        for o in self.objectives {
+            let of: Vec<&DistBench> = self
+                .rows
+                .iter()
+                .filter(|r| r.objective == o.name())
+                .collect();
+            let Some(base) = of.first() else { continue };
+            let base_n = base.ranks as f64;
+            for r in &of {
+                let speedup = base.step_time_s / r.step_time_s;
+                write!(
+                    f,
+                    "\n{:<9}  {:>5}  {:>12}  {:>11.4}  {:>11.4}  {:>8.0}  {:>13.0}  {:>6.2}x  {:>9.0}%",
+                    r.objective,
+                    r.ranks,
+                    r.threads_per_rank,
+                    r.step_time_s,
+                    r.comm_time_s,
+                    r.tokens_per_s,
+                    r.tokens_per_s_per_rank,
+                    speedup,
+                    100.0 * speedup * base_n / r.ranks as f64
+                )?;
+            }
+        }
+        if self.one_machine {
+            write!(f, "\nnote: every rank ran on this machine, sharing its {cores} cores, so more ranks add no compute here; comm_s/step is the cost the transport adds per step")?;
+        }
+        Ok(())
+    }
+}

@@ -1,13 +1,14 @@
 //! `card bench`: throughput benchmarks that print ratios against a baseline run in the same process.
 
-use crate::bench::decode::{compare_precision, prompt_set};
-use crate::bench::{bench_decode, bench_train, DecodeBenchConfig};
-use crate::checkpoint::{self, Precision};
+use crate::bench::train::{DistReport, TrainReport};
+use crate::bench::{bench_train, DecodePlan, DistBench, Lengths};
+use crate::checkpoint::Precision;
 use crate::config::{Choice, ComputeDtype, Config, ObjectiveKind};
-use crate::data::load_data;
+use crate::data::{load_data, Prepared};
 use crate::decode::{CardDecoder, DecoderSpec, VerifyDecoder};
 use crate::runtime::device as default_device;
 use anyhow::{bail, Context, Result};
+use candle_core::Device;
 use std::io::IsTerminal;
 
 #[derive(clap::Args, Debug)]
@@ -130,24 +131,37 @@ fn parse_objectives(s: &str) -> Result<Vec<ObjectiveKind>> {
         .collect()
 }
 
+/// `--compute`: the config's own compute type when none is given.
+fn parse_computes(given: &[String], config: ComputeDtype) -> Result<Vec<ComputeDtype>> {
+    if given.is_empty() {
+        return Ok(vec![config]);
+    }
+    given
+        .iter()
+        .map(|c| match c.trim() {
+            "f32" => Ok(ComputeDtype::F32),
+            "bf16" => Ok(ComputeDtype::Bf16),
+            other => bail!("--compute: unknown '{other}' (known: f32, bf16)"),
+        })
+        .collect()
+}
+
+/// Progress on one rewritten stderr line, when stderr is a terminal.
+fn progress_line(tty: bool) -> impl Fn(&str) {
+    move |m: &str| {
+        if tty {
+            eprint!("\r\x1b[2K{m}")
+        }
+    }
+}
+
 fn train(a: TrainBenchArgs) -> Result<()> {
     if a.steps == 0 {
         bail!("--steps must be at least 1");
     }
     let objectives = parse_objectives(&a.objective)?;
     let cfg = Config::load(&a.preset, &a.sets)?;
-    let computes: Vec<ComputeDtype> = if a.compute.is_empty() {
-        vec![cfg.train.compute]
-    } else {
-        a.compute
-            .iter()
-            .map(|c| match c.trim() {
-                "f32" => Ok(ComputeDtype::F32),
-                "bf16" => Ok(ComputeDtype::Bf16),
-                other => bail!("--compute: unknown '{other}' (known: f32, bf16)"),
-            })
-            .collect::<Result<_>>()?
-    };
+    let computes = parse_computes(&a.compute, cfg.train.compute)?;
     if !a.distributed.is_empty() {
         return distributed(&a, &objectives);
     }
@@ -160,25 +174,7 @@ fn train(a: TrainBenchArgs) -> Result<()> {
     }
     let data = load_data(&cfg, None)?;
     if a.rank_bench {
-        let comm = crate::dist::init(&device)?;
-        let leader = comm.rank() == 0;
-        return crate::dist::or_abort(comm.clone().as_ref(), || {
-            for &o in &objectives {
-                let r = crate::bench::bench_distributed(
-                    &cfg,
-                    &data,
-                    o,
-                    a.warmup,
-                    a.steps,
-                    comm.clone(),
-                    &device,
-                )?;
-                if leader {
-                    println!("{}", serde_json::to_string(&r)?);
-                }
-            }
-            Ok(())
-        });
+        return rank_bench(&a, &cfg, &data, &objectives, &device);
     }
     if a.memory_probe {
         let probe =
@@ -191,52 +187,29 @@ fn train(a: TrainBenchArgs) -> Result<()> {
         .iter()
         .flat_map(|&o| computes.iter().map(move |&c| (o, c)))
         .collect();
-    let mut results = bench_train(&cfg, &data, &variants, a.warmup, a.steps, &device, |m| {
-        if tty {
-            eprint!("\r\x1b[2K{m}")
-        }
-    })?;
+    let progress = progress_line(tty);
+    let mut results = bench_train(
+        &cfg, &data, &variants, a.warmup, a.steps, &device, &progress,
+    )?;
     // Each objective's memory, measured in a process of its own.
     for r in &mut results {
-        if tty {
-            eprint!(
-                "\r\x1b[2K{}: memory over {} steps in a process of its own",
-                r.objective, a.steps
-            );
-        }
+        progress(&format!(
+            "{}: memory over {} steps in a process of its own",
+            r.objective, a.steps
+        ));
         if let Some(p) = probe_memory(&a, &r.objective, &r.compute) {
             r.peak_rss_mb = p.peak_rss_mb;
             r.rss_growth_mb = Some(p.rss_growth_mb);
         }
     }
-    if tty {
-        eprint!("\r\x1b[2K");
-    }
-    let c = &cfg;
-    println!(
-        "bench train: preset {} ({} params), batch {} x seq {} = {} tokens/step, {} threads, {}",
-        a.preset,
-        results[0].params,
-        c.train.batch_size,
-        c.train.seq_len,
-        results[0].tokens_per_step,
-        candle_core::utils::get_num_threads(),
-        peaks(&results, device.is_cpu())
-    );
-    println!("objective  compute  step_time_s(median)  tokens/s  peak_rss_mb  rss_growth_mb   MFU   ratio_to_card");
-    for r in &results {
-        println!(
-            "{:<9}  {:<7}  {:>19.4}  {:>8.0}  {:>11.0}  {:>13}  {:>4.1}%  {}",
-            r.objective,
-            r.compute,
-            r.step_time_s,
-            r.tokens_per_s,
-            r.peak_rss_mb,
-            r.rss_growth_mb.map_or("-".into(), |x| format!("{x:+.1}")),
-            100.0 * r.mfu,
-            r.ratio_to_card.map_or("-".into(), |x| format!("{x:.3}"))
-        );
-    }
+    progress("");
+    let report = TrainReport {
+        preset: &a.preset,
+        cfg: &cfg,
+        results: &results,
+        cpu: device.is_cpu(),
+    };
+    println!("{report}");
     if a.json {
         if results.len() == 1 {
             println!("{}", serde_json::to_string(&results[0])?);
@@ -247,21 +220,34 @@ fn train(a: TrainBenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// The matmul peak each compute type's MFU is measured against, e.g. "matmul peak f32 383.6
-/// GFLOP/s, bf16 (amx-bf16) 1520.2 GFLOP/s".
-fn peaks(results: &[crate::bench::TrainBench], cpu: bool) -> String {
-    let mut seen: Vec<String> = Vec::new();
-    for r in results {
-        let name = match r.compute.as_str() {
-            "bf16" if cpu => format!("bf16 ({})", crate::kernels::bf16::Path::best().name()),
-            c => c.to_string(),
-        };
-        let entry = format!("{name} {:.1} GFLOP/s", r.matmul_peak_gflops);
-        if !seen.contains(&entry) {
-            seen.push(entry);
+/// `--rank-bench`: this process is one rank of a `--distributed` measurement; rank 0 prints
+/// each objective's figures as a JSON line.
+fn rank_bench(
+    a: &TrainBenchArgs,
+    cfg: &Config,
+    data: &Prepared,
+    objectives: &[ObjectiveKind],
+    device: &Device,
+) -> Result<()> {
+    let comm = crate::dist::init(device)?;
+    let leader = comm.rank() == 0;
+    crate::dist::or_abort(comm.clone().as_ref(), || {
+        for &o in objectives {
+            let r = crate::bench::bench_distributed(
+                cfg,
+                data,
+                o,
+                a.warmup,
+                a.steps,
+                comm.clone(),
+                device,
+            )?;
+            if leader {
+                println!("{}", serde_json::to_string(&r)?);
+            }
         }
-    }
-    format!("matmul peak {}", seen.join(", "))
+        Ok(())
+    })
 }
 
 fn parse_decoders(grid: &[String], verify: &[String]) -> Result<Vec<DecoderSpec>> {
@@ -288,148 +274,38 @@ fn decode(a: DecodeBenchArgs) -> Result<()> {
     if a.batch.contains(&0) || a.lengths.contains(&0) {
         bail!("--batch and --lengths must be positive");
     }
-    let device = default_device()?;
-    let ckpt = checkpoint::open(&a.checkpoint, &device, !a.no_ema)?;
-    if !matches!(ckpt.objective(), ObjectiveKind::Card | ObjectiveKind::Arm) {
-        bail!(
-            "bench decode needs a CARD or ARM checkpoint (this one is {})",
-            ckpt.objective().name()
-        );
-    }
-    let judge = match &a.judge {
-        Some(p) => Some(checkpoint::open_as(p, &device, true, Precision::F32)?),
-        None => None,
+    let fit = a.lengths.is_empty();
+    let plan = DecodePlan {
+        checkpoint: a.checkpoint.clone(),
+        use_ema: !a.no_ema,
+        precision: Precision::Stored,
+        beside_f32: true,
+        bf16: a.bf16,
+        judge: a.judge.clone(),
+        sets: a.sets.clone(),
+        lengths: Lengths {
+            tokens: if fit { vec![128] } else { a.lengths.clone() },
+            at_most_half_context: false,
+            fit,
+        },
+        batches: a.batch.clone(),
+        decoders,
+        rounds: a.rounds,
     };
-    // A quantized (or --bf16) model is measured beside its f32 reference.
-    let (reference, rounded) = match (ckpt.model.is_quantized(), a.bf16) {
-        (true, true) => bail!("--bf16 rounds f32 weights; this checkpoint is already quantized"),
-        (true, false) => (Some(ckpt.model.dequantized()?), None),
-        (false, true) => (None, Some(ckpt.model.to_bf16()?)),
-        (false, false) => (None, None),
-    };
-    let reference = reference.as_ref().or(rounded.as_ref().map(|_| &ckpt.model));
-    let (tok, model) = (&ckpt.tokenizer, rounded.as_ref().unwrap_or(&ckpt.model));
-    let data = load_data(&ckpt.config, Some(tok.clone())).ok();
-    let names: Vec<String> = if a.sets.is_empty() {
-        let prose = if data.is_some() { "prose" } else { "builtin" };
-        vec![prose.into(), "probes".into()]
-    } else {
-        a.sets.clone()
-    };
-    let sets = names
-        .iter()
-        .map(|n| prompt_set(n.trim(), model, tok, data.as_ref()))
-        .collect::<Result<Vec<_>>>()?;
+    let ready = plan.open()?.prepare()?;
     // Every input is checked: measuring starts here.
     if let Some(w) = crate::bench::busy_warning() {
         eprintln!("{w}");
     }
-    let tty = std::io::stderr().is_terminal();
-    let fit_lengths = a.lengths.is_empty();
-    let cfg = DecodeBenchConfig {
-        lengths: if fit_lengths {
-            vec![128]
-        } else {
-            a.lengths.clone()
-        },
-        fit_lengths,
-        batches: a.batch.clone(),
-        decoders,
-        sets,
-        rounds: a.rounds,
-    };
-    let judged = judge.as_ref().map(|j| (&j.model, &j.tokenizer));
-    let progress = |m: &str| {
-        if tty {
-            eprint!("\r\x1b[2K{m}")
-        }
-    };
-    let mut rows = Vec::new();
-    let mut bandwidth = 0.0;
-    for m in reference.into_iter().chain([model]) {
-        let (r, bw) = bench_decode(m, tok, judged, &cfg, progress)?;
-        rows.extend(r);
-        bandwidth = bw;
-    }
-    let comparison = match reference {
-        Some(r) => {
-            progress("comparing quantized and f32 greedy decoding");
-            let prompts = &cfg.sets[0].prompts;
-            let len = cfg.lengths[0].min(model.cfg.max_seq_len / 2);
-            Some(compare_precision(r, model, tok, prompts, len)?)
-        }
-        None => None,
-    };
-    if tty {
-        eprint!("\r\x1b[2K");
-    }
-    println!(
-        "bench decode: {} ({} params, {}), {} threads, copy bandwidth {:.1} GB/s, greedy, EOS ignored, median of {} rounds; judge: {}",
-        ckpt.dir.display(),
-        model.cfg.n_params(),
-        format!("{:?}", model.dtype()).to_lowercase(),
-        candle_core::utils::get_num_threads(),
-        bandwidth / 1e9,
-        a.rounds,
-        judge.as_ref().map_or("the model itself".into(), |j| j.dir.display().to_string())
-    );
-    if ckpt.objective() == ObjectiveKind::Arm {
-        println!("note: an ARM checkpoint never saw [MASK]: its card and verify rows measure what such a model commits untrained");
-    }
-    println!("set      weights     batch  len  decoder  setting           tokens/s   xAR   tok/fwd  acc/pass  kept   =AR   judge-NLL  rep4   dist2  bw%   allocs/tok  acceptance by slot");
-    for r in &rows {
-        let slots: Vec<String> = r
-            .acceptance_by_slot
-            .iter()
-            .map(|x| format!("{x:.2}"))
-            .collect();
-        println!(
-            "{:<8} {:<10} {:>5} {:>4}  {:<7}  {:<16} {:>9.1}  {:>5.2}  {:>7.2}  {:>8}  {:>5.2}  {:>4.2}  {:>9.3}  {:>5.3}  {:>5.3}  {:>4.1}  {:>10.0}  {}",
-            r.prompt_set,
-            r.weights,
-            r.batch,
-            r.max_new_tokens,
-            r.decoder,
-            r.setting,
-            r.tokens_per_s,
-            r.ratio_to_ar,
-            r.tokens_per_forward,
-            r.drafts_accepted_per_pass.map_or("-".into(), |x| format!("{x:.2}")),
-            r.kept_fraction,
-            r.same_as_ar,
-            r.judge_nll,
-            r.repeated_4gram_rate,
-            r.distinct_2,
-            100.0 * r.bandwidth_fraction,
-            r.allocs_per_token,
-            slots.join(" ")
-        );
-    }
-    if let Some(c) = &comparison {
-        println!(
-            "{} vs f32, greedy AR, {} tokens on {} {} prompts: {}/{} rows identical, {:.1}% of tokens agree up to each row's first difference; NLL of the f32 text: f32 {:.4}, {} {:.4} (Δ {:+.4} nats/token)",
-            c.weights,
-            cfg.lengths[0].min(model.cfg.max_seq_len / 2),
-            c.rows,
-            cfg.sets[0].name,
-            c.same_rows,
-            c.rows,
-            100.0 * c.prefix_agreement,
-            c.nll_reference,
-            c.weights,
-            c.nll_quantized,
-            c.nll_quantized - c.nll_reference
-        );
-    }
+    let progress = progress_line(std::io::stderr().is_terminal());
+    let report = ready.measure(&progress)?;
+    progress("");
+    println!("{report}");
     if a.json {
-        println!(
-            "{}",
-            serde_json::json!({"rows": rows, "precision": comparison})
-        );
+        println!("{}", report.json());
     }
     Ok(())
 }
-
 /// Memory of a child `card` running one objective's warm-up and timed steps, or None if it
 /// fails.
 fn probe_memory(
@@ -475,84 +351,68 @@ fn distributed(a: &TrainBenchArgs, objectives: &[ObjectiveKind]) -> Result<()> {
     let mut launcher = a.mpirun.split_whitespace();
     let program = launcher.next().context("--mpirun is empty")?;
     let extra: Vec<&str> = launcher.collect();
-    let mut rows: Vec<crate::bench::DistBench> = Vec::new();
+    let mut rows: Vec<DistBench> = Vec::new();
     for &n in &a.distributed {
         eprintln!("bench train: {n} rank(s) under {program}");
-        let mut cmd = std::process::Command::new(program);
-        if is_root() {
-            // OpenMPI refuses to start as root unless told this is intended.
-            cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-                .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
-        }
-        if !crate::runtime::threads_chosen() {
-            // Each rank then takes its share of the cores (this process set the variable).
-            cmd.env_remove("RAYON_NUM_THREADS");
-        }
-        cmd.args(&extra)
-            // OpenMPI binds each of a few ranks to one core by default, which would put all
-            // of a rank's compute threads on that core.
-            .args(["-n", &n.to_string(), "--oversubscribe", "--bind-to", "none"])
-            .arg(&exe)
-            .args(["bench", "train", "--rank-bench", "--preset", &a.preset])
-            .args(["--objective", &a.objective])
-            .args([
-                "--warmup",
-                &a.warmup.to_string(),
-                "--steps",
-                &a.steps.to_string(),
-            ]);
-        for s in &a.sets {
-            cmd.args(["--set", s]);
-        }
-        let out = cmd
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .with_context(|| format!("cannot start {program} (is OpenMPI installed?)"))?;
-        if !out.status.success() {
-            bail!("the {n}-rank measurement failed ({})", out.status);
-        }
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            if let Ok(r) = serde_json::from_str(line) {
-                rows.push(r);
-            }
-        }
+        rows.extend(launch(a, n, (&exe, program, &extra))?);
     }
-    let cores = candle_core::utils::get_num_threads();
-    println!(
-        "bench train --distributed: preset {}, {} tokens per global step, {} cores here",
-        a.preset,
-        rows.first().map_or(0, |r| r.tokens_per_step),
-        cores
-    );
-    println!("objective  ranks  threads/rank  step_time_s  comm_s/step  tokens/s  tokens/s/rank  speedup  efficiency");
-    for o in objectives {
-        let of: Vec<&crate::bench::DistBench> =
-            rows.iter().filter(|r| r.objective == o.name()).collect();
-        let Some(base) = of.first() else { continue };
-        let base_n = base.ranks as f64;
-        for r in &of {
-            let speedup = base.step_time_s / r.step_time_s;
-            println!(
-                "{:<9}  {:>5}  {:>12}  {:>11.4}  {:>11.4}  {:>8.0}  {:>13.0}  {:>6.2}x  {:>9.0}%",
-                r.objective,
-                r.ranks,
-                r.threads_per_rank,
-                r.step_time_s,
-                r.comm_time_s,
-                r.tokens_per_s,
-                r.tokens_per_s_per_rank,
-                speedup,
-                100.0 * speedup * base_n / r.ranks as f64
-            );
-        }
-    }
-    if extra.is_empty() && a.distributed.iter().any(|&n| n > 1) {
-        println!("note: every rank ran on this machine, sharing its {cores} cores, so more ranks add no compute here; comm_s/step is the cost the transport adds per step");
-    }
+    let report = DistReport {
+        preset: &a.preset,
+        objectives,
+        rows: &rows,
+        one_machine: extra.is_empty() && a.distributed.iter().any(|&n| n > 1),
+    };
+    println!("{report}");
     if a.json {
         println!("{}", serde_json::to_string(&rows)?);
     }
     Ok(())
+}
+
+/// One `n`-rank job of this binary's `bench train --rank-bench` under the launcher `program`
+/// (and its `extra` arguments): the rows rank 0 printed.
+fn launch(
+    a: &TrainBenchArgs,
+    n: usize,
+    (exe, program, extra): (&std::path::Path, &str, &[&str]),
+) -> Result<Vec<DistBench>> {
+    let mut cmd = std::process::Command::new(program);
+    if is_root() {
+        // OpenMPI refuses to start as root unless told this is intended.
+        cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    }
+    if !crate::runtime::threads_chosen() {
+        // Each rank then takes its share of the cores (this process set the variable).
+        cmd.env_remove("RAYON_NUM_THREADS");
+    }
+    cmd.args(extra)
+        // OpenMPI binds each of a few ranks to one core by default, which would put all
+        // of a rank's compute threads on that core.
+        .args(["-n", &n.to_string(), "--oversubscribe", "--bind-to", "none"])
+        .arg(exe)
+        .args(["bench", "train", "--rank-bench", "--preset", &a.preset])
+        .args(["--objective", &a.objective])
+        .args([
+            "--warmup",
+            &a.warmup.to_string(),
+            "--steps",
+            &a.steps.to_string(),
+        ]);
+    for s in &a.sets {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot start {program} (is OpenMPI installed?)"))?;
+    if !out.status.success() {
+        bail!("the {n}-rank measurement failed ({})", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect())
 }
 
 fn is_root() -> bool {

@@ -7,11 +7,12 @@ use crate::checkpoint::{self, Precision};
 use crate::config::Config;
 use crate::data::chat::{ChatFormat, Message, Role};
 use crate::data::TextTokenizer;
-use crate::decode::text::{cut_at_stop, StopScan, TextStream};
+use crate::decode::text::{cut_at_stop, prompt_tokens, step_json, StopScan, TextStream};
 use crate::decode::{
     CardDecoder, CommitMode, Decoder, DecoderSpec, Floor, GenOptions, Generation, Knobs, Reveal,
     Sampling, StepTrace,
 };
+use crate::model::Transformer;
 use crate::runtime::device as default_device;
 use anyhow::{bail, Context, Result};
 use clap::builder::PossibleValuesParser;
@@ -154,6 +155,51 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let ckpt = checkpoint::open_as(&a.checkpoint, &device, !a.no_ema, precision)?;
     let decoder = a.settings.spec(a.decoder.as_deref(), &ckpt.config)?;
     let (tok, model) = (&ckpt.tokenizer, &ckpt.model);
+    let (texts, stop) = prompt_texts(&a, &ckpt.extra)?;
+    if a.stream && texts.len() > 1 {
+        bail!("--stream works with a single prompt");
+    }
+    let ctx = model.cfg.max_seq_len;
+    if a.max_new_tokens >= ctx {
+        bail!(
+            "--max-new-tokens {} leaves no room for a prompt in the model's context of {ctx}",
+            a.max_new_tokens
+        );
+    }
+    let keep_end = a.truncate_prompt == Some(Truncate::Left);
+    let prompts = texts
+        .iter()
+        .map(|t| prompt_tokens(tok, t, a.max_new_tokens, ctx, keep_end))
+        .collect::<Result<Vec<_>>>()?;
+    let scans = std::cell::RefCell::new(vec![StopScan::default(); prompts.len()]);
+    let stop_fn =
+        |row: usize, gen: &[u32]| -> bool { scans.borrow_mut()[row].hit(tok, gen, &stop) };
+    let opts = GenOptions {
+        sampling,
+        seed: a.seed,
+        stop: if stop.is_empty() {
+            None
+        } else {
+            Some(&stop_fn)
+        },
+        ..GenOptions::new(a.max_new_tokens, tok)
+    };
+    let run = Run {
+        decoder: &decoder,
+        model,
+        tok,
+        stop: &stop,
+    };
+    let result = run.generate(&a, &texts[0], &prompts, &opts)?;
+    report(&a, decoder.name(), &texts, &prompts, &result, tok, &stop)
+}
+
+/// The prompts' text (from `--prompt` and `--prompt-file`, rendered as chat turns with
+/// `--chat`) and the stop strings.
+fn prompt_texts(
+    a: &GenerateArgs,
+    extra: &std::collections::BTreeMap<String, String>,
+) -> Result<(Vec<String>, Vec<String>)> {
     let mut texts = a.prompt.clone();
     for f in &a.prompt_file {
         texts.push(
@@ -170,7 +216,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     }
     let mut stop = a.stop.clone();
     if a.chat {
-        let chat = ChatFormat::for_checkpoint(&ckpt.extra)?;
+        let chat = ChatFormat::for_checkpoint(extra)?;
         for t in texts.iter_mut() {
             let mut messages = Vec::new();
             if let Some(system) = &a.system {
@@ -187,103 +233,71 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         }
         stop.extend(chat.stop());
     }
-    if a.stream && texts.len() > 1 {
-        bail!("--stream works with a single prompt");
-    }
-    let ctx = model.cfg.max_seq_len;
-    if a.max_new_tokens >= ctx {
-        bail!(
-            "--max-new-tokens {} leaves no room for a prompt in the model's context of {ctx}",
-            a.max_new_tokens
-        );
-    }
-    let mut prompts = Vec::new();
-    for t in &texts {
-        let mut ids = tok.encode(t)?;
-        if ids.is_empty() {
-            ids.push(tok.eot_id());
-        }
-        if ids.len() + a.max_new_tokens > ctx {
-            if a.truncate_prompt == Some(Truncate::Left) {
-                ids.drain(..ids.len() + a.max_new_tokens - ctx);
-            } else {
-                bail!(
-                    "the prompt has {} tokens; with --max-new-tokens {} that exceeds the model's context of {ctx} (shorten it, or pass --truncate-prompt left)",
-                    ids.len(),
-                    a.max_new_tokens
-                );
-            }
-        }
-        prompts.push(ids);
-    }
-    let scans = std::cell::RefCell::new(vec![StopScan::default(); prompts.len()]);
-    let stop_fn =
-        |row: usize, gen: &[u32]| -> bool { scans.borrow_mut()[row].hit(tok, gen, &stop) };
-    let opts = GenOptions {
-        sampling,
-        seed: a.seed,
-        stop: if stop.is_empty() {
-            None
-        } else {
-            Some(&stop_fn)
-        },
-        ..GenOptions::new(a.max_new_tokens, tok)
-    };
-    let mut trace_file = match &a.trace {
-        Some(p) => Some(std::io::BufWriter::new(
-            std::fs::File::create(p)
-                .with_context(|| format!("cannot create trace file {}", p.display()))?,
-        )),
-        None => None,
-    };
-    // Row 0's committed text, printed as it becomes final.
-    let mut stream = a.stream.then(|| TextStream::new(a.max_new_tokens));
-    let print = |text: Option<String>| {
-        if let Some(t) = text {
-            print!("{t}");
-            let _ = std::io::stdout().flush();
-        }
-    };
-    if a.stream {
-        print(Some(texts[0].clone()));
-    }
-    let mut trace_err: Option<anyhow::Error> = None;
-    let result = decoder.generate(model, &prompts, &opts, &mut |step: &StepTrace| {
-        if let Some(f) = trace_file.as_mut() {
-            if let Err(e) = write_trace(f, step, tok) {
-                trace_err.get_or_insert(e);
-            }
-        }
-        if let Some(s) = stream.as_mut().filter(|_| step.row == 0) {
-            s.commit(&step.committed);
-            print(s.delta(tok, &stop));
-        }
-    })?;
-    if let Some(e) = trace_err {
-        return Err(e.context("writing the trace"));
-    }
-    if let Some(mut f) = trace_file {
-        f.flush()?;
-    }
-    if let Some(s) = stream.as_mut() {
-        print(s.finish(tok, &result.rows[0].tokens, &stop));
-        println!();
-    }
-    report(&a, decoder.name(), &texts, &prompts, &result, tok, &stop)
+    Ok((texts, stop))
 }
 
-fn write_trace(f: &mut impl Write, step: &StepTrace, tok: &TextTokenizer) -> Result<()> {
-    let mut v = serde_json::to_value(step)?;
-    for key in ["slots", "committed", "rejected"] {
-        if let Some(arr) = v[key].as_array_mut() {
-            for s in arr {
-                let id = s["token"].as_u64().unwrap_or(0) as u32;
-                s["text"] = serde_json::Value::String(tok.decode(&[id]).unwrap_or_default());
+/// One decode with what the command asks along the way: the step trace written, row 0's
+/// text streamed.
+struct Run<'a> {
+    decoder: &'a DecoderSpec,
+    model: &'a Transformer,
+    tok: &'a TextTokenizer,
+    stop: &'a [String],
+}
+
+impl Run<'_> {
+    fn generate(
+        &self,
+        a: &GenerateArgs,
+        first_text: &str,
+        prompts: &[Vec<u32>],
+        opts: &GenOptions,
+    ) -> Result<Generation> {
+        let (tok, stop) = (self.tok, self.stop);
+        let mut trace_file = match &a.trace {
+            Some(p) => Some(std::io::BufWriter::new(
+                std::fs::File::create(p)
+                    .with_context(|| format!("cannot create trace file {}", p.display()))?,
+            )),
+            None => None,
+        };
+        // Row 0's committed text, printed as it becomes final.
+        let mut stream = a.stream.then(|| TextStream::new(a.max_new_tokens));
+        let print = |text: Option<String>| {
+            if let Some(t) = text {
+                print!("{t}");
+                let _ = std::io::stdout().flush();
             }
+        };
+        if a.stream {
+            print(Some(first_text.to_string()));
         }
+        let mut trace_err: Option<anyhow::Error> = None;
+        let result =
+            self.decoder
+                .generate(self.model, prompts, opts, &mut |step: &StepTrace| {
+                    if let Some(f) = trace_file.as_mut() {
+                        if let Err(e) = step_json(step, tok).and_then(|v| Ok(writeln!(f, "{v}")?)) {
+                            trace_err.get_or_insert(e);
+                        }
+                    }
+                    if let Some(s) = stream.as_mut().filter(|_| step.row == 0) {
+                        s.commit(&step.committed);
+                        print(s.delta(tok, stop));
+                    }
+                })?;
+        if let Some(e) = trace_err {
+            return Err(e.context("writing the trace"));
+        }
+        if let Some(mut f) = trace_file {
+            f.flush()?;
+        }
+        if let Some(s) = stream.as_mut() {
+            print(s.finish(tok, &result.rows[0].tokens, stop));
+            println!();
+        }
+        Ok(result)
     }
-    writeln!(f, "{v}")?;
-    Ok(())
 }
 
 fn report(

@@ -6,7 +6,7 @@ use super::{
     ArDecoder, Bd3lmDecoder, CardDecoder, CommitMode, Decoder, Floor, GenOptions, Generation,
     MdlmDecoder, Reveal, StepTrace, VerifyDecoder,
 };
-use crate::config::{Config, ObjectiveKind};
+use crate::config::{Choice, Config, ObjectiveKind};
 use crate::model::Transformer;
 use anyhow::{bail, Result};
 
@@ -40,6 +40,12 @@ impl DecoderSpec {
     /// The decoder `name` with `knobs` over its defaults, validated; BD3LM's block size is the
     /// checkpoint's (`cfg`).
     pub fn parse(name: &str, knobs: &Knobs, cfg: &Config) -> Result<Self> {
+        Self::build(name, knobs, cfg.bd3lm.block_size)
+    }
+
+    /// The decoder `name` with `knobs` over its defaults, validated; BD3LM at block size
+    /// `bd3lm_block`.
+    fn build(name: &str, knobs: &Knobs, bd3lm_block: usize) -> Result<Self> {
         if let Some(t) = knobs.threshold {
             if !(0.0..=1.0).contains(&t) {
                 bail!("threshold τ must be in [0, 1], got {t}");
@@ -71,7 +77,7 @@ impl DecoderSpec {
             "bd3lm" => {
                 let d = Bd3lmDecoder::default();
                 Self::Bd3lm(Bd3lmDecoder {
-                    block_size: cfg.bd3lm.block_size,
+                    block_size: bd3lm_block,
                     steps: knobs.steps.unwrap_or(0),
                     reveal: knobs.reveal.unwrap_or(d.reveal),
                     threshold: knobs.threshold.unwrap_or(d.threshold),
@@ -136,6 +142,51 @@ impl DecoderSpec {
         Ok(())
     }
 
+    /// The settings in words, the benchmark's `setting` column: "K=8 T=8 τ=0.9" (a floor or
+    /// commit mode other than the default after it), "K=2", "steps=64"; "-" when there are
+    /// none. A setting left at its default that the words would not show is omitted.
+    pub fn setting(&self) -> String {
+        let mut words = Vec::new();
+        match self {
+            Self::Ar => {}
+            Self::Card(c) => {
+                let d = CardDecoder::default();
+                words.push(format!(
+                    "K={} T={} τ={}",
+                    c.block_size, c.step_limit, c.threshold
+                ));
+                if c.floor != d.floor {
+                    words.push(format!("floor={}", c.floor.name()));
+                }
+                if c.commit != d.commit {
+                    words.push(format!("commit={}", c.commit.name()));
+                }
+            }
+            Self::Verify(v) => words.push(format!("K={}", v.block_size)),
+            // Steps 0: the default (one per new token, one per block slot).
+            Self::Mdlm(m) if m.steps > 0 => words.push(format!("steps={}", m.steps)),
+            Self::Mdlm(_) => {}
+            Self::Bd3lm(b) => {
+                let d = Bd3lmDecoder::default();
+                words.push(format!("K={}", b.block_size));
+                if b.steps > 0 {
+                    words.push(format!("steps={}", b.steps));
+                }
+                if b.reveal != d.reveal {
+                    words.push(format!("reveal={}", b.reveal.name()));
+                }
+                if b.threshold != d.threshold {
+                    words.push(format!("τ={}", b.threshold));
+                }
+            }
+        }
+        if words.is_empty() {
+            "-".into()
+        } else {
+            words.join(" ")
+        }
+    }
+
     fn decoder(&self) -> &dyn Decoder {
         match self {
             Self::Ar => &ArDecoder,
@@ -144,6 +195,47 @@ impl DecoderSpec {
             Self::Mdlm(d) => d,
             Self::Bd3lm(d) => d,
         }
+    }
+}
+
+/// The label "card K=8 T=8 τ=0.9", "verify K=2", "ar": the name, then [`DecoderSpec::setting`].
+impl std::fmt::Display for DecoderSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ar => f.write_str(self.name()),
+            _ => write!(f, "{} {}", self.name(), self.setting()),
+        }
+    }
+}
+
+/// The inverse of `Display`: a label back to its decoder.
+impl std::str::FromStr for DecoderSpec {
+    type Err = anyhow::Error;
+
+    fn from_str(label: &str) -> Result<Self> {
+        let mut words = label.split_whitespace();
+        let name = words.next().unwrap_or_default();
+        let bad = |w: &str| anyhow::anyhow!("decoder label '{label}': cannot read '{w}'");
+        let mut knobs = Knobs::default();
+        for w in words.filter(|w| *w != "-") {
+            let (key, value) = w.split_once('=').ok_or_else(|| bad(w))?;
+            match key {
+                "K" => knobs.block_size = Some(value.parse().map_err(|_| bad(w))?),
+                "T" => knobs.step_limit = Some(value.parse().map_err(|_| bad(w))?),
+                "τ" => knobs.threshold = Some(value.parse().map_err(|_| bad(w))?),
+                "steps" => knobs.steps = Some(value.parse().map_err(|_| bad(w))?),
+                "floor" => knobs.floor = Some(Floor::from_name(value).ok_or_else(|| bad(w))?),
+                "commit" => {
+                    knobs.commit = Some(CommitMode::from_name(value).ok_or_else(|| bad(w))?)
+                }
+                "reveal" => knobs.reveal = Some(Reveal::from_name(value).ok_or_else(|| bad(w))?),
+                _ => return Err(bad(w)),
+            }
+        }
+        let bd3lm_block = knobs
+            .block_size
+            .unwrap_or(Bd3lmDecoder::default().block_size);
+        Self::build(name, &knobs, bd3lm_block)
     }
 }
 
@@ -223,5 +315,55 @@ mod tests {
         assert!(CardDecoder::from_setting("4:4:0.5").is_ok());
         assert!(CardDecoder::from_setting("4:4").is_err());
         assert!(CardDecoder::from_setting("0:4:0.5").is_err());
+    }
+
+    #[test]
+    fn every_label_parses_back_to_its_decoder() {
+        let card = CardDecoder::default();
+        let bd3lm = Bd3lmDecoder::default();
+        let specs = [
+            DecoderSpec::Ar,
+            DecoderSpec::Card(card.clone()),
+            DecoderSpec::Card(CardDecoder {
+                block_size: 4,
+                step_limit: 2,
+                threshold: 0.7,
+                floor: Floor::MostConfident,
+                commit: CommitMode::Sliding,
+            }),
+            DecoderSpec::Verify(VerifyDecoder { block_size: 1 }),
+            DecoderSpec::Verify(VerifyDecoder::default()),
+            DecoderSpec::Mdlm(MdlmDecoder { steps: 0 }),
+            DecoderSpec::Mdlm(MdlmDecoder { steps: 64 }),
+            DecoderSpec::Bd3lm(bd3lm.clone()),
+            DecoderSpec::Bd3lm(Bd3lmDecoder {
+                block_size: 16,
+                steps: 4,
+                reveal: Reveal::Confidence,
+                threshold: 0.75,
+            }),
+        ];
+        for spec in specs {
+            let label = spec.to_string();
+            assert_eq!(label.parse::<DecoderSpec>().unwrap(), spec, "{label}");
+        }
+        // The benchmark's setting column, as its tables and kept rows have it.
+        assert_eq!(DecoderSpec::Ar.setting(), "-");
+        assert_eq!(DecoderSpec::Ar.to_string(), "ar");
+        let card = DecoderSpec::Card(CardDecoder {
+            block_size: 4,
+            step_limit: 4,
+            threshold: 0.9,
+            ..card
+        });
+        assert_eq!(card.setting(), "K=4 T=4 τ=0.9");
+        assert_eq!(card.to_string(), "card K=4 T=4 τ=0.9");
+        assert_eq!(
+            DecoderSpec::Verify(VerifyDecoder::default()).setting(),
+            "K=2"
+        );
+        assert!("card K=x".parse::<DecoderSpec>().is_err());
+        assert!("card size=4".parse::<DecoderSpec>().is_err());
+        assert!("magic".parse::<DecoderSpec>().is_err());
     }
 }

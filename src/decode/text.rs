@@ -1,9 +1,12 @@
 //! Text as decoding commits it, for streaming (the CLI's `--stream` and the server): a row's
 //! left-contiguous committed prefix, released only when it is final — cut before a stop
 //! string, holding back a tail that could still become one and a partial UTF-8 character.
+//! Also the text around a decode: a prompt's tokens within the context, a step's trace with
+//! its tokens' text.
 
-use super::SlotTrace;
+use super::{SlotTrace, StepTrace};
 use crate::data::TextTokenizer;
+use anyhow::{bail, Result};
 
 /// The committed text of one row.
 #[derive(Debug, Default)]
@@ -184,6 +187,46 @@ pub fn safe_text<'a>(text: &'a str, stops: &[String]) -> (&'a str, bool) {
         }
     }
     (&text[..text.len() - hold], false)
+}
+
+/// A prompt's tokens, leaving room for `max_new` new ones in a context of `ctx`: `<|endoftext|>`
+/// for an empty prompt; one too long keeps its end when `keep_end`, else is refused.
+pub fn prompt_tokens(
+    tok: &TextTokenizer,
+    text: &str,
+    max_new: usize,
+    ctx: usize,
+    keep_end: bool,
+) -> Result<Vec<u32>> {
+    let mut ids = tok.encode(text)?;
+    if ids.is_empty() {
+        ids.push(tok.eot_id());
+    }
+    if ids.len() + max_new > ctx {
+        if !keep_end {
+            bail!(
+                "the prompt has {} tokens; with --max-new-tokens {max_new} that exceeds the model's context of {ctx} (shorten it, or pass --truncate-prompt left)",
+                ids.len()
+            );
+        }
+        ids.drain(..ids.len() + max_new - ctx);
+    }
+    Ok(ids)
+}
+
+/// One decoding step as a JSON trace line: each slot, committed and rejected token with its
+/// text beside its id.
+pub fn step_json(step: &StepTrace, tok: &TextTokenizer) -> Result<serde_json::Value> {
+    let mut v = serde_json::to_value(step)?;
+    for key in ["slots", "committed", "rejected"] {
+        if let Some(arr) = v[key].as_array_mut() {
+            for s in arr {
+                let id = s["token"].as_u64().unwrap_or(0) as u32;
+                s["text"] = serde_json::Value::String(tok.decode(&[id]).unwrap_or_default());
+            }
+        }
+    }
+    Ok(v)
 }
 
 #[cfg(test)]

@@ -5,11 +5,12 @@
 //! corpus re-tokenized for the model, the base's evaluation, the run (which resumes), and
 //! each model's benchmark.
 
-use super::bench_cache::{bench_once, csv_rows, find, pareto, table, tag, BenchPlan, CSV_HEADER};
+use super::bench_cache::{bench_once, csv_rows, find, pareto, table, tag, CSV_HEADER};
 use super::plot::{plot, Series};
 use super::report::{write, Report, Table};
 use super::{RunResult, RunSpec, Runner};
 use crate::bench::decode::DecodeBench;
+use crate::bench::{DecodePlan, Lengths};
 use crate::checkpoint::{self, Precision};
 use crate::config::ObjectiveKind;
 use crate::data::{self, Prepared, TextTokenizer};
@@ -122,18 +123,24 @@ pub fn run(runner: &mut Runner) -> Result<()> {
     let adapted = runner.run(&spec)?;
     let judge = super::external_judge().unwrap_or_else(|| base.clone());
     let smoke = runner.opts.smoke;
-    let plan = BenchPlan {
-        sets: &["prose", "probes"],
-        length: if smoke { 8 } else { 64 },
+    let plan = |model: &Path| DecodePlan {
+        // Both models as f32 matrices, so tokens/s compare across them.
+        precision: Precision::F32,
+        judge: Some(judge.clone()),
+        sets: ["prose", "probes"].map(String::from).to_vec(),
+        lengths: Lengths {
+            tokens: vec![if smoke { 8 } else { 64 }],
+            at_most_half_context: true,
+            fit: true,
+        },
         batches: vec![1],
         decoders: decoders(),
         rounds: 1,
-        // Both models as f32 matrices, so tokens/s compare across them.
-        precision: Precision::F32,
+        ..DecodePlan::new(model.to_path_buf())
     };
-    let before = bench_once(&out.join("bench-base.json"), &base, &judge, &plan)?;
+    let before = bench_once(&out.join("bench-base.json"), &plan(&base))?;
     let adapted_dir = PathBuf::from(&adapted.checkpoint);
-    let after = bench_once(&out.join("bench-adapted.json"), &adapted_dir, &judge, &plan)?;
+    let after = bench_once(&out.join("bench-adapted.json"), &plan(&adapted_dir))?;
     let corpus_words = match &data_path {
         Some(p) => format!("the prepared corpus {}", p.display()),
         None => {

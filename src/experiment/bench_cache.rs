@@ -1,40 +1,28 @@
-//! Decoding benchmarks an experiment measures once per model and keeps (a rerun reuses the
-//! rows when they measured the same checkpoint, judge and plan), and their write-up for two
-//! models side by side: report tables, the speed-against-quality plot, CSV rows.
+//! Decoding benchmarks (`bench::DecodePlan`) an experiment measures once per model and keeps
+//! (a rerun reuses the rows when they measured the same checkpoint, judge and plan), and their
+//! write-up for two models side by side: report tables, the speed-against-quality plot, CSV
+//! rows.
 
 use super::plot::{plot, Series};
 use super::report::Table;
-use crate::bench::decode::{bench_decode, prompt_set, DecodeBench, DecodeBenchConfig};
-use crate::checkpoint::{self, Precision};
-use crate::data::load_data;
-use crate::decode::DecoderSpec;
-use crate::runtime::device as default_device;
+use crate::bench::decode::DecodeBench;
+use crate::bench::DecodePlan;
 use crate::runtime::fsutil::write_atomic;
 use anyhow::Result;
 use std::path::Path;
 
-/// What to measure on each model.
-pub struct BenchPlan<'a> {
-    /// Prompt sets (`bench::decode::PROMPT_SETS`).
-    pub sets: &'a [&'a str],
-    /// New tokens per prompt (shrunk to fit the model's context).
-    pub length: usize,
-    pub batches: Vec<usize>,
-    /// Measured against AR, which always runs first.
-    pub decoders: Vec<DecoderSpec>,
-    pub rounds: usize,
-    /// How the model holds its weights while decoding (the judge is always f32).
-    pub precision: Precision,
-}
-
-impl BenchPlan<'_> {
-    /// What the saved rows must match to be reused.
-    fn key(&self) -> String {
-        format!(
-            "sets {:?}, {} tokens, batches {:?}, {:?}, {} rounds, {:?}",
-            self.sets, self.length, self.batches, self.decoders, self.rounds, self.precision
-        )
-    }
+/// What the saved rows must match to be reused.
+fn key(plan: &DecodePlan) -> String {
+    let lengths: Vec<String> = plan.lengths.tokens.iter().map(|l| l.to_string()).collect();
+    format!(
+        "sets {:?}, {} tokens, batches {:?}, {:?}, {} rounds, {:?}",
+        plan.sets,
+        lengths.join(","),
+        plan.batches,
+        plan.decoders,
+        plan.rounds,
+        plan.precision
+    )
 }
 
 /// A benchmark kept between runs, with the checkpoint it measured.
@@ -46,61 +34,33 @@ struct SavedBench {
     rows: Vec<DecodeBench>,
 }
 
-/// One model's benchmark rows, measured once and kept in `path`.
-pub fn bench_once(
-    path: &Path,
-    model_dir: &Path,
-    judge_dir: &Path,
-    plan: &BenchPlan,
-) -> Result<Vec<DecodeBench>> {
-    let device = default_device()?;
-    let ckpt = checkpoint::open_as(model_dir, &device, true, plan.precision)?;
+/// The rows of `plan` (its checkpoint, judged by its judge), measured once and kept in `path`.
+pub fn bench_once(path: &Path, plan: &DecodePlan) -> Result<Vec<DecodeBench>> {
+    let open = plan.open()?;
+    let ckpt = &open.ckpt;
     // Reused only if it measured this very checkpoint, with this judge and plan.
     let dir = std::fs::canonicalize(&ckpt.dir).unwrap_or_else(|_| ckpt.dir.clone());
-    let measured = format!(
-        "{} step {}, judge {}",
-        dir.display(),
-        ckpt.state.step,
-        judge_dir.display()
-    );
+    let judge = plan
+        .judge
+        .as_ref()
+        .map_or("the model itself".into(), |j| j.display().to_string());
+    let measured = format!("{} step {}, judge {judge}", dir.display(), ckpt.state.step);
     if let Ok(text) = std::fs::read_to_string(path) {
         if let Ok(saved) = serde_json::from_str::<SavedBench>(&text) {
             // An empty plan: a file from before plans were recorded (parallel-decoding's).
-            let same_plan = saved.plan.is_empty() || saved.plan == plan.key();
+            let same_plan = saved.plan.is_empty() || saved.plan == key(plan);
             if saved.model == measured && same_plan {
-                eprintln!("  benchmark of {}: done earlier", model_dir.display());
+                eprintln!("  benchmark of {}: done earlier", plan.checkpoint.display());
                 return Ok(saved.rows);
             }
         }
     }
-    let judge = checkpoint::open_as(judge_dir, &device, true, Precision::F32)?;
-    let (model, tok) = (&ckpt.model, &ckpt.tokenizer);
-    let data = load_data(&ckpt.config, Some(tok.clone()))?;
-    let sets = plan
-        .sets
-        .iter()
-        .map(|n| prompt_set(n, model, tok, Some(&data)))
-        .collect::<Result<Vec<_>>>()?;
-    let cfg = DecodeBenchConfig {
-        lengths: vec![plan.length.min(model.cfg.max_seq_len / 2)],
-        batches: plan.batches.clone(),
-        decoders: plan.decoders.clone(),
-        sets,
-        rounds: plan.rounds,
-        fit_lengths: true,
-    };
-    eprintln!("  benchmark of {} ...", model_dir.display());
-    let (rows, _) = bench_decode(
-        model,
-        tok,
-        Some((&judge.model, &judge.tokenizer)),
-        &cfg,
-        |_| {},
-    )?;
+    let ready = open.prepare()?;
+    eprintln!("  benchmark of {} ...", plan.checkpoint.display());
     let saved = SavedBench {
         model: measured,
-        plan: plan.key(),
-        rows,
+        plan: key(plan),
+        rows: ready.measure(|_| {})?.rows,
     };
     write_atomic(path, serde_json::to_string(&saved)?.as_bytes())?;
     Ok(saved.rows)

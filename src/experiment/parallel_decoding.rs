@@ -4,11 +4,12 @@
 //! model's own text, at batch 1 and 8. Every stage is reused when rerun: the training run,
 //! the distillation (resumable itself) and each measured model's benchmark rows.
 
-use super::bench_cache::{bench_once, csv_rows, find, pareto, table, tag, BenchPlan, CSV_HEADER};
+use super::bench_cache::{bench_once, csv_rows, find, pareto, table, tag, CSV_HEADER};
 use super::report::{write, Report};
 use super::{RunSpec, Runner};
 use crate::bench::decode::DecodeBench;
-use crate::checkpoint::{self, Precision};
+use crate::bench::{DecodePlan, Lengths};
+use crate::checkpoint;
 use crate::config::ObjectiveKind;
 use crate::decode::{CardDecoder, DecoderSpec, Sampling, VerifyDecoder};
 use crate::runtime::device as default_device;
@@ -91,16 +92,21 @@ pub fn run(runner: &mut Runner) -> Result<()> {
     let distilled = PathBuf::from(&dr.run);
     // One judge for both models: SmolLM2 when fetched, else the model before distillation.
     let judge = super::external_judge().unwrap_or_else(|| base.clone());
-    let plan = BenchPlan {
-        sets: &["prose", "probes", "own"],
-        length: if smoke { 8 } else { 128 },
+    let plan = |model: &Path| DecodePlan {
+        judge: Some(judge.clone()),
+        sets: ["prose", "probes", "own"].map(String::from).to_vec(),
+        lengths: Lengths {
+            tokens: vec![if smoke { 8 } else { 128 }],
+            at_most_half_context: true,
+            fit: true,
+        },
         batches: vec![1, if smoke { 2 } else { 8 }],
         decoders: decoders(),
         rounds: if smoke { 1 } else { 3 },
-        precision: Precision::Stored,
+        ..DecodePlan::new(model.to_path_buf())
     };
-    let before = bench_once(&out.join("bench-before.json"), &base, &judge, &plan)?;
-    let after = bench_once(&out.join("bench-after.json"), &distilled, &judge, &plan)?;
+    let before = bench_once(&out.join("bench-before.json"), &plan(&base))?;
+    let after = bench_once(&out.join("bench-after.json"), &plan(&distilled))?;
     report(runner, &base, &judge, &dr, &before, &after, config)
 }
 

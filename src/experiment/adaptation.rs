@@ -11,7 +11,6 @@ use super::report::{write, Report, Table};
 use super::{RunResult, RunSpec, Runner};
 use crate::bench::decode::DecodeBench;
 use crate::checkpoint::{self, Precision};
-use crate::config::ObjectiveKind;
 use crate::data::{self, Prepared, TextTokenizer};
 use crate::decode::{CardDecoder, DecoderSpec, VerifyDecoder};
 use crate::eval::report::{evaluate, EvalOptions};
@@ -50,7 +49,7 @@ pub fn base(opts: &super::ExpOptions) -> Result<PathBuf> {
     let objective = crate::config::Config::from_toml_with_sets(&text, &[])?
         .train
         .objective;
-    if !matches!(objective, ObjectiveKind::Arm | ObjectiveKind::Card) {
+    if !objective.is_causal() {
         bail!(
             "adaptation starts from a causal LM (ARM or CARD); {} is {}",
             base.display(),

@@ -8,7 +8,7 @@ use super::rows;
 use super::tokenizer::to_gguf;
 use crate::checkpoint::gguf::{copy_of, quantize, QTensors};
 use crate::checkpoint::{self, Checkpoint};
-use crate::config::{ModelConfig, ObjectiveKind};
+use crate::config::ModelConfig;
 use crate::data::chat::ChatInfo;
 use crate::data::TextTokenizer;
 use anyhow::{bail, Context, Result};
@@ -177,7 +177,7 @@ pub fn parse_gguf_dtype(s: &str) -> Result<Option<GgmlDType>> {
 fn load_causal(path: &Path) -> Result<Checkpoint> {
     let ckpt = checkpoint::load(path, &Device::Cpu)?;
     let objective = ckpt.state.objective;
-    if !matches!(objective, ObjectiveKind::Arm | ObjectiveKind::Card) {
+    if !objective.is_causal() {
         bail!(
             "a {} checkpoint is not a causal language model; only ARM and CARD checkpoints export",
             objective.name()

@@ -8,7 +8,8 @@
 use super::bench_cache::{bench_once, csv_rows, find, pareto, table, tag, BenchPlan, CSV_HEADER};
 use super::plot::{plot, Series};
 use super::report::{write, Report, Table};
-use super::{RunResult, RunSpec, Runner};
+use super::runner::{RunSpec, Runner};
+use super::runs::RunResult;
 use crate::bench::decode::DecodeBench;
 use crate::checkpoint::{self, Precision};
 use crate::data::{self, Prepared, TextTokenizer};
@@ -38,10 +39,10 @@ pub const NO_BASE: &str =
     "no pretrained model: run `card data fetch --model smollm2` first, or give --from CHECKPOINT";
 
 /// The model to adapt: `--from`, else the fetched SmolLM2; refused unless a causal LM.
-pub fn base(opts: &super::ExpOptions) -> Result<PathBuf> {
+pub fn base(opts: &super::options::ExpOptions) -> Result<PathBuf> {
     let base = match &opts.from {
         Some(p) => p.clone(),
-        None => super::external_judge().ok_or_else(|| anyhow!(NO_BASE))?,
+        None => super::runner::external_judge().ok_or_else(|| anyhow!(NO_BASE))?,
     };
     let path = checkpoint::resolve(&base)?.join("config.toml");
     let text = std::fs::read_to_string(&path)
@@ -119,7 +120,7 @@ pub fn run(runner: &mut Runner) -> Result<()> {
     let data_path = (!cfg.data.path.is_empty()).then(|| PathBuf::from(&cfg.data.path));
     let base_eval = base_eval(runner, &base, data_path.as_deref())?;
     let adapted = runner.run(&spec)?;
-    let judge = super::external_judge().unwrap_or_else(|| base.clone());
+    let judge = super::runner::external_judge().unwrap_or_else(|| base.clone());
     let smoke = runner.opts.smoke;
     let plan = BenchPlan {
         sets: &["prose", "probes"],

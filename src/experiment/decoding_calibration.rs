@@ -3,8 +3,8 @@
 
 use super::plot::{plot, Series};
 use super::report::{write, Report, Table};
+use super::runner::Runner;
 use super::variants::{config_of, run_variants};
-use super::Runner;
 use crate::bench::decode::{bench_decode, prompt_set, DecodeBenchConfig};
 use crate::checkpoint::{self, Precision};
 use crate::decode::{CardDecoder, DecoderSpec};
@@ -52,7 +52,7 @@ pub fn run(runner: &mut Runner) -> Result<()> {
         fit_lengths: false,
     };
     // Judged by SmolLM2 when fetched, else by the model itself.
-    let judge = match super::external_judge() {
+    let judge = match super::runner::external_judge() {
         Some(p) => Some(checkpoint::open_as(&p, &device, true, Precision::F32)?),
         None => None,
     };

@@ -6,7 +6,7 @@
 
 use super::bench_cache::{bench_once, csv_rows, find, pareto, table, tag, BenchPlan, CSV_HEADER};
 use super::report::{write, Report};
-use super::{RunSpec, Runner};
+use super::runner::{RunSpec, Runner};
 use crate::bench::decode::DecodeBench;
 use crate::checkpoint::{self, Precision};
 use crate::config::ObjectiveKind;
@@ -90,7 +90,7 @@ pub fn run(runner: &mut Runner) -> Result<()> {
     let dr: DistillReport = distill(&base, &plan, &device)?;
     let distilled = PathBuf::from(&dr.run);
     // One judge for both models: SmolLM2 when fetched, else the model before distillation.
-    let judge = super::external_judge().unwrap_or_else(|| base.clone());
+    let judge = super::runner::external_judge().unwrap_or_else(|| base.clone());
     let plan = BenchPlan {
         sets: &["prose", "probes", "own"],
         length: if smoke { 8 } else { 128 },

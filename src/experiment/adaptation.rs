@@ -44,12 +44,7 @@ pub fn base(opts: &super::options::ExpOptions) -> Result<PathBuf> {
         Some(p) => p.clone(),
         None => super::runner::external_judge().ok_or_else(|| anyhow!(NO_BASE))?,
     };
-    let path = checkpoint::resolve(&base)?.join("config.toml");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let objective = crate::config::Config::from_toml_with_sets(&text, &[])?
-        .train
-        .objective;
+    let objective = checkpoint::saved_config(&base)?.train.objective;
     if !objective.is_causal() {
         bail!(
             "adaptation starts from a causal LM (ARM or CARD); {} is {}",

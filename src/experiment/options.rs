@@ -90,4 +90,30 @@ impl ExpOptions {
             self.lambada && zero_shot,
         )
     }
+
+    /// How each run is evaluated (the zero-shot tasks and LAMBADA where `zero_shot`).
+    pub(super) fn eval_options(&self, zero_shot: bool) -> EvalOptions {
+        EvalOptions {
+            max_windows: self.eval_windows(),
+            noise_levels: Vec::new(),
+            tasks: if zero_shot {
+                crate::data::eval_files::TASKS
+                    .iter()
+                    .map(|t| t.0.to_string())
+                    .filter(|t| t != "lambada")
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            lambada: zero_shot && self.lambada,
+            limit: self.zero_shot_limit,
+            data_dir: self.eval_data.clone(),
+            bound_budget: BoundBudget {
+                max_samples: self.bound_draws().0,
+                ..BoundBudget::default()
+            },
+            elbo_samples: self.bound_draws().1,
+            ..EvalOptions::default()
+        }
+    }
 }

@@ -6,15 +6,14 @@ use super::options::ExpOptions;
 use super::runs::{
     code_version, git_commit, read_metrics, read_result, reusable, RunResult, RESULTS_VERSION,
 };
-use crate::checkpoint;
+use crate::checkpoint::{self, WeightsChoice};
 use crate::config::Config;
 use crate::data::load_data;
 use crate::data::{Prepared, TextTokenizer};
 use crate::eval::report::{evaluate, EvalOptions};
-use crate::eval::BoundBudget;
 use crate::runtime::{self, device as default_device};
-use crate::train::Trainer;
-use anyhow::{Context, Result};
+use crate::train::RunStart;
+use anyhow::Result;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -48,15 +47,24 @@ impl Runner {
         }
     }
 
+    /// A run from `spec.init`'s weights (their EMA where kept), else from the preset; an
+    /// interrupted run resumes (see [`RunStart::begin`]).
+    fn start(&self, spec: &RunSpec) -> RunStart {
+        match &spec.init {
+            Some(from) => RunStart::Init {
+                from: from.clone(),
+                preset: None,
+                ema: true,
+            },
+            None => RunStart::Fresh {
+                preset: self.opts.preset.clone(),
+            },
+        }
+    }
+
+    /// The run's config, read without loading any checkpoint's weights.
     pub fn config(&self, spec: &RunSpec) -> Result<Config> {
-        let mut sets: Vec<String> = match spec.init {
-            Some(_) => crate::train::FINE_TUNE_SETS
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            None => Vec::new(),
-        };
-        sets.extend(self.opts.sets.iter().cloned());
+        let mut sets = self.opts.sets.clone();
         sets.extend(spec.sets.iter().cloned());
         sets.push(format!("train.seed={}", spec.seed));
         sets.push(format!("train.max_steps={}", spec.steps));
@@ -65,15 +73,7 @@ impl Runner {
         if self.opts.smoke {
             sets.push("train.eval_batches=1".into());
         }
-        match &spec.init {
-            Some(dir) => {
-                let path = checkpoint::resolve(dir)?.join("config.toml");
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
-                Config::from_toml_with_sets(&text, &sets)
-            }
-            None => Config::load(&self.opts.preset, &sets),
-        }
+        self.start(spec).config(None, &sets)
     }
 
     /// The corpus of `cfg`, tokenized by `tokenizer` (a starting checkpoint's) or its own.
@@ -105,41 +105,8 @@ impl Runner {
             && self.opts.zero_shot_limit.is_some()
             && crate::data::eval_files::task_file(&self.opts.eval_data, "piqa").is_ok();
         let settings = self.opts.eval_settings(zero_shot);
-        if done.is_file() {
-            let r = read_result(&done)?;
-            if let Err(why) = reusable(&r, &cfg, &settings) {
-                anyhow::bail!(
-                    "{} was {why}: delete it to rerun, or choose another --out",
-                    dir.display()
-                );
-            }
-            eprintln!(
-                "  {} seed {}: done earlier (val loss {:.4})",
-                spec.variant, spec.seed, r.val_loss
-            );
+        if let Some(r) = self.reused(spec, &dir, &cfg, &settings)? {
             return Ok(r);
-        }
-        if !dir.join("latest").is_file() {
-            if let Some((from, mut r)) = self.finished_elsewhere(spec.seed, &cfg, &settings) {
-                std::fs::create_dir_all(&dir)?;
-                if from.join("metrics.jsonl").is_file() {
-                    std::fs::copy(from.join("metrics.jsonl"), dir.join("metrics.jsonl"))?;
-                }
-                r.variant = spec.variant.clone();
-                crate::runtime::fsutil::write_atomic(
-                    &done,
-                    serde_json::to_string_pretty(&r)?.as_bytes(),
-                )?;
-                eprintln!(
-                    "  {} seed {}: the same run finished in {} (val loss {:.4})",
-                    spec.variant,
-                    spec.seed,
-                    from.display(),
-                    r.val_loss
-                );
-                self.commit_run(spec, &dir, &r);
-                return Ok(r);
-            }
         }
         let device = default_device()?;
         eprintln!(
@@ -147,26 +114,9 @@ impl Runner {
             spec.variant, spec.seed, spec.steps
         );
         {
-            let resume = dir.join("latest").is_file();
-            let start = match (&spec.init, resume) {
-                (_, true) => Some(checkpoint::load(&dir, &device)?),
-                (Some(p), false) => Some(checkpoint::load(p, &device)?),
-                (None, false) => None,
-            };
-            // A run from a checkpoint keeps its tokenizer, also when it resumes.
-            let tokenizer = match (&spec.init, &start) {
-                (Some(_), Some(c)) => Some(TextTokenizer::from_json(&c.tokenizer_json)?),
-                _ => None,
-            };
-            let data = self.data_for(&cfg, tokenizer)?;
-            let mut trainer = match start {
-                Some(c) if resume => Trainer::resume(cfg.clone(), c, data)?,
-                Some(c) => {
-                    let weights = c.ema.as_ref().unwrap_or(&c.weights);
-                    Trainer::from_checkpoint(cfg.clone(), &c, weights, data)?
-                }
-                None => Trainer::new(cfg.clone(), data, &device)?,
-            };
+            let begin = self.start(spec).begin(None, Some(&dir), &device)?;
+            let data = self.data_for(&cfg, begin.tokenizer()?)?;
+            let mut trainer = begin.trainer(cfg.clone(), data, &device)?;
             trainer.run(&dir, false)?;
             if runtime::stop_requested() {
                 anyhow::bail!("interrupted; rerun the same command to resume");
@@ -175,32 +125,11 @@ impl Runner {
         let started = std::time::Instant::now();
         let loaded = checkpoint::load(&dir, &device)?;
         let ckpt = loaded.open(true)?;
-        let eval_opts = EvalOptions {
-            max_windows: self.opts.eval_windows(),
-            noise_levels: Vec::new(),
-            tasks: if zero_shot {
-                crate::data::eval_files::TASKS
-                    .iter()
-                    .map(|t| t.0.to_string())
-                    .filter(|t| t != "lambada")
-                    .collect()
-            } else {
-                Vec::new()
-            },
-            lambada: zero_shot && self.opts.lambada,
-            limit: self.opts.zero_shot_limit,
-            data_dir: self.opts.eval_data.clone(),
-            bound_budget: BoundBudget {
-                max_samples: self.opts.bound_draws().0,
-                ..BoundBudget::default()
-            },
-            elbo_samples: self.opts.bound_draws().1,
-            ..EvalOptions::default()
-        };
+        let eval_opts = self.opts.eval_options(zero_shot);
         let report = evaluate(&ckpt, &eval_opts)?;
         // The raw weights' validation score beside the average's (the EMA experiment).
         let raw_bits_per_byte = match ckpt.weights {
-            "ema" => {
+            WeightsChoice::Ema => {
                 let raw = EvalOptions {
                     heldout: false,
                     tasks: Vec::new(),
@@ -209,13 +138,13 @@ impl Runner {
                 };
                 Some(evaluate(&loaded.open(false)?, &raw)?.bits_per_byte)
             }
-            _ => None,
+            WeightsChoice::Raw => None,
         };
         let (curve, bpb_curve, tps) = read_metrics(&dir.join("metrics.jsonl"))?;
         let result = RunResult {
             variant: spec.variant.clone(),
             seed: spec.seed,
-            objective: ckpt.state.objective.name().to_string(),
+            objective: ckpt.objective().name().to_string(),
             steps: ckpt.state.step,
             tokens_seen: ckpt.state.tokens_seen,
             val_loss: report.val_loss,
@@ -254,6 +183,55 @@ impl Runner {
         );
         self.commit_run(spec, &dir, &result);
         Ok(result)
+    }
+
+    /// The run's result where it finished earlier here, or where the same run finished in
+    /// another experiment (copied here); a result here from other settings is refused.
+    fn reused(
+        &self,
+        spec: &RunSpec,
+        dir: &Path,
+        cfg: &Config,
+        settings: &str,
+    ) -> Result<Option<RunResult>> {
+        let done = dir.join("result.json");
+        if done.is_file() {
+            let r = read_result(&done)?;
+            if let Err(why) = reusable(&r, cfg, settings) {
+                anyhow::bail!(
+                    "{} was {why}: delete it to rerun, or choose another --out",
+                    dir.display()
+                );
+            }
+            eprintln!(
+                "  {} seed {}: done earlier (val loss {:.4})",
+                spec.variant, spec.seed, r.val_loss
+            );
+            return Ok(Some(r));
+        }
+        if !dir.join("latest").is_file() {
+            if let Some((from, mut r)) = self.finished_elsewhere(spec.seed, cfg, settings) {
+                std::fs::create_dir_all(dir)?;
+                if from.join("metrics.jsonl").is_file() {
+                    std::fs::copy(from.join("metrics.jsonl"), dir.join("metrics.jsonl"))?;
+                }
+                r.variant = spec.variant.clone();
+                crate::runtime::fsutil::write_atomic(
+                    &done,
+                    serde_json::to_string_pretty(&r)?.as_bytes(),
+                )?;
+                eprintln!(
+                    "  {} seed {}: the same run finished in {} (val loss {:.4})",
+                    spec.variant,
+                    spec.seed,
+                    from.display(),
+                    r.val_loss
+                );
+                self.commit_run(spec, dir, &r);
+                return Ok(Some(r));
+            }
+        }
+        Ok(None)
     }
 
     /// A run of another experiment beside this one (`results/*/runs/*`) that trained the same

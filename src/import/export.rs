@@ -176,7 +176,7 @@ pub fn parse_gguf_dtype(s: &str) -> Result<Option<GgmlDType>> {
 /// A causal checkpoint (what every AR runtime runs): MDLM and BD3LM attend both ways.
 fn load_causal(path: &Path) -> Result<Checkpoint> {
     let ckpt = checkpoint::load(path, &Device::Cpu)?;
-    let objective = ckpt.state.objective;
+    let objective = ckpt.objective();
     if !objective.is_causal() {
         bail!(
             "a {} checkpoint is not a causal language model; only ARM and CARD checkpoints export",
@@ -241,7 +241,7 @@ pub fn export_hf(ckpt_path: &Path, out: &Path) -> Result<()> {
         "eos_token_id": eos,
         "torch_dtype": "float32",
         // Read back by `card import`: a CARD model stays one after a round trip.
-        "card_objective": ckpt.state.objective.name(),
+        "card_objective": ckpt.objective().name(),
     });
     let name = |t: u32| tok.decode(&[t]).unwrap_or_default();
     let mut tc = json!({
@@ -336,7 +336,7 @@ pub fn export_gguf(ckpt_path: &Path, out: &Path, dtype: Option<GgmlDType>) -> Re
             Value::U32(tok.eot_id()),
         ),
         ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
-        ("card.objective".into(), s(ckpt.state.objective.name())),
+        ("card.objective".into(), s(ckpt.objective().name())),
     ];
     if let Some(c) = &chat {
         meta.push(("tokenizer.chat_template".into(), s(&c.template)));

@@ -85,7 +85,7 @@ impl RunStart {
                 // A run from a checkpoint keeps its tokenizer when it resumes; a fresh run
                 // builds its own from the corpus again, as it did when it started.
                 own_tokenizer: matches!(self, Self::Fresh { .. }),
-                from: From::Continue(checkpoint::load(dir, device)?),
+                from: Source::Continue(checkpoint::load(dir, device)?),
             });
         }
         let named = match named {
@@ -93,9 +93,9 @@ impl RunStart {
             None => self.load(device)?,
         };
         let from = match (self, named) {
-            (Self::Init { ema, .. }, Some(c)) => From::Weights(c.pick(*ema).0, c),
-            (Self::Resume { .. }, Some(c)) => From::Continue(c),
-            _ => From::Random,
+            (Self::Init { ema, .. }, Some(c)) => Source::Weights(c.pick(*ema).0, c),
+            (Self::Resume { .. }, Some(c)) => Source::Continue(c),
+            _ => Source::Random,
         };
         Ok(Begin {
             own_tokenizer: false,
@@ -106,12 +106,12 @@ impl RunStart {
 
 /// A run's start with its checkpoint loaded: the tokenizer for its data, then its trainer.
 pub struct Begin {
-    from: From,
+    from: Source,
     /// The corpus's own tokenizer even though a checkpoint is held (a fresh run, resumed).
     own_tokenizer: bool,
 }
 
-enum From {
+enum Source {
     Random,
     Weights(WeightsChoice, Checkpoint),
     Continue(Checkpoint),
@@ -122,7 +122,7 @@ impl Begin {
     /// corpus's own, for a fresh run).
     pub fn tokenizer(&self) -> Result<Option<TextTokenizer>> {
         match &self.from {
-            From::Weights(_, c) | From::Continue(c) if !self.own_tokenizer => {
+            Source::Weights(_, c) | Source::Continue(c) if !self.own_tokenizer => {
                 Ok(Some(TextTokenizer::from_json(&c.tokenizer_json)?))
             }
             _ => Ok(None),
@@ -132,7 +132,7 @@ impl Begin {
     /// For a run from a checkpoint's weights: which weights, and the checkpoint's directory.
     pub fn weights(&self) -> Option<(WeightsChoice, &Path)> {
         match &self.from {
-            From::Weights(which, c) => Some((*which, &c.dir)),
+            Source::Weights(which, c) => Some((*which, &c.dir)),
             _ => None,
         }
     }
@@ -145,12 +145,12 @@ impl Begin {
         device: &Device,
     ) -> Result<Trainer<'a>> {
         match self.from {
-            From::Random => Trainer::new(cfg, data, device),
-            From::Weights(which, c) => {
+            Source::Random => Trainer::new(cfg, data, device),
+            Source::Weights(which, c) => {
                 let (_, weights) = c.pick(which == WeightsChoice::Ema);
                 Trainer::from_checkpoint(cfg, &c, weights, data)
             }
-            From::Continue(c) => Trainer::resume(cfg, c, data),
+            Source::Continue(c) => Trainer::resume(cfg, c, data),
         }
     }
 }
@@ -297,5 +297,51 @@ mod tests {
             "\"ema\""
         );
         assert_eq!(WeightsChoice::Raw.to_string(), "raw");
+    }
+
+    #[test]
+    fn a_run_already_in_its_directory_is_continued_with_the_tokenizer_its_start_takes() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let doc = crate::data::Document {
+            name: "d".into(),
+            text: "the cat sat on the mat; the dog sat on the log. ".repeat(20),
+        };
+        let tok = TextTokenizer::train(&[doc], 270).unwrap();
+        let mut ckpt = checkpoint(true);
+        ckpt.tokenizer_json = tok.to_json().unwrap();
+        checkpoint::save(&run, &ckpt).unwrap();
+        let cpu = &Device::Cpu;
+        // The starting checkpoint is not read again: the run in `run` is continued.
+        let init = RunStart::Init {
+            from: dir.path().join("no-such-base"),
+            preset: None,
+            ema: true,
+        };
+        let begin = init.begin(None, Some(&run), cpu).unwrap();
+        assert_eq!(begin.weights(), None);
+        let taken = begin
+            .tokenizer()
+            .unwrap()
+            .expect("the checkpoint's tokenizer");
+        assert_eq!(taken.hash(), tok.hash());
+        // A fresh run builds its tokenizer from the corpus again, resumed or not.
+        let fresh = RunStart::Fresh {
+            preset: "tiny".into(),
+        };
+        let begin = fresh.begin(None, Some(&run), cpu).unwrap();
+        assert!(matches!(begin.from, Source::Continue(_)));
+        assert!(begin.tokenizer().unwrap().is_none());
+        let empty = dir.path().join("empty");
+        let begin = fresh.begin(None, Some(&empty), cpu).unwrap();
+        assert!(matches!(begin.from, Source::Random));
+        // `--resume` reads the run it names.
+        let resume = RunStart::Resume {
+            dir: run.clone(),
+            preset: None,
+        };
+        let begin = resume.begin(None, None, cpu).unwrap();
+        assert!(matches!(begin.from, Source::Continue(_)));
+        assert!(begin.tokenizer().unwrap().is_some());
     }
 }

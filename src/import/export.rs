@@ -27,7 +27,7 @@ fn stored(ckpt: &Checkpoint) -> Result<QTensors> {
             .map(|(n, t)| Ok((n.clone(), copy_of(t)?)))
             .collect();
     }
-    let weights = ckpt.ema.as_ref().unwrap_or(&ckpt.weights);
+    let (_, weights) = ckpt.pick(true);
     let mut names: Vec<&String> = weights.keys().collect();
     names.sort();
     names

@@ -511,7 +511,7 @@ fn cli_trains_evaluates_and_decodes_an_mdlm_checkpoint() {
     );
     assert_success(&out);
     let ckpt = checkpoint::load(&cwd.join("run"), &Device::Cpu).unwrap();
-    assert_eq!(ckpt.state.objective, ObjectiveKind::Mdlm);
+    assert_eq!(ckpt.objective(), ObjectiveKind::Mdlm);
 
     let eval = card(&["eval", "run", "--max-windows", "16"], cwd);
     let text = String::from_utf8_lossy(&eval.stdout);

@@ -125,7 +125,7 @@ fn init_starts_from_the_weights_with_a_fresh_optimizer() {
             "optimizer moments start at zero"
         );
     }
-    assert_eq!(t.state.objective, ObjectiveKind::Arm);
+    assert_eq!(t.cfg.train.objective, ObjectiveKind::Arm);
     assert_eq!(
         t.state.init_from.as_deref(),
         Some(ckpt.dir.to_str().unwrap())

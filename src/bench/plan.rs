@@ -87,7 +87,7 @@ impl DecodePlan {
     pub fn open(&self) -> Result<OpenPlan<'_>> {
         let device = default_device()?;
         let ckpt = checkpoint::open_as(&self.checkpoint, &device, self.use_ema, self.precision)?;
-        if !matches!(ckpt.objective(), ObjectiveKind::Card | ObjectiveKind::Arm) {
+        if !ckpt.objective().is_causal() {
             bail!(
                 "bench decode needs a CARD or ARM checkpoint (this one is {})",
                 ckpt.objective().name()

@@ -31,11 +31,12 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const EXTRA_FILES: [&str; 2] = ["provenance.json", "chat.json"];
 const KEEP: usize = 2;
 
-/// Everything besides tensors needed to continue a run exactly.
+/// Everything besides tensors needed to continue a run exactly. The run's objective is its
+/// config's `train.objective`; `state.json` carries a copy ([`StateFile`]) for readers of
+/// the format, which `load` reads past.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrainState {
     pub format_version: u32,
-    pub objective: ObjectiveKind,
     /// Optimizer steps completed.
     pub step: usize,
     /// Training sequences consumed: the data position (the order is a function of seed and it).
@@ -54,6 +55,38 @@ pub struct TrainState {
     /// and tokenizer is refused. None in checkpoints written before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_sha256: Option<String>,
+}
+
+/// `state.json` as written: the state and the objective of the run's config.
+#[derive(Serialize)]
+struct StateFile<'a> {
+    #[serde(flatten)]
+    state: &'a TrainState,
+    objective: ObjectiveKind,
+}
+
+/// Which of a checkpoint's weights a model holds or a run starts from: the average the run
+/// kept (EMA) or the last step's. Written as "ema" / "raw" (eval reports, `result.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightsChoice {
+    Ema,
+    Raw,
+}
+
+impl WeightsChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ema => "ema",
+            Self::Raw => "raw",
+        }
+    }
+}
+
+impl std::fmt::Display for WeightsChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 pub struct Checkpoint {
@@ -89,18 +122,30 @@ pub struct Opened {
     pub state: TrainState,
     pub tokenizer: TextTokenizer,
     pub model: Transformer,
-    /// Which weights the model holds: "ema" (the run kept an average and it was wanted) or "raw".
-    pub weights: &'static str,
+    /// Which weights the model holds: the EMA where the run kept one and it was wanted.
+    pub weights: WeightsChoice,
     pub extra: BTreeMap<String, String>,
 }
 
 impl Opened {
     pub fn objective(&self) -> ObjectiveKind {
-        self.state.objective
+        self.config.train.objective
     }
 }
 
 impl Checkpoint {
+    pub fn objective(&self) -> ObjectiveKind {
+        self.config.train.objective
+    }
+
+    /// The EMA weights where the run kept them and `use_ema`, else the raw ones.
+    pub fn pick(&self, use_ema: bool) -> (WeightsChoice, &HashMap<String, Tensor>) {
+        match (&self.ema, use_ema) {
+            (Some(ema), true) => (WeightsChoice::Ema, ema),
+            _ => (WeightsChoice::Raw, &self.weights),
+        }
+    }
+
     /// The inference model and tokenizer: the EMA weights when the run kept them and
     /// `use_ema`, else the raw ones.
     pub fn open(&self, use_ema: bool) -> Result<Opened> {
@@ -109,10 +154,7 @@ impl Checkpoint {
 
     /// Like `open`, with quantized weights kept quantized under [`Precision::Stored`].
     pub fn open_as(&self, use_ema: bool, precision: Precision) -> Result<Opened> {
-        let (weights, which) = match (&self.ema, use_ema) {
-            (Some(ema), true) => (ema, "ema"),
-            _ => (&self.weights, "raw"),
-        };
+        let (which, weights) = self.pick(use_ema);
         let model = match (&self.quantized, precision) {
             (Some(q), Precision::Stored) => gguf::weights(&self.config.model, q, true)
                 .and_then(|w| Ok(Transformer::from_weights(&self.config.model, w)?)),
@@ -205,7 +247,11 @@ fn stage(tmp_dir: &Path, ckpt: &Checkpoint) -> Result<()> {
     )?;
     write_synced(
         &tmp_dir.join("state.json"),
-        serde_json::to_string_pretty(&ckpt.state)?.as_bytes(),
+        serde_json::to_string_pretty(&StateFile {
+            state: &ckpt.state,
+            objective: ckpt.objective(),
+        })?
+        .as_bytes(),
     )?;
     // The manifest is written last: a directory without a valid one is incomplete.
     let mut manifest = BTreeMap::new();
@@ -335,6 +381,15 @@ fn prune(run_dir: &Path, keep_name: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A checkpoint's (or a run's latest) config alone, without loading or verifying its
+/// weights: what a caller needs to decide whether to load them at all.
+pub fn saved_config(path: &Path) -> Result<Config> {
+    let path = resolve(path)?.join("config.toml");
+    let text =
+        fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    Config::from_toml_with_sets(&text, &[])
 }
 
 /// A run directory (follows `latest`) or a checkpoint directory itself.

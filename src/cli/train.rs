@@ -1,13 +1,13 @@
 //! `card train`: train a model from a preset, or continue a run exactly.
 
 use super::values::choice;
-use crate::checkpoint;
+use crate::checkpoint::{self, Checkpoint, WeightsChoice};
 use crate::config::{Config, ObjectiveKind};
 use crate::data::load_data;
 use crate::data::TextTokenizer;
 use crate::dist::Collective;
 use crate::runtime::device as default_device;
-use crate::train::Trainer;
+use crate::train::{RunStart, TrainSummary};
 use anyhow::{bail, Result};
 use candle_core::Device;
 use std::path::PathBuf;
@@ -63,95 +63,26 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
 fn train(args: TrainArgs, device: &Device, comm: Rc<dyn Collective>) -> Result<()> {
     let leader = comm.rank() == 0;
-    let mut sets = args.sets.clone();
-    if let Some(o) = args.objective {
-        sets.push(format!("train.objective=\"{}\"", o.name()));
-    }
-    if let Some(n) = args.max_steps {
-        sets.push(format!("train.max_steps={n}"));
-    }
-    if let Some(d) = &args.data {
-        sets.push(format!("data.path={:?}", d.display().to_string()));
-    }
-    let device = device.clone();
-    let init = match &args.init {
-        Some(dir) => Some(checkpoint::load(dir, &device)?),
-        None => None,
-    };
-    let (cfg, ckpt, out) = match &args.resume {
-        Some(dir) => {
-            let ckpt = checkpoint::load(dir, &device)?;
-            // The saved config, unless a preset is named, with the overrides applied on top.
-            let cfg = match &args.preset {
-                Some(p) => Config::load(p, &sets)?,
-                None => Config::from_toml_with_sets(&ckpt.config.to_toml(), &sets)?,
-            };
-            let out = args.out.clone().unwrap_or_else(|| dir.clone());
-            (cfg, Some(ckpt), out)
-        }
-        None => {
-            let preset = args.preset.as_deref().unwrap_or("small");
-            // From a checkpoint's weights: the fine-tuning defaults first, the user's on top.
-            let sets: Vec<String> = match &init {
-                Some(_) => crate::train::FINE_TUNE_SETS
-                    .iter()
-                    .map(|s| s.to_string())
-                    .chain(sets.iter().cloned())
-                    .collect(),
-                None => sets.clone(),
-            };
-            let cfg = match (&init, &args.preset) {
-                (Some(c), None) => Config::from_toml_with_sets(&c.config.to_toml(), &sets)?,
-                _ => Config::load(preset, &sets)?,
-            };
-            let out = args.out.clone().unwrap_or_else(|| {
-                let objective = cfg.train.objective.name();
-                match &init {
-                    // A fine-tuning run is named after the run it starts from.
-                    Some(c) => {
-                        let run = c.dir.parent().unwrap_or(&c.dir);
-                        let name = run
-                            .file_name()
-                            .map_or("run".into(), |n| n.to_string_lossy());
-                        PathBuf::from(format!("runs/{name}-init-{objective}"))
-                    }
-                    None => PathBuf::from(format!("runs/{preset}-{objective}")),
-                }
-            });
-            if out.join("latest").exists() {
-                bail!(
-                    "{} already holds a run; continue it with --resume {0} or choose another --out",
-                    out.display()
-                );
-            }
-            (cfg, None, out)
-        }
-    };
+    let start = run_start(&args);
+    let named = start.load(device)?;
+    let cfg = start.config(named.as_ref().map(|c| &c.config), &sets(&args))?;
+    let out = out_dir(&args, &start, named.as_ref(), &cfg)?;
     // Before any work: a run another process is writing is refused at once.
     let _lock = if out.exists() && leader {
         Some(checkpoint::lock_run(&out)?)
     } else {
         None
     };
-    let tokenizer = match ckpt.as_ref().or(init.as_ref()) {
-        Some(c) => Some(TextTokenizer::from_json(&c.tokenizer_json)?),
-        None => None,
-    };
-    let data = load_data(&cfg, tokenizer)?;
-    let mut trainer = match (ckpt, &init) {
-        (Some(c), _) => Trainer::resume(cfg, c, &data)?,
-        (None, Some(i)) => {
-            let (weights, which) = match (&i.ema, args.no_ema) {
-                (Some(ema), false) => (ema, "EMA"),
-                _ => (&i.weights, "raw"),
-            };
-            if leader {
-                eprintln!("starting from the {which} weights of {}", i.dir.display());
-            }
-            Trainer::from_checkpoint(cfg, i, weights, &data)?
-        }
-        (None, None) => Trainer::new(cfg, &data, &device)?,
-    };
+    let begin = start.begin(named, None, device)?;
+    let data = load_data(&cfg, begin.tokenizer()?)?;
+    if let Some((which, dir)) = begin.weights().filter(|_| leader) {
+        let which = match which {
+            WeightsChoice::Ema => "EMA",
+            WeightsChoice::Raw => "raw",
+        };
+        eprintln!("starting from the {which} weights of {}", dir.display());
+    }
+    let mut trainer = begin.trainer(cfg, &data, device)?;
     let world = comm.world();
     if world > 1 {
         trainer = trainer.distributed(comm.clone())?;
@@ -185,12 +116,20 @@ fn train(args: TrainArgs, device: &Device, comm: Rc<dyn Collective>) -> Result<(
     }
     let summary = trainer.run(&out, !args.quiet)?;
     let model = trainer.eval_model()?;
+    print_summary(&summary, trainer.cfg.train.max_steps);
+    side_by_side(&trainer.cfg, &model, &data.tokenizer)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    }
+    Ok(())
+}
+
+fn print_summary(summary: &TrainSummary, max_steps: usize) {
     if summary.final_loss.is_nan() {
         // No step ran: the run had already reached max_steps.
         eprintln!(
-            "the run is already at step {} of {}; checkpoint {}",
+            "the run is already at step {} of {max_steps}; checkpoint {}",
             summary.steps,
-            trainer.cfg.train.max_steps,
             summary.checkpoint.display()
         );
     } else {
@@ -203,11 +142,72 @@ fn train(args: TrainArgs, device: &Device, comm: Rc<dyn Collective>) -> Result<(
             summary.checkpoint.display()
         );
     }
-    side_by_side(&trainer.cfg, &model, &data.tokenizer)?;
-    if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
+}
+
+/// Fresh, from `--init`'s weights, or `--resume`.
+fn run_start(args: &TrainArgs) -> RunStart {
+    let preset = args.preset.clone();
+    match (&args.resume, &args.init) {
+        (Some(dir), _) => RunStart::Resume {
+            dir: dir.clone(),
+            preset,
+        },
+        (None, Some(from)) => RunStart::Init {
+            from: from.clone(),
+            preset,
+            ema: !args.no_ema,
+        },
+        (None, None) => RunStart::Fresh {
+            preset: preset.unwrap_or_else(|| "small".into()),
+        },
     }
-    Ok(())
+}
+
+/// `--set`, then the flags that override config fields.
+fn sets(args: &TrainArgs) -> Vec<String> {
+    let mut sets = args.sets.clone();
+    if let Some(o) = args.objective {
+        sets.push(format!("train.objective=\"{}\"", o.name()));
+    }
+    if let Some(n) = args.max_steps {
+        sets.push(format!("train.max_steps={n}"));
+    }
+    if let Some(d) = &args.data {
+        sets.push(format!("data.path={:?}", d.display().to_string()));
+    }
+    sets
+}
+
+/// `--out`, else the resumed run's directory, `runs/<run>-init-<objective>` for a run from
+/// a checkpoint's weights (named after the run it starts from) or `runs/<preset>-<objective>`.
+/// Only `--resume` continues a directory that already holds a run.
+fn out_dir(
+    args: &TrainArgs,
+    start: &RunStart,
+    named: Option<&Checkpoint>,
+    cfg: &Config,
+) -> Result<PathBuf> {
+    let objective = cfg.train.objective.name();
+    let out = match (args.out.clone(), start) {
+        (Some(out), _) => out,
+        (None, RunStart::Resume { dir, .. }) => dir.clone(),
+        (None, RunStart::Fresh { preset }) => PathBuf::from(format!("runs/{preset}-{objective}")),
+        (None, RunStart::Init { from, .. }) => {
+            let ckpt = named.map_or(from.as_path(), |c| c.dir.as_path());
+            let run = ckpt.parent().unwrap_or(ckpt);
+            let name = run
+                .file_name()
+                .map_or("run".into(), |n| n.to_string_lossy());
+            PathBuf::from(format!("runs/{name}-init-{objective}"))
+        }
+    };
+    if !matches!(start, RunStart::Resume { .. }) && out.join("latest").exists() {
+        bail!(
+            "{} already holds a run; continue it with --resume {0} or choose another --out",
+            out.display()
+        );
+    }
+    Ok(out)
 }
 
 /// Greedy continuations of one prompt by the decoders that fit the objective, side by side

@@ -183,6 +183,12 @@ impl ObjectiveKind {
     pub fn name(self) -> &'static str {
         Choice::name(self)
     }
+
+    /// A causal language model (ARM and CARD): left-to-right attention, exact AR decoding
+    /// and likelihood; MDLM and BD3LM attend both ways.
+    pub fn is_causal(self) -> bool {
+        matches!(self, Self::Arm | Self::Card)
+    }
 }
 
 /// Masking schedule of the diffusion baselines: a token is masked with probability

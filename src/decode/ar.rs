@@ -13,7 +13,7 @@ impl Decoder for ArDecoder {
     }
 
     fn fits(&self, objective: ObjectiveKind) -> bool {
-        matches!(objective, ObjectiveKind::Arm | ObjectiveKind::Card)
+        objective.is_causal()
     }
 
     fn generate(

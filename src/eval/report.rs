@@ -6,7 +6,7 @@ use super::zero_shot::{
     load_task, score_lambada, score_mc, ElboScorer, ExactScorer, LambadaResult, McResult, Scorer,
 };
 use super::{held_out, loss_vs_t, BoundBudget, NoisePoint};
-use crate::checkpoint::Opened;
+use crate::checkpoint::{Opened, WeightsChoice};
 use crate::config::ObjectiveKind;
 use crate::data::{eval_files, eval_windows, load_data, TextTokenizer, PROMPTS};
 use crate::decode::{Decoder, DecoderSpec, GenOptions, Sampling};
@@ -100,7 +100,7 @@ pub struct EvalReport {
     pub checkpoint: String,
     pub objective: &'static str,
     pub step: usize,
-    pub weights: &'static str,
+    pub weights: WeightsChoice,
     pub tokens: u64,
     /// "exact" (autoregressive likelihood) or "nelbo" (the diffusion bound).
     pub estimator: &'static str,

@@ -8,11 +8,11 @@
 use super::bench_cache::{bench_once, csv_rows, find, pareto, table, tag, CSV_HEADER};
 use super::plot::{plot, Series};
 use super::report::{write, Report, Table};
-use super::{RunResult, RunSpec, Runner};
+use super::runner::{RunSpec, Runner};
+use super::runs::RunResult;
 use crate::bench::decode::DecodeBench;
 use crate::bench::{DecodePlan, Lengths};
 use crate::checkpoint::{self, Precision};
-use crate::config::ObjectiveKind;
 use crate::data::{self, Prepared, TextTokenizer};
 use crate::decode::{CardDecoder, DecoderSpec, VerifyDecoder};
 use crate::eval::report::{evaluate, EvalOptions};
@@ -40,18 +40,13 @@ pub const NO_BASE: &str =
     "no pretrained model: run `card data fetch --model smollm2` first, or give --from CHECKPOINT";
 
 /// The model to adapt: `--from`, else the fetched SmolLM2; refused unless a causal LM.
-pub fn base(opts: &super::ExpOptions) -> Result<PathBuf> {
+pub fn base(opts: &super::options::ExpOptions) -> Result<PathBuf> {
     let base = match &opts.from {
         Some(p) => p.clone(),
-        None => super::external_judge().ok_or_else(|| anyhow!(NO_BASE))?,
+        None => super::runner::external_judge().ok_or_else(|| anyhow!(NO_BASE))?,
     };
-    let path = checkpoint::resolve(&base)?.join("config.toml");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let objective = crate::config::Config::from_toml_with_sets(&text, &[])?
-        .train
-        .objective;
-    if !matches!(objective, ObjectiveKind::Arm | ObjectiveKind::Card) {
+    let objective = checkpoint::saved_config(&base)?.train.objective;
+    if !objective.is_causal() {
         bail!(
             "adaptation starts from a causal LM (ARM or CARD); {} is {}",
             base.display(),
@@ -121,7 +116,7 @@ pub fn run(runner: &mut Runner) -> Result<()> {
     let data_path = (!cfg.data.path.is_empty()).then(|| PathBuf::from(&cfg.data.path));
     let base_eval = base_eval(runner, &base, data_path.as_deref())?;
     let adapted = runner.run(&spec)?;
-    let judge = super::external_judge().unwrap_or_else(|| base.clone());
+    let judge = super::runner::external_judge().unwrap_or_else(|| base.clone());
     let smoke = runner.opts.smoke;
     let plan = |model: &Path| DecodePlan {
         // Both models as f32 matrices, so tokens/s compare across them.

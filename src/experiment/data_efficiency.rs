@@ -2,11 +2,13 @@
 
 use super::plot::{plot, Series};
 use super::report::{write, Report, Table};
+use super::runner::Runner;
+use super::runs::RunResult;
+use super::stats::fmt_mean_sd;
 use super::variants::{
     budget, col, config_of, csv_rows, mean_curve, of, paired_header, paired_rows, run_variants,
     CSV_HEADER,
 };
-use super::{fmt_mean_sd, RunResult, Runner};
 use anyhow::Result;
 
 pub fn run(runner: &mut Runner) -> Result<()> {

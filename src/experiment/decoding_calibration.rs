@@ -3,8 +3,8 @@
 
 use super::plot::{plot, Series};
 use super::report::{write, Report, Table};
+use super::runner::Runner;
 use super::variants::{config_of, run_variants};
-use super::Runner;
 use crate::bench::decode::DecodeBench;
 use crate::bench::{DecodePlan, Lengths};
 use crate::decode::{CardDecoder, DecoderSpec};
@@ -20,7 +20,7 @@ pub fn run(runner: &mut Runner) -> Result<()> {
     let batch = if smoke { 2 } else { 8 };
     let plan = DecodePlan {
         // Judged by SmolLM2 when fetched, else by the model itself.
-        judge: super::external_judge(),
+        judge: super::runner::external_judge(),
         sets: vec!["builtin".into()],
         lengths: Lengths {
             tokens: vec![if smoke { 16 } else { 128 }],

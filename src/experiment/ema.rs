@@ -2,9 +2,10 @@
 
 use super::plot::{plot, Series};
 use super::report::{write, Report, Table};
+use super::runner::Runner;
+use super::stats::fmt_mean_sd;
 use super::stats::Paired;
 use super::variants::{budget, config_of, run_variants};
-use super::{fmt_mean_sd, Runner};
 use anyhow::Result;
 
 pub fn run(runner: &mut Runner) -> Result<()> {

@@ -6,7 +6,7 @@
 
 use super::bench_cache::{bench_once, csv_rows, find, pareto, table, tag, CSV_HEADER};
 use super::report::{write, Report};
-use super::{RunSpec, Runner};
+use super::runner::{RunSpec, Runner};
 use crate::bench::decode::DecodeBench;
 use crate::bench::{DecodePlan, Lengths};
 use crate::checkpoint;
@@ -91,7 +91,7 @@ pub fn run(runner: &mut Runner) -> Result<()> {
     let dr: DistillReport = distill(&base, &plan, &device)?;
     let distilled = PathBuf::from(&dr.run);
     // One judge for both models: SmolLM2 when fetched, else the model before distillation.
-    let judge = super::external_judge().unwrap_or_else(|| base.clone());
+    let judge = super::runner::external_judge().unwrap_or_else(|| base.clone());
     let plan = |model: &Path| DecodePlan {
         judge: Some(judge.clone()),
         sets: ["prose", "probes", "own"].map(String::from).to_vec(),

@@ -1,6 +1,6 @@
 //! Experiment write-ups: report.md (tables, plots, commands, configs, machine, date) and a CSV.
 
-use super::ExpOptions;
+use super::options::ExpOptions;
 use anyhow::Result;
 use std::fmt::Write as _;
 

@@ -2,10 +2,74 @@
 //! answers for a run another command asks for, and committing summaries so that they outlive
 //! the machine.
 
-use super::{RunResult, RESULTS_VERSION};
 use crate::config::Config;
 use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResult {
+    pub variant: String,
+    pub seed: u64,
+    pub objective: String,
+    pub steps: usize,
+    pub tokens_seen: u64,
+    pub val_loss: f64,
+    pub bits_per_byte: f64,
+    /// Median training tokens/s over the logged steps.
+    pub tokens_per_s: f64,
+    /// (step, validation loss) from the run's metrics log.
+    pub curve: Vec<(usize, f64)>,
+    /// (step, validation bits per byte), with step 0 for a run from a checkpoint.
+    #[serde(default)]
+    pub bpb_curve: Vec<(usize, f64)>,
+    /// Training time (s), evaluations included.
+    #[serde(default)]
+    pub elapsed_s: f64,
+    pub zero_shot_avg: Option<f64>,
+    /// (task, length-normalised accuracy, chance) of each zero-shot task.
+    #[serde(default)]
+    pub zero_shot_tasks: Vec<(String, f64, f64)>,
+    /// LAMBADA last-word accuracy (exact scorers only) and target bits per byte.
+    #[serde(default)]
+    pub lambada_acc: Option<f64>,
+    #[serde(default)]
+    pub lambada_bpb: Option<f64>,
+    /// Bits per byte on each held-out source group.
+    #[serde(default)]
+    pub heldout: Vec<crate::eval::report::HeldoutScore>,
+    /// Which weights the numbers above score ("ema" when the run kept an average), and the
+    /// validation bits per byte of the last step's raw weights beside them.
+    #[serde(default)]
+    pub weights: String,
+    #[serde(default)]
+    pub raw_bits_per_byte: Option<f64>,
+    /// Evaluation time (s) and `ExpOptions::eval_settings`.
+    #[serde(default)]
+    pub eval_s: f64,
+    #[serde(default)]
+    pub eval_settings: String,
+    /// `git describe` of the code and the machine that trained the run.
+    #[serde(default)]
+    pub code_version: String,
+    #[serde(default)]
+    pub machine: String,
+    pub checkpoint: String,
+    pub config: String,
+    /// [`RESULTS_VERSION`] of the code that produced it (files from before it was recorded
+    /// read as 1).
+    #[serde(default = "first_results_version")]
+    pub results_version: u32,
+}
+
+/// Bumped by any change that alters what a run trains or measures (training numerics,
+/// evaluation, the result's fields), so that results from older code are rerun, not
+/// reused: a finished run is reused only at this version, with its recorded settings.
+pub const RESULTS_VERSION: u32 = 2;
+
+fn first_results_version() -> u32 {
+    1
+}
 
 pub(super) fn read_result(path: &Path) -> Result<RunResult> {
     serde_json::from_str(&std::fs::read_to_string(path)?)

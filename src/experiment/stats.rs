@@ -1,5 +1,30 @@
-//! Paired comparisons over seeds: per-seed differences, a paired t-test and the verdict the
+//! Statistics over seeds: mean ± sd, and paired comparisons: per-seed differences, a paired t-test and the verdict the
 //! reports print, so that no sentence calls a difference real that the seeds do not support.
+
+/// Mean and sample standard deviation (0 for one value).
+pub fn mean_sd(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    if xs.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let m = xs.iter().sum::<f64>() / n;
+    let sd = if xs.len() > 1 {
+        (xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    (m, sd)
+}
+
+/// "1.234 ± 0.010" (± over seeds; no ± for one seed).
+pub fn fmt_mean_sd(xs: &[f64], digits: usize) -> String {
+    let (m, sd) = mean_sd(xs);
+    if xs.len() > 1 {
+        format!("{m:.digits$} ± {sd:.digits$}")
+    } else {
+        format!("{m:.digits$}")
+    }
+}
 
 /// Differences `b − a` of paired values (matched by seed) and what they support.
 #[derive(Debug, Clone, PartialEq)]
@@ -14,7 +39,7 @@ pub struct Paired {
 
 impl Paired {
     pub fn new(diffs: Vec<f64>) -> Self {
-        let (mean, sd) = super::mean_sd(&diffs);
+        let (mean, sd) = mean_sd(&diffs);
         let n = diffs.len();
         let p = if n < 2 {
             f64::NAN

@@ -2,10 +2,11 @@
 
 use super::plot::{plot, Series};
 use super::report::{Report, Table};
+use super::runner::Runner;
+use super::stats::{fmt_mean_sd, mean_sd};
 use super::variants::{
     col, header, heldout_cells, heldout_patterns, of, run_variants, write_comparison,
 };
-use super::{fmt_mean_sd, mean_sd, Runner};
 use anyhow::Result;
 
 pub fn run(runner: &mut Runner) -> Result<()> {

@@ -3,8 +3,10 @@
 
 use super::plot::{plot, Series};
 use super::report::{write, Report, Table};
+use super::runner::{RunSpec, Runner};
+use super::runs::RunResult;
 use super::stats::Paired;
-use super::{fmt_mean_sd, mean_sd, RunResult, RunSpec, Runner};
+use super::stats::{fmt_mean_sd, mean_sd};
 use anyhow::Result;
 
 pub(super) const CSV_HEADER: &[&str] = &[

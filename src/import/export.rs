@@ -8,7 +8,7 @@ use super::rows;
 use super::tokenizer::to_gguf;
 use crate::checkpoint::gguf::{copy_of, quantize, QTensors};
 use crate::checkpoint::{self, Checkpoint};
-use crate::config::{ModelConfig, ObjectiveKind};
+use crate::config::ModelConfig;
 use crate::data::chat::ChatInfo;
 use crate::data::TextTokenizer;
 use anyhow::{bail, Context, Result};
@@ -27,7 +27,7 @@ fn stored(ckpt: &Checkpoint) -> Result<QTensors> {
             .map(|(n, t)| Ok((n.clone(), copy_of(t)?)))
             .collect();
     }
-    let weights = ckpt.ema.as_ref().unwrap_or(&ckpt.weights);
+    let (_, weights) = ckpt.pick(true);
     let mut names: Vec<&String> = weights.keys().collect();
     names.sort();
     names
@@ -176,8 +176,8 @@ pub fn parse_gguf_dtype(s: &str) -> Result<Option<GgmlDType>> {
 /// A causal checkpoint (what every AR runtime runs): MDLM and BD3LM attend both ways.
 fn load_causal(path: &Path) -> Result<Checkpoint> {
     let ckpt = checkpoint::load(path, &Device::Cpu)?;
-    let objective = ckpt.state.objective;
-    if !matches!(objective, ObjectiveKind::Arm | ObjectiveKind::Card) {
+    let objective = ckpt.objective();
+    if !objective.is_causal() {
         bail!(
             "a {} checkpoint is not a causal language model; only ARM and CARD checkpoints export",
             objective.name()
@@ -241,7 +241,7 @@ pub fn export_hf(ckpt_path: &Path, out: &Path) -> Result<()> {
         "eos_token_id": eos,
         "torch_dtype": "float32",
         // Read back by `card import`: a CARD model stays one after a round trip.
-        "card_objective": ckpt.state.objective.name(),
+        "card_objective": ckpt.objective().name(),
     });
     let name = |t: u32| tok.decode(&[t]).unwrap_or_default();
     let mut tc = json!({
@@ -336,7 +336,7 @@ pub fn export_gguf(ckpt_path: &Path, out: &Path, dtype: Option<GgmlDType>) -> Re
             Value::U32(tok.eot_id()),
         ),
         ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
-        ("card.objective".into(), s(ckpt.state.objective.name())),
+        ("card.objective".into(), s(ckpt.objective().name())),
     ];
     if let Some(c) = &chat {
         meta.push(("tokenizer.chat_template".into(), s(&c.template)));

@@ -200,7 +200,6 @@ pub fn import(opts: &ImportOptions) -> Result<ImportReport> {
         dir: PathBuf::new(),
         state: TrainState {
             format_version: checkpoint::FORMAT_VERSION,
-            objective: src.objective,
             step: 0,
             data_cursor: 0,
             tokens_seen: 0,

@@ -122,8 +122,8 @@ pub fn run(o: ServeOptions) -> Result<()> {
     };
     let ckpt = checkpoint::open_as(&o.checkpoint, &device, !o.no_ema, precision)?;
     let chat = ChatFormat::for_checkpoint(&ckpt.extra)?;
+    let objective = ckpt.objective();
     let (tok, model) = (ckpt.tokenizer, ckpt.model);
-    let objective = ckpt.state.objective;
     let id = o.model_name.clone().unwrap_or_else(|| {
         let run = ckpt
             .dir

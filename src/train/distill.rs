@@ -11,7 +11,7 @@
 //! killed run loses at most one chunk and resumes where it stopped with the same result
 //! (prefix positions and sampling seeds are functions of the seed and the chunk).
 
-use super::Trainer;
+use super::RunStart;
 use crate::checkpoint;
 use crate::config::{Config, ObjectiveKind};
 use crate::data::{eval_windows, load_data, Prepared, TextTokenizer};
@@ -346,26 +346,21 @@ pub fn distill(
     let (corpus, share) = mixed(&data, &rows, plan.gen.mix)?;
     let data_dir = out.join("data");
     corpus.save(&data_dir)?;
-    let mut sets: Vec<String> = super::FINE_TUNE_SETS
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    sets.extend(plan.sets.iter().cloned());
+    let mut sets = plan.sets.clone();
     sets.push(format!("train.objective=\"{}\"", plan.objective.name()));
     sets.push(format!("train.max_steps={}", plan.max_steps));
     sets.push(format!("data.path={:?}", data_dir.display().to_string()));
-    let cfg = Config::from_toml_with_sets(&ckpt.config.to_toml(), &sets)?;
-    let corpus = load_data(&cfg, Some(tok))?;
-    let run_dir = out.join("run");
-    let mut trainer = if run_dir.join("latest").exists() {
-        Trainer::resume(cfg.clone(), checkpoint::load(&run_dir, device)?, &corpus)?
-    } else {
-        let weights = match (&ckpt.ema, plan.use_ema) {
-            (Some(ema), true) => ema,
-            _ => &ckpt.weights,
-        };
-        Trainer::from_checkpoint(cfg.clone(), &ckpt, weights, &corpus)?
+    let start = RunStart::Init {
+        from: ckpt.dir.clone(),
+        preset: None,
+        ema: plan.use_ema,
     };
+    let cfg = start.config(Some(&ckpt.config), &sets)?;
+    let source = ckpt.dir.display().to_string();
+    let run_dir = out.join("run");
+    let begin = start.begin(Some(ckpt), Some(&run_dir), device)?;
+    let corpus = load_data(&cfg, begin.tokenizer()?)?;
+    let mut trainer = begin.trainer(cfg.clone(), &corpus, device)?;
     let summary = trainer.run(&run_dir, plan.progress)?;
     if summary.interrupted {
         bail!("interrupted at step {}; rerun to resume", summary.steps);
@@ -373,7 +368,7 @@ pub fn distill(
     let before = real_text_bpb(&teacher.model, &cfg, &corpus, plan.eval_windows)?;
     let after = real_text_bpb(&trainer.eval_model()?, &cfg, &corpus, plan.eval_windows)?;
     let report = DistillReport {
-        checkpoint: ckpt.dir.display().to_string(),
+        checkpoint: source,
         rows: rows.len(),
         self_tokens: rows.iter().map(|r| r.len()).sum(),
         self_share: share,

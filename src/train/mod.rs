@@ -4,6 +4,7 @@
 pub mod batches;
 pub mod distill;
 pub mod optim;
+pub mod start;
 
 /// Defaults of a run that starts from a checkpoint's weights (`--init`, self-distillation,
 /// adaptation): a lower peak learning rate and a shorter warm-up than from scratch; the
@@ -24,6 +25,7 @@ use batches::Batches;
 use candle_core::{DType, Device, Tensor};
 use optim::{clip_grad_norm, learning_rate, AdamW, Ema};
 use serde::Serialize;
+pub use start::RunStart;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -146,7 +148,6 @@ impl<'a> Trainer<'a> {
         };
         let state = TrainState {
             format_version: FORMAT_VERSION,
-            objective: cfg.train.objective,
             step: 0,
             data_cursor: 0,
             tokens_seen: 0,

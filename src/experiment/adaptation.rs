@@ -7,7 +7,7 @@
 
 use super::bench_cache::{bench_once, csv_rows, find, pareto, table, tag, BenchPlan, CSV_HEADER};
 use super::plot::{plot, Series};
-use super::report::{write, Report, Table};
+use super::write_up::{write, Report, Table};
 use super::{RunResult, RunSpec, Runner};
 use crate::bench::decode::DecodeBench;
 use crate::checkpoint::{self, Precision};

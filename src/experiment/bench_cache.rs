@@ -3,7 +3,7 @@
 //! models side by side: report tables, the speed-against-quality plot, CSV rows.
 
 use super::plot::{plot, Series};
-use super::report::Table;
+use super::write_up::Table;
 use crate::bench::decode::{bench_decode, prompt_set, DecodeBench, DecodeBenchConfig};
 use crate::checkpoint::{self, Precision};
 use crate::data::load_data;

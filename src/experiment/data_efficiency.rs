@@ -1,11 +1,11 @@
 //! Data efficiency: many epochs over a small fixed subset of the training split.
 
 use super::plot::{plot, Series};
-use super::report::{write, Report, Table};
 use super::variants::{
     budget, col, config_of, csv_rows, mean_curve, of, paired_header, paired_rows, run_variants,
     CSV_HEADER,
 };
+use super::write_up::{write, Report, Table};
 use super::{fmt_mean_sd, RunResult, Runner};
 use anyhow::Result;
 

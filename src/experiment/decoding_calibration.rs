@@ -2,8 +2,8 @@
 //! speed against the quality of what it generates, and the Pareto frontier.
 
 use super::plot::{plot, Series};
-use super::report::{write, Report, Table};
 use super::variants::{config_of, run_variants};
+use super::write_up::{write, Report, Table};
 use super::Runner;
 use crate::bench::decode::{bench_decode, prompt_set, DecodeBenchConfig};
 use crate::checkpoint::{self, Precision};

@@ -1,9 +1,9 @@
 //! EMA: the same CARD runs evaluated with and without the average of the weights.
 
 use super::plot::{plot, Series};
-use super::report::{write, Report, Table};
 use super::stats::Paired;
 use super::variants::{budget, config_of, run_variants};
+use super::write_up::{write, Report, Table};
 use super::{fmt_mean_sd, Runner};
 use anyhow::Result;
 

@@ -1,9 +1,9 @@
 //! Masking ablation: soft tail vs strict tail vs uniform masking, reweighting on and off.
 
-use super::report::{Report, Table};
 use super::variants::{
     col, header, heldout_cells, heldout_patterns, lambada, of, run_variants, write_comparison, zs,
 };
+use super::write_up::{Report, Table};
 use super::{fmt_mean_sd, Runner};
 use anyhow::Result;
 

@@ -13,11 +13,11 @@ pub mod masking_ablation;
 pub mod objectives;
 pub mod parallel_decoding;
 pub mod plot;
-pub mod report;
 mod runs;
 mod stats;
 pub mod tail_factor;
 mod variants;
+pub mod write_up;
 
 use crate::checkpoint;
 use crate::config::Config;
@@ -406,7 +406,7 @@ impl Runner {
             eval_s: started.elapsed().as_secs_f64(),
             eval_settings: settings,
             code_version: code_version(),
-            machine: report::machine().0,
+            machine: write_up::machine().0,
             checkpoint: ckpt.dir.display().to_string(),
             config: ckpt.config.to_toml(),
             results_version: RESULTS_VERSION,

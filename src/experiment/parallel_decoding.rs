@@ -5,7 +5,7 @@
 //! the distillation (resumable itself) and each measured model's benchmark rows.
 
 use super::bench_cache::{bench_once, csv_rows, find, pareto, table, tag, BenchPlan, CSV_HEADER};
-use super::report::{write, Report};
+use super::write_up::{write, Report};
 use super::{RunSpec, Runner};
 use crate::bench::decode::DecodeBench;
 use crate::checkpoint::{self, Precision};

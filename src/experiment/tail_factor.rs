@@ -1,10 +1,10 @@
 //! Tail factor λ sweep: how wide the window of soft tail masking is.
 
 use super::plot::{plot, Series};
-use super::report::{Report, Table};
 use super::variants::{
     col, header, heldout_cells, heldout_patterns, of, run_variants, write_comparison,
 };
+use super::write_up::{Report, Table};
 use super::{fmt_mean_sd, mean_sd, Runner};
 use anyhow::Result;
 

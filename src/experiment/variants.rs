@@ -2,8 +2,8 @@
 //! mean validation curves, the ranking note and the per-run CSV.
 
 use super::plot::{plot, Series};
-use super::report::{write, Report, Table};
 use super::stats::Paired;
+use super::write_up::{write, Report, Table};
 use super::{fmt_mean_sd, mean_sd, RunResult, RunSpec, Runner};
 use anyhow::Result;
 

@@ -4,6 +4,7 @@
 
 pub mod gguf;
 pub mod http;
+pub mod props;
 pub mod trained;
 
 use candle_core::backprop::GradStore;

@@ -6,6 +6,7 @@ pub mod gguf;
 pub mod http;
 pub mod props;
 pub mod trained;
+pub mod uniform;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};

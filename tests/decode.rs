@@ -2,7 +2,8 @@
 //! floor-only threshold reproduces AR greedy decoding, every step commits, T_max = 1 commits
 //! a block per pass, batches equal one-by-one decoding, sampling is seeded, a stop condition
 //! cuts at exactly its token, the most-confident floor picks the top masked slot, and ragged
-//! cached forwards equal full recomputation.
+//! cached forwards equal full recomputation. Seeding and non-finite logits need no trained
+//! model: they run on the uniform-logits one (`common::uniform`).
 
 use candle_core::Tensor;
 use card::data::TextTokenizer;
@@ -16,9 +17,11 @@ use common::max_abs_diff;
 mod common;
 
 use common::trained::fixture;
+use common::uniform::uniform;
 
+/// The `tiny` tokenizer (the trained fixture's too), without waiting for the training.
 fn tok() -> &'static TextTokenizer {
-    &fixture().data.tokenizer
+    &uniform().data.tokenizer
 }
 
 fn prompts() -> Vec<Vec<u32>> {
@@ -168,9 +171,9 @@ fn sampling_is_deterministic_for_a_seed() {
         &ArDecoder as &dyn Decoder,
         &card(4, 4, 0.5, CommitMode::Block),
     ] {
-        let (a, _) = run(d, &ps, &opts(24, s.clone(), 7));
-        let (b, _) = run(d, &ps, &opts(24, s.clone(), 7));
-        let (c, _) = run(d, &ps, &opts(24, s.clone(), 8));
+        let (a, _) = run_on(&uniform().model, d, &ps, &opts(24, s.clone(), 7));
+        let (b, _) = run_on(&uniform().model, d, &ps, &opts(24, s.clone(), 7));
+        let (c, _) = run_on(&uniform().model, d, &ps, &opts(24, s.clone(), 8));
         assert_eq!(tokens(&a), tokens(&b), "{}", d.name());
         assert_ne!(
             tokens(&a),
@@ -454,7 +457,7 @@ fn host_engine_and_candle_path_decode_alike() {
 #[test]
 fn non_finite_logits_are_an_error_not_a_panic() {
     use card::decode::{Bd3lmDecoder, MdlmDecoder};
-    let good = &fixture().model;
+    let good = &uniform().model;
     let tensors = good.dense_tensors().unwrap();
     let bad = card::model::Transformer::from_tensors(&good.cfg, |n| {
         let t = &tensors[n];

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use card::config::ModelConfig;
 use card::decode::{ArDecoder, CardDecoder, Decoder, Floor, GenOptions, Sampling};
 use card::model::host::HostPass;
-use card::model::{ops, tensor_specs, Attention, Backend, KvCache, Params, Transformer};
+use card::model::{ops, tensor_specs, Attention, Backend, Params, Transformer};
 use common::{finite_difference_check, full_logits, max_abs_diff, max_slice_diff};
 use rand::{Rng, SeedableRng};
 
@@ -126,7 +126,7 @@ fn cached_logits_equal_full_recomputation() {
     let full = full_logits(&model, &toks);
     // The candle cache, in chunks.
     let dev = Device::Cpu;
-    let mut cache = KvCache::for_model(&model, 1, 32).unwrap();
+    let mut cache = model.kv_cache(1, 32).unwrap();
     let mut at = 0;
     for chunk in [7, 1, 5, 1, 6] {
         let ids = Tensor::from_slice(&toks[at..at + chunk], (1, chunk), &dev).unwrap();

@@ -90,7 +90,7 @@ pub fn rss_mb() -> f64 {
 /// A printed warning when other processes keep at least half a core busy (benchmark figures
 /// are then low and noisy: two spinning thread pools on few cores slow each other badly).
 pub fn busy_warning() -> Option<String> {
-    let other = crate::runtime::load::other_load(std::time::Duration::from_millis(300))?;
+    let other = crate::runtime::machine_load::other_load(std::time::Duration::from_millis(300))?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     (other >= 0.5).then(|| {
         format!(

@@ -85,7 +85,7 @@ pub fn main() -> ExitCode {
         && (cli.device == "cpu" || (cli.device == "auto" && !cfg!(feature = "cuda")))
     {
         let default = candle_core::utils::get_num_threads();
-        if let Some((n, note)) = crate::runtime::load::shared_machine_threads(default) {
+        if let Some((n, note)) = crate::runtime::machine_load::shared_machine_threads(default) {
             crate::runtime::set_thread_note(note);
             threads = Some(n);
         }

@@ -192,7 +192,7 @@ impl Decoder for Bd3lmDecoder {
         } = Start::new(model, prompts, opts)?;
         let b = prompts.len();
         let bs = self.block_size;
-        let mut cache = KvCache::for_model(model, b, model.cfg.max_seq_len + longest + 2 * bs)?;
+        let mut cache = model.kv_cache(b, model.cfg.max_seq_len + longest + 2 * bs)?;
         let mut rows: Vec<Row> = prompts
             .iter()
             .map(|p| {

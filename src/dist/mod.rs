@@ -4,128 +4,21 @@
 //! transports: [`Single`] (one process, nothing to do) and MPI (`--features mpi`, launched by
 //! `mpirun`).
 
+mod collective;
+mod launch;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 
+pub use collective::{Collective, Single};
+pub use launch::{launched, local_rank, threads_per_rank};
+
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
+use launch::env_number;
 use std::rc::Rc;
 use std::time::Instant;
-
-/// What the trainer needs from a transport. Sums are element-wise over ranks and every rank
-/// receives the result.
-pub trait Collective {
-    fn rank(&self) -> usize;
-    fn world(&self) -> usize;
-    /// The transport's name and version, for logs and benchmark output.
-    fn describe(&self) -> String;
-    /// Sum `buf` over ranks, in place.
-    fn sum_f32(&self, buf: &mut [f32]) -> Result<()>;
-    /// Sum `buf` over ranks, in place (losses, flags, checksums).
-    fn sum_f64(&self, buf: &mut [f64]) -> Result<()>;
-    /// Sum a tensor over ranks. The default goes through host memory; a GPU transport keeps
-    /// it on the device.
-    fn sum_tensor(&self, t: &Tensor) -> Result<Tensor> {
-        let mut host = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        self.sum_f32(&mut host)?;
-        Ok(Tensor::from_vec(host, t.shape(), t.device())?.to_dtype(t.dtype())?)
-    }
-    /// End every rank of the job now (an error on one rank must not leave the others waiting
-    /// in a collective forever).
-    fn abort(&self, code: i32) -> !;
-}
-
-/// One process: every collective is the identity.
-pub struct Single;
-
-impl Collective for Single {
-    fn rank(&self) -> usize {
-        0
-    }
-    fn world(&self) -> usize {
-        1
-    }
-    fn describe(&self) -> String {
-        "one process".into()
-    }
-    fn sum_f32(&self, _: &mut [f32]) -> Result<()> {
-        Ok(())
-    }
-    fn sum_f64(&self, _: &mut [f64]) -> Result<()> {
-        Ok(())
-    }
-    fn sum_tensor(&self, t: &Tensor) -> Result<Tensor> {
-        Ok(t.clone())
-    }
-    fn abort(&self, code: i32) -> ! {
-        std::process::exit(code)
-    }
-}
-
-/// The launcher this process runs under, read from the variables MPI launchers set
-/// (OpenMPI's `mpirun`, PMI for MPICH/Intel MPI/Slurm, PMIx): (world size, ranks on this node).
-pub fn launched() -> Option<(usize, usize)> {
-    let world = env_number(&["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"])?;
-    let local = env_number(&[
-        "OMPI_COMM_WORLD_LOCAL_SIZE",
-        "MPI_LOCALNRANKS",
-        "PMI_LOCAL_SIZE",
-    ]);
-    Some((world, local.unwrap_or(1).max(1)))
-}
-
-/// The first of these environment variables that holds a number (launchers name the same
-/// fact differently).
-pub(crate) fn env_number(names: &[&str]) -> Option<usize> {
-    names
-        .iter()
-        .find_map(|n| std::env::var(n).ok()?.parse().ok())
-}
-
-/// Compute threads per rank when several ranks share a node and no count was given: the
-/// node's cores split evenly, so ranks do not oversubscribe each other's cores, and never more
-/// than the CPUs the launcher bound this rank to (OpenMPI binds 1–2 ranks to a core each).
-pub fn threads_per_rank(cores: usize) -> Option<usize> {
-    let (_, local) = launched()?;
-    let share = (cores / local).max(1);
-    Some(allowed_cpus().map_or(share, |n| share.min(n)).max(1))
-}
-
-/// How many CPUs this process may run on (its affinity mask), where Linux says.
-fn allowed_cpus() -> Option<usize> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let list = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
-    count_cpu_list(list.trim())
-}
-
-/// The number of CPUs in a list like "0-3,8,10-11".
-fn count_cpu_list(list: &str) -> Option<usize> {
-    let mut n = 0;
-    for part in list.split(',').filter(|p| !p.is_empty()) {
-        n += match part.split_once('-') {
-            Some((a, b)) => b.trim().parse::<usize>().ok()? + 1 - a.trim().parse::<usize>().ok()?,
-            None => {
-                part.trim().parse::<usize>().ok()?;
-                1
-            }
-        };
-    }
-    (n > 0).then_some(n)
-}
-
-/// This rank's index among the ranks on its machine (which GPU it takes), where a launcher
-/// says.
-pub fn local_rank() -> Option<usize> {
-    env_number(&[
-        "LOCAL_RANK",
-        "OMPI_COMM_WORLD_LOCAL_RANK",
-        "MPI_LOCALRANKID",
-    ])
-}
 
 /// The collective this process trains with on `device`: NCCL for a GPU rank (`--features
 /// nccl`), MPI when an MPI launcher started it, else one process. A launcher the binary
@@ -255,6 +148,7 @@ pub fn or_abort<T>(comm: &dyn Collective, f: impl FnOnce() -> Result<T>) -> Resu
 
 #[cfg(test)]
 mod tests {
+    use super::launch::count_cpu_list;
     use super::*;
     use candle_core::Device;
 

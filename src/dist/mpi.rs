@@ -1,7 +1,7 @@
 //! The MPI transport (the `mpi` crate over the system's MPI library, OpenMPI on Debian):
 //! CPU processes on one or many machines, started by `mpirun -n N card train …`.
 
-use super::Collective;
+use super::collective::Collective;
 use anyhow::{bail, Result};
 use mpi::collective::SystemOperation;
 use mpi::environment::Universe;

@@ -4,7 +4,7 @@
 //! rank variables and MASTER_ADDR); rank 0 hands NCCL's unique id to the others over TCP on
 //! `CARD_NCCL_PORT` (default MASTER_PORT + 1, so it never meets torchrun's own store).
 
-use super::Collective;
+use super::collective::Collective;
 use anyhow::{bail, Context, Result};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, Id, ReduceOp};
@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 /// Rank, world size and local rank from the launcher's variables.
 pub fn placement() -> Option<(usize, usize, usize)> {
-    let rank = super::env_number(&["RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"])?;
-    let world = super::env_number(&["WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"])?;
-    Some((rank, world, super::local_rank().unwrap_or(0)))
+    let rank = super::launch::env_number(&["RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"])?;
+    let world = super::launch::env_number(&["WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"])?;
+    Some((rank, world, super::launch::local_rank().unwrap_or(0)))
 }
 
 pub struct Nccl {

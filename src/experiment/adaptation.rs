@@ -7,9 +7,9 @@
 
 use super::bench_cache::{bench_once, csv_rows, find, pareto, table, tag, CSV_HEADER};
 use super::plot::{plot, Series};
-use super::report::{write, Report, Table};
 use super::runner::{RunSpec, Runner};
 use super::runs::RunResult;
+use super::write_up::{write, Report, Table};
 use crate::bench::decode::DecodeBench;
 use crate::bench::{DecodePlan, Lengths};
 use crate::checkpoint::{self, Precision};

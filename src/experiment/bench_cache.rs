@@ -4,7 +4,7 @@
 //! rows.
 
 use super::plot::{plot, Series};
-use super::report::Table;
+use super::write_up::Table;
 use crate::bench::decode::DecodeBench;
 use crate::bench::DecodePlan;
 use crate::runtime::fsutil::write_atomic;

@@ -1,7 +1,6 @@
 //! Data efficiency: many epochs over a small fixed subset of the training split.
 
 use super::plot::{plot, Series};
-use super::report::{write, Report, Table};
 use super::runner::Runner;
 use super::runs::RunResult;
 use super::stats::fmt_mean_sd;
@@ -9,6 +8,7 @@ use super::variants::{
     budget, col, config_of, csv_rows, mean_curve, of, paired_header, paired_rows, run_variants,
     CSV_HEADER,
 };
+use super::write_up::{write, Report, Table};
 use anyhow::Result;
 
 pub fn run(runner: &mut Runner) -> Result<()> {

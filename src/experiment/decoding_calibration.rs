@@ -2,9 +2,9 @@
 //! speed against the quality of what it generates, and the Pareto frontier.
 
 use super::plot::{plot, Series};
-use super::report::{write, Report, Table};
 use super::runner::Runner;
 use super::variants::{config_of, run_variants};
+use super::write_up::{write, Report, Table};
 use crate::bench::decode::DecodeBench;
 use crate::bench::{DecodePlan, Lengths};
 use crate::decode::{CardDecoder, DecoderSpec};

@@ -1,11 +1,11 @@
 //! EMA: the same CARD runs evaluated with and without the average of the weights.
 
 use super::plot::{plot, Series};
-use super::report::{write, Report, Table};
 use super::runner::Runner;
 use super::stats::fmt_mean_sd;
 use super::stats::Paired;
 use super::variants::{budget, config_of, run_variants};
+use super::write_up::{write, Report, Table};
 use anyhow::Result;
 
 pub fn run(runner: &mut Runner) -> Result<()> {

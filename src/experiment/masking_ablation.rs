@@ -1,11 +1,11 @@
 //! Masking ablation: soft tail vs strict tail vs uniform masking, reweighting on and off.
 
-use super::report::{Report, Table};
 use super::runner::Runner;
 use super::stats::fmt_mean_sd;
 use super::variants::{
     col, header, heldout_cells, heldout_patterns, lambada, of, run_variants, write_comparison, zs,
 };
+use super::write_up::{Report, Table};
 use anyhow::Result;
 
 pub fn run(runner: &mut Runner) -> Result<()> {

@@ -14,12 +14,12 @@ pub mod objectives;
 mod options;
 pub mod parallel_decoding;
 pub mod plot;
-pub mod report;
 mod runner;
 mod runs;
 mod stats;
 pub mod tail_factor;
 mod variants;
+pub mod write_up;
 
 use anyhow::{Context, Result};
 pub use options::ExpOptions;

@@ -1,12 +1,12 @@
 //! ARM vs CARD vs MDLM vs BD3LM at the same model size and token budget.
 
-use super::report::{Report, Table};
 use super::runner::Runner;
 use super::stats::{fmt_mean_sd, mean_sd};
 use super::variants::{
     col, header, heldout_cells, heldout_patterns, lambada, lambada_bpb, of, run_variants,
     write_comparison, zs,
 };
+use super::write_up::{Report, Table};
 use crate::config::{Choice, ObjectiveKind};
 use anyhow::Result;
 

@@ -5,8 +5,8 @@
 //! the distillation (resumable itself) and each measured model's benchmark rows.
 
 use super::bench_cache::{bench_once, csv_rows, find, pareto, table, tag, CSV_HEADER};
-use super::report::{write, Report};
 use super::runner::{RunSpec, Runner};
+use super::write_up::{write, Report};
 use crate::bench::decode::DecodeBench;
 use crate::bench::{DecodePlan, Lengths};
 use crate::checkpoint;

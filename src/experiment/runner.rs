@@ -168,7 +168,7 @@ impl Runner {
             eval_s: started.elapsed().as_secs_f64(),
             eval_settings: settings,
             code_version: code_version(),
-            machine: super::report::machine().0,
+            machine: super::write_up::machine().0,
             checkpoint: ckpt.dir.display().to_string(),
             config: ckpt.config.to_toml(),
             results_version: RESULTS_VERSION,

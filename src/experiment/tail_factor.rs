@@ -1,12 +1,12 @@
 //! Tail factor λ sweep: how wide the window of soft tail masking is.
 
 use super::plot::{plot, Series};
-use super::report::{Report, Table};
 use super::runner::Runner;
 use super::stats::{fmt_mean_sd, mean_sd};
 use super::variants::{
     col, header, heldout_cells, heldout_patterns, of, run_variants, write_comparison,
 };
+use super::write_up::{Report, Table};
 use anyhow::Result;
 
 pub fn run(runner: &mut Runner) -> Result<()> {

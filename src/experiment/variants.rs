@@ -2,11 +2,11 @@
 //! mean validation curves, the ranking note and the per-run CSV.
 
 use super::plot::{plot, Series};
-use super::report::{write, Report, Table};
 use super::runner::{RunSpec, Runner};
 use super::runs::RunResult;
 use super::stats::Paired;
 use super::stats::{fmt_mean_sd, mean_sd};
+use super::write_up::{write, Report, Table};
 use anyhow::Result;
 
 pub(super) const CSV_HEADER: &[&str] = &[

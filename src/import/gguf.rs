@@ -3,8 +3,9 @@
 //! query and key rows of `llama` files are put back in the half-split RoPE order (llama.cpp's
 //! converter interleaves them for its pairwise rotation; our RoPE rotates halves).
 
+use super::rows;
+use super::source::{objective_named, Source};
 use super::tokenizer::{meta, meta_u32};
-use super::{rows, Source};
 use crate::checkpoint::gguf::{self as ckpt_gguf, QTensors};
 use crate::config::ModelConfig;
 use anyhow::{bail, Context, Result};
@@ -157,7 +158,7 @@ pub fn read(path: &Path) -> Result<Source> {
     let license = meta(&content, "general.license")
         .and_then(|v| v.to_string().ok())
         .cloned();
-    let objective = super::objective_named(
+    let objective = objective_named(
         meta(&content, "card.objective")
             .and_then(|v| v.to_string().ok())
             .map(|s| s.as_str()),

@@ -2,9 +2,11 @@
 //! index, `tokenizer.json`, optionally `tokenizer_config.json` for the chat template) of a
 //! Llama, Mistral or Qwen2 model. Its RoPE already rotates halves, as ours does.
 
-use super::{rows, ChatInfo, Source};
+use super::rows;
+use super::source::{objective_named, Source};
 use crate::checkpoint::gguf::QTensors;
 use crate::config::ModelConfig;
+use crate::data::chat::ChatInfo;
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -112,7 +114,7 @@ fn tensors(dir: &Path) -> Result<HashMap<String, Tensor>> {
 pub fn read(dir: &Path) -> Result<Source> {
     let config_json = read_json(&dir.join("config.json"))?;
     let (arch, cfg) = config(&config_json)?;
-    let objective = super::objective_named(config_json["card_objective"].as_str())?;
+    let objective = objective_named(config_json["card_objective"].as_str())?;
     let mut all = tensors(dir)?;
     let mut take = |name: &str| -> Result<QTensor> {
         let t = all

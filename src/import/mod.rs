@@ -8,43 +8,20 @@ pub mod fetch;
 mod gguf;
 mod hf;
 mod rows;
+mod source;
 pub mod tokenizer;
 
-use crate::checkpoint::{self, gguf::QTensors, Checkpoint, TrainState};
-use crate::config::{Config, ModelConfig, ObjectiveKind};
+use crate::checkpoint::{self, Checkpoint, TrainState};
+use crate::config::{Config, ModelConfig};
 pub use crate::data::chat::ChatInfo;
 use crate::data::TextTokenizer;
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::GgmlDType;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+pub use source::Source;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-/// A model read from its source, in the recipe's layout and our tensor names.
-pub struct Source {
-    pub format: &'static str,
-    pub architecture: String,
-    pub name: Option<String>,
-    pub license: Option<String>,
-    pub config: ModelConfig,
-    pub tensors: QTensors,
-    pub tokenizer_json: String,
-    pub chat: Option<ChatInfo>,
-    /// The model's end-of-sequence token (chat turns end there).
-    pub eos_token: Option<String>,
-    /// The objective a `card export` recorded (`card.objective`), else ARM.
-    pub objective: ObjectiveKind,
-}
-
-/// The objective name a `card export` records in its metadata.
-pub(crate) fn objective_named(name: Option<&str>) -> Result<ObjectiveKind> {
-    match name {
-        None => Ok(ObjectiveKind::Arm),
-        Some(n) => serde_json::from_value(serde_json::Value::String(n.into()))
-            .map_err(|_| anyhow::anyhow!("unknown card.objective `{n}`")),
-    }
-}
 
 /// `provenance.json`: what a checkpoint was imported from.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

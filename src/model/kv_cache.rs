@@ -107,21 +107,6 @@ impl KvCache {
         })
     }
 
-    /// A cache for `batch` rows of `model` with room for `capacity` positions each.
-    pub fn for_model(model: &super::Transformer, batch: usize, capacity: usize) -> Result<Self> {
-        let c = &model.cfg;
-        let (heads, dim) = (c.heads().kv, c.head_dim());
-        Self::new(
-            c.n_layers,
-            batch,
-            heads,
-            dim,
-            capacity,
-            model.dtype(),
-            model.device(),
-        )
-    }
-
     /// Write k/v [B, H, t, hd] of `layer` after each row's length and return the keys and
     /// values of positions 0..max_len+t. Lengths move only in `advance`, once per forward.
     pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {

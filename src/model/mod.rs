@@ -194,6 +194,21 @@ impl Transformer {
         Self::from_tensors(cfg, |n| params.tensor(n))
     }
 
+    /// A key/value cache for `batch` rows of this model with room for `capacity` positions each.
+    pub fn kv_cache(&self, batch: usize, capacity: usize) -> Result<KvCache> {
+        let c = &self.cfg;
+        let (dtype, device) = (self.dtype(), self.device());
+        KvCache::new(
+            c.n_layers,
+            batch,
+            c.heads().kv,
+            c.head_dim(),
+            capacity,
+            dtype,
+            device,
+        )
+    }
+
     /// The activations' dtype (f32 for a quantized model).
     pub fn dtype(&self) -> DType {
         self.cos.dtype()

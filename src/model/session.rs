@@ -89,7 +89,7 @@ impl<'m> Session<'m> {
             }
             Backend::Candle => Inner::Candle {
                 model,
-                cache: KvCache::for_model(model, batch, c.max_seq_len + scratch)?,
+                cache: model.kv_cache(batch, c.max_seq_len + scratch)?,
                 logits: Vec::new(),
                 t: 0,
                 pad,

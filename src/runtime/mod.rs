@@ -4,7 +4,7 @@
 
 pub mod alloc;
 pub mod fsutil;
-pub mod load;
+pub mod machine_load;
 pub mod rng;
 
 use anyhow::Result;
@@ -131,7 +131,7 @@ pub fn threads() -> usize {
 
 static THREAD_NOTE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
-/// A note on the thread count (see [`load::shared_machine_threads`]) to print once compute
+/// A note on the thread count (see [`machine_load::shared_machine_threads`]) to print once compute
 /// starts.
 pub fn set_thread_note(note: String) {
     if let Ok(mut n) = THREAD_NOTE.lock() {

@@ -1,18 +1,18 @@
-//! Validation of the OpenAI-compatible requests (typed in `request.rs`) into jobs, and the
-//! OpenAI-style error body. Status codes: 400 when the body is not JSON or a field has the
+//! Validation of the OpenAI-compatible requests (typed in `request.rs`) into jobs, answered
+//! with an `ApiError` (`error.rs`) when refused. Status codes: 400 when the body is not JSON or a field has the
 //! wrong JSON type or a required one is missing; 422 when it parses but a value is
 //! unacceptable (out of range, unknown decoder, unknown field, too long for the model's
 //! context); 413 for a body over the limit; 404 for an unknown model.
 
+use super::error::ApiError;
+use super::job::{DecodeSettings, JobSpec};
 use super::request::{self, Int, Prompt, Request, Stop};
-use super::scheduler::{DecodeSettings, JobSpec};
 use crate::config::Config;
 use crate::data::chat::{ChatFormat, Message, Role};
 use crate::data::TextTokenizer;
 use crate::decode::{Decoder, DecoderSpec, Knobs, Sampling};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 pub const MAX_N: i64 = 16;
 pub const MAX_PROMPTS: usize = 32;
@@ -20,69 +20,6 @@ pub const MAX_ROWS: usize = 64;
 pub const MAX_STOPS: usize = 4;
 /// The decoders the server runs (the causal ones: they share the batched KV cache).
 pub const DECODERS: [&str; 3] = ["ar", "card", "verify"];
-
-#[derive(Debug, Clone)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
-    pub kind: &'static str,
-    pub param: Option<String>,
-    pub code: Option<&'static str>,
-    pub retry_after: Option<u64>,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        let kind = match status.as_u16() {
-            404 => "not_found_error",
-            429 => "rate_limit_error",
-            500..=599 => "server_error",
-            _ => "invalid_request_error",
-        };
-        Self {
-            status,
-            message: message.into(),
-            kind,
-            param: None,
-            code: Some(code),
-            retry_after: None,
-        }
-    }
-
-    pub fn param(mut self, p: &str) -> Self {
-        self.param = Some(p.to_string());
-        self
-    }
-
-    fn bad_type(p: &str, want: &str) -> Self {
-        let msg = format!("'{p}' must be {want}");
-        Self::new(StatusCode::BAD_REQUEST, "invalid_type", msg).param(p)
-    }
-
-    fn bad_value(p: &str, msg: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", msg).param(p)
-    }
-
-    pub fn body(&self) -> Value {
-        json!({"error": {
-            "message": self.message,
-            "type": self.kind,
-            "param": self.param,
-            "code": self.code,
-        }})
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut resp = (self.status, axum::Json(self.body())).into_response();
-        if let Some(s) = self.retry_after {
-            resp.headers_mut()
-                .insert("retry-after", axum::http::HeaderValue::from(s));
-        }
-        resp
-    }
-}
 
 /// What the parser needs to know about the served model.
 pub struct ModelInfo {

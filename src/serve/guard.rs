@@ -5,7 +5,7 @@
 //! on every POST (a cross-site form or `text/plain` body is refused before it is read).
 //! CORS headers are sent only to the origins listed with `--cors-origin`.
 
-use super::api::ApiError;
+use super::error::ApiError;
 use axum::extract::{Request, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::{Method, StatusCode};

@@ -2,10 +2,11 @@
 //! JSON object or an SSE stream in OpenAI's format (`data: {...}` … `data: [DONE]`).
 //! Dropping the response (client gone) drops the ticket, which cancels the job.
 
-use super::api::{self, ApiError, Parsed};
-use super::rows::JobResult;
-use super::scheduler::{Event, SubmitError, Ticket};
-use super::{now_s, App};
+use super::api::{self, Parsed};
+use super::app::{now_s, App};
+use super::error::ApiError;
+use super::job::{Event, JobResult};
+use super::scheduler::{SubmitError, Ticket};
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as Sse, KeepAlive};

@@ -4,10 +4,15 @@
 //! Decoding never runs on the async runtime: the [`scheduler`] owns worker threads that batch
 //! compatible requests into one `generate` call, [`rows`] turns each row's steps into text
 //! and events sent back over channels, and [`request`] / [`api`] validate what comes in.
+//! [`job`] is the contract between the two sides (the job and its events), [`error`] the
+//! error body all of them answer with, and `app` the state the handlers share.
 
 pub mod api;
+mod app;
+pub mod error;
 pub mod guard;
 mod http;
+pub mod job;
 mod net;
 pub mod request;
 pub mod rows;
@@ -15,20 +20,21 @@ pub mod scheduler;
 
 use crate::checkpoint::{self, Precision};
 use crate::data::chat::ChatFormat;
-use crate::data::TextTokenizer;
 use crate::runtime;
 use anyhow::{Context, Result};
-use api::{ApiError, ModelInfo};
+use api::ModelInfo;
+use app::{now_s, App};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use error::ApiError;
 use scheduler::{Scheduler, SchedulerConfig};
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 pub struct ServeOptions {
     pub checkpoint: PathBuf,
@@ -66,28 +72,6 @@ pub const MAX_QUEUE: usize = 65_536;
 pub const MAX_WORKERS: usize = 256;
 pub const MAX_CONNECTIONS: usize = 65_536;
 pub const MAX_BODY_BYTES: usize = 64 << 20;
-
-pub(crate) struct App {
-    pub scheduler: Arc<Scheduler>,
-    pub tok: TextTokenizer,
-    pub info: ModelInfo,
-    pub max_body_bytes: usize,
-    pub created: u64,
-    pub objective: &'static str,
-    pub max_batch: usize,
-    pub workers: usize,
-    pub body_timeout: Duration,
-    pub request_timeout: Duration,
-    /// Requests tokenized at once (the rest wait, already holding a queue place).
-    pub parsing: tokio::sync::Semaphore,
-}
-
-pub(crate) fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 pub fn run(o: ServeOptions) -> Result<()> {
     let within = |name: &str, v: usize, lo: usize, hi: usize| {

@@ -73,7 +73,7 @@ pub async fn serve(
 
 /// Answer a connection over the cap with a 503 and close it.
 async fn refuse(mut stream: TcpStream, cap: usize) {
-    let body = super::api::ApiError::new(
+    let body = super::error::ApiError::new(
         axum::http::StatusCode::SERVICE_UNAVAILABLE,
         "too_many_connections",
         format!("the server has its {cap} connections open (--max-connections); retry shortly"),

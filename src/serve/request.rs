@@ -4,7 +4,7 @@
 //! serde error to an OpenAI-style error: 400 `invalid_type` with the field's path. Values
 //! are range-checked in `api.rs`.
 
-use super::api::ApiError;
+use super::error::ApiError;
 use axum::http::StatusCode;
 use serde::de::{self, Deserializer, Unexpected, Visitor};
 use serde::Deserialize;

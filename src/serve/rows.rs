@@ -3,65 +3,11 @@
 //! budget inside the shared batch, and the final per-request result. The scheduler runs the
 //! batch; this module turns its steps into events.
 
-use super::scheduler::{Event, JobSpec};
+use super::job::{Event, JobResult, JobSpec, RowResult, SlotView, StepView};
 use crate::data::TextTokenizer;
 use crate::decode::text::{cut_at_stop, StopScan, TextStream};
 use crate::decode::{Finish, Generation, SlotTrace, StepTrace};
-use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
-
-/// One slot of a traced step, with its text.
-#[derive(Debug, Clone, Serialize)]
-pub struct SlotView {
-    pub pos: usize,
-    pub token: u32,
-    pub text: String,
-    pub confidence: f32,
-    pub masked: bool,
-}
-
-/// A decoding step of one row, as the playground shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct StepView {
-    pub row: usize,
-    pub forward: usize,
-    pub step: usize,
-    /// Forward passes this row has taken part in so far.
-    pub row_forwards: usize,
-    pub slots: Vec<SlotView>,
-    pub committed: Vec<SlotView>,
-    /// Drafts the lossless decoder checked and rejected in this step.
-    pub rejected: Vec<SlotView>,
-    /// The left-contiguous committed text so far and its token count.
-    pub text: String,
-    pub tokens: usize,
-    pub elapsed_s: f64,
-    /// Rows decoded together in this batch (other requests included).
-    pub batch_rows: usize,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RowResult {
-    pub text: String,
-    pub tokens: usize,
-    pub forward_passes: usize,
-    /// "stop" (end of text or a stop string) or "length".
-    pub finish: &'static str,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct JobResult {
-    pub rows: Vec<RowResult>,
-    pub prompt_tokens: usize,
-    pub completion_tokens: usize,
-    /// Batched forward passes this request needed (the most any of its rows took part in).
-    pub forward_passes: usize,
-    /// Mean over the request's rows of generated tokens per forward pass.
-    pub tokens_per_forward: f64,
-    pub elapsed_s: f64,
-    pub batch_rows: usize,
-    pub decoder: &'static str,
-}
 
 /// The request a batch row belongs to, as the row assembly needs it.
 pub(crate) struct JobView<'a> {

@@ -9,9 +9,10 @@
 //! cancellation flag (`rows`); a row whose request is gone (client disconnected) stops at its
 //! next commit, and the worker skips jobs cancelled while they wait.
 
-use super::rows::{job_result, JobResult, JobView, RowState, StepView};
+use super::job::{Event, JobSpec};
+use super::rows::{job_result, JobView, RowState};
 use crate::data::TextTokenizer;
-use crate::decode::{Decoder, DecoderSpec, GenOptions, Sampling, StepTrace};
+use crate::decode::{Decoder, GenOptions, StepTrace};
 use crate::model::Transformer;
 use serde::Serialize;
 use std::cell::RefCell;
@@ -20,57 +21,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-
-/// Requests batch together only when these are equal.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DecodeSettings {
-    /// AR or CARD (the decoders the server offers).
-    pub decoder: DecoderSpec,
-    pub sampling: Sampling,
-    /// Keep generating past `<|endoftext|>` (vLLM's `ignore_eos`): fixed-length benchmarks.
-    pub ignore_eos: bool,
-}
-
-/// One request, already validated and tokenized: one row per (prompt, choice).
-#[derive(Debug, Clone)]
-pub struct JobSpec {
-    pub prompts: Vec<Vec<u32>>,
-    pub max_tokens: usize,
-    pub stops: Vec<String>,
-    pub settings: DecodeSettings,
-    /// A sampled request with a seed runs alone, so its draws do not depend on neighbours.
-    pub seed: Option<u64>,
-    /// Send `Event::Delta` as text is committed.
-    pub stream: bool,
-    /// Send `Event::Step` for every decoding step (the playground).
-    pub trace: bool,
-}
-
-impl JobSpec {
-    fn rows(&self) -> usize {
-        self.prompts.len()
-    }
-
-    fn alone(&self) -> bool {
-        self.seed.is_some() && !self.settings.sampling.is_greedy()
-    }
-}
-
-#[derive(Debug)]
-pub enum Event {
-    /// Newly committed text of the request's row `row`.
-    Delta {
-        row: usize,
-        text: String,
-    },
-    Step(Box<StepView>),
-    Done(JobResult),
-    /// The job ended without a result; `cancelled` when the server shut it down.
-    Failed {
-        message: String,
-        cancelled: bool,
-    },
-}
 
 /// Counters read by `/health` (and the tests).
 #[derive(Debug, Default, Serialize)]

@@ -4,7 +4,9 @@
 
 pub mod gguf;
 pub mod http;
+pub mod props;
 pub mod trained;
+pub mod uniform;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};

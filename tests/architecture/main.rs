@@ -1,8 +1,12 @@
 //! The architecture of docs/architecture.md, checked on the source: every top-level module
-//! imports only modules below it, files stay readable top to bottom, clap stays in `cli/`.
+//! imports only modules below it, no two files of one folder import each other (directly or
+//! round a longer loop), files (tests included) stay readable top to bottom, clap stays in
+//! `cli/`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+
+mod loops;
 
 /// Top-level modules from the bottom up; a module may use only modules of a lower rank.
 const LAYERS: &[&[&str]] = &[
@@ -151,6 +155,27 @@ fn clap_stays_in_the_command_line() {
         .map(|f| f.display().to_string())
         .collect();
     assert!(outside.is_empty(), "clap outside cli/: {outside:?}");
+}
+
+#[test]
+fn test_files_stay_readable() {
+    let mut files = Vec::new();
+    sources(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests"),
+        &mut files,
+    );
+    let long: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            let n = std::fs::read_to_string(f).unwrap().lines().count();
+            (n > MAX_LINES).then(|| format!("{} has {n} lines", f.display()))
+        })
+        .collect();
+    assert!(
+        long.is_empty(),
+        "over {MAX_LINES} lines:\n{}",
+        long.join("\n")
+    );
 }
 
 /// The longest a function in `cli/` may be: a command parses, calls and prints.

@@ -191,29 +191,23 @@ fn walk(
             .expect("every pass feeds a pending token");
         let context = [prompt, row.progress.tokens.as_slice(), kept.as_slice()];
         let draft = row.window.get(i).and_then(Slot::draft);
-        let outcome = match draft {
-            Some(d) => check(d, l, &context, opts, rng),
+        let (token, conf, ends) = match draft {
+            Some(d) => match check(d, l, &context, opts, rng) {
+                Check::Accept => (d.token, d.conf, false),
+                Check::Replace(t, c) => {
+                    let rejected = SlotTrace::new(first + i, d.token, d.conf, true);
+                    trace.rejected.push(rejected);
+                    (t, c, true)
+                }
+            },
             None => {
                 // Past the last draft: AR's own token.
                 let (t, c) = opts.sampling.pick(l, &context, &[opts.mask_id], rng);
-                Check::Replace(t, c)
-            }
-        };
-        let (token, conf, ends) = match (outcome, draft) {
-            (Check::Accept, Some(d)) => (d.token, d.conf, false),
-            (Check::Replace(t, c), _) => {
-                if let Some(d) = draft {
-                    trace
-                        .rejected
-                        .push(SlotTrace::new(first + i, d.token, d.conf, true));
-                }
                 (t, c, true)
             }
-            (Check::Accept, None) => unreachable!("only a draft is accepted"),
         };
-        trace
-            .committed
-            .push(SlotTrace::new(first + i, token, conf, false));
+        let committed = SlotTrace::new(first + i, token, conf, false);
+        trace.committed.push(committed);
         kept.push(token);
         // AR's token (after a rejection or past the drafts), end of text, or the budget: the
         // pass commits no more.
@@ -221,7 +215,7 @@ fn walk(
             return draft.is_none() && token != opts.eos_id;
         }
     }
-    unreachable!("the walk ends at AR's token")
+    unreachable!("the walk ends at AR's token, past the last draft at the latest")
 }
 
 /// The next pass's drafts, into `next`: what this pass's `[MASK]` slots predicted for the

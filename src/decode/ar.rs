@@ -1,6 +1,7 @@
 //! Autoregressive decoding: prefill the prompt, then one token per forward pass.
 
-use super::{Decoder, GenOptions, Generation, Progress, SlotTrace, Start, StepTrace};
+use super::window::{Batch, RowState};
+use super::{Decoder, GenOptions, Generation, SlotTrace, StepTrace};
 use crate::config::ObjectiveKind;
 use crate::model::Transformer;
 use anyhow::Result;
@@ -23,65 +24,35 @@ impl Decoder for ArDecoder {
         opts: &GenOptions,
         on_step: &mut dyn FnMut(&StepTrace),
     ) -> Result<Generation> {
-        let begin = Start::new(model, prompts, opts)?;
-        let b = prompts.len();
-        let mut session = begin.session(model, opts, b, 1)?;
-        let Start {
-            clock: start,
-            mut rngs,
-            ..
-        } = begin;
-        let mut rows: Vec<Progress> = (0..b).map(|_| Progress::new(opts)).collect();
-        let mut inputs: Vec<Vec<u32>> = prompts.to_vec();
-        let mut forwards = 0;
+        let (mut batch, mut rngs) = Batch::start(model, prompts, opts, 1)?;
+        // A row feeds its last token (the prompt at first) and has no window.
+        let mut rows: Vec<RowState<u32>> =
+            prompts.iter().map(|p| RowState::new(p, opts, 0)).collect();
         // One trace buffer for every step: the loop allocates nothing of its own per token.
-        let mut trace = StepTrace {
-            row: 0,
-            forward: 0,
-            step: 1,
-            slots: Vec::with_capacity(1),
-            committed: Vec::with_capacity(1),
-            rejected: Vec::new(),
-        };
-        while rows.iter().any(|r| !r.done) {
-            session.forward(&inputs)?;
-            forwards += 1;
+        let mut trace = StepTrace::reused(1);
+        while rows.iter().any(|r| !r.progress.done) {
+            batch.pass(rows.iter_mut().map(|row| (row, 0)), opts.mask_id)?;
             for (r, row) in rows.iter_mut().enumerate() {
-                if row.done {
-                    inputs[r].clear();
+                if row.progress.done {
                     continue;
                 }
-                row.forwards += 1;
-                let l = session.logits(r, inputs[r].len() - 1);
-                let context = [prompts[r].as_slice(), row.tokens.as_slice()];
+                let l = batch
+                    .logits(r)
+                    .predicting(0)
+                    .expect("a live row feeds its last token");
+                let context = [prompts[r].as_slice(), row.progress.tokens.as_slice()];
                 let (tok, conf) = opts
                     .sampling
                     .pick(l, &context, &[opts.mask_id], &mut rngs[r]);
-                let slot = SlotTrace {
-                    pos: row.tokens.len(),
-                    token: tok,
-                    confidence: conf,
-                    masked: false,
-                };
-                (trace.row, trace.forward) = (r, forwards);
-                trace.slots.clear();
+                let slot = SlotTrace::new(row.first(), tok, conf, false);
+                trace.start(r, batch.forwards(), 1);
                 trace.slots.push(slot.clone());
-                trace.committed.clear();
                 trace.committed.push(slot);
                 on_step(&trace);
-                row.push(r, tok, opts);
-                inputs[r].clear();
-                if !row.done {
-                    inputs[r].push(tok);
-                }
+                row.commit(r, &[tok], 0, opts);
             }
         }
-        Ok(Generation::from_rows(
-            rows,
-            forwards,
-            session.fed(),
-            prompts,
-            start,
-        ))
+        let rows = rows.into_iter().map(|r| r.progress).collect();
+        Ok(batch.finish(rows, prompts))
     }
 }

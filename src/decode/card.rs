@@ -8,10 +8,12 @@
 //! back to the committed length after every pass, and committed tokens get their exact
 //! keys/values at the start of the next pass (which also predicts the next window's slot 1).
 
-use super::{Decoder, GenOptions, Generation, Progress, SlotTrace, Start, StepTrace};
+use super::window::{Batch, Entry, RowLogits, RowState};
+use super::{Decoder, GenOptions, Generation, SlotTrace, StepTrace};
 use crate::config::{Choice, ObjectiveKind};
 use crate::model::Transformer;
 use anyhow::{bail, Result};
+use rand_pcg::Pcg64;
 use serde::{Deserialize, Serialize};
 
 impl Choice for Floor {
@@ -88,6 +90,7 @@ impl Default for CardDecoder {
     }
 }
 
+/// A window position: masked (with this pass's candidate) until it is filled.
 #[derive(Clone)]
 struct Slot {
     token: Option<u32>,
@@ -97,14 +100,76 @@ struct Slot {
     age: usize,
 }
 
+impl Entry for Slot {
+    fn token(&self) -> Option<u32> {
+        self.token
+    }
+}
+
+impl Slot {
+    const MASKED: Self = Self {
+        token: None,
+        cand: 0,
+        conf: 0.0,
+        age: 0,
+    };
+
+    /// The slot at generated-text position `pos` in a trace: its token, or its candidate.
+    fn trace(&self, pos: usize) -> SlotTrace {
+        SlotTrace::new(
+            pos,
+            self.token.unwrap_or(self.cand),
+            self.conf,
+            self.token.is_none(),
+        )
+    }
+}
+
 struct Row {
-    progress: Progress,
-    /// Committed tokens whose keys/values are not in the cache yet (the prompt at first).
-    pending: Vec<u32>,
-    window: Vec<Slot>,
-    /// Logits predicting window[0] (from the last committed position).
+    state: RowState<Slot>,
+    /// Logits predicting window[0] (from the last committed position), kept for a pass that
+    /// feeds no newly committed token.
     slot0: Vec<f32>,
+    /// Passes since the block opened.
     step: usize,
+}
+
+impl Row {
+    /// Each masked slot's candidate and confidence from this pass, drawn in slot order: slot
+    /// 1 from the committed prefix's logits, slot j+1 from slot j's output.
+    fn predict(&mut self, logits: &RowLogits, prompt: &[u32], opts: &GenOptions, rng: &mut Pcg64) {
+        if let Some(l) = logits.predicting(0) {
+            self.slot0.clear();
+            self.slot0.extend_from_slice(l);
+        }
+        let RowState {
+            progress, window, ..
+        } = &mut self.state;
+        for (j, slot) in window.iter_mut().enumerate() {
+            slot.age += 1;
+            if slot.token.is_some() {
+                continue;
+            }
+            let l = match j {
+                0 => &self.slot0,
+                _ => logits
+                    .predicting(j)
+                    .expect("every slot but the last is fed"),
+            };
+            let context = [prompt, progress.tokens.as_slice()];
+            (slot.cand, slot.conf) = opts.sampling.pick(l, &context, &[opts.mask_id], rng);
+        }
+    }
+
+    /// Row `r`'s step: its window, and the slots just committed.
+    fn trace(&self, r: usize, forward: usize, chosen: &[usize], trace: &mut StepTrace) {
+        trace.start(r, forward, self.step);
+        let (first, window) = (self.state.first(), &self.state.window);
+        let slots = window.iter().enumerate();
+        trace.slots.extend(slots.map(|(j, s)| s.trace(first + j)));
+        let committed = chosen.iter().map(|&j| window[j].trace(first + j));
+        trace.committed.extend(committed);
+    }
 }
 
 impl CardDecoder {
@@ -122,10 +187,27 @@ impl CardDecoder {
         Ok(())
     }
 
-    /// Indices of the masked slots to commit this step, into `chosen` (a reused buffer).
+    /// Open the window: a new block of K masked slots once the last one has left, or
+    /// (sliding) top the window up to K slots; never past the row's budget.
+    fn open(&self, row: &mut Row, opts: &GenOptions) {
+        let window = &mut row.state.window;
+        let room = opts.max_new_tokens - row.state.progress.tokens.len() - window.len();
+        let want = match self.commit {
+            CommitMode::Block if window.is_empty() => self.block_size.min(room),
+            CommitMode::Block => 0,
+            CommitMode::Sliding => (self.block_size - window.len()).min(room),
+        };
+        if self.commit == CommitMode::Block && want > 0 {
+            row.step = 0;
+        }
+        window.extend(std::iter::repeat_n(Slot::MASKED, want));
+    }
+
+    /// Indices of the masked slots to commit this step, into `chosen` (a reused buffer):
+    /// those at least τ confident and those the step limit forces, else the floor's one.
     fn choose(&self, row: &Row, chosen: &mut Vec<usize>) {
         chosen.clear();
-        let w = &row.window;
+        let w = &row.state.window;
         let masked = |j: usize| w[j].token.is_none();
         // Slots forced by the step limit: window indices below `forced_below`.
         let forced_below = match self.commit {
@@ -152,15 +234,17 @@ impl CardDecoder {
             chosen.push(floor.expect("a step runs only with masked slots"));
         }
     }
-}
 
-/// Commit tokens to a row (they get their keys/values in the next pass) until it finishes.
-fn accept(r: usize, row: &mut Row, tokens: &[u32], opts: &GenOptions) {
-    for &tok in tokens {
-        if !row.progress.push(r, tok, opts) || row.progress.done {
-            return;
-        }
-        row.pending.push(tok);
+    /// The filled slots that leave the window, into `tokens`: the whole block once every
+    /// slot is filled, or (sliding) the filled run at its left.
+    fn release(&self, window: &mut Vec<Slot>, tokens: &mut Vec<u32>) {
+        let ready = match self.commit {
+            CommitMode::Block if window.iter().all(|s| s.token.is_some()) => window.len(),
+            CommitMode::Block => 0,
+            CommitMode::Sliding => window.iter().take_while(|s| s.token.is_some()).count(),
+        };
+        tokens.clear();
+        tokens.extend(window.drain(..ready).map(|s| s.token.expect("filled")));
     }
 }
 
@@ -182,153 +266,55 @@ impl Decoder for CardDecoder {
         on_step: &mut dyn FnMut(&StepTrace),
     ) -> Result<Generation> {
         self.validate()?;
-        let begin = Start::new(model, prompts, opts)?;
-        let b = prompts.len();
         let k = self.block_size;
-        let mut stepper = begin.session(model, opts, b, 2 * k)?;
-        let Start {
-            clock: start,
-            mut rngs,
-            ..
-        } = begin;
+        let (mut batch, mut rngs) = Batch::start(model, prompts, opts, 2 * k)?;
         let mut rows: Vec<Row> = prompts
             .iter()
             .map(|p| Row {
-                progress: Progress::new(opts),
-                pending: p.clone(),
-                window: Vec::with_capacity(k),
+                state: RowState::new(p, opts, k),
                 slot0: Vec::new(),
                 step: 0,
             })
             .collect();
-        let mut forwards = 0;
         // Buffers reused by every pass: the loop allocates nothing of its own per token.
-        let mut inputs: Vec<Vec<u32>> = (0..b).map(|_| Vec::new()).collect();
-        let mut before: Vec<usize> = Vec::with_capacity(b);
-        let mut chosen: Vec<usize> = Vec::with_capacity(k);
-        let mut tokens: Vec<u32> = Vec::with_capacity(k);
-        let mut trace = StepTrace {
-            row: 0,
-            forward: 0,
-            step: 0,
-            slots: Vec::with_capacity(k),
-            committed: Vec::with_capacity(k),
-            rejected: Vec::new(),
-        };
+        let (mut chosen, mut tokens) = (Vec::with_capacity(k), Vec::with_capacity(k));
+        let mut trace = StepTrace::reused(k);
         loop {
-            // Open windows: a new block, or top up a sliding window to K slots.
-            for row in rows.iter_mut().filter(|r| !r.progress.done) {
-                let room = opts.max_new_tokens - row.progress.tokens.len() - row.window.len();
-                let want = match self.commit {
-                    CommitMode::Block if row.window.is_empty() => k.min(room),
-                    CommitMode::Block => 0,
-                    CommitMode::Sliding => (k - row.window.len()).min(room),
-                };
-                if self.commit == CommitMode::Block && want > 0 {
-                    row.step = 0;
-                }
-                let fresh = Slot {
-                    token: None,
-                    cand: 0,
-                    conf: 0.0,
-                    age: 0,
-                };
-                row.window.extend(std::iter::repeat_n(fresh, want));
+            for row in rows.iter_mut().filter(|r| !r.state.progress.done) {
+                self.open(row, opts);
             }
-            if rows.iter().all(|r| r.progress.done) {
+            if rows.iter().all(|r| r.state.progress.done) {
                 break;
             }
-            for (input, r) in inputs.iter_mut().zip(&rows) {
-                input.clear();
-                if !r.progress.done {
-                    let drafts = r.window[..r.window.len() - 1]
-                        .iter()
-                        .map(|s| s.token.unwrap_or(opts.mask_id));
-                    input.extend(r.pending.iter().copied().chain(drafts));
-                }
-            }
-            before.clear();
-            before.extend_from_slice(stepper.lens());
-            if inputs.iter().any(|i| !i.is_empty()) {
-                forwards += 1;
-                stepper.forward(&inputs)?;
-            }
+            // Every slot but the last is fed (its token or [MASK]): it predicts the next one.
+            let fed = rows.iter_mut().map(|row| {
+                let n = row.state.window.len().saturating_sub(1);
+                (&mut row.state, n)
+            });
+            batch.pass(fed, opts.mask_id)?;
             for (r, row) in rows.iter_mut().enumerate() {
-                if row.progress.done {
+                if row.state.progress.done {
                     continue;
                 }
-                let p = row.pending.len();
-                stepper.truncate_row(r, before[r] + p);
-                row.progress.forwards += 1;
+                // The committed tokens keep their keys/values; the window is scratch.
+                batch.keep(r, 0);
                 row.step += 1;
-                if p > 0 {
-                    let l = stepper.logits(r, p - 1);
-                    row.slot0.clear();
-                    row.slot0.extend_from_slice(l);
-                }
-                row.pending.clear();
-                for j in 0..row.window.len() {
-                    row.window[j].age += 1;
-                    if row.window[j].token.is_some() {
-                        continue;
-                    }
-                    // Slot 1 reads the kept prefix logits; the others this pass's outputs.
-                    let l: &[f32] = if j == 0 {
-                        &row.slot0
-                    } else {
-                        stepper.logits(r, p + j - 1)
-                    };
-                    let context = [prompts[r].as_slice(), row.progress.tokens.as_slice()];
-                    let (cand, conf) =
-                        opts.sampling
-                            .pick(l, &context, &[opts.mask_id], &mut rngs[r]);
-                    (row.window[j].cand, row.window[j].conf) = (cand, conf);
-                }
+                row.predict(&batch.logits(r), &prompts[r], opts, &mut rngs[r]);
                 self.choose(row, &mut chosen);
                 for &j in &chosen {
-                    row.window[j].token = Some(row.window[j].cand);
+                    row.state.window[j].token = Some(row.state.window[j].cand);
                 }
-                let slot_trace = |j: usize, s: &Slot| SlotTrace {
-                    pos: row.progress.tokens.len() + j,
-                    token: s.token.unwrap_or(s.cand),
-                    confidence: s.conf,
-                    masked: s.token.is_none(),
-                };
-                (trace.row, trace.forward, trace.step) = (r, forwards, row.step);
-                trace.slots.clear();
-                trace
-                    .slots
-                    .extend(row.window.iter().enumerate().map(|(j, s)| slot_trace(j, s)));
-                trace.committed.clear();
-                trace
-                    .committed
-                    .extend(chosen.iter().map(|&j| slot_trace(j, &row.window[j])));
+                row.trace(r, batch.forwards(), &chosen, &mut trace);
                 on_step(&trace);
-                let ready = match self.commit {
-                    CommitMode::Block if row.window.iter().all(|s| s.token.is_some()) => {
-                        row.window.len()
-                    }
-                    CommitMode::Block => 0,
-                    CommitMode::Sliding => {
-                        row.window.iter().take_while(|s| s.token.is_some()).count()
-                    }
-                };
-                tokens.clear();
-                tokens.extend(row.window.drain(..ready).map(|s| s.token.expect("filled")));
-                accept(r, row, &tokens, opts);
-                if row.progress.done {
-                    row.window.clear();
+                self.release(&mut row.state.window, &mut tokens);
+                row.state.commit(r, &tokens, 0, opts);
+                if row.state.progress.done {
+                    row.state.window.clear();
                 }
             }
         }
-        let rows = rows.into_iter().map(|r| r.progress).collect();
-        Ok(Generation::from_rows(
-            rows,
-            forwards,
-            stepper.fed(),
-            prompts,
-            start,
-        ))
+        let rows = rows.into_iter().map(|r| r.state.progress).collect();
+        Ok(batch.finish(rows, prompts))
     }
 }
 
@@ -348,18 +334,15 @@ mod tests {
             stop: None,
             backend: None,
         };
+        let mut state = RowState::new(&[], &opts, slots.len());
+        state.window.extend(slots.iter().map(|&(token, conf)| Slot {
+            token,
+            cand: 7,
+            conf,
+            age: step,
+        }));
         Row {
-            progress: Progress::new(&opts),
-            pending: Vec::new(),
-            window: slots
-                .iter()
-                .map(|&(token, conf)| Slot {
-                    token,
-                    cand: 7,
-                    conf,
-                    age: step,
-                })
-                .collect(),
+            state,
             slot0: Vec::new(),
             step,
         }

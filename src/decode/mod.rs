@@ -4,6 +4,8 @@
 //! and emit the same per-step trace, which the CLI, the benchmarks and the playground read.
 //! [`DecoderSpec`] is how every caller names and builds one; [`text`] turns committed
 //! tokens into streamed text.
+//! The causal ones (AR, CARD, the verifier) share one decoding window (`window.rs`): per
+//! row the committed tokens not yet cached, then drafts and `[MASK]` slots.
 
 pub mod ar;
 pub mod bd3lm;
@@ -14,6 +16,7 @@ pub mod sampling;
 pub mod spec;
 pub mod text;
 pub mod verify;
+mod window;
 
 use crate::config::ObjectiveKind;
 use crate::data::TextTokenizer;

@@ -23,11 +23,13 @@
 //! masks and the unaccepted drafts are scratch, rolled back after every pass.
 
 use super::sampling::{draw, Dist};
-use super::{Decoder, GenOptions, Generation, Progress, SlotTrace, Start, StepTrace};
+use super::window::{Batch, Entry, RowLogits, RowState};
+use super::{Decoder, GenOptions, Generation, SlotTrace, StepTrace};
 use crate::config::ObjectiveKind;
 use crate::model::Transformer;
 use anyhow::{bail, Result};
 use rand::Rng;
+use rand_pcg::Pcg64;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,11 +56,26 @@ struct Draft {
     dist: Option<Dist>,
 }
 
-struct Row {
-    progress: Progress,
-    /// Committed tokens whose keys/values are not cached yet (the prompt, then AR's token).
-    pending: Vec<u32>,
-    drafts: Vec<Draft>,
+/// A window entry: a draft, fed as if it were text, or a `[MASK]` slot predicting the
+/// position after it.
+enum Slot {
+    Draft(Draft),
+    Mask,
+}
+
+impl Entry for Slot {
+    fn token(&self) -> Option<u32> {
+        self.draft().map(|d| d.token)
+    }
+}
+
+impl Slot {
+    fn draft(&self) -> Option<&Draft> {
+        match self {
+            Slot::Draft(d) => Some(d),
+            Slot::Mask => None,
+        }
+    }
 }
 
 impl VerifyDecoder {
@@ -142,6 +159,85 @@ fn propose(logits: &[f32], context: &[&[u32]], opts: &GenOptions, rng: &mut impl
     }
 }
 
+/// Before a pass: the row's drafts within its budget, then the `[MASK]` slots for the
+/// positions after the pass's AR token.
+fn open(row: &mut RowState<Slot>, k: usize, opts: &GenOptions) {
+    let room = row.room(opts);
+    row.window.truncate(k.min(room));
+    let m = row.window.len();
+    row.window
+        .extend(std::iter::repeat_with(|| Slot::Mask).take(masks(k, room, m)));
+}
+
+/// After a pass: check the row's drafts left to right against AR's distribution at their
+/// positions, into `kept`: the drafts that stand, then AR's own token (after a rejection or
+/// past the drafts), ending early at end of text or the budget; `trace` gets the committed
+/// and rejected slots. Returns whether every draft stood and AR's token ended no text: only
+/// then did the `[MASK]` slots predict from the right context.
+fn walk(
+    row: &RowState<Slot>,
+    logits: &RowLogits,
+    prompt: &[u32],
+    opts: &GenOptions,
+    rng: &mut Pcg64,
+    kept: &mut Vec<u32>,
+    trace: &mut StepTrace,
+) -> bool {
+    let (first, room) = (row.first(), row.room(opts));
+    kept.clear();
+    for i in 0.. {
+        let l = logits
+            .predicting(i)
+            .expect("every pass feeds a pending token");
+        let context = [prompt, row.progress.tokens.as_slice(), kept.as_slice()];
+        let draft = row.window.get(i).and_then(Slot::draft);
+        let (token, conf, ends) = match draft {
+            Some(d) => match check(d, l, &context, opts, rng) {
+                Check::Accept => (d.token, d.conf, false),
+                Check::Replace(t, c) => {
+                    let rejected = SlotTrace::new(first + i, d.token, d.conf, true);
+                    trace.rejected.push(rejected);
+                    (t, c, true)
+                }
+            },
+            None => {
+                // Past the last draft: AR's own token.
+                let (t, c) = opts.sampling.pick(l, &context, &[opts.mask_id], rng);
+                (t, c, true)
+            }
+        };
+        let committed = SlotTrace::new(first + i, token, conf, false);
+        trace.committed.push(committed);
+        kept.push(token);
+        // AR's token (after a rejection or past the drafts), end of text, or the budget: the
+        // pass commits no more.
+        if ends || token == opts.eos_id || kept.len() == room {
+            return draft.is_none() && token != opts.eos_id;
+        }
+    }
+    unreachable!("the walk ends at AR's token, past the last draft at the latest")
+}
+
+/// The next pass's drafts, into `next`: what this pass's `[MASK]` slots predicted for the
+/// positions after the `kept` tokens (slot s from the logits after window entry m+s).
+fn propose_next(
+    row: &RowState<Slot>,
+    logits: &RowLogits,
+    prompt: &[u32],
+    opts: &GenOptions,
+    rng: &mut Pcg64,
+    kept: &[u32],
+    next: &mut Vec<Slot>,
+) {
+    // The drafts come first; mask slot s predicts from the logits after entry m+s.
+    let m = row.window.iter().filter_map(Slot::draft).count();
+    for j in m + 1..=row.window.len() {
+        let l = logits.predicting(j).expect("the mask slots are fed");
+        let context = [prompt, row.progress.tokens.as_slice(), kept];
+        next.push(Slot::Draft(propose(l, &context, opts, rng)));
+    }
+}
+
 impl Decoder for VerifyDecoder {
     fn name(&self) -> &'static str {
         "verify"
@@ -160,155 +256,51 @@ impl Decoder for VerifyDecoder {
         on_step: &mut dyn FnMut(&StepTrace),
     ) -> Result<Generation> {
         self.validate()?;
-        let begin = Start::new(model, prompts, opts)?;
-        let b = prompts.len();
         // More slots than new tokens cannot be used (and would only size buffers).
         let k = self.block_size.min(opts.max_new_tokens.max(1));
-        let mut session = begin.session(model, opts, b, 2 * k + 1)?;
-        let Start {
-            clock: start,
-            mut rngs,
-            ..
-        } = begin;
-        let mut rows: Vec<Row> = prompts
+        let (mut batch, mut rngs) = Batch::start(model, prompts, opts, 2 * k + 1)?;
+        let mut rows: Vec<RowState<Slot>> = prompts
             .iter()
-            .map(|p| Row {
-                progress: Progress::new(opts),
-                pending: p.clone(),
-                drafts: Vec::with_capacity(k),
-            })
+            .map(|p| RowState::new(p, opts, 2 * k))
             .collect();
-        let mut forwards = 0;
-        let mut inputs: Vec<Vec<u32>> = (0..b).map(|_| Vec::new()).collect();
-        let mut before: Vec<usize> = Vec::with_capacity(b);
         // Buffers reused by every pass: a pass's tokens, and the next pass's drafts.
-        let mut kept: Vec<u32> = Vec::with_capacity(k + 1);
-        let mut next: Vec<Draft> = Vec::with_capacity(k);
-        let mut trace = StepTrace {
-            row: 0,
-            forward: 0,
-            step: 1,
-            slots: Vec::with_capacity(k),
-            committed: Vec::with_capacity(k + 1),
-            rejected: Vec::with_capacity(1),
-        };
+        let (mut kept, mut next) = (Vec::with_capacity(k + 1), Vec::with_capacity(2 * k));
+        let mut trace = StepTrace::reused(k + 1);
         while rows.iter().any(|r| !r.progress.done) {
-            for (input, row) in inputs.iter_mut().zip(&mut rows) {
-                input.clear();
-                if row.progress.done {
-                    continue;
-                }
-                // Drafts only for positions within the budget.
-                let room = opts.max_new_tokens - row.progress.tokens.len();
-                row.drafts.truncate(k.min(room));
-                input.extend_from_slice(&row.pending);
-                input.extend(row.drafts.iter().map(|d| d.token));
-                input.extend(std::iter::repeat_n(
-                    opts.mask_id,
-                    masks(k, room, row.drafts.len()),
-                ));
+            for row in rows.iter_mut().filter(|r| !r.progress.done) {
+                open(row, k, opts);
             }
-            before.clear();
-            before.extend_from_slice(session.lens());
-            session.forward(&inputs)?;
-            forwards += 1;
+            let fed = rows.iter_mut().map(|row| {
+                let n = row.window.len();
+                (row, n)
+            });
+            batch.pass(fed, opts.mask_id)?;
             for (r, row) in rows.iter_mut().enumerate() {
                 if row.progress.done {
                     continue;
                 }
-                let m = row.drafts.len();
-                let p = row.pending.len();
-                row.progress.forwards += 1;
-                trace.committed.clear();
-                trace.rejected.clear();
-                let first = row.progress.tokens.len();
-                let room = opts.max_new_tokens - first;
-                // Walk the drafts: logits at fed index p-1+i predict draft i. `kept` holds
-                // the tokens this pass commits; they are pushed after the trace, so a stop
-                // hook runs after the step it is about, as in the other decoders.
-                kept.clear();
-                let mut all_stood = false;
-                for i in 0..=m {
-                    let l = session.logits(r, p - 1 + i);
-                    let context = [prompts[r].as_slice(), &row.progress.tokens, &kept];
-                    let outcome = match row.drafts.get(i) {
-                        Some(d) => check(d, l, &context, opts, &mut rngs[r]),
-                        None => {
-                            // Past the last draft: AR's own token.
-                            all_stood = true;
-                            let (t, c) =
-                                opts.sampling
-                                    .pick(l, &context, &[opts.mask_id], &mut rngs[r]);
-                            Check::Replace(t, c)
-                        }
-                    };
-                    let slot = |token, confidence, masked| SlotTrace {
-                        pos: first + i,
-                        token,
-                        confidence,
-                        masked,
-                    };
-                    let (token, conf, ends) = match outcome {
-                        Check::Accept => (row.drafts[i].token, row.drafts[i].conf, false),
-                        Check::Replace(t, c) => {
-                            if let Some(d) = row.drafts.get(i) {
-                                trace.rejected.push(slot(d.token, d.conf, true));
-                            }
-                            (t, c, true)
-                        }
-                    };
-                    trace.committed.push(slot(token, conf, false));
-                    kept.push(token);
-                    // AR's token (after a rejection or past the drafts), end of text, or the
-                    // budget: the pass commits no more.
-                    if ends || token == opts.eos_id || kept.len() == room {
-                        break;
-                    }
-                }
-                // The mask slots predicted the positions after AR's token only if every draft
-                // before them stood; after a rejection the next pass drafts afresh from masks
-                // right after the committed text.
+                trace.start(r, batch.forwards(), 1);
+                let (logits, prompt, rng) = (batch.logits(r), &prompts[r], &mut rngs[r]);
+                let fresh = walk(row, &logits, prompt, opts, rng, &mut kept, &mut trace);
+                // After a rejection the next pass drafts afresh from masks right after the
+                // committed text.
                 next.clear();
-                if all_stood && kept.len() == m + 1 && kept[m] != opts.eos_id {
-                    for s in 0..masks(k, room, m) {
-                        let l = session.logits(r, p + m + s);
-                        let context = [prompts[r].as_slice(), &row.progress.tokens, &kept];
-                        next.push(propose(l, &context, opts, &mut rngs[r]));
-                    }
+                if fresh {
+                    propose_next(row, &logits, prompt, opts, rng, &kept, &mut next);
                 }
-                (trace.row, trace.forward) = (r, forwards);
-                trace.slots.clear();
-                let after = first + kept.len();
-                trace
-                    .slots
-                    .extend(next.iter().enumerate().map(|(j, d)| SlotTrace {
-                        pos: after + j,
-                        token: d.token,
-                        confidence: d.conf,
-                        masked: true,
-                    }));
+                let after = row.first() + kept.len();
+                let drafts = next.iter().filter_map(Slot::draft).enumerate();
+                let slots = drafts.map(|(j, d)| SlotTrace::new(after + j, d.token, d.conf, true));
+                trace.slots.extend(slots);
                 on_step(&trace);
                 // Every kept token but the last is a draft that stood: its keys/values stay.
-                session.truncate_row(r, before[r] + p + kept.len() - 1);
-                row.pending.clear();
-                std::mem::swap(&mut row.drafts, &mut next);
-                for &tok in &kept {
-                    if !row.progress.push(r, tok, opts) || row.progress.done {
-                        break;
-                    }
-                }
-                if !row.progress.done {
-                    row.pending.push(*kept.last().expect("every pass commits"));
-                }
+                let stood = kept.len() - 1;
+                batch.keep(r, stood);
+                std::mem::swap(&mut row.window, &mut next);
+                row.commit(r, &kept, stood, opts);
             }
         }
         let rows = rows.into_iter().map(|r| r.progress).collect();
-        Ok(Generation::from_rows(
-            rows,
-            forwards,
-            session.fed(),
-            prompts,
-            start,
-        ))
+        Ok(batch.finish(rows, prompts))
     }
 }

@@ -243,11 +243,7 @@ fn side_by_side(
         let opts = GenOptions::new(max_new, tok);
         let g = d.generate(model, std::slice::from_ref(&prompt), &opts, &mut |_| {})?;
         let text = tok.decode(&g.rows[0].tokens)?;
-        let label = match &d {
-            DecoderSpec::Card(c) => format!("card K={} τ={}", c.block_size, c.threshold),
-            DecoderSpec::Verify(v) => format!("verify K={}", v.block_size),
-            other => other.name().to_string(),
-        };
+        let label = d.to_string();
         let same = match (&d, &ar_text) {
             (DecoderSpec::Ar, _) => String::new(),
             (_, Some(a)) if *a == text => " (AR's text)".into(),
@@ -255,7 +251,7 @@ fn side_by_side(
             _ => String::new(),
         };
         eprintln!(
-            "  {label:<16} {:.2} tokens/forward{same}: {}",
+            "  {label:<20} {:.2} tokens/forward{same}: {}",
             g.tokens_per_forward(),
             text.replace('\n', " ")
         );

@@ -526,4 +526,57 @@ fn generate_prints_json_and_rejects_bad_options() {
     }
     let bad = ["bench", "decode", "card-run", "--sets", "poetry"];
     assert_error(&card(&bad, cwd), "unknown prompt set");
+    // The cost curve: every format the f32 checkpoint offers (f32, bf16) x batch x positions,
+    // each point's ratio to its own n = 1 pass.
+    let curve = [
+        "bench",
+        "decode",
+        "card-run",
+        "--cost-curve",
+        "--positions",
+        "1,3,2",
+        "--batch",
+        "1,2",
+        "--context",
+        "8",
+        "--reps",
+        "2",
+        "--json",
+    ];
+    let out = card(&curve, cwd);
+    assert_success(&out);
+    let points = last_json(&out)["cost_curve"].as_array().unwrap().clone();
+    assert_eq!(
+        points.len(),
+        2 * 2 * 3,
+        "2 formats x 2 batches x 3 positions"
+    );
+    for p in &points {
+        assert!(p["ms"].as_f64().unwrap() > 0.0, "{p}");
+        let one = points
+            .iter()
+            .find(|q| {
+                q["precision"] == p["precision"] && q["batch"] == p["batch"] && q["positions"] == 1
+            })
+            .unwrap();
+        let ratio = p["ms"].as_f64().unwrap() / one["ms"].as_f64().unwrap();
+        assert!((p["ratio"].as_f64().unwrap() - ratio).abs() < 1e-9, "{p}");
+    }
+    let formats: Vec<_> = points
+        .iter()
+        .map(|p| p["precision"].as_str().unwrap())
+        .collect();
+    assert!(
+        formats.contains(&"f32") && formats.contains(&"bf16"),
+        "{formats:?}"
+    );
+    let long = [
+        "bench",
+        "decode",
+        "card-run",
+        "--cost-curve",
+        "--context",
+        "60",
+    ];
+    assert_error(&card(&long, cwd), "exceeds the model's context of 64");
 }

@@ -1,6 +1,7 @@
 //! Benchmarks as commands: throughput against a baseline run in the same process, with
 //! medians over rounds.
 
+pub mod cost_curve;
 pub mod decode;
 pub mod plan;
 pub mod train;
@@ -9,6 +10,7 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 use std::time::Instant;
 
+pub use cost_curve::{CostCurve, CostPlan, CostPoint};
 pub use decode::{bench_decode, DecodeBench, DecodeBenchConfig};
 pub use plan::{DecodePlan, DecodeReport, Lengths};
 pub use train::{bench_distributed, bench_train, memory_probe, DistBench, MemoryProbe, TrainBench};

@@ -64,6 +64,21 @@ pub struct DecodeBenchArgs {
     /// stay f32), beside the f32 model: tokens/s, share of copy bandwidth, greedy agreement.
     #[arg(long)]
     pub bf16: bool,
+    /// Instead of decoding: time one cached pass of n positions per row after `--context`
+    /// tokens, for each n of `--positions`, each `--batch` and each weight format the
+    /// checkpoint offers (its stored blocks, f32, bf16), with the ratio to n = 1; `--json`
+    /// prints `{"cost_curve": [{precision, batch, positions, ms, ratio}]}`.
+    #[arg(long)]
+    pub cost_curve: bool,
+    /// Cost curve: positions per row in one pass.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,6,8,12,16")]
+    pub positions: Vec<usize>,
+    /// Cost curve: tokens cached per row before the pass.
+    #[arg(long, default_value_t = 64)]
+    pub context: usize,
+    /// Cost curve: timed passes per point (the median is reported).
+    #[arg(long, default_value_t = 30)]
+    pub reps: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -270,6 +285,9 @@ fn parse_decoders(grid: &[String], verify: &[String]) -> Result<Vec<DecoderSpec>
 }
 
 fn decode(a: DecodeBenchArgs) -> Result<()> {
+    if a.cost_curve {
+        return cost_curve(a);
+    }
     let decoders = parse_decoders(&a.grid, &a.verify)?;
     if a.batch.contains(&0) || a.lengths.contains(&0) {
         bail!("--batch and --lengths must be positive");
@@ -306,6 +324,35 @@ fn decode(a: DecodeBenchArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// `--cost-curve`: what a pass of n positions costs, per weight format and batch size.
+fn cost_curve(a: DecodeBenchArgs) -> Result<()> {
+    let device = crate::runtime::device()?;
+    let ckpt = crate::checkpoint::open(&a.checkpoint, &device, !a.no_ema)?;
+    if !ckpt.objective().is_causal() {
+        bail!("the cost curve times cached causal passes: an ARM or CARD checkpoint");
+    }
+    let plan = crate::bench::CostPlan {
+        batches: a.batch.clone(),
+        positions: a.positions.clone(),
+        context: a.context,
+        reps: a.reps,
+    };
+    plan.check(&ckpt.model)?;
+    let formats = crate::bench::cost_curve::formats(&ckpt)?;
+    if let Some(w) = crate::bench::busy_warning() {
+        eprintln!("{w}");
+    }
+    let progress = progress_line(std::io::stderr().is_terminal());
+    let curve = crate::bench::cost_curve::measure(&formats, &plan, &progress)?;
+    progress("");
+    print!("{curve}");
+    if a.json {
+        println!("{}", curve.json());
+    }
+    Ok(())
+}
+
 /// Memory of a child `card` running one objective's warm-up and timed steps, or None if it
 /// fails.
 fn probe_memory(

@@ -120,40 +120,81 @@ pub fn matmul_into(
         w.len()
     );
     let x = &x[..m * k];
-    let simd = simd_available();
+    let path = Path::best();
     by_weight_rows(n, m, row_bytes, out_t, out, |j, o| {
-        dots(x, &w[j * row_bytes..(j + 1) * row_bytes], k, kind, o, simd)
+        dots(x, &w[j * row_bytes..(j + 1) * row_bytes], k, kind, o, path)
     });
 }
 
-fn simd_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+/// The kernels a block product can run on, fastest first; every path expands each block
+/// once and differs from the others only in summation order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// 16-wide AVX-512 (with F16C for the scales).
+    Avx512,
+    /// 8-wide AVX2 with FMA and F16C.
+    Avx2,
+    /// Plain Rust.
+    Portable,
 }
 
-/// o[i] = x row i · the packed weight row, for every input row.
-pub(crate) fn dots(x: &[f32], wrow: &[u8], k: usize, kind: Blocks, o: &mut [f32], simd: bool) {
+impl Path {
+    pub const ALL: [Path; 3] = [Path::Avx512, Path::Avx2, Path::Portable];
+
+    /// Whether this CPU can run the path.
+    pub fn available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            let avx2 = has!("avx2") && has!("fma") && has!("f16c");
+            match self {
+                Path::Avx512 => avx2 && has!("avx512f"),
+                Path::Avx2 => avx2,
+                Path::Portable => true,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        matches!(self, Path::Portable)
+    }
+
+    /// The path products take on this machine (`CARD_NO_AVX512=1` keeps them on AVX2).
+    pub fn best() -> Path {
+        static BEST: std::sync::OnceLock<Path> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| {
+            let no512 = std::env::var_os("CARD_NO_AVX512").is_some_and(|v| v != "0");
+            *Path::ALL
+                .iter()
+                .filter(|p| !(no512 && **p == Path::Avx512))
+                .find(|p| p.available())
+                .expect("portable")
+        })
+    }
+}
+
+/// o[i] = x row i · the packed weight row, for every input row, on `path` (the portable
+/// path where the CPU lacks it).
+pub(crate) fn dots(x: &[f32], wrow: &[u8], k: usize, kind: Blocks, o: &mut [f32], path: Path) {
     #[cfg(target_arch = "x86_64")]
-    // `simd` is a request; the features are checked here too (the check is cached).
-    if simd && simd_available() {
+    if path != Path::Portable && path.available() {
         macro_rules! by_rows {
-            ($($m:literal $a:literal)*) => {
+            ($module:ident, $($m:literal $a:literal)*) => {
                 match o.len() {
-                    // SAFETY (every arm): the caller checked AVX2, FMA and F16C.
-                    $($m => unsafe { avx2::dots::<$m, $a>(x, wrow, k, kind, o) },)*
+                    // SAFETY (every arm): `available` checked the path's features.
+                    $($m => unsafe { $module::dots::<$m, $a>(x, wrow, k, kind, o) },)*
                     _ => unreachable!("at most MAX_ROWS input rows"),
                 }
             };
         }
-        return by_rows!(1 4 2 2 3 2 4 1 5 1 6 1 7 1 8 1 9 1 10 1 11 1 12 1 13 1 14 1 15 1 16 1);
+        return match path {
+            Path::Avx512 => {
+                by_rows!(avx512, 1 2 2 2 3 2 4 2 5 1 6 1 7 1 8 1 9 1 10 1 11 1 12 1 13 1 14 1 15 1 16 1)
+            }
+            _ => {
+                by_rows!(avx2, 1 4 2 2 3 2 4 1 5 1 6 1 7 1 8 1 9 1 10 1 11 1 12 1 13 1 14 1 15 1 16 1)
+            }
+        };
     }
-    let _ = simd;
+    let _ = path;
     let mut vals = [0f32; BLOCK];
     o.fill(0.0);
     for (b, blk) in wrow.chunks(kind.bytes()).enumerate() {
@@ -273,15 +314,133 @@ mod avx2 {
     }
 }
 
+/// The AVX2 kernel's shape at 16 lanes: a block is two vectors, A ≤ 2 accumulators per row.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Blocks, BLOCK};
+    use std::arch::x86_64::*;
+
+    /// A block's 32 values in two vectors.
+    #[inline]
+    #[target_feature(enable = "avx512f,f16c")]
+    unsafe fn expand(kind: Blocks, blk: *const u8) -> [__m512; 2] {
+        if kind == Blocks::Bf16 {
+            let v = |at: usize| {
+                let h = _mm256_loadu_si256(blk.add(2 * at) as *const __m256i);
+                _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+            };
+            return [v(0), v(16)];
+        }
+        let bits = u16::from_le_bytes([*blk, *blk.add(1)]);
+        let scale = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)));
+        let d = _mm512_set1_ps(scale);
+        match kind {
+            Blocks::Q4_0 | Blocks::Q4_1 => {
+                let (m, qs) = match kind {
+                    Blocks::Q4_1 => {
+                        let mb = u16::from_le_bytes([*blk.add(2), *blk.add(3)]);
+                        let min = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(mb as i32)));
+                        (_mm512_set1_ps(min), blk.add(4))
+                    }
+                    _ => (_mm512_set1_ps(-8.0 * scale), blk.add(2)),
+                };
+                // Low nibbles are values 0..16, high nibbles 16..32.
+                let q = _mm_loadu_si128(qs as *const __m128i);
+                let mask = _mm_set1_epi8(0x0F);
+                let lo = _mm_and_si128(q, mask);
+                let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
+                let f = |b: __m128i| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b));
+                [_mm512_fmadd_ps(f(lo), d, m), _mm512_fmadd_ps(f(hi), d, m)]
+            }
+            Blocks::Q8_0 => {
+                let q = blk.add(2);
+                let v = |at: usize| {
+                    let b = _mm_loadu_si128(q.add(at) as *const __m128i);
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), d)
+                };
+                [v(0), v(16)]
+            }
+            Blocks::Bf16 => unreachable!("handled above"),
+        }
+    }
+
+    /// M input rows against one packed weight row (as `avx2::dots`).
+    ///
+    /// # Safety
+    /// AVX-512F and F16C must be available.
+    #[target_feature(enable = "avx512f,f16c")]
+    pub unsafe fn dots<const M: usize, const A: usize>(
+        x: &[f32],
+        wrow: &[u8],
+        k: usize,
+        kind: Blocks,
+        o: &mut [f32],
+    ) {
+        let blocks = k / BLOCK;
+        assert!(x.len() >= M * k && wrow.len() >= kind.row_bytes(k) && o.len() >= M);
+        let mut acc = [[_mm512_setzero_ps(); A]; M];
+        let xp = x.as_ptr();
+        for b in 0..blocks {
+            // SAFETY: block b lies within wrow, and x row i's block b within x (asserted).
+            let w = expand(kind, wrow.as_ptr().add(b * kind.bytes()));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let at = xp.add(i * k + b * BLOCK);
+                for (v, wv) in w.iter().enumerate() {
+                    let slot = &mut a[v % A];
+                    *slot = _mm512_fmadd_ps(_mm512_loadu_ps(at.add(16 * v)), *wv, *slot);
+                }
+            }
+        }
+        // A bf16 row's part block (the only kind that has one), value by value.
+        let (tail0, mut tail) = (blocks * BLOCK, [0f32; BLOCK]);
+        if tail0 < k {
+            super::unpack(kind, &wrow[2 * tail0..2 * k], &mut tail[..k - tail0]);
+        }
+        for (i, a) in acc.iter().enumerate() {
+            let mut s = a[0];
+            for v in a.iter().skip(1) {
+                s = _mm512_add_ps(s, *v);
+            }
+            let rest: f32 = (tail0..k).map(|c| x[i * k + c] * tail[c - tail0]).sum();
+            o[i] = _mm512_reduce_add_ps(s) + rest;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::quantized::QTensor;
     use candle_core::{Device, Tensor};
 
-    /// Both paths against candle's own dequantization of the same blocks.
     #[test]
-    fn simd_and_portable_paths_equal_the_expanded_product() {
+    fn the_machine_takes_the_best_path_its_cpu_has() {
+        // Linux's flags, independent of the detection under test.
+        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let line = info.lines().find(|l| l.starts_with("flags")).unwrap_or("");
+        if line.is_empty() {
+            eprintln!("no /proc/cpuinfo: the dispatch is not checked");
+            return;
+        }
+        let has = |f: &str| line.split_whitespace().any(|x| x == f);
+        let avx2 = has("avx2") && has("fma") && has("f16c");
+        let no512 = std::env::var_os("CARD_NO_AVX512").is_some_and(|v| v != "0");
+        let want = match (avx2 && has("avx512f"), avx2) {
+            (true, _) if !no512 => Path::Avx512,
+            (_, true) => Path::Avx2,
+            _ => Path::Portable,
+        };
+        assert_eq!(Path::best(), want, "the flags say {want:?}");
+        eprintln!("block products on this CPU: {want:?}");
+    }
+
+    /// Every path the CPU has against candle's own dequantization of the same blocks.
+    #[test]
+    fn every_path_equals_the_expanded_product() {
+        let paths: Vec<Path> = Path::ALL.into_iter().filter(|p| p.available()).collect();
+        for p in Path::ALL.iter().filter(|p| !p.available()) {
+            eprintln!("block products: this CPU lacks the {p:?} path (not tested here)");
+        }
         for (dtype, k) in [
             (GgmlDType::Q4_0, 96),
             (GgmlDType::Q4_1, 96),
@@ -312,7 +471,7 @@ mod tests {
                     .unwrap();
                 let want = want.to_vec1::<f32>().unwrap();
                 let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                for simd in [false, simd_available()] {
+                for &path in &paths {
                     let row_bytes = kind.row_bytes(k);
                     let mut out = vec![0f32; m * n];
                     for j in 0..n {
@@ -323,7 +482,7 @@ mod tests {
                             k,
                             kind,
                             &mut o,
-                            simd,
+                            path,
                         );
                         for i in 0..m {
                             out[i * n + j] = o[i];
@@ -333,7 +492,7 @@ mod tests {
                         .iter()
                         .zip(&want)
                         .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
-                    assert!(diff < 1e-3, "{dtype:?} m {m} simd {simd}: {diff}");
+                    assert!(diff < 1e-3, "{dtype:?} m {m} {path:?}: {diff}");
                 }
                 let (mut t, mut out) = (vec![0f32; n * m], vec![0f32; m * n]);
                 matmul_into(&xs, m, k, kind, &bytes, n, &mut t, &mut out);

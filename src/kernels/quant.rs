@@ -207,6 +207,58 @@ pub(crate) fn dots(x: &[f32], wrow: &[u8], k: usize, kind: Blocks, o: &mut [f32]
     }
 }
 
+/// `dots::<M, A>` of a SIMD path: M input rows against one packed weight row with A
+/// accumulators per row (several for a few rows, whose single FMA chains would wait on each
+/// other; one for many, whose chains interleave and would not fit the registers otherwise).
+/// Each block is expanded once by the path's `expand` and summed with its `hsum`; the paths
+/// differ only in vector width.
+#[cfg(target_arch = "x86_64")]
+macro_rules! block_dots {
+    ($features:literal, $vec:ty, $zero:ident, $fmadd:ident, $load:ident, $add:ident, $lanes:literal) => {
+        /// # Safety
+        /// The CPU must have the path's features.
+        #[target_feature(enable = $features)]
+        pub unsafe fn dots<const M: usize, const A: usize>(
+            x: &[f32],
+            wrow: &[u8],
+            k: usize,
+            kind: Blocks,
+            o: &mut [f32],
+        ) {
+            let blocks = k / BLOCK;
+            assert!(x.len() >= M * k && wrow.len() >= kind.row_bytes(k) && o.len() >= M);
+            let mut acc: [[$vec; A]; M] = [[$zero(); A]; M];
+            let xp = x.as_ptr();
+            for b in 0..blocks {
+                // SAFETY: block b lies within wrow, and x row i's block b within x (asserted).
+                let w = expand(kind, wrow.as_ptr().add(b * kind.bytes()));
+                for (i, a) in acc.iter_mut().enumerate() {
+                    let at = xp.add(i * k + b * BLOCK);
+                    for (v, wv) in w.iter().enumerate() {
+                        let slot = &mut a[v % A];
+                        *slot = $fmadd($load(at.add($lanes * v)), *wv, *slot);
+                    }
+                }
+            }
+            // A bf16 row's part block (the only kind that has one), value by value.
+            let (tail0, mut tail) = (blocks * BLOCK, [0f32; BLOCK]);
+            if tail0 < k {
+                super::unpack(kind, &wrow[2 * tail0..2 * k], &mut tail[..k - tail0]);
+            }
+            for (i, a) in acc.iter().enumerate() {
+                let mut s = a[0];
+                for v in a.iter().skip(1) {
+                    s = $add(s, *v);
+                }
+                let rest: f32 = (tail0..k).map(|c| x[i * k + c] * tail[c - tail0]).sum();
+                o[i] = hsum(s) + rest;
+            }
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+use block_dots;
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{Blocks, BLOCK};
@@ -267,51 +319,24 @@ mod avx2 {
         }
     }
 
-    /// M input rows against one packed weight row with A accumulators per row: 4 for a few
-    /// rows (a single row's FMAs would wait on each other), 1 for many (the rows' chains
-    /// interleave, and 4·M accumulators would not fit the registers).
-    ///
-    /// # Safety
-    /// AVX2, FMA and F16C must be available.
+    /// The lanes' sum, in lane order.
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dots<const M: usize, const A: usize>(
-        x: &[f32],
-        wrow: &[u8],
-        k: usize,
-        kind: Blocks,
-        o: &mut [f32],
-    ) {
-        let blocks = k / BLOCK;
-        assert!(x.len() >= M * k && wrow.len() >= kind.row_bytes(k) && o.len() >= M);
-        let mut acc = [[_mm256_setzero_ps(); A]; M];
-        let xp = x.as_ptr();
-        for b in 0..blocks {
-            // SAFETY: block b lies within wrow, and x row i's block b within x (asserted).
-            let w = expand(kind, wrow.as_ptr().add(b * kind.bytes()));
-            for (i, a) in acc.iter_mut().enumerate() {
-                let at = xp.add(i * k + b * BLOCK);
-                for (v, wv) in w.iter().enumerate() {
-                    let slot = &mut a[v % A];
-                    *slot = _mm256_fmadd_ps(_mm256_loadu_ps(at.add(8 * v)), *wv, *slot);
-                }
-            }
-        }
-        // A bf16 row's part block (the only kind that has one), value by value.
-        let (tail0, mut tail) = (blocks * BLOCK, [0f32; BLOCK]);
-        if tail0 < k {
-            super::unpack(kind, &wrow[2 * tail0..2 * k], &mut tail[..k - tail0]);
-        }
-        for (i, a) in acc.iter().enumerate() {
-            let mut s = a[0];
-            for v in a.iter().skip(1) {
-                s = _mm256_add_ps(s, *v);
-            }
-            let mut lanes = [0f32; 8];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), s);
-            let rest: f32 = (tail0..k).map(|c| x[i * k + c] * tail[c - tail0]).sum();
-            o[i] = lanes.iter().sum::<f32>() + rest;
-        }
+    unsafe fn hsum(s: __m256) -> f32 {
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), s);
+        lanes.iter().sum::<f32>()
     }
+
+    super::block_dots!(
+        "avx2,fma,f16c",
+        __m256,
+        _mm256_setzero_ps,
+        _mm256_fmadd_ps,
+        _mm256_loadu_ps,
+        _mm256_add_ps,
+        8
+    );
 }
 
 /// The AVX2 kernel's shape at 16 lanes: a block is two vectors, A ≤ 2 accumulators per row.
@@ -364,47 +389,21 @@ mod avx512 {
         }
     }
 
-    /// M input rows against one packed weight row (as `avx2::dots`).
-    ///
-    /// # Safety
-    /// AVX-512F and F16C must be available.
+    #[inline]
     #[target_feature(enable = "avx512f,f16c")]
-    pub unsafe fn dots<const M: usize, const A: usize>(
-        x: &[f32],
-        wrow: &[u8],
-        k: usize,
-        kind: Blocks,
-        o: &mut [f32],
-    ) {
-        let blocks = k / BLOCK;
-        assert!(x.len() >= M * k && wrow.len() >= kind.row_bytes(k) && o.len() >= M);
-        let mut acc = [[_mm512_setzero_ps(); A]; M];
-        let xp = x.as_ptr();
-        for b in 0..blocks {
-            // SAFETY: block b lies within wrow, and x row i's block b within x (asserted).
-            let w = expand(kind, wrow.as_ptr().add(b * kind.bytes()));
-            for (i, a) in acc.iter_mut().enumerate() {
-                let at = xp.add(i * k + b * BLOCK);
-                for (v, wv) in w.iter().enumerate() {
-                    let slot = &mut a[v % A];
-                    *slot = _mm512_fmadd_ps(_mm512_loadu_ps(at.add(16 * v)), *wv, *slot);
-                }
-            }
-        }
-        // A bf16 row's part block (the only kind that has one), value by value.
-        let (tail0, mut tail) = (blocks * BLOCK, [0f32; BLOCK]);
-        if tail0 < k {
-            super::unpack(kind, &wrow[2 * tail0..2 * k], &mut tail[..k - tail0]);
-        }
-        for (i, a) in acc.iter().enumerate() {
-            let mut s = a[0];
-            for v in a.iter().skip(1) {
-                s = _mm512_add_ps(s, *v);
-            }
-            let rest: f32 = (tail0..k).map(|c| x[i * k + c] * tail[c - tail0]).sum();
-            o[i] = _mm512_reduce_add_ps(s) + rest;
-        }
+    unsafe fn hsum(s: __m512) -> f32 {
+        _mm512_reduce_add_ps(s)
     }
+
+    super::block_dots!(
+        "avx512f,f16c",
+        __m512,
+        _mm512_setzero_ps,
+        _mm512_fmadd_ps,
+        _mm512_loadu_ps,
+        _mm512_add_ps,
+        16
+    );
 }
 
 #[cfg(test)]

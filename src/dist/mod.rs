@@ -135,11 +135,14 @@ pub fn or_abort<T>(comm: &dyn Collective, f: impl FnOnce() -> Result<T>) -> Resu
         Err(e) if comm.world() > 1 => {
             let msg = format!("{e:#}");
             let first = msg.lines().next().unwrap_or("");
-            eprintln!(
-                "error: {first} (rank {} of {}; ending the job)",
+            let line = format!(
+                "error: {first} (rank {} of {}; ending the job)\n",
                 comm.rank(),
                 comm.world()
             );
+            // One write, so the line reaches the pipe it shares with mpirun and the other
+            // ranks whole (`eprintln!` writes its pieces one by one, and they interleave).
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
             comm.abort(1)
         }
         r => r,

@@ -97,14 +97,13 @@ pub fn measure(
         plan.check(model)?;
         for &batch in &plan.batches {
             progress(&format!("cost curve: {name} batch {batch}"));
-            let ms = medians(model, batch, plan)?;
-            let first = ms[0];
+            let (ms, one) = medians(model, batch, plan)?;
             points.extend(plan.positions.iter().zip(ms).map(|(&n, ms)| CostPoint {
                 precision: name.clone(),
                 batch,
                 positions: n,
                 ms,
-                ratio: ms / first,
+                ratio: ms / one,
             }));
         }
     }
@@ -115,10 +114,11 @@ pub fn measure(
     })
 }
 
-/// Median milliseconds of a pass of each of `plan.positions` (n = 1 first) for `batch` rows.
-/// The numbers of positions take turns within each repetition, so a drift in the machine's
-/// speed spreads over all of them alike.
-fn medians(model: &Transformer, batch: usize, plan: &CostPlan) -> Result<Vec<f64>> {
+/// Median milliseconds of a pass of each of `plan.positions` for `batch` rows, and of the
+/// n = 1 pass (measured whether asked for or not: the ratios' base). The numbers of positions
+/// take turns within each repetition, so a drift in the machine's speed spreads over all of
+/// them alike.
+fn medians(model: &Transformer, batch: usize, plan: &CostPlan) -> Result<(Vec<f64>, f64)> {
     let mut positions = plan.positions.clone();
     positions.sort_unstable();
     positions.dedup();
@@ -150,11 +150,10 @@ fn medians(model: &Transformer, batch: usize, plan: &CostPlan) -> Result<Vec<f64
             }
         }
     }
-    let median_of = |n: usize| {
-        let i = positions.iter().position(|&p| p == n).expect("measured");
-        median(&mut times[i].clone())
-    };
-    Ok(plan.positions.iter().map(|&n| median_of(n)).collect())
+    let medians: Vec<f64> = times.iter_mut().map(|t| median(t)).collect();
+    let median_of = |n: usize| medians[positions.iter().position(|&p| p == n).expect("measured")];
+    let asked = plan.positions.iter().map(|&n| median_of(n)).collect();
+    Ok((asked, median_of(1)))
 }
 
 fn median(xs: &mut [f64]) -> f64 {

@@ -70,7 +70,8 @@ impl CostPlan {
 }
 
 /// The weight formats a checkpoint offers, each as a model: its stored matrices (GGUF blocks
-/// or f32), f32 (expanded where it is quantized) and bf16 (rounded from f32).
+/// or f32; quantized ones also with int8 activations), f32 (expanded where it is quantized)
+/// and bf16 (rounded from f32).
 pub fn formats(ckpt: &Opened) -> Result<Vec<(String, Transformer)>> {
     let stored = ckpt.model.clone();
     let f32 = if stored.is_quantized() {
@@ -81,7 +82,9 @@ pub fn formats(ckpt: &Opened) -> Result<Vec<(String, Transformer)>> {
     let bf16 = f32.to_bf16()?;
     let mut out = vec![("f32".to_string(), f32), ("bf16".to_string(), bf16)];
     if stored.is_quantized() {
+        let int8 = stored.with_int8();
         out.insert(0, (stored.weights_label(), stored));
+        out.insert(1, (int8.weights_label(), int8));
     }
     Ok(out)
 }

@@ -113,6 +113,20 @@ pub enum Precision {
     Stored,
     /// Everything expanded to f32 (the reference).
     F32,
+    /// Stored blocks, whose Q4_0/Q4_1/Q8_0 products take activations rounded to 8 bits
+    /// (integer dot products; `--int8`).
+    Int8,
+}
+
+impl Precision {
+    /// The precision a command's `--f32` and `--int8` flags ask for (clap keeps them apart).
+    pub fn from_flags(f32: bool, int8: bool) -> Self {
+        match (f32, int8) {
+            (true, _) => Precision::F32,
+            (_, true) => Precision::Int8,
+            _ => Precision::Stored,
+        }
+    }
 }
 
 /// A checkpoint opened for inference: what every command that decodes or evaluates needs.
@@ -155,9 +169,22 @@ impl Checkpoint {
     /// Like `open`, with quantized weights kept quantized under [`Precision::Stored`].
     pub fn open_as(&self, use_ema: bool, precision: Precision) -> Result<Opened> {
         let (which, weights) = self.pick(use_ema);
+        if precision == Precision::Int8 && self.quantized.is_none() {
+            bail!(
+                "--int8 rounds the activations of quantized blocks; checkpoint {} holds f32 \
+                 weights (import it with --quantize q4_1, say)",
+                self.dir.display()
+            );
+        }
         let model = match (&self.quantized, precision) {
-            (Some(q), Precision::Stored) => gguf::weights(&self.config.model, q, true)
-                .and_then(|w| Ok(Transformer::from_weights(&self.config.model, w)?)),
+            (Some(q), Precision::Stored | Precision::Int8) => {
+                gguf::weights(&self.config.model, q, true)
+                    .and_then(|w| Ok(Transformer::from_weights(&self.config.model, w)?))
+                    .map(|m| match precision {
+                        Precision::Int8 => m.with_int8(),
+                        _ => m,
+                    })
+            }
             _ => Transformer::from_tensors(&self.config.model, |n| {
                 weights
                     .get(n)

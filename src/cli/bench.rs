@@ -64,9 +64,13 @@ pub struct DecodeBenchArgs {
     /// stay f32), beside the f32 model: tokens/s, share of copy bandwidth, greedy agreement.
     #[arg(long)]
     pub bf16: bool,
+    /// Decode the quantized blocks with activations rounded to 8 bits (integer dot
+    /// products), beside the f32 reference: speed, greedy agreement and NLL.
+    #[arg(long, conflicts_with = "bf16")]
+    pub int8: bool,
     /// Instead of decoding: time one cached pass of n positions per row after `--context`
     /// tokens, for each n of `--positions`, each `--batch` and each weight format the
-    /// checkpoint offers (its stored blocks, f32, bf16), with the ratio to n = 1; `--json`
+    /// checkpoint offers (its stored blocks, exact and int8, f32, bf16), with the ratio to n = 1; `--json`
     /// prints `{"cost_curve": [{precision, batch, positions, ms, ratio}]}`.
     #[arg(long)]
     pub cost_curve: bool,
@@ -296,7 +300,7 @@ fn decode(a: DecodeBenchArgs) -> Result<()> {
     let plan = DecodePlan {
         checkpoint: a.checkpoint.clone(),
         use_ema: !a.no_ema,
-        precision: Precision::Stored,
+        precision: Precision::from_flags(false, a.int8),
         beside_f32: true,
         bf16: a.bf16,
         judge: a.judge.clone(),

@@ -128,6 +128,11 @@ pub struct GenerateArgs {
     /// Expand quantized weights to f32 (the reference) instead of decoding in their blocks.
     #[arg(long)]
     pub f32: bool,
+    /// Round the activations of Q4_0/Q4_1/Q8_0 products to 8 bits per 256 values and take
+    /// integer dot products (AVX-512 VNNI or AVX2; faster, not bit-equal to the exact
+    /// default: `card bench decode --int8` reports its greedy agreement and NLL).
+    #[arg(long, conflicts_with = "f32")]
+    pub int8: bool,
     /// Each prompt is a user message, rendered with the model's chat template (an imported
     /// model's own; the plain `User: …\nAssistant:` transcript for ours), and the reply stops
     /// at the end of the assistant's turn.
@@ -147,11 +152,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     };
     sampling.validate()?;
     let device = default_device()?;
-    let precision = if a.f32 {
-        Precision::F32
-    } else {
-        Precision::Stored
-    };
+    let precision = Precision::from_flags(a.f32, a.int8);
     let ckpt = checkpoint::open_as(&a.checkpoint, &device, !a.no_ema, precision)?;
     let decoder = a.settings.spec(a.decoder.as_deref(), &ckpt.config)?;
     let (tok, model) = (&ckpt.tokenizer, &ckpt.model);

@@ -69,6 +69,11 @@ pub struct ServeArgs {
     /// Expand quantized weights to f32 (the reference) instead of decoding in their blocks.
     #[arg(long)]
     pub f32: bool,
+    /// Round the activations of Q4_0/Q4_1/Q8_0 products to 8 bits per 256 values and take
+    /// integer dot products (AVX-512 VNNI or AVX2; faster, not bit-equal to the exact
+    /// default: `card bench decode --int8` reports its greedy agreement and NLL).
+    #[arg(long, conflicts_with = "f32")]
+    pub int8: bool,
 }
 
 /// Seconds in [lo, hi] as a duration, or an error naming the flag.
@@ -109,6 +114,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         model_name: a.model_name,
         no_ema: a.no_ema,
         f32: a.f32,
+        int8: a.int8,
         allow_hosts: a.allow_hosts,
         cors_origins: a.cors_origins,
         api_key: a.api_key,

@@ -3,6 +3,7 @@
 //! (gemm for a prompt's many rows), and causal attention over a row's cached keys.
 
 use super::core::{gemm_into, par_rows, Real};
+use super::int8::{self, Rounded};
 use super::quant::{self, Blocks};
 use super::small_matmul::{matmul_into, MAX_ROWS};
 use crate::config::Heads;
@@ -37,12 +38,15 @@ pub fn linear(
 }
 
 /// out [n, m] = x [n, k] · wᵀ for w in packed parts stacked by rows: `MAX_ROWS` input rows
-/// per pass over the blocks; each part's columns land at its offset in out.
+/// per pass over the blocks; each part's columns land at its offset in out. With `int8`,
+/// the parts the integer path takes multiply x rounded to 8 bits (into that buffer).
+#[allow(clippy::too_many_arguments)]
 pub fn linear_packed(
     x: &[f32],
     n: usize,
     k: usize,
     parts: &[(Blocks, &[u8], usize)],
+    mut int8_rows: Option<&mut Rounded>,
     scratch: &mut [f32],
     part_out: &mut [f32],
     out: &mut [f32],
@@ -51,15 +55,25 @@ pub fn linear_packed(
     for r0 in (0..n).step_by(MAX_ROWS) {
         let rows = MAX_ROWS.min(n - r0);
         let xs = &x[r0 * k..(r0 + rows) * k];
+        let mut rounded = false;
+        let mut product = |kind: Blocks, bytes: &[u8], pn: usize, dst: &mut [f32]| match int8_rows {
+            Some(ref mut r) if int8::takes(kind) && k.is_multiple_of(quant::BLOCK) => {
+                if !rounded {
+                    r.set(xs, rows, k);
+                    rounded = true;
+                }
+                int8::matmul_into(r, kind, bytes, pn, scratch, dst)
+            }
+            _ => quant::matmul_into(xs, rows, k, kind, bytes, pn, scratch, dst),
+        };
         if let [(kind, bytes, pn)] = parts {
             // One part: its columns are the output's, written in place.
-            let dst = &mut out[r0 * m..(r0 + rows) * m];
-            quant::matmul_into(xs, rows, k, *kind, bytes, *pn, scratch, dst);
+            product(*kind, bytes, *pn, &mut out[r0 * m..(r0 + rows) * m]);
             continue;
         }
         let mut col = 0;
         for &(kind, bytes, pn) in parts {
-            quant::matmul_into(xs, rows, k, kind, bytes, pn, scratch, part_out);
+            product(kind, bytes, pn, part_out);
             for i in 0..rows {
                 let dst = &mut out[(r0 + i) * m + col..(r0 + i) * m + col + pn];
                 dst.copy_from_slice(&part_out[i * pn..(i + 1) * pn]);
@@ -180,7 +194,16 @@ mod tests {
             let mut scratch = vec![0f32; MAX_ROWS * m];
             let mut part_out = vec![0f32; MAX_ROWS * m];
             let mut out = vec![0f32; n * m];
-            linear_packed(&x, n, k, &views, &mut scratch, &mut part_out, &mut out);
+            linear_packed(
+                &x,
+                n,
+                k,
+                &views,
+                None,
+                &mut scratch,
+                &mut part_out,
+                &mut out,
+            );
             let d = max_diff(&out, &reference(&x, n, k, &expanded, m));
             assert!(d < 1e-3, "n {n}: {d}");
         }

@@ -18,6 +18,7 @@ mod attention;
 pub mod bf16;
 mod core;
 pub(crate) mod decode;
+pub mod int8;
 mod linear;
 mod loss;
 pub(crate) mod norm;

@@ -9,9 +9,10 @@
 //! bookkeeping as [`super::KvCache`] ([`RowLens`]); `truncate_row` rolls a row back.
 
 use super::layer::{Compute, Weights};
-use super::{RowLens, Transformer, Weight};
+use super::{Activations, RowLens, Transformer, Weight};
 use crate::config::ModelConfig;
 use crate::kernels::decode::{attend, linear, linear_packed};
+use crate::kernels::int8::Rounded;
 use crate::kernels::norm::rms_norm_row;
 use crate::kernels::pointwise::{rotate, swiglu_row};
 use crate::kernels::quant::{self, Blocks};
@@ -97,6 +98,8 @@ pub struct HostPass<'m> {
     offsets: Vec<usize>,
     scores: Vec<f32>,
     scratch: Vec<f32>,
+    /// Input rows rounded to 8 bits, when the model decodes with int8 activations.
+    int8: Option<Rounded>,
     pool: Vec<Vec<f32>>,
     logits: Vec<f32>,
 }
@@ -122,6 +125,7 @@ impl<'m> HostPass<'m> {
             offsets: Vec::new(),
             scores: Vec::new(),
             scratch: Vec::new(),
+            int8: (model.activations == Activations::Int8).then(Rounded::default),
             pool: Vec::new(),
             logits: Vec::new(),
         })
@@ -189,6 +193,7 @@ impl<'m> HostPass<'m> {
             cache: &mut self.cache,
             scores: &mut self.scores,
             scratch: &mut self.scratch,
+            int8: self.int8.as_mut(),
             pool: &mut self.pool,
         };
         let logits = self.weights.run(&mut pass, x)?;
@@ -249,6 +254,7 @@ struct HostCompute<'a, 'm> {
     cache: &'a mut HostCache,
     scores: &'a mut [f32],
     scratch: &'a mut [f32],
+    int8: Option<&'a mut Rounded>,
     pool: &'a mut Vec<Vec<f32>>,
 }
 
@@ -280,7 +286,8 @@ impl<'m> Compute for HostCompute<'_, 'm> {
                 let mut out = take(self.pool, n * m);
                 // Only a matrix of several parts needs a buffer to gather its columns.
                 let mut part_out = take(self.pool, if parts.len() > 1 { MAX_ROWS * m } else { 0 });
-                linear_packed(&x, n, k, parts, self.scratch, &mut part_out, &mut out);
+                let int8 = self.int8.as_deref_mut();
+                linear_packed(&x, n, k, parts, int8, self.scratch, &mut part_out, &mut out);
                 self.pool.push(part_out);
                 out
             }

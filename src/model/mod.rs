@@ -38,6 +38,19 @@ pub struct Transformer {
     /// What the training path's linear layers compute in (`train.compute`); inference and
     /// cached decoding always run their own f32 paths.
     pub compute: ComputeDtype,
+    /// What the host backend's products of packed blocks take as input rows.
+    pub activations: Activations,
+}
+
+/// The activations a decoding pass multiplies packed weight blocks with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activations {
+    /// f32, as computed: the product of the expanded weights (the reference).
+    #[default]
+    Exact,
+    /// Rounded to 8 bits per group of 256 values, for integer dot products
+    /// (`kernels/int8.rs`; Q4_0, Q4_1 and Q8_0 blocks, others stay exact).
+    Int8,
 }
 
 impl Transformer {
@@ -95,6 +108,7 @@ impl Transformer {
             cos,
             sin,
             compute: ComputeDtype::F32,
+            activations: Activations::Exact,
         })
     }
 
@@ -125,7 +139,17 @@ impl Transformer {
             }
             Some(())
         });
-        names.join("+")
+        let int8 = self.activations == Activations::Int8 && self.is_quantized();
+        names.join("+") + if int8 { " int8" } else { "" }
+    }
+
+    /// The same model decoding with its activations rounded to 8 bits for the packed blocks
+    /// that have an integer path.
+    pub fn with_int8(&self) -> Self {
+        Self {
+            activations: Activations::Int8,
+            ..self.clone()
+        }
     }
 
     /// Whether any matrix is held quantized.
@@ -157,15 +181,20 @@ impl Transformer {
     /// The same model with every matrix rounded to bf16 blocks (norms and biases stay f32):
     /// for decoding on the host backend, which reads half the bytes of f32 per token.
     pub fn to_bf16(&self) -> Result<Self> {
+        self.to_blocks(candle_core::quantized::GgmlDType::BF16)
+    }
+
+    /// The same model with every dense matrix in `dtype` blocks (norms and biases stay f32;
+    /// each matrix's rows must hold whole blocks).
+    pub fn to_blocks(&self, dtype: candle_core::quantized::GgmlDType) -> Result<Self> {
         let mut err = None;
         let weights = self.weights.map(|w| {
             let done = match w {
-                Weight::Dense(t) if t.rank() == 2 => candle_core::quantized::QTensor::quantize(
-                    t,
-                    candle_core::quantized::GgmlDType::BF16,
-                )
-                .and_then(|q| QMatrix::new(vec![q]))
-                .map(|q| Weight::Quant(std::sync::Arc::new(q))),
+                Weight::Dense(t) if t.rank() == 2 => {
+                    { candle_core::quantized::QTensor::quantize(t, dtype) }
+                        .and_then(|q| QMatrix::new(vec![q]))
+                        .map(|q| Weight::Quant(std::sync::Arc::new(q)))
+                }
                 other => Ok(other.clone()),
             };
             done.map_err(|e| err = Some(e)).ok()

@@ -54,6 +54,8 @@ pub struct ServeOptions {
     pub no_ema: bool,
     /// Expand quantized weights to f32.
     pub f32: bool,
+    /// Round the activations of packed-block products to 8 bits.
+    pub int8: bool,
     /// Host names accepted besides the local ones and `host` ("*": any).
     pub allow_hosts: Vec<String>,
     /// Browser origins allowed to call the API (CORS); "*" any.
@@ -99,11 +101,7 @@ pub fn run(o: ServeOptions) -> Result<()> {
         );
     }));
     let device = runtime::device()?;
-    let precision = if o.f32 {
-        Precision::F32
-    } else {
-        Precision::Stored
-    };
+    let precision = Precision::from_flags(o.f32, o.int8);
     let ckpt = checkpoint::open_as(&o.checkpoint, &device, !o.no_ema, precision)?;
     let chat = ChatFormat::for_checkpoint(&ckpt.extra)?;
     let objective = ckpt.objective();

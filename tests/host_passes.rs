@@ -1,0 +1,116 @@
+//! The host backend's passes over packed blocks: a pass of n positions gives the logits of n
+//! single-position passes, on the exact path and on the int8 path (each row rounds alone),
+//! and the int8 path stays within its rounding of the exact one.
+
+mod common;
+
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device};
+use card::config::ModelConfig;
+use card::model::host::HostPass;
+use card::model::{Params, Transformer};
+use common::{max_slice_diff, random_ids};
+
+const VOCAB: usize = 96;
+
+/// A random model whose matrices hold whole 32-value blocks.
+fn model(seed: u64) -> Transformer {
+    let cfg = ModelConfig {
+        vocab_size: VOCAB,
+        d_model: 64,
+        n_layers: 2,
+        n_heads: 2,
+        d_ff: 96,
+        max_seq_len: 64,
+        ..ModelConfig::default()
+    };
+    let params = Params::init(&cfg, DType::F32, &Device::Cpu, seed).unwrap();
+    let map = params.to_map().unwrap();
+    Transformer::from_tensors(&cfg, |n| Ok(map[n].clone())).unwrap()
+}
+
+/// Logits of each of `tokens` after `prompt`: all in one pass, or one position a pass.
+fn logits(model: &Transformer, prompt: &[u32], tokens: &[u32], one_pass: bool) -> Vec<Vec<f32>> {
+    let mut pass = HostPass::new(model, 1, model.cfg.max_seq_len).expect("a host model");
+    pass.forward(&[prompt.to_vec()]).unwrap();
+    if one_pass {
+        pass.forward(&[tokens.to_vec()]).unwrap();
+        return (0..tokens.len())
+            .map(|i| pass.logits(0, i).to_vec())
+            .collect();
+    }
+    tokens
+        .iter()
+        .map(|&t| {
+            pass.forward(&[vec![t]]).unwrap();
+            pass.logits(0, 0).to_vec()
+        })
+        .collect()
+}
+
+fn argmax(v: &[f32]) -> usize {
+    (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap()
+}
+
+#[test]
+fn a_pass_of_n_positions_gives_the_logits_of_n_single_passes() {
+    let dense = model(3);
+    let prompt = random_ids(20, VOCAB, 1);
+    for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        let exact = dense.to_blocks(dtype).unwrap();
+        let int8 = exact.with_int8();
+        assert!(
+            int8.weights_label().ends_with(" int8"),
+            "{}",
+            int8.weights_label()
+        );
+        let (mut moved, mut same, mut total) = (0f32, 0, 0);
+        // Up to the small-row kernel's 16 rows, and beyond (two chunks).
+        for n in [2, 3, 5, 8, 16, 19] {
+            let tokens = random_ids(n, VOCAB, n as u64);
+            let want = logits(&exact, &prompt, &tokens, false);
+            for (name, m) in [("exact", &exact), ("int8", &int8)] {
+                let one = logits(m, &prompt, &tokens, true);
+                let each = logits(m, &prompt, &tokens, false);
+                for (i, (a, b)) in one.iter().zip(&each).enumerate() {
+                    let scale = b.iter().fold(1f32, |s, v| s.max(v.abs()));
+                    let d = max_slice_diff(a, b);
+                    assert!(
+                        d <= 1e-5 * scale,
+                        "{dtype:?} {name} n {n} position {i}: {d}"
+                    );
+                }
+            }
+            // int8 against exact: the rounding moves the logits a little, not the picks.
+            let got = logits(&int8, &prompt, &tokens, true);
+            for (a, b) in got.iter().zip(&want) {
+                let scale = b.iter().fold(1f32, |s, v| s.max(v.abs()));
+                let d = max_slice_diff(a, b);
+                assert!(d <= 0.05 * scale, "{dtype:?} int8 n {n}: {d} of {scale}");
+                moved = moved.max(d);
+                same += usize::from(argmax(a) == argmax(b));
+                total += 1;
+            }
+        }
+        assert!(
+            moved > 0.0,
+            "{dtype:?}: int8 gave the exact logits (no rounding?)"
+        );
+        assert!(
+            same * 10 >= total * 9,
+            "{dtype:?}: {same}/{total} argmax agree"
+        );
+    }
+}
+
+#[test]
+fn int8_needs_quantized_blocks() {
+    let dense = model(4);
+    // An f32 model has no blocks to round for: with_int8 leaves its label and logits alone.
+    let int8 = dense.with_int8();
+    assert_eq!(int8.weights_label(), "f32");
+    let prompt = random_ids(6, VOCAB, 9);
+    let a = logits(&dense, &prompt, &[5, 6], true);
+    let b = logits(&int8, &prompt, &[5, 6], true);
+    assert_eq!(a, b);
+}

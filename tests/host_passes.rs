@@ -15,12 +15,17 @@ const VOCAB: usize = 96;
 
 /// A random model whose matrices hold whole 32-value blocks.
 fn model(seed: u64) -> Transformer {
+    sized(seed, 64, 96)
+}
+
+/// A random model of width `d` and FFN width `ff`.
+fn sized(seed: u64, d: usize, ff: usize) -> Transformer {
     let cfg = ModelConfig {
         vocab_size: VOCAB,
-        d_model: 64,
+        d_model: d,
         n_layers: 2,
         n_heads: 2,
-        d_ff: 96,
+        d_ff: ff,
         max_seq_len: 64,
         ..ModelConfig::default()
     };
@@ -113,4 +118,41 @@ fn int8_needs_quantized_blocks() {
     let a = logits(&dense, &prompt, &[5, 6], true);
     let b = logits(&int8, &prompt, &[5, 6], true);
     assert_eq!(a, b);
+}
+
+#[test]
+fn k_quant_models_decode_on_the_host_backend_like_their_expansion() {
+    // Rows of whole 256-value super-blocks.
+    let dense = sized(5, 256, 256);
+    let prompt = random_ids(18, VOCAB, 2);
+    let tokens = random_ids(5, VOCAB, 3);
+    for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+        let packed = dense.to_blocks(dtype).unwrap();
+        assert_eq!(
+            card::model::Backend::for_model(&packed),
+            card::model::Backend::Host,
+            "{dtype:?} decodes on the host backend"
+        );
+        let reference = common::full_logits(&packed.dequantized().unwrap(), &{
+            let mut all = prompt.clone();
+            all.extend(&tokens);
+            all
+        });
+        let one = logits(&packed, &prompt, &tokens, true);
+        let each = logits(&packed, &prompt, &tokens, false);
+        for (i, (a, b)) in one.iter().zip(&each).enumerate() {
+            let want = &reference[prompt.len() + i];
+            let scale = want.iter().fold(1f32, |s, v| s.max(v.abs()));
+            assert!(
+                max_slice_diff(a, want) <= 1e-4 * scale,
+                "{dtype:?} position {i}"
+            );
+            assert!(
+                max_slice_diff(a, b) <= 1e-5 * scale,
+                "{dtype:?} position {i}"
+            );
+        }
+        // The K-quants have no integer path: --int8 leaves them exact.
+        assert_eq!(logits(&packed.with_int8(), &prompt, &tokens, true), one);
+    }
 }

@@ -115,18 +115,30 @@ pub fn append_mean_rows(t: &QTensor, extra: usize) -> Result<QTensor> {
     from_bytes(bytes, t.dtype(), (n + extra, cols))
 }
 
-/// Every matrix re-quantized to `dtype` (vectors stay f32).
+/// The 32-value type a K-quant falls back to for rows that are not whole super-blocks of
+/// 256 (SmolLM2's 576 columns), as llama.cpp's quantizer falls back.
+fn fallback(dtype: GgmlDType, cols: usize) -> GgmlDType {
+    let whole = cols.is_multiple_of(dtype.block_size());
+    match dtype {
+        GgmlDType::Q4K if !whole => GgmlDType::Q4_1,
+        GgmlDType::Q6K if !whole => GgmlDType::Q8_0,
+        other => other,
+    }
+}
+
+/// Every matrix re-quantized to `dtype` (vectors stay f32; a K-quant's rows that do not hold
+/// whole super-blocks take its 32-value fallback, Q4_1 for Q4_K and Q8_0 for Q6_K).
 pub fn requantize(tensors: &QTensors, dtype: GgmlDType) -> Result<QTensors> {
     tensors
         .iter()
         .map(|(name, t)| {
             let dense = t.dequantize(&Device::Cpu)?;
+            let cols = t.shape().dims().last().copied().unwrap_or(0);
             let target = if t.shape().rank() == 2 {
-                dtype
+                fallback(dtype, cols)
             } else {
                 GgmlDType::F32
             };
-            let cols = t.shape().dims().last().copied().unwrap_or(0);
             if !cols.is_multiple_of(target.block_size()) {
                 bail!(
                     "{name} has rows of {cols} values, which do not split into {target:?} blocks of {}",

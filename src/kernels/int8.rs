@@ -220,7 +220,7 @@ fn signed_block(kind: Blocks, blk: &[u8], w: &mut [i32; BLOCK]) -> (f32, f32) {
             }
             (d, 0.0)
         }
-        Blocks::Bf16 => unreachable!("bf16 stays on the exact path"),
+        _ => unreachable!("bf16 and the K-quants stay on the exact path"),
     }
 }
 

@@ -19,6 +19,7 @@ pub mod bf16;
 mod core;
 pub(crate) mod decode;
 pub mod int8;
+mod kquant;
 mod linear;
 mod loss;
 pub(crate) mod norm;

@@ -1,14 +1,15 @@
-//! x · wᵀ with w in GGUF blocks (Q4_0, Q4_1, Q8_0) or bf16 and x in f32, for the host backend's
+//! x · wᵀ with w in GGUF blocks (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) or bf16 and x in f32, for the host backend's
 //! decoding steps. Each 32-value block is expanded once into registers and dotted with every
 //! input row while there, so a step reads the packed weights once. Activations stay f32
 //! (candle's quantized matmul rounds them to 8 bits, and its Q4_1 dot is scalar): the result
 //! is the expanded matrix's product up to summation order, so quantized decoding differs
 //! from its f32 reference only by the weights' own rounding.
 
+use super::kquant;
 use super::small_matmul::{by_weight_rows, MAX_ROWS};
 use candle_core::quantized::GgmlDType;
 
-/// Values per block.
+/// Values per block (a K-quant super-block is read as eight such chunks).
 pub const BLOCK: usize = 32;
 
 /// The block types this kernel reads.
@@ -22,6 +23,10 @@ pub enum Blocks {
     Q8_0,
     /// 32 bf16 values (`card bench decode --bf16`: half the bytes of f32, no scale).
     Bf16,
+    /// 256 values: f16 d and dmin, 6-bit scales and minimums per 32, nibbles.
+    Q4K,
+    /// 256 values: 6-bit integers (nibbles and bit pairs), a signed scale per 16, f16 d.
+    Q6K,
 }
 
 impl Blocks {
@@ -31,6 +36,8 @@ impl Blocks {
             GgmlDType::Q4_1 => Some(Blocks::Q4_1),
             GgmlDType::Q8_0 => Some(Blocks::Q8_0),
             GgmlDType::BF16 => Some(Blocks::Bf16),
+            GgmlDType::Q4K => Some(Blocks::Q4K),
+            GgmlDType::Q6K => Some(Blocks::Q6K),
             _ => None,
         }
     }
@@ -40,17 +47,27 @@ impl Blocks {
     pub fn row_bytes(self, k: usize) -> usize {
         match self {
             Blocks::Bf16 => 2 * k,
-            _ => k / BLOCK * self.bytes(),
+            _ => k / self.values() * self.bytes(),
         }
     }
 
-    /// Bytes per block.
+    /// Bytes per block (per super-block for the K-quants).
     pub fn bytes(self) -> usize {
         match self {
             Blocks::Q4_0 => 18,
             Blocks::Q4_1 => 20,
             Blocks::Q8_0 => 34,
             Blocks::Bf16 => 64,
+            Blocks::Q4K => kquant::Q4K_BYTES,
+            Blocks::Q6K => kquant::Q6K_BYTES,
+        }
+    }
+
+    /// Values per block (per super-block for the K-quants).
+    pub fn values(self) -> usize {
+        match self {
+            Blocks::Q4K | Blocks::Q6K => kquant::SUPER,
+            _ => BLOCK,
         }
     }
 }
@@ -59,8 +76,12 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
     half::f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
 }
 
-/// One block's 32 values (the portable path, and the reference the SIMD one is tested on).
+/// One block's values, 32 (256 for a K-quant super-block; the portable path, and the
+/// reference the SIMD one is tested on).
 pub fn unpack(kind: Blocks, blk: &[u8], out: &mut [f32]) {
+    if matches!(kind, Blocks::Q4K | Blocks::Q6K) {
+        return kquant::unpack(kind == Blocks::Q6K, blk, out);
+    }
     if kind == Blocks::Bf16 {
         for (o, b) in out.iter_mut().zip(blk.chunks_exact(2)) {
             // A bf16 is the top half of an f32.
@@ -85,13 +106,13 @@ pub fn unpack(kind: Blocks, blk: &[u8], out: &mut [f32]) {
                 *o = q as i8 as f32 * d;
             }
         }
-        Blocks::Bf16 => unreachable!("handled above"),
+        _ => unreachable!("handled above"),
     }
 }
 
-/// A row of `k` values (k a multiple of 32 but for bf16) expanded into `out`.
+/// A row of `k` values (whole blocks but for bf16) expanded into `out`.
 pub fn dequantize_row(kind: Blocks, row: &[u8], out: &mut [f32]) {
-    for (blk, o) in row.chunks(kind.bytes()).zip(out.chunks_mut(BLOCK)) {
+    for (blk, o) in row.chunks(kind.bytes()).zip(out.chunks_mut(kind.values())) {
         unpack(kind, blk, o);
     }
 }
@@ -112,7 +133,7 @@ pub fn matmul_into(
     let row_bytes = kind.row_bytes(k);
     assert!(
         m <= MAX_ROWS
-            && (k.is_multiple_of(BLOCK) || kind == Blocks::Bf16)
+            && (k.is_multiple_of(kind.values()) || kind == Blocks::Bf16)
             && x.len() >= m * k
             && w.len() >= n * row_bytes,
         "quantized matmul: m {m} k {k} n {n}, x {} w {}",
@@ -176,11 +197,15 @@ impl Path {
 pub(crate) fn dots(x: &[f32], wrow: &[u8], k: usize, kind: Blocks, o: &mut [f32], path: Path) {
     #[cfg(target_arch = "x86_64")]
     if path != Path::Portable && path.available() {
+        // The K-quants' expansion is a separate instance (`KQ`), so the 32-value blocks'
+        // loop holds no branch on it and keeps its expansion inlined.
+        let kq = matches!(kind, Blocks::Q4K | Blocks::Q6K);
         macro_rules! by_rows {
             ($module:ident, $($m:literal $a:literal)*) => {
-                match o.len() {
+                match (o.len(), kq) {
                     // SAFETY (every arm): `available` checked the path's features.
-                    $($m => unsafe { $module::dots::<$m, $a>(x, wrow, k, kind, o) },)*
+                    $(($m, false) => unsafe { $module::dots::<$m, $a, false>(x, wrow, k, kind, o) },
+                      ($m, true) => unsafe { $module::dots::<$m, $a, true>(x, wrow, k, kind, o) },)*
                     _ => unreachable!("at most MAX_ROWS input rows"),
                 }
             };
@@ -195,13 +220,13 @@ pub(crate) fn dots(x: &[f32], wrow: &[u8], k: usize, kind: Blocks, o: &mut [f32]
         };
     }
     let _ = path;
-    let mut vals = [0f32; BLOCK];
+    let (unit, mut vals) = (kind.values(), [0f32; kquant::SUPER]);
     o.fill(0.0);
     for (b, blk) in wrow.chunks(kind.bytes()).enumerate() {
-        let w = (k - b * BLOCK).min(BLOCK);
+        let w = (k - b * unit).min(unit);
         unpack(kind, blk, &mut vals[..w]);
         for (i, oi) in o.iter_mut().enumerate() {
-            let xb = &x[i * k + b * BLOCK..i * k + b * BLOCK + w];
+            let xb = &x[i * k + b * unit..i * k + b * unit + w];
             *oi += xb.iter().zip(&vals).map(|(a, w)| a * w).sum::<f32>();
         }
     }
@@ -218,7 +243,7 @@ macro_rules! block_dots {
         /// # Safety
         /// The CPU must have the path's features.
         #[target_feature(enable = $features)]
-        pub unsafe fn dots<const M: usize, const A: usize>(
+        pub unsafe fn dots<const M: usize, const A: usize, const KQ: bool>(
             x: &[f32],
             wrow: &[u8],
             k: usize,
@@ -231,7 +256,10 @@ macro_rules! block_dots {
             let xp = x.as_ptr();
             for b in 0..blocks {
                 // SAFETY: block b lies within wrow, and x row i's block b within x (asserted).
-                let w = expand(kind, wrow.as_ptr().add(b * kind.bytes()));
+                let w = match KQ {
+                    true => expand_k(kind, wrow.as_ptr(), b),
+                    false => expand(kind, wrow.as_ptr().add(b * kind.bytes())),
+                };
                 for (i, a) in acc.iter_mut().enumerate() {
                     let at = xp.add(i * k + b * BLOCK);
                     for (v, wv) in w.iter().enumerate() {
@@ -272,7 +300,22 @@ mod avx2 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
     }
 
-    /// A block's 32 values in four vectors.
+    /// Values 32b..32b+32 of a row of K-quant super-blocks in four vectors.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn expand_k(kind: Blocks, row: *const u8, b: usize) -> [__m256; 4] {
+        let sb = row.add(b / 8 * kind.bytes());
+        let (q, halves) = super::kquant::chunk_avx2(kind == Blocks::Q6K, sb, b % 8);
+        let v = |j: usize| {
+            let (s, o) = halves[j / 2];
+            let bytes = _mm_loadl_epi64((&q as *const __m256i as *const u8).add(8 * j) as _);
+            let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+            _mm256_fmadd_ps(f, _mm256_set1_ps(s), _mm256_set1_ps(o))
+        };
+        [v(0), v(1), v(2), v(3)]
+    }
+
+    /// A 32-value block's values in four vectors.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn expand(kind: Blocks, blk: *const u8) -> [__m256; 4] {
@@ -315,7 +358,7 @@ mod avx2 {
                 };
                 [v(0), v(8), v(16), v(24)]
             }
-            Blocks::Bf16 => unreachable!("handled above"),
+            _ => unreachable!("handled above"),
         }
     }
 
@@ -345,9 +388,27 @@ mod avx512 {
     use super::{Blocks, BLOCK};
     use std::arch::x86_64::*;
 
-    /// A block's 32 values in two vectors.
+    /// Values 32b..32b+32 of a row of K-quant super-blocks in two vectors.
     #[inline]
-    #[target_feature(enable = "avx512f,f16c")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn expand_k(kind: Blocks, row: *const u8, b: usize) -> [__m512; 2] {
+        let sb = row.add(b / 8 * kind.bytes());
+        let (q, halves) = super::kquant::chunk_avx2(kind == Blocks::Q6K, sb, b % 8);
+        let v = |j: usize| {
+            let (s, o) = halves[j];
+            let bytes = match j {
+                0 => _mm256_extracti128_si256::<0>(q),
+                _ => _mm256_extracti128_si256::<1>(q),
+            };
+            let f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes));
+            _mm512_fmadd_ps(f, _mm512_set1_ps(s), _mm512_set1_ps(o))
+        };
+        [v(0), v(1)]
+    }
+
+    /// A 32-value block's values in two vectors.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn expand(kind: Blocks, blk: *const u8) -> [__m512; 2] {
         if kind == Blocks::Bf16 {
             let v = |at: usize| {
@@ -385,18 +446,18 @@ mod avx512 {
                 };
                 [v(0), v(16)]
             }
-            Blocks::Bf16 => unreachable!("handled above"),
+            _ => unreachable!("handled above"),
         }
     }
 
     #[inline]
-    #[target_feature(enable = "avx512f,f16c")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn hsum(s: __m512) -> f32 {
         _mm512_reduce_add_ps(s)
     }
 
     super::block_dots!(
-        "avx512f,f16c",
+        "avx512f,avx2,fma,f16c",
         __m512,
         _mm512_setzero_ps,
         _mm512_fmadd_ps,
@@ -447,6 +508,9 @@ mod tests {
             (GgmlDType::BF16, 96),
             // bf16 rows need not be whole blocks (the FFN's 688 columns).
             (GgmlDType::BF16, 75),
+            // K-quant rows are whole super-blocks of 256.
+            (GgmlDType::Q4K, 512),
+            (GgmlDType::Q6K, 256),
         ] {
             let n = 37;
             let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();

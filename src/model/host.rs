@@ -1,5 +1,5 @@
 //! The host backend of the recipe, for decoding CPU models with f32 weights or matrices in
-//! Q4_0/Q4_1/Q8_0 blocks: the layer recipe of `layer.rs` on host slices instead of candle
+//! Q4_0/Q4_1/Q8_0/Q4_K/Q6_K or bf16 blocks: the layer recipe of `layer.rs` on host slices instead of candle
 //! ops, so a decoding step allocates nothing (activations come from a pool of reused
 //! buffers) and every weight matrix goes through a small-row kernel (f32 or packed) once
 //! per pass.

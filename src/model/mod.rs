@@ -139,7 +139,8 @@ impl Transformer {
             }
             Some(())
         });
-        let int8 = self.activations == Activations::Int8 && self.is_quantized();
+        let takes = |n: &String| matches!(n.as_str(), "q4_0" | "q4_1" | "q8_0");
+        let int8 = self.activations == Activations::Int8 && names.iter().any(takes);
         names.join("+") + if int8 { " int8" } else { "" }
     }
 

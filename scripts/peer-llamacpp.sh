@@ -4,8 +4,10 @@
 #
 #   scripts/peer-llamacpp.sh [GGUF] [CKPT]        (ROUNDS=3 PROMPT=... NEW_TOKENS=128 REPS=30 by env)
 #
-# Per round: greedy decode (card t2, card t1, llama.cpp t1, llama.cpp t2), then the batch-1 cost
-# curve (card t2, llama.cpp t1, llama.cpp t2). Prints a plain table of medians over rounds.
+# Per round: greedy decode (card t2, card t1, card --int8 t2, llama.cpp t1, llama.cpp t2), then
+# the batch-1 cost curve (card t2 exact and int8, llama.cpp t1, llama.cpp t2). Prints a plain
+# table of medians over rounds. card's exact path multiplies the blocks with f32 activations;
+# --int8 rounds the activations to 8 bits as llama.cpp does.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -35,9 +37,10 @@ lastjson() { grep '^{' | tail -n 1; }  # card prints its JSON as the last '{' li
 
 for r in $(seq 1 "$rounds"); do
     echo "round $r/$rounds: greedy" >&2
-    for t in 2 1; do
-        "$card" --threads "$t" generate "$ckpt" --prompt "$prompt" --max-new-tokens "$new_tokens" --json 2>/dev/null \
-            | lastjson | sed "s/^{/{\"engine\":\"card\",\"threads\":$t,\"kind\":\"greedy\",/" >>"$out/rows.jsonl"
+    for run in "card 2" "card 1" "card-int8 2 --int8"; do
+        read -r eng t flag <<<"$run"
+        "$card" --threads "$t" generate "$ckpt" --prompt "$prompt" --max-new-tokens "$new_tokens" --json $flag 2>/dev/null \
+            | lastjson | sed "s/^{/{\"engine\":\"$eng\",\"threads\":$t,\"kind\":\"greedy\",/" >>"$out/rows.jsonl"
     done
     for t in 1 2; do
         peer --threads "$t" --greedy --prompt "$prompt" --new-tokens "$new_tokens" \
@@ -82,7 +85,7 @@ peer_best_t = max((1, 2), key=lambda t: st.median(tps("llama.cpp", t)))
 best = st.median(tps("llama.cpp", peer_best_t))
 print(f"Greedy decode, prompt {prompt!r}, {new_tokens} new tokens, batch 1 (tokens/s, median of {rounds}; prompt excluded)")
 print(f"{'engine':<12}{'threads':>8}{'tok/s':>10}{'min':>9}{'max':>9}{'vs llama.cpp best':>20}{'median token ms':>17}")
-for eng, t in (("card", 1), ("card", 2), ("llama.cpp", 1), ("llama.cpp", 2)):
+for eng, t in (("card", 1), ("card", 2), ("card-int8", 2), ("llama.cpp", 1), ("llama.cpp", 2)):
     xs = tps(eng, t)
     mark = " (best)" if eng == "llama.cpp" and t == peer_best_t else ""
     step = [r["median_token_ms"] for r in g if r["engine_id"] == eng and r["threads"] == t and "median_token_ms" in r]
@@ -111,30 +114,36 @@ else:
     print(f"greedy texts: differ from character {d} (card {len(a)} chars, llama.cpp {len(b)} chars); common prefix {a[:d]!r}")
     print(f"  card      continues {a[d:d + 60]!r}")
     print(f"  llama.cpp continues {b[d:d + 60]!r}")
+i8 = next(iter(texts[("card-int8", 2)]))
+d8 = first_diff(i8, b)
+print("card --int8 and llama.cpp: " + ("agree exactly" if d8 is None else f"differ from character {d8}")
+      + "; card --int8 and card exact: " + ("agree exactly" if first_diff(i8, a) is None else f"differ from character {first_diff(i8, a)}"))
 print()
 
 c = [r for r in rows if r["kind"] == "cost"]
-def curve(eng, t):
+def curve(eng, t, int8=False):
     ms = {}
     for r in c:
         if r["engine_id"] != eng or r["threads"] != t:
             continue
         pts = r["cost_curve"]
         if eng == "card":  # the stored-format rows (neither the f32 nor the bf16 reference)
-            pts = [p for p in pts if p["precision"] not in ("f32", "bf16") and p["batch"] == 1]
+            pts = [p for p in pts if p["precision"] not in ("f32", "bf16") and p["batch"] == 1
+                   and p["precision"].endswith(" int8") == int8]
         for p in pts:
             ms.setdefault(p["positions"], []).append(p["ms"])
     return {n: st.median(v) for n, v in ms.items()}
 card_prec = next(p["precision"] for r in c if r["engine_id"] == "card" for p in r["cost_curve"]
                  if p["precision"] not in ("f32", "bf16"))
-cc = curve("card", 2)
+cc, ci = curve("card", 2), curve("card", 2, int8=True)
 lc = {t: curve("llama.cpp", t) for t in (1, 2)}
 lbest = min((1, 2), key=lambda t: lc[t][1])
 print(f"Cost curve, batch 1: one pass of n positions (logits at each) after {64} cached tokens; ms median of rounds' medians")
 print(f"(card: stored format {card_prec}, 2 threads; llama.cpp: controlledEvaluate + rollback, best thread count = {lbest})")
-print(f"{'n':>4}{'card ms':>10}{'card ratio':>12}{'llama t1 ms':>13}{'llama t2 ms':>13}{'llama best ratio':>18}{'card/llama ms':>15}")
+print(f"{'n':>4}{'card ms':>10}{'card ratio':>12}{'int8 ms':>10}{'int8 ratio':>12}{'llama t1 ms':>13}{'llama t2 ms':>13}{'llama best ratio':>18}{'card/llama ms':>15}{'int8/llama ms':>15}")
 for n in sorted(cc):
     lb = lc[lbest][n]
-    print(f"{n:>4}{cc[n]:>10.2f}{cc[n] / cc[1]:>12.2f}{lc[1][n]:>13.2f}{lc[2][n]:>13.2f}"
-          f"{lb / lc[lbest][1]:>18.2f}{cc[n] / lb:>15.2f}")
+    i8 = ci.get(n, float("nan"))
+    print(f"{n:>4}{cc[n]:>10.2f}{cc[n] / cc[1]:>12.2f}{i8:>10.2f}{i8 / ci.get(1, float('nan')):>12.2f}"
+          f"{lc[1][n]:>13.2f}{lc[2][n]:>13.2f}{lb / lc[lbest][1]:>18.2f}{cc[n] / lb:>15.2f}{i8 / lb:>15.2f}")
 PY

@@ -9,7 +9,7 @@ use crate::checkpoint::{self, Opened, Precision};
 use crate::config::ObjectiveKind;
 use crate::data::{load_data, TextTokenizer};
 use crate::decode::{Decoder, DecoderSpec, GenOptions};
-use crate::eval::quality::continuation_nll;
+use crate::eval::quality::decoded_scores;
 use crate::model::Transformer;
 use crate::runtime::device as default_device;
 use anyhow::{bail, Result};
@@ -327,7 +327,7 @@ impl fmt::Display for DecodeReport {
         if let Some(c) = &self.precision {
             write!(
                 f,
-                "\n{} vs f32, greedy AR, {} tokens on {} {} prompts: {}/{} rows identical, {:.1}% of tokens agree up to each row's first difference; NLL of the f32 text: f32 {:.4}, {} {:.4} (Δ {:+.4} nats/token)",
+                "\n{} vs f32, greedy AR, {} tokens on {} {} prompts: {}/{} rows identical, {:.1}% of tokens agree up to each row's first difference, {:.1}% given the f32 prefix; NLL of the f32 text: f32 {:.4}, {} {:.4} (Δ {:+.4} nats/token)",
                 c.weights,
                 self.compared_tokens,
                 c.rows,
@@ -335,6 +335,7 @@ impl fmt::Display for DecodeReport {
                 c.same_rows,
                 c.rows,
                 100.0 * c.prefix_agreement,
+                100.0 * c.token_agreement,
                 c.nll_reference,
                 c.weights,
                 c.nll_quantized,
@@ -354,7 +355,12 @@ pub struct PrecisionComparison {
     pub same_rows: usize,
     /// Share of generated positions where the two agree, up to each row's first difference.
     pub prefix_agreement: f64,
-    /// Mean NLL (nats/token) of the reference's greedy text under each model.
+    /// Share of the reference's greedy tokens the quantized model also picks, given the same
+    /// prefix (teacher-forced: one near-tie does not end the count).
+    #[serde(default)]
+    pub token_agreement: f64,
+    /// Mean NLL (nats/token) of the reference's greedy text under each model, on the path
+    /// each decodes with.
     pub nll_reference: f64,
     pub nll_quantized: f64,
 }
@@ -374,7 +380,7 @@ pub fn compare_precision(
     };
     let a = DecoderSpec::Ar.generate(reference, prompts, &opts, &mut |_| {})?;
     let b = DecoderSpec::Ar.generate(quantized, prompts, &opts, &mut |_| {})?;
-    let (mut same, mut agree, mut total) = (0, 0, 0);
+    let (mut same, mut agree, mut total, mut picked) = (0, 0, 0, 0);
     let (mut nll_a, mut nll_b) = (0.0, 0.0);
     for ((p, ra), rb) in prompts.iter().zip(&a.rows).zip(&b.rows) {
         same += usize::from(ra.tokens == rb.tokens);
@@ -385,8 +391,10 @@ pub fn compare_precision(
             .take_while(|(x, y)| x == y)
             .count();
         total += ra.tokens.len();
-        nll_a += continuation_nll(reference, p, &ra.tokens)?;
-        nll_b += continuation_nll(quantized, p, &ra.tokens)?;
+        nll_a += decoded_scores(reference, p, &ra.tokens)?.0;
+        let (nll, picks) = decoded_scores(quantized, p, &ra.tokens)?;
+        nll_b += nll;
+        picked += picks;
     }
     let n = prompts.len().max(1) as f64;
     Ok(PrecisionComparison {
@@ -394,6 +402,7 @@ pub fn compare_precision(
         rows: prompts.len(),
         same_rows: same,
         prefix_agreement: agree as f64 / total.max(1) as f64,
+        token_agreement: picked as f64 / total.max(1) as f64,
         nll_reference: nll_a / n,
         nll_quantized: nll_b / n,
     })

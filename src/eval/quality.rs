@@ -41,6 +41,32 @@ pub fn distinct_n(tokens: &[u32], n: usize) -> f64 {
     1.0 - repeated_ngram_rate(tokens, n)
 }
 
+/// How `model` scores `continuation` after `prompt` on the path it decodes with (the host
+/// backend's kernels where it applies, `--int8` included), teacher-forced in one cached
+/// pass: the mean NLL (nats/token) and how many of the tokens are its own greedy pick.
+pub fn decoded_scores(
+    model: &Transformer,
+    prompt: &[u32],
+    continuation: &[u32],
+) -> anyhow::Result<(f64, usize)> {
+    use crate::model::{Backend, Session};
+    anyhow::ensure!(!prompt.is_empty(), "decoded_scores: an empty prompt");
+    let all: Vec<u32> = prompt.iter().chain(continuation).copied().collect();
+    let fed = all.len() - 1;
+    let backend = Backend::for_model(model);
+    let mut session = Session::new(model, backend, 1, fed, 0, 0)?;
+    session.forward(&[all[..fed].to_vec()])?;
+    let (mut nll, mut picks) = (0.0, 0);
+    for (j, &target) in continuation.iter().enumerate() {
+        let logits = session.logits(0, prompt.len() - 1 + j);
+        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+        let z: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
+        nll += max + z.ln() - logits[target as usize] as f64;
+        picks += usize::from(logits[target as usize] as f64 == max);
+    }
+    Ok((nll / continuation.len().max(1) as f64, picks))
+}
+
 /// Mean NLL (nats/token) of `continuation` given `prompt` under `model` (exact, causal).
 pub fn continuation_nll(model: &Transformer, prompt: &[u32], continuation: &[u32]) -> Result<f64> {
     if continuation.is_empty() || prompt.is_empty() {

@@ -35,7 +35,11 @@ pub fn chunk(q6: bool, sb: &[u8], c: usize, q: &mut [i8; 32]) -> [(f32, f32); 2]
         let (sc, m) = scale_min(c, &sb[4..16]);
         let bytes = &sb[16 + 32 * (c / 2)..16 + 32 * (c / 2 + 1)];
         for (qi, &b) in q.iter_mut().zip(bytes) {
-            *qi = if c.is_multiple_of(2) { b & 0x0F } else { b >> 4 } as i8;
+            *qi = if c.is_multiple_of(2) {
+                b & 0x0F
+            } else {
+                b >> 4
+            } as i8;
         }
         let half = (d * sc as f32, -dmin * m as f32);
         return [half, half];

@@ -194,7 +194,7 @@ fn stop_condition_and_budget_are_respected() {
     for d in [
         &ArDecoder as &dyn Decoder,
         &card(4, 4, 0.5, CommitMode::Block),
-        &VerifyDecoder { block_size: 3 },
+        &VerifyDecoder::masks(3),
     ] {
         let (free, _) = run(d, &ps[..1], &opts(30, Sampling::default(), 0));
         let free = &free.rows[0].tokens;
@@ -472,7 +472,7 @@ fn non_finite_logits_are_an_error_not_a_panic() {
     let decoders: Vec<Box<dyn Decoder>> = vec![
         Box::new(ArDecoder),
         Box::new(card(4, 4, 0.9, CommitMode::Block)),
-        Box::new(VerifyDecoder { block_size: 2 }),
+        Box::new(VerifyDecoder::masks(2)),
         Box::new(MdlmDecoder { steps: 4 }),
         Box::new(Bd3lmDecoder::default()),
     ];

@@ -50,7 +50,7 @@ fn greedy_verification_is_ar_greedy() {
                 .generate(&f.plain, &prompts, &o, &mut |_| {})
                 .unwrap();
             for k in [1, 2, 4, 7] {
-                let d = VerifyDecoder { block_size: k };
+                let d = VerifyDecoder::masks(k);
                 let mut steps: Vec<StepTrace> = Vec::new();
                 let batched = d
                     .generate(&f.plain, &prompts, &o, &mut |s| steps.push(s.clone()))
@@ -86,7 +86,7 @@ fn greedy_verification_is_ar_greedy() {
         .generate(&f.plain, &prompts, &fixed, &mut |_| {})
         .unwrap();
     assert_eq!(ar.computed_tokens, ar.generated_tokens());
-    let v = VerifyDecoder { block_size: 4 }
+    let v = VerifyDecoder::masks(4)
         .generate(&f.plain, &prompts, &fixed, &mut |_| {})
         .unwrap();
     assert!(v.computed_tokens > v.generated_tokens() && v.kept_fraction() < 1.0);
@@ -217,7 +217,7 @@ fn speculative_sampling_matches_ar_distribution() {
         ..opts(2, s.clone(), Backend::Host)
     };
     let mut counts: HashMap<(u32, u32), f64> = HashMap::new();
-    let g = VerifyDecoder { block_size: 2 }
+    let g = VerifyDecoder::masks(2)
         .generate(model, &rows, &o, &mut |_| {})
         .unwrap();
     for r in &g.rows {

@@ -40,7 +40,8 @@ pub struct DecodeBenchArgs {
     /// CARD threshold settings as K:T_max:τ, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "8:8:0.9,8:8:0.7")]
     pub grid: Vec<String>,
-    /// Lossless verifier settings: K values, comma-separated ("" for none).
+    /// Lossless verifier settings, comma-separated ("" for none): K ([MASK] slots per pass)
+    /// or K:L (and up to L prompt-lookup drafts; 0:L is lookup alone, for ARM models too).
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     pub verify: Vec<String>,
     /// Prompt sets: prose (held-out prefixes of the checkpoint's corpus), probes (counting,
@@ -277,11 +278,12 @@ fn parse_decoders(grid: &[String], verify: &[String]) -> Result<Vec<DecoderSpec>
         ));
     }
     for k in verify.iter().filter(|k| !k.is_empty()) {
-        let block_size = k
-            .trim()
-            .parse()
-            .map_err(|_| anyhow::anyhow!("--verify: '{k}' is not a block size"))?;
-        let v = VerifyDecoder { block_size };
+        let bad = || anyhow::anyhow!("--verify: '{k}' is not K or K:L (mask slots, lookup drafts)");
+        let (slots, lookup) = k.trim().split_once(':').unwrap_or((k.trim(), "0"));
+        let v = VerifyDecoder {
+            block_size: slots.parse().map_err(|_| bad())?,
+            lookup: lookup.parse().map_err(|_| bad())?,
+        };
         v.validate().context("--verify")?;
         out.push(DecoderSpec::Verify(v));
     }

@@ -47,6 +47,11 @@ pub struct DecoderArgs {
     /// checkpoint's) [default: MDLM one per new token, BD3LM one per block slot].
     #[arg(long)]
     pub steps: Option<usize>,
+    /// verify: L, the most drafts prompt lookup copies from the text per pass (what followed
+    /// the latest earlier occurrence of the last 2–3 tokens); 0: none. With --block-size 0 the
+    /// drafts come from lookup alone, which suits ARM checkpoints too.
+    #[arg(long)]
+    pub lookup: Option<usize>,
     /// BD3LM: reveal slots ancestrally or by confidence (≥ --threshold).
     #[arg(long, value_parser = choice::<Reveal>(), default_value = "ancestral")]
     pub reveal: Reveal,
@@ -64,6 +69,7 @@ impl DecoderArgs {
             commit: Some(self.commit),
             steps: self.steps,
             reveal: Some(self.reveal),
+            lookup: self.lookup,
         };
         let name = name.unwrap_or_else(|| DecoderSpec::default_for(cfg).name());
         let spec = DecoderSpec::parse(name, &knobs, cfg)?;

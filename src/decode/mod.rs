@@ -10,6 +10,7 @@
 pub mod ar;
 pub mod bd3lm;
 pub mod card;
+pub mod lookup;
 pub mod mdlm;
 mod progress;
 pub mod sampling;

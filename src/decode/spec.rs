@@ -32,6 +32,8 @@ pub struct Knobs {
     /// MDLM: denoising steps over the canvas; BD3LM: steps per block.
     pub steps: Option<usize>,
     pub reveal: Option<Reveal>,
+    /// Verify: the most drafts prompt lookup proposes per pass.
+    pub lookup: Option<usize>,
 }
 
 impl DecoderSpec {
@@ -70,6 +72,7 @@ impl DecoderSpec {
                 block_size: knobs
                     .block_size
                     .unwrap_or(VerifyDecoder::default().block_size),
+                lookup: knobs.lookup.unwrap_or(0),
             }),
             "mdlm" => Self::Mdlm(MdlmDecoder {
                 steps: knobs.steps.unwrap_or(0),
@@ -162,7 +165,12 @@ impl DecoderSpec {
                     words.push(format!("commit={}", c.commit.name()));
                 }
             }
-            Self::Verify(v) => words.push(format!("K={}", v.block_size)),
+            Self::Verify(v) => {
+                words.push(format!("K={}", v.block_size));
+                if v.lookup > 0 {
+                    words.push(format!("L={}", v.lookup));
+                }
+            }
             // Steps 0: the default (one per new token, one per block slot).
             Self::Mdlm(m) if m.steps > 0 => words.push(format!("steps={}", m.steps)),
             Self::Mdlm(_) => {}
@@ -198,7 +206,8 @@ impl DecoderSpec {
     }
 }
 
-/// The label "card K=8 T=8 τ=0.9", "verify K=2", "ar": the name, then [`DecoderSpec::setting`].
+/// The label "card K=8 T=8 τ=0.9", "verify K=2", "verify K=0 L=8", "ar": the name, then
+/// [`DecoderSpec::setting`].
 impl std::fmt::Display for DecoderSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -224,6 +233,7 @@ impl std::str::FromStr for DecoderSpec {
                 "T" => knobs.step_limit = Some(value.parse().map_err(|_| bad(w))?),
                 "τ" => knobs.threshold = Some(value.parse().map_err(|_| bad(w))?),
                 "steps" => knobs.steps = Some(value.parse().map_err(|_| bad(w))?),
+                "L" => knobs.lookup = Some(value.parse().map_err(|_| bad(w))?),
                 "floor" => knobs.floor = Some(Floor::from_name(value).ok_or_else(|| bad(w))?),
                 "commit" => {
                     knobs.commit = Some(CommitMode::from_name(value).ok_or_else(|| bad(w))?)
@@ -331,8 +341,16 @@ mod tests {
                 floor: Floor::MostConfident,
                 commit: CommitMode::Sliding,
             }),
-            DecoderSpec::Verify(VerifyDecoder { block_size: 1 }),
+            DecoderSpec::Verify(VerifyDecoder::masks(1)),
             DecoderSpec::Verify(VerifyDecoder::default()),
+            DecoderSpec::Verify(VerifyDecoder {
+                block_size: 0,
+                lookup: 8,
+            }),
+            DecoderSpec::Verify(VerifyDecoder {
+                block_size: 2,
+                lookup: 4,
+            }),
             DecoderSpec::Mdlm(MdlmDecoder { steps: 0 }),
             DecoderSpec::Mdlm(MdlmDecoder { steps: 64 }),
             DecoderSpec::Bd3lm(bd3lm.clone()),

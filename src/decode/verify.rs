@@ -19,9 +19,16 @@
 //! their acceptance was a few percent against ~40% for a fresh one-mask draft, and the window
 //! never got back to fresh drafts.)
 //!
+//! With `lookup` L > 0, a pass may take its drafts from the text instead (prompt lookup,
+//! `lookup.rs`): when the text's last tokens occurred before, what followed them, up to L
+//! tokens, if that is more drafts than the `[MASK]` slots left. The verifier checks drafts
+//! whatever made them, so the output stays AR's; with K = 0 no `[MASK]` slot is fed and any
+//! causal model, ARM included, decodes this way.
+//!
 //! The cache keeps the committed prefix and the accepted drafts; the rejected tail, the
 //! masks and the unaccepted drafts are scratch, rolled back after every pass.
 
+use super::lookup;
 use super::sampling::{draw, Dist};
 use super::window::{Batch, Entry, RowLogits, RowState};
 use super::{Decoder, GenOptions, Generation, SlotTrace, StepTrace};
@@ -34,15 +41,18 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VerifyDecoder {
-    /// K: `[MASK]` slots per pass, and the most drafts a pass verifies.
+    /// K: `[MASK]` slots per pass (their predictions are the next pass's drafts).
     pub block_size: usize,
+    /// L: the most drafts prompt lookup proposes for a pass (0: none).
+    #[serde(default)]
+    pub lookup: usize,
 }
 
 impl Default for VerifyDecoder {
     /// K = 2: on the models measured (docs/results.md) drafts past the second slot are
-    /// rarely accepted, and every mask slot costs compute.
+    /// rarely accepted, and every mask slot costs compute. No lookup.
     fn default() -> Self {
-        Self { block_size: 2 }
+        Self::masks(2)
     }
 }
 
@@ -79,11 +89,24 @@ impl Slot {
 }
 
 impl VerifyDecoder {
+    /// K `[MASK]` slots, no lookup.
+    pub fn masks(block_size: usize) -> Self {
+        Self {
+            block_size,
+            lookup: 0,
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
-        if self.block_size < 1 {
-            bail!("block size K must be at least 1");
+        if self.block_size < 1 && self.lookup < 1 {
+            bail!("verify needs drafts: block size K ≥ 1 ([MASK] slots) or lookup L ≥ 1");
         }
         Ok(())
+    }
+
+    /// The most drafts a pass verifies.
+    fn most_drafts(&self) -> usize {
+        self.block_size.max(self.lookup)
     }
 }
 
@@ -159,11 +182,29 @@ fn propose(logits: &[f32], context: &[&[u32]], opts: &GenOptions, rng: &mut impl
     }
 }
 
-/// Before a pass: the row's drafts within its budget, then the `[MASK]` slots for the
-/// positions after the pass's AR token.
-fn open(row: &mut RowState<Slot>, k: usize, opts: &GenOptions) {
+/// Before a pass: the row's drafts within its budget (the text's lookup continuation when it
+/// holds more drafts than the mask slots left), then the `[MASK]` slots for the positions
+/// after the pass's AR token.
+fn open(row: &mut RowState<Slot>, prompt: &[u32], d: &VerifyDecoder, opts: &GenOptions) {
     let room = row.room(opts);
-    row.window.truncate(k.min(room));
+    if d.lookup > 0 {
+        let found = lookup::continuation(&[prompt, &row.progress.tokens], d.lookup.min(room));
+        if found.len() > row.window.len() {
+            row.window.clear();
+            row.window.extend(found.into_iter().map(|token| {
+                // A certain guess: under sampling q is one-hot, so the check accepts with
+                // probability p(token) and otherwise draws from p without it.
+                let dist = (!opts.sampling.is_greedy()).then(|| vec![(token, 1.0)]);
+                Slot::Draft(Draft {
+                    token,
+                    conf: 1.0,
+                    dist,
+                })
+            }));
+        }
+    }
+    let k = d.block_size;
+    row.window.truncate(d.most_drafts().min(room));
     let m = row.window.len();
     row.window
         .extend(std::iter::repeat_with(|| Slot::Mask).take(masks(k, room, m)));
@@ -244,8 +285,9 @@ impl Decoder for VerifyDecoder {
     }
 
     fn fits(&self, objective: ObjectiveKind) -> bool {
-        // Drafts come from [MASK] slots: only CARD is trained to predict from masked context.
-        objective == ObjectiveKind::Card
+        // Drafts from [MASK] slots need CARD, trained to predict from masked context; lookup
+        // alone (K = 0) suits any causal model.
+        objective == ObjectiveKind::Card || (objective.is_causal() && self.block_size == 0)
     }
 
     fn generate(
@@ -257,18 +299,25 @@ impl Decoder for VerifyDecoder {
     ) -> Result<Generation> {
         self.validate()?;
         // More slots than new tokens cannot be used (and would only size buffers).
-        let k = self.block_size.min(opts.max_new_tokens.max(1));
-        let (mut batch, mut rngs) = Batch::start(model, prompts, opts, 2 * k + 1)?;
+        let cap = opts.max_new_tokens.max(1);
+        let d = VerifyDecoder {
+            block_size: self.block_size.min(cap),
+            lookup: self.lookup.min(cap),
+        };
+        let window = d.most_drafts() + d.block_size;
+        let (mut batch, mut rngs) = Batch::start(model, prompts, opts, window + 1)?;
         let mut rows: Vec<RowState<Slot>> = prompts
             .iter()
-            .map(|p| RowState::new(p, opts, 2 * k))
+            .map(|p| RowState::new(p, opts, window))
             .collect();
         // Buffers reused by every pass: a pass's tokens, and the next pass's drafts.
-        let (mut kept, mut next) = (Vec::with_capacity(k + 1), Vec::with_capacity(2 * k));
-        let mut trace = StepTrace::reused(k + 1);
+        let (mut kept, mut next) = (Vec::with_capacity(window + 1), Vec::with_capacity(window));
+        let mut trace = StepTrace::reused(window + 1);
         while rows.iter().any(|r| !r.progress.done) {
-            for row in rows.iter_mut().filter(|r| !r.progress.done) {
-                open(row, k, opts);
+            for (row, prompt) in rows.iter_mut().zip(prompts) {
+                if !row.progress.done {
+                    open(row, prompt, &d, opts);
+                }
             }
             let fed = rows.iter_mut().map(|row| {
                 let n = row.window.len();

@@ -73,8 +73,8 @@ fn decoders() -> Vec<DecoderSpec> {
         card(0.9),
         card(0.7),
         card(0.5),
-        DecoderSpec::Verify(VerifyDecoder { block_size: 1 }),
-        DecoderSpec::Verify(VerifyDecoder { block_size: 2 }),
+        DecoderSpec::Verify(VerifyDecoder::masks(1)),
+        DecoderSpec::Verify(VerifyDecoder::masks(2)),
     ]
 }
 

@@ -31,9 +31,9 @@ fn decoders() -> Vec<DecoderSpec> {
         card(4, 0.9),
         card(4, 0.7),
         card(4, 0.5),
-        DecoderSpec::Verify(VerifyDecoder { block_size: 1 }),
-        DecoderSpec::Verify(VerifyDecoder { block_size: 2 }),
-        DecoderSpec::Verify(VerifyDecoder { block_size: 4 }),
+        DecoderSpec::Verify(VerifyDecoder::masks(1)),
+        DecoderSpec::Verify(VerifyDecoder::masks(2)),
+        DecoderSpec::Verify(VerifyDecoder::masks(4)),
     ]
 }
 

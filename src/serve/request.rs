@@ -29,6 +29,7 @@ pub const COMMON: &[&str] = &[
     "block_size",
     "step_limit",
     "threshold",
+    "lookup",
     "presence_penalty",
     "frequency_penalty",
     "logprobs",
@@ -56,6 +57,8 @@ pub struct Request {
     pub block_size: Option<Int>,
     pub step_limit: Option<Int>,
     pub threshold: Option<f64>,
+    /// verify: the most prompt-lookup drafts per pass.
+    pub lookup: Option<Int>,
     /// Completions: text, texts, token ids or lists of them (checked in `api.rs`, where a
     /// bad token id is a value error).
     pub prompt: Option<Prompt>,

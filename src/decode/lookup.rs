@@ -1,0 +1,63 @@
+//! Prompt lookup: drafts copied from the text so far. The last few tokens are looked up
+//! earlier in the prompt and the committed text, and what followed their latest earlier
+//! occurrence is guessed to follow again (llama.cpp's lookup decoding, `transformers`'
+//! `prompt_lookup_num_tokens`). Free to make and model-agnostic, strong where text repeats:
+//! copying a passage, lists, code.
+
+/// The longest suffix looked up, in tokens.
+pub const NGRAM_MAX: usize = 3;
+/// The shortest: a single repeated token predicts too little to pay for its positions.
+pub const NGRAM_MIN: usize = 2;
+
+/// Up to `max` tokens that followed the latest earlier occurrence of the text's last n tokens
+/// (n from `NGRAM_MAX` down to `NGRAM_MIN`, the longest that occurs), the text being the
+/// `parts` joined; empty when none occurs.
+pub fn continuation(parts: &[&[u32]], max: usize) -> Vec<u32> {
+    let text: Vec<u32> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+    let len = text.len();
+    if max == 0 {
+        return Vec::new();
+    }
+    for n in (NGRAM_MIN..=NGRAM_MAX.min(len.saturating_sub(1))).rev() {
+        let suffix = &text[len - n..];
+        // Latest first: recent text predicts the next tokens best. The match must end before
+        // the suffix starts over itself, so it has at least one following token.
+        if let Some(at) = (0..len - n).rev().find(|&i| &text[i..i + n] == suffix) {
+            let from = at + n;
+            return text[from..len.min(from + max)].to_vec();
+        }
+    }
+    Vec::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_latest_longest_match_gives_what_followed_it() {
+        // "1 2 3 4 5 … 1 2 3" continues "4 5"; the later "9 2 3 7" matches only 2 tokens.
+        let prompt = [1, 2, 3, 4, 5, 6, 9, 2, 3, 7];
+        assert_eq!(continuation(&[&prompt, &[1, 2, 3]], 2), vec![4, 5]);
+        // With 2 tokens the latest occurrence wins: "2 3" → "7 8 2".
+        assert_eq!(continuation(&[&prompt, &[8, 2, 3]], 3), vec![7, 8, 2]);
+        // Capped by what follows the match.
+        assert_eq!(continuation(&[&[5, 6, 7, 5, 6]], 9), vec![7, 5, 6]);
+    }
+
+    #[test]
+    fn no_draft_without_a_repeated_ngram() {
+        assert!(continuation(&[&[1, 2, 3, 4]], 4).is_empty());
+        // A single repeated token is below NGRAM_MIN.
+        assert!(continuation(&[&[1, 2, 3, 1]], 4).is_empty());
+        assert!(continuation(&[&[], &[7]], 4).is_empty());
+        assert!(continuation(&[&[1, 2, 1, 2]], 0).is_empty());
+    }
+
+    #[test]
+    fn a_repeating_text_drafts_its_period() {
+        // "a b c a b c a b" → "c a b c …".
+        let t = [10, 11, 12, 10, 11, 12, 10, 11];
+        assert_eq!(continuation(&[&t], 4), vec![12, 10, 11]);
+    }
+}

@@ -9,6 +9,7 @@
 
 pub mod ar;
 pub mod bd3lm;
+pub mod budget;
 pub mod card;
 pub mod lookup;
 pub mod mdlm;

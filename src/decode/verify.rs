@@ -28,6 +28,7 @@
 //! The cache keeps the committed prefix and the accepted drafts; the rejected tail, the
 //! masks and the unaccepted drafts are scratch, rolled back after every pass.
 
+use super::budget::{Budget, DEFAULT_SLOPE};
 use super::lookup;
 use super::sampling::{draw, Dist};
 use super::window::{Batch, Entry, RowLogits, RowState};
@@ -182,14 +183,24 @@ fn propose(logits: &[f32], context: &[&[u32]], opts: &GenOptions, rng: &mut impl
     }
 }
 
-/// Before a pass: the row's drafts within its budget (the text's lookup continuation when it
-/// holds more drafts than the mask slots left), then the `[MASK]` slots for the positions
-/// after the pass's AR token.
-fn open(row: &mut RowState<Slot>, prompt: &[u32], d: &VerifyDecoder, opts: &GenOptions) {
+/// Before a pass: the row's drafts within its budget (the text's lookup continuation, cut to
+/// what `budget` expects to pay, when it holds more drafts than the mask slots left), then the
+/// `[MASK]` slots for the positions after the pass's AR token. Returns whether the drafts
+/// came from lookup.
+fn open(
+    row: &mut RowState<Slot>,
+    prompt: &[u32],
+    d: &VerifyDecoder,
+    budget: &Budget,
+    opts: &GenOptions,
+) -> bool {
     let room = row.room(opts);
+    let mut looked_up = false;
     if d.lookup > 0 {
-        let found = lookup::continuation(&[prompt, &row.progress.tokens], d.lookup.min(room));
+        let mut found = lookup::continuation(&[prompt, &row.progress.tokens], d.lookup.min(room));
+        found.truncate(budget.drafts(found.len(), d.block_size));
         if found.len() > row.window.len() {
+            looked_up = true;
             row.window.clear();
             row.window.extend(found.into_iter().map(|token| {
                 // A certain guess: under sampling q is one-hot, so the check accepts with
@@ -208,6 +219,19 @@ fn open(row: &mut RowState<Slot>, prompt: &[u32], d: &VerifyDecoder, opts: &GenO
     let m = row.window.len();
     row.window
         .extend(std::iter::repeat_with(|| Slot::Mask).take(masks(k, room, m)));
+    looked_up
+}
+
+/// Drafts a pass checked and, of those, how many stood: draft i was checked if the walk
+/// reached position i, and stood if AR kept its token there.
+fn outcome(window: &[Slot], kept: &[u32]) -> (usize, usize) {
+    let drafts = window.iter().filter_map(Slot::draft).count();
+    let stood = window
+        .iter()
+        .zip(kept)
+        .take_while(|(s, &t)| s.token() == Some(t))
+        .count();
+    (drafts.min(kept.len()), stood.min(drafts))
 }
 
 /// After a pass: check the row's drafts left to right against AR's distribution at their
@@ -313,10 +337,13 @@ impl Decoder for VerifyDecoder {
         // Buffers reused by every pass: a pass's tokens, and the next pass's drafts.
         let (mut kept, mut next) = (Vec::with_capacity(window + 1), Vec::with_capacity(window));
         let mut trace = StepTrace::reused(window + 1);
+        // Per row: its lookup drafts' acceptance, and whether this pass's drafts are lookup's.
+        let mut budgets = vec![Budget::new(DEFAULT_SLOPE); rows.len()];
+        let mut looked_up = vec![false; rows.len()];
         while rows.iter().any(|r| !r.progress.done) {
-            for (row, prompt) in rows.iter_mut().zip(prompts) {
+            for (r, (row, prompt)) in rows.iter_mut().zip(prompts).enumerate() {
                 if !row.progress.done {
-                    open(row, prompt, &d, opts);
+                    looked_up[r] = open(row, prompt, &d, &budgets[r], opts);
                 }
             }
             let fed = rows.iter_mut().map(|row| {
@@ -331,6 +358,10 @@ impl Decoder for VerifyDecoder {
                 trace.start(r, batch.forwards(), 1);
                 let (logits, prompt, rng) = (batch.logits(r), &prompts[r], &mut rngs[r]);
                 let fresh = walk(row, &logits, prompt, opts, rng, &mut kept, &mut trace);
+                if looked_up[r] {
+                    let (checked, stood) = outcome(&row.window, &kept);
+                    budgets[r].record(checked, stood);
+                }
                 // After a rejection the next pass drafts afresh from masks right after the
                 // committed text.
                 next.clear();

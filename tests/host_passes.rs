@@ -156,3 +156,33 @@ fn k_quant_models_decode_on_the_host_backend_like_their_expansion() {
         assert_eq!(logits(&packed.with_int8(), &prompt, &tokens, true), one);
     }
 }
+
+#[test]
+fn decoded_scores_match_the_full_forward_and_count_greedy_picks() {
+    use card::eval::quality::{continuation_nll, decoded_scores};
+    let dense = model(6);
+    let prompt = random_ids(9, VOCAB, 4);
+    let continuation = random_ids(12, VOCAB, 5);
+    let (nll, picks) = decoded_scores(&dense, &prompt, &continuation).unwrap();
+    let want = continuation_nll(&dense, &prompt, &continuation).unwrap();
+    assert!((nll - want).abs() < 1e-4, "{nll} vs {want}");
+    // The model's own greedy continuation is all picks.
+    let mut text = prompt.clone();
+    let mut greedy = Vec::new();
+    for _ in 0..6 {
+        let mut pass = HostPass::new(&dense, 1, 64).unwrap();
+        pass.forward(&[text.clone()]).unwrap();
+        let t = argmax(pass.logits(0, text.len() - 1)) as u32;
+        text.push(t);
+        greedy.push(t);
+    }
+    assert_eq!(
+        decoded_scores(&dense, &prompt, &greedy).unwrap().1,
+        greedy.len()
+    );
+    // A prompt + continuation longer than the context keeps its end.
+    let long = random_ids(70, VOCAB, 7);
+    let (nll, _) = decoded_scores(&dense, &long[..60], &long[60..]).unwrap();
+    let want = continuation_nll(&dense, &long[..60], &long[60..]).unwrap();
+    assert!((nll - want).abs() < 1e-4, "{nll} vs {want}");
+}

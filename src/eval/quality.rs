@@ -52,19 +52,21 @@ pub fn decoded_scores(
     use crate::model::{Backend, Session};
     anyhow::ensure!(!prompt.is_empty(), "decoded_scores: an empty prompt");
     let all: Vec<u32> = prompt.iter().chain(continuation).copied().collect();
-    let fed = all.len() - 1;
+    // Keep the end if the whole text is longer than the context, as `continuation_nll` does.
+    let all = &all[all.len().saturating_sub(model.cfg.max_seq_len + 1)..];
+    let (fed, n) = (all.len() - 1, continuation.len().min(all.len() - 1));
     let backend = Backend::for_model(model);
     let mut session = Session::new(model, backend, 1, fed, 0, 0)?;
     session.forward(&[all[..fed].to_vec()])?;
     let (mut nll, mut picks) = (0.0, 0);
-    for (j, &target) in continuation.iter().enumerate() {
-        let logits = session.logits(0, prompt.len() - 1 + j);
+    for (j, &target) in all[all.len() - n..].iter().enumerate() {
+        let logits = session.logits(0, fed - n + j);
         let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
         let z: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
         nll += max + z.ln() - logits[target as usize] as f64;
         picks += usize::from(logits[target as usize] as f64 == max);
     }
-    Ok((nll / continuation.len().max(1) as f64, picks))
+    Ok((nll / n.max(1) as f64, picks))
 }
 
 /// Mean NLL (nats/token) of `continuation` given `prompt` under `model` (exact, causal).

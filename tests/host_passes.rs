@@ -166,6 +166,10 @@ fn decoded_scores_match_the_full_forward_and_count_greedy_picks() {
     let (nll, picks) = decoded_scores(&dense, &prompt, &continuation).unwrap();
     let want = continuation_nll(&dense, &prompt, &continuation).unwrap();
     assert!((nll - want).abs() < 1e-4, "{nll} vs {want}");
+    assert!(
+        picks < continuation.len(),
+        "random tokens are not all greedy picks"
+    );
     // The model's own greedy continuation is all picks.
     let mut text = prompt.clone();
     let mut greedy = Vec::new();

@@ -13,18 +13,27 @@ pub const NGRAM_MIN: usize = 2;
 /// (n from `NGRAM_MAX` down to `NGRAM_MIN`, the longest that occurs), the text being the
 /// `parts` joined; empty when none occurs.
 pub fn continuation(parts: &[&[u32]], max: usize) -> Vec<u32> {
-    let text: Vec<u32> = parts.iter().flat_map(|p| p.iter().copied()).collect();
-    let len = text.len();
+    // The parts are read in place: this runs before every pass of every row.
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let at = |mut i: usize| {
+        for p in parts {
+            if i < p.len() {
+                return p[i];
+            }
+            i -= p.len();
+        }
+        unreachable!("index {i} past the text")
+    };
     if max == 0 {
         return Vec::new();
     }
     for n in (NGRAM_MIN..=NGRAM_MAX.min(len.saturating_sub(1))).rev() {
-        let suffix = &text[len - n..];
+        let occurs = |i: usize| (0..n).all(|j| at(i + j) == at(len - n + j));
         // Latest first: recent text predicts the next tokens best. The match must end before
         // the suffix starts over itself, so it has at least one following token.
-        if let Some(at) = (0..len - n).rev().find(|&i| &text[i..i + n] == suffix) {
-            let from = at + n;
-            return text[from..len.min(from + max)].to_vec();
+        if let Some(start) = (0..len - n).rev().find(|&i| occurs(i)) {
+            let from = start + n;
+            return (from..len.min(from + max)).map(at).collect();
         }
     }
     Vec::new()

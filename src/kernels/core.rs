@@ -331,3 +331,29 @@ macro_rules! dispatch {
     };
 }
 pub(crate) use dispatch;
+
+/// Whether the CPU has AVX2 with FMA and F16C, the base of the packed-block kernels' SIMD
+/// paths.
+pub(crate) fn avx2_fma_f16c() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        has!("avx2") && has!("fma") && has!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// `CARD_NO_AVX512=1`: keep the packed-block kernels off their AVX-512 paths.
+pub(crate) fn no_avx512() -> bool {
+    std::env::var_os("CARD_NO_AVX512").is_some_and(|v| v != "0")
+}
+
+/// CPU flags as Linux reports them, independent of the detection code under test (empty
+/// where there is no /proc/cpuinfo).
+#[cfg(test)]
+pub(crate) fn cpuinfo_flags() -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let line = info.lines().find(|l| l.starts_with("flags")).unwrap_or("");
+    line.split_whitespace().map(str::to_string).collect()
+}

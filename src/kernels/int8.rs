@@ -10,6 +10,7 @@
 //! Σ_g s_g Σ_{b∈g} dw_b Σ u·q + Σ_b mw_b · s_g Σ_{b} q, the second sum from block sums
 //! computed once per input row.
 
+use super::core::{avx2_fma_f16c, no_avx512};
 use super::quant::{Blocks, BLOCK};
 use super::small_matmul::{by_weight_rows, MAX_ROWS};
 
@@ -132,30 +133,25 @@ impl Path {
 
     /// Whether this CPU can run the path.
     pub fn available(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            let avx2 = has!("avx2") && has!("fma") && has!("f16c");
-            match self {
-                Path::Vnni => avx2 && has!("avx512vnni") && has!("avx512vl"),
-                Path::Avx2 => avx2,
-                Path::Portable => true,
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Path::Vnni => {
+                use std::arch::is_x86_feature_detected as has;
+                avx2_fma_f16c() && has!("avx512vnni") && has!("avx512vl")
             }
+            Path::Avx2 => avx2_fma_f16c(),
+            Path::Portable => true,
+            #[cfg(not(target_arch = "x86_64"))]
+            Path::Vnni => false,
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        matches!(self, Path::Portable)
     }
 
     /// The path on this machine (`CARD_NO_AVX512=1` keeps it on AVX2).
     pub fn best() -> Path {
         static BEST: std::sync::OnceLock<Path> = std::sync::OnceLock::new();
         *BEST.get_or_init(|| {
-            let no512 = std::env::var_os("CARD_NO_AVX512").is_some_and(|v| v != "0");
-            *Path::ALL
-                .iter()
-                .filter(|p| !(no512 && **p == Path::Vnni))
-                .find(|p| p.available())
-                .expect("portable")
+            let usable = |p: &&Path| p.available() && !(**p == Path::Vnni && no_avx512());
+            *Path::ALL.iter().find(usable).expect("portable")
         })
     }
 }

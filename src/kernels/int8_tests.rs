@@ -150,17 +150,15 @@ fn the_int8_product_stays_within_the_rounding_bound_of_the_exact_one() {
 
 #[test]
 fn the_machine_takes_the_best_integer_path_its_cpu_has() {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let line = info.lines().find(|l| l.starts_with("flags")).unwrap_or("");
-    if line.is_empty() {
+    let flags = crate::kernels::core::cpuinfo_flags();
+    if flags.is_empty() {
         eprintln!("no /proc/cpuinfo: the dispatch is not checked");
         return;
     }
-    let has = |f: &str| line.split_whitespace().any(|x| x == f);
+    let has = |f: &str| flags.iter().any(|x| x == f);
     let avx2 = has("avx2") && has("fma") && has("f16c");
     let vnni = avx2 && has("avx512_vnni") && has("avx512vl");
-    let no512 = std::env::var_os("CARD_NO_AVX512").is_some_and(|v| v != "0");
-    let want = match (vnni && !no512, avx2) {
+    let want = match (vnni && !crate::kernels::core::no_avx512(), avx2) {
         (true, _) => Path::Vnni,
         (_, true) => Path::Avx2,
         _ => Path::Portable,

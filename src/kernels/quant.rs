@@ -5,6 +5,7 @@
 //! is the expanded matrix's product up to summation order, so quantized decoding differs
 //! from its f32 reference only by the weights' own rounding.
 
+use super::core::{avx2_fma_f16c, no_avx512};
 use super::kquant;
 use super::small_matmul::{by_weight_rows, MAX_ROWS};
 use candle_core::quantized::GgmlDType;
@@ -164,30 +165,22 @@ impl Path {
 
     /// Whether this CPU can run the path.
     pub fn available(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            let avx2 = has!("avx2") && has!("fma") && has!("f16c");
-            match self {
-                Path::Avx512 => avx2 && has!("avx512f"),
-                Path::Avx2 => avx2,
-                Path::Portable => true,
-            }
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 => avx2_fma_f16c() && std::arch::is_x86_feature_detected!("avx512f"),
+            Path::Avx2 => avx2_fma_f16c(),
+            Path::Portable => true,
+            #[cfg(not(target_arch = "x86_64"))]
+            Path::Avx512 => false,
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        matches!(self, Path::Portable)
     }
 
     /// The path products take on this machine (`CARD_NO_AVX512=1` keeps them on AVX2).
     pub fn best() -> Path {
         static BEST: std::sync::OnceLock<Path> = std::sync::OnceLock::new();
         *BEST.get_or_init(|| {
-            let no512 = std::env::var_os("CARD_NO_AVX512").is_some_and(|v| v != "0");
-            *Path::ALL
-                .iter()
-                .filter(|p| !(no512 && **p == Path::Avx512))
-                .find(|p| p.available())
-                .expect("portable")
+            let usable = |p: &&Path| p.available() && !(**p == Path::Avx512 && no_avx512());
+            *Path::ALL.iter().find(usable).expect("portable")
         })
     }
 }
@@ -475,18 +468,15 @@ mod tests {
 
     #[test]
     fn the_machine_takes_the_best_path_its_cpu_has() {
-        // Linux's flags, independent of the detection under test.
-        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let line = info.lines().find(|l| l.starts_with("flags")).unwrap_or("");
-        if line.is_empty() {
+        let flags = crate::kernels::core::cpuinfo_flags();
+        if flags.is_empty() {
             eprintln!("no /proc/cpuinfo: the dispatch is not checked");
             return;
         }
-        let has = |f: &str| line.split_whitespace().any(|x| x == f);
+        let has = |f: &str| flags.iter().any(|x| x == f);
         let avx2 = has("avx2") && has("fma") && has("f16c");
-        let no512 = std::env::var_os("CARD_NO_AVX512").is_some_and(|v| v != "0");
         let want = match (avx2 && has("avx512f"), avx2) {
-            (true, _) if !no512 => Path::Avx512,
+            (true, _) if !crate::kernels::core::no_avx512() => Path::Avx512,
             (_, true) => Path::Avx2,
             _ => Path::Portable,
         };

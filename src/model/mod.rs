@@ -139,9 +139,21 @@ impl Transformer {
             }
             Some(())
         });
-        let takes = |n: &String| matches!(n.as_str(), "q4_0" | "q4_1" | "q8_0");
-        let int8 = self.activations == Activations::Int8 && names.iter().any(takes);
+        let int8 = self.activations == Activations::Int8 && self.has_int8_blocks();
         names.join("+") + if int8 { " int8" } else { "" }
+    }
+
+    /// Whether some matrix is held in blocks the int8 path multiplies.
+    fn has_int8_blocks(&self) -> bool {
+        let mut any = false;
+        self.weights.map(|w| {
+            if let Weight::Quant(q) = w {
+                let parts = q.host_parts().unwrap_or_default();
+                any |= parts.iter().any(|p| crate::kernels::int8::takes(p.0));
+            }
+            Some(())
+        });
+        any
     }
 
     /// The same model decoding with its activations rounded to 8 bits for the packed blocks

@@ -188,16 +188,9 @@ mod tests {
         }
     }
 
-    /// CPU flags as Linux reports them, independent of the detection code under test.
-    fn cpuinfo_flags() -> Vec<String> {
-        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let line = info.lines().find(|l| l.starts_with("flags")).unwrap_or("");
-        line.split_whitespace().map(str::to_string).collect()
-    }
-
     #[test]
     fn the_machine_takes_the_best_path_its_cpu_has() {
-        let flags = cpuinfo_flags();
+        let flags = crate::kernels::core::cpuinfo_flags();
         if flags.is_empty() {
             eprintln!("no /proc/cpuinfo: only the dispatched result is checked");
         } else {

@@ -39,10 +39,7 @@ fn lookup_drafts_keep_ar_greedy_output_and_save_passes_on_repeats() {
                 .generate(&f.plain, &prompts, &o, &mut |_| {})
                 .unwrap();
             for (k, l) in [(0, 2), (0, 5), (2, 5), (1, 3)] {
-                let d = VerifyDecoder {
-                    block_size: k,
-                    lookup: l,
-                };
+                let d = VerifyDecoder::with_lookup(k, l);
                 let mut steps: Vec<StepTrace> = Vec::new();
                 let v = d
                     .generate(&f.plain, &prompts, &o, &mut |s| steps.push(s.clone()))
@@ -74,18 +71,12 @@ fn lookup_drafts_keep_ar_greedy_output_and_save_passes_on_repeats() {
 
 #[test]
 fn lookup_alone_suits_any_causal_model_and_verify_needs_some_drafts() {
-    let lookup_only = VerifyDecoder {
-        block_size: 0,
-        lookup: 4,
-    };
+    let lookup_only = VerifyDecoder::with_lookup(0, 4);
     assert!(lookup_only.fits(ObjectiveKind::Arm));
     assert!(lookup_only.fits(ObjectiveKind::Card));
     assert!(!lookup_only.fits(ObjectiveKind::Mdlm));
     assert!(!VerifyDecoder::masks(2).fits(ObjectiveKind::Arm));
-    let none = VerifyDecoder {
-        block_size: 0,
-        lookup: 0,
-    };
+    let none = VerifyDecoder::with_lookup(0, 0);
     let err = none.validate().unwrap_err().to_string();
     assert!(err.contains("verify needs drafts"), "{err}");
 }

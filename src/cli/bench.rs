@@ -41,7 +41,9 @@ pub struct DecodeBenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "8:8:0.9,8:8:0.7")]
     pub grid: Vec<String>,
     /// Lossless verifier settings, comma-separated ("" for none): K ([MASK] slots per pass)
-    /// or K:L (and up to L prompt-lookup drafts; 0:L is lookup alone, for ARM models too).
+    /// or K:L (and up to L prompt-lookup drafts; 0:L is lookup alone, for ARM models too)
+    /// or K:L:COST (the budget's cost of a position fixed; 0 sends every draft and slot;
+    /// without it the cost is fitted to the passes' timings).
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     pub verify: Vec<String>,
     /// Prompt sets: prose (held-out prefixes of the checkpoint's corpus), probes (counting,
@@ -278,11 +280,23 @@ fn parse_decoders(grid: &[String], verify: &[String]) -> Result<Vec<DecoderSpec>
         ));
     }
     for k in verify.iter().filter(|k| !k.is_empty()) {
-        let bad = || anyhow::anyhow!("--verify: '{k}' is not K or K:L (mask slots, lookup drafts)");
-        let (slots, lookup) = k.trim().split_once(':').unwrap_or((k.trim(), "0"));
+        let bad = || {
+            anyhow::anyhow!(
+                "--verify: '{k}' is not K, K:L or K:L:COST (mask slots, lookup drafts, position cost)"
+            )
+        };
+        let parts: Vec<&str> = k.trim().split(':').collect();
+        if parts.len() > 3 {
+            return Err(bad());
+        }
+        let field = |i: usize| parts.get(i).copied().unwrap_or("0");
         let v = VerifyDecoder {
-            block_size: slots.parse().map_err(|_| bad())?,
-            lookup: lookup.parse().map_err(|_| bad())?,
+            block_size: field(0).parse().map_err(|_| bad())?,
+            lookup: field(1).parse().map_err(|_| bad())?,
+            cost: match parts.get(2) {
+                Some(c) => Some(c.parse().map_err(|_| bad())?),
+                None => None,
+            },
         };
         v.validate().context("--verify")?;
         out.push(DecoderSpec::Verify(v));

@@ -52,6 +52,11 @@ pub struct DecoderArgs {
     /// drafts come from lookup alone, which suits ARM checkpoints too.
     #[arg(long)]
     pub lookup: Option<usize>,
+    /// verify: the cost of one more position in a pass, relative to a one-position pass, by
+    /// which the budget sizes drafts and [MASK] slots [default: fitted to the passes' own
+    /// timings as it decodes]; 0 sends every slot and draft offered.
+    #[arg(long)]
+    pub draft_cost: Option<f64>,
     /// BD3LM: reveal slots ancestrally or by confidence (≥ --threshold).
     #[arg(long, value_parser = choice::<Reveal>(), default_value = "ancestral")]
     pub reveal: Reveal,
@@ -70,6 +75,7 @@ impl DecoderArgs {
             steps: self.steps,
             reveal: Some(self.reveal),
             lookup: self.lookup,
+            cost: self.draft_cost,
         };
         let name = name.unwrap_or_else(|| DecoderSpec::default_for(cfg).name());
         let spec = DecoderSpec::parse(name, &knobs, cfg)?;

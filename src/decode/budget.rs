@@ -1,33 +1,42 @@
-//! How many drafts a pass should carry: as many as maximise the expected tokens committed per
-//! unit of pass cost, from a row's running acceptance by draft position and the cost of a
-//! pass of n positions. A draft that is rarely accepted costs more than it saves, so when no
-//! number of drafts beats a plain AR step the row sends none, and a decoder whose drafts are
-//! always wrong falls back to AR's passes.
+//! How many drafts and `[MASK]` slots a pass should carry: as many as maximise the expected
+//! tokens committed per unit of pass cost, from a row's running acceptance by draft position
+//! (per draft source) and the measured cost of a pass of n positions. A draft that is rarely
+//! accepted costs more than it saves, so when nothing beats a plain AR step the row sends
+//! none, and a decoder whose drafts are always wrong falls back to AR's passes, probing its
+//! masks again now and then in case the text changed.
 //!
-//! The cost is relative to a 1-position pass, linear in the positions: 1 + `slope`·(n − 1).
-//! The default slope is what `card bench decode --cost-curve` measured at batch 1 on a
-//! 2-core Zen 4 for SmolLM2 (0.2–0.27 for Q4_1 blocks up to 8 positions, 0.06–0.22 in f32;
-//! docs/results.md). It changes how fast a row decodes, never what it outputs.
+//! Cost is relative to a pass where every row feeds one position: 1 + `slope`·(extra
+//! positions). [`PassCost`] fits the slope from the passes' own timings; until it has seen
+//! passes of different sizes it uses [`DEFAULT_SLOPE`], what `card bench decode --cost-curve`
+//! measured at batch 1 on a 2-core Zen 4 for SmolLM2 (0.16–0.27 for Q4_1 blocks up to 8
+//! positions, 0.06–0.22 in f32; docs/results.md). Costs change how fast a row decodes, never
+//! what it outputs.
 
-/// Extra cost of one more position in a pass, relative to a 1-position pass.
+/// Extra cost of one more position in a pass, before any pass was timed.
 pub const DEFAULT_SLOPE: f64 = 0.25;
 
-/// One row's draft statistics.
-#[derive(Debug, Clone)]
+/// Recency: each new record weighs the old ones down by this factor, so a row's estimate
+/// follows the text (a copied passage starts or ends) over about the last 1/(1−FADE) passes.
+const FADE: f64 = 0.95;
+
+/// Passes a row uses a source (all its `[MASK]` slots and their drafts, or the lookup drafts
+/// offered) before its record decides.
+const WARMUP: usize = 3;
+/// A row that stopped using a source probes it again often enough to notice the text
+/// changed, rarely enough that probes cost this share of its passes.
+const PROBE_SHARE: f64 = 0.015;
+
+/// One draft source's record for one row, by draft position.
+#[derive(Debug, Clone, Default)]
 pub struct Budget {
-    slope: f64,
-    /// Per draft position: passes that checked it, and that accepted it.
-    checked: Vec<u32>,
-    accepted: Vec<u32>,
+    /// Per draft position: (faded) passes that checked it, and that accepted it.
+    checked: Vec<f64>,
+    accepted: Vec<f64>,
 }
 
 impl Budget {
-    pub fn new(slope: f64) -> Self {
-        Self {
-            slope,
-            checked: Vec::new(),
-            accepted: Vec::new(),
-        }
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// The estimated chance that draft i stands given that every draft before it did: its
@@ -37,84 +46,199 @@ impl Budget {
     fn chance(&self, i: usize) -> f64 {
         let prior = if i == 0 { 0.5 } else { self.chance(i - 1) };
         let (c, a) = (
-            self.checked.get(i).copied().unwrap_or(0),
-            self.accepted.get(i).copied().unwrap_or(0),
+            self.checked.get(i).copied().unwrap_or(0.0),
+            self.accepted.get(i).copied().unwrap_or(0.0),
         );
-        (a as f64 + 2.0 * prior) / (c as f64 + 2.0)
+        (a + 2.0 * prior) / (c + 2.0)
+    }
+
+    /// Expected tokens a pass commits with m of this source's drafts: AR's token, plus draft
+    /// j when every draft up to it stands.
+    pub fn expected(&self, m: usize) -> f64 {
+        let mut reach = 1.0;
+        1.0 + (0..m)
+            .map(|i| {
+                reach *= self.chance(i);
+                reach
+            })
+            .sum::<f64>()
+    }
+
+    /// The chance that all of the first m drafts stand.
+    fn all_stand(&self, m: usize) -> f64 {
+        (0..m).map(|i| self.chance(i)).product()
     }
 
     /// Of up to `offered` drafts, in a pass that also feeds `fixed` other positions besides
     /// the row's next token, how many to send: the m maximising expected committed tokens
-    /// (1 + Σ_{j ≤ m} Π_{i < j} chance(i)) over the pass's cost (0 when none pays).
-    pub fn drafts(&self, offered: usize, fixed: usize) -> usize {
-        let cost = |m: usize| 1.0 + self.slope * (m + fixed) as f64;
-        let (mut best, mut best_rate) = (0, 1.0 / cost(0));
-        let (mut expected, mut reach) = (1.0, 1.0);
-        for m in 1..=offered {
-            reach *= self.chance(m - 1);
-            expected += reach;
-            let rate = expected / cost(m);
-            if rate > best_rate {
-                (best, best_rate) = (m, rate);
-            }
-        }
-        best
+    /// over the pass's cost (0 when none pays).
+    pub fn drafts(&self, offered: usize, fixed: usize, slope: f64) -> usize {
+        let cost = |m: usize| 1.0 + slope * (m + fixed) as f64;
+        (0..=offered)
+            .map(|m| (m, self.expected(m) / cost(m)))
+            .fold((0, 0.0), |best, x| if x.1 > best.1 { x } else { best })
+            .0
+    }
+
+    /// Tokens per unit cost of decoding with k `[MASK]` slots a pass, in the steady state:
+    /// a pass with k mask drafts and k slots costs 1 + 2k·slope and commits `expected(k)`;
+    /// when a draft fails the next pass has none (its slots predicted from a wrong context),
+    /// costs 1 + k·slope and commits one token. Plain AR (k = 0) scores 1.
+    fn mask_rate(&self, k: usize, slope: f64) -> f64 {
+        let miss = 1.0 - self.all_stand(k);
+        let drafted = 1.0 + 2.0 * slope * k as f64;
+        let fresh = 1.0 + slope * k as f64;
+        (self.expected(k) + miss) / (drafted + miss * fresh)
     }
 
     /// After a pass that checked `checked` drafts, of which the first `accepted` stood.
     pub fn record(&mut self, checked: usize, accepted: usize) {
+        if checked == 0 {
+            return;
+        }
         if self.checked.len() < checked {
-            self.checked.resize(checked, 0);
-            self.accepted.resize(checked, 0);
+            self.checked.resize(checked, 0.0);
+            self.accepted.resize(checked, 0.0);
+        }
+        for (c, a) in self.checked.iter_mut().zip(&mut self.accepted) {
+            *c *= FADE;
+            *a *= FADE;
         }
         for i in 0..checked {
-            self.checked[i] += 1;
-            self.accepted[i] += u32::from(i < accepted);
+            self.checked[i] += 1.0;
+            self.accepted[i] += f64::from(u8::from(i < accepted));
         }
+    }
+}
+
+/// When a row tries a source its record has turned off: its first `WARMUP` uses, then once
+/// enough passes went by without it that a probe costs `PROBE_SHARE` of them.
+#[derive(Debug, Clone, Default)]
+struct Explore {
+    used: usize,
+    idle: usize,
+}
+
+impl Explore {
+    /// Whether to try the source now, a try costing `probe` (relative to a one-position pass).
+    fn due(&self, probe: f64) -> bool {
+        self.used < WARMUP || (self.idle >= 8 && self.idle as f64 * PROBE_SHARE >= probe)
+    }
+
+    fn note(&mut self, used: bool) {
+        if used {
+            (self.used, self.idle) = (self.used + 1, 0);
+        } else {
+            self.idle += 1;
+        }
+    }
+}
+
+/// A row's plan for its `[MASK]` slots: the mask drafts' record, when to explore, and
+/// whether the slots of the last two passes were fed to explore.
+#[derive(Debug, Clone, Default)]
+pub struct MaskPlan {
+    pub record: Budget,
+    explore: Explore,
+    exploring: bool,
+    /// Whether this pass's drafts come from exploring slots (send them all).
+    explored: bool,
+}
+
+impl MaskPlan {
+    /// How many of up to `k` slots the next pass feeds: all of them for the first passes
+    /// and as a periodic probe (k slots, then their k drafts), else the count with the best
+    /// steady-state rate (0 when plain AR beats every count).
+    pub fn slots(&mut self, k: usize, slope: f64) -> usize {
+        self.explored = self.exploring;
+        self.exploring = k > 0 && self.explore.due(2.0 * k as f64 * slope);
+        let chosen = if self.exploring {
+            k
+        } else {
+            (0..=k)
+                .map(|n| (n, self.record.mask_rate(n, slope)))
+                .fold((0, 1.0), |best, x| if x.1 > best.1 { x } else { best })
+                .0
+        };
+        self.explore.note(chosen > 0);
+        chosen
+    }
+
+    /// Of up to `offered` mask drafts (made by the last pass's slots), in a pass that also
+    /// feeds `fixed` other positions (call after `slots`), how many to send: all when the
+    /// slots that made them were exploring, so the record learns, else what pays.
+    pub fn drafts(&self, offered: usize, fixed: usize, slope: f64) -> usize {
+        if self.explored {
+            offered
+        } else {
+            self.record.drafts(offered, fixed, slope)
+        }
+    }
+}
+
+/// A row's plan for prompt-lookup drafts: their record, and when to explore.
+#[derive(Debug, Clone, Default)]
+pub struct LookupPlan {
+    pub record: Budget,
+    explore: Explore,
+}
+
+impl LookupPlan {
+    /// Of `offered` lookup drafts, in a pass that also feeds `fixed` other positions, how many
+    /// to send, and whether that is a probe: what pays, or all of them when none pays and a
+    /// probe is due.
+    pub fn drafts(&mut self, offered: usize, fixed: usize, slope: f64) -> (usize, bool) {
+        if offered == 0 {
+            return (0, false);
+        }
+        let pays = self.record.drafts(offered, fixed, slope);
+        let probe = pays == 0 && self.explore.due(offered as f64 * slope);
+        let sent = if probe { offered } else { pays };
+        self.explore.note(sent > 0);
+        (sent, probe)
+    }
+}
+
+/// The cost of a pass against the positions it fed, fitted by least squares to the passes
+/// timed so far: seconds ≈ a + b·positions.
+#[derive(Debug, Clone, Default)]
+pub struct PassCost {
+    n: f64,
+    sx: f64,
+    sy: f64,
+    sxx: f64,
+    sxy: f64,
+}
+
+impl PassCost {
+    /// A pass that fed `positions` in all took `secs`.
+    pub fn observe(&mut self, positions: usize, secs: f64) {
+        let x = positions as f64;
+        self.n += 1.0;
+        self.sx += x;
+        self.sy += secs;
+        self.sxx += x * x;
+        self.sxy += x * secs;
+    }
+
+    /// The extra cost of one more position, relative to a pass where each of `rows` rows
+    /// feeds one: b / (a/rows + b), or [`DEFAULT_SLOPE`] until passes of at least two sizes
+    /// were timed. Clamped to a sane range, as a few noisy timings can fit anything.
+    pub fn slope(&self, rows: usize) -> f64 {
+        let spread = self.n * self.sxx - self.sx * self.sx;
+        if self.n < 4.0 || spread < self.n * 0.5 {
+            return DEFAULT_SLOPE;
+        }
+        let b = (self.n * self.sxy - self.sx * self.sy) / spread;
+        let a = (self.sy - b * self.sx) / self.n;
+        let per_row = a / rows.max(1) as f64 + b;
+        if per_row <= 0.0 {
+            return DEFAULT_SLOPE;
+        }
+        (b / per_row).clamp(0.02, 2.0)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn drafts_that_stand_are_sent_and_drafts_that_fail_stop() {
-        let mut b = Budget::new(DEFAULT_SLOPE);
-        // No evidence: a first draft at 1/2 pays (1.5 tokens for 1.25), a long run does not.
-        assert_eq!(b.drafts(8, 0), 1);
-        for _ in 0..20 {
-            b.record(4, 4);
-        }
-        assert_eq!(b.drafts(4, 0), 4, "drafts that always stand: send them all");
-        let mut b = Budget::new(DEFAULT_SLOPE);
-        for _ in 0..20 {
-            b.record(1, 0);
-        }
-        assert_eq!(b.drafts(8, 0), 0, "a first draft that never stands: none");
-        // Two drafts that always stood: a third, never sent, is tried.
-        let mut b = Budget::new(DEFAULT_SLOPE);
-        for _ in 0..10 {
-            b.record(2, 2);
-        }
-        assert!(b.drafts(8, 0) > 2);
-    }
-
-    #[test]
-    fn dearer_positions_send_fewer_drafts() {
-        // Runs of 0 to 6 accepted drafts, equally often: acceptance falls with position.
-        let mut b = Budget::new(0.05);
-        for accepted in (0..=6).cycle().take(14) {
-            b.record(6, accepted);
-        }
-        let cheap = b.drafts(6, 0);
-        let dear = Budget {
-            slope: 0.6,
-            ..b.clone()
-        }
-        .drafts(6, 0);
-        assert!(cheap > dear, "{cheap} vs {dear}");
-        // Other positions in the pass (mask slots) raise the bar for the first draft too.
-        assert!(b.drafts(6, 8) <= cheap);
-    }
-}
+#[path = "budget_tests.rs"]
+mod tests;

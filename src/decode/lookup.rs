@@ -11,7 +11,8 @@ pub const NGRAM_MIN: usize = 2;
 
 /// Up to `max` tokens that followed the latest earlier occurrence of the text's last n tokens
 /// (n from `NGRAM_MAX` down to `NGRAM_MIN`, the longest that occurs), the text being the
-/// `parts` joined; empty when none occurs.
+/// `parts` joined; empty when none occurs. A copy that reaches the end of the text goes on
+/// through its own drafts: text that loops with period p drafts the loop, not p tokens.
 pub fn continuation(parts: &[&[u32]], max: usize) -> Vec<u32> {
     // The parts are read in place: this runs before every pass of every row.
     let len: usize = parts.iter().map(|p| p.len()).sum();
@@ -33,7 +34,11 @@ pub fn continuation(parts: &[&[u32]], max: usize) -> Vec<u32> {
         // the suffix starts over itself, so it has at least one following token.
         if let Some(start) = (0..len - n).rev().find(|&i| occurs(i)) {
             let from = start + n;
-            return (from..len.min(from + max)).map(at).collect();
+            let mut out: Vec<u32> = (from..len.min(from + max)).map(at).collect();
+            for j in out.len()..max {
+                out.push(out[j - (len - from)]);
+            }
+            return out;
         }
     }
     Vec::new()
@@ -50,8 +55,11 @@ mod tests {
         assert_eq!(continuation(&[&prompt, &[1, 2, 3]], 2), vec![4, 5]);
         // With 2 tokens the latest occurrence wins: "2 3" → "7 8 2".
         assert_eq!(continuation(&[&prompt, &[8, 2, 3]], 3), vec![7, 8, 2]);
-        // Capped by what follows the match.
-        assert_eq!(continuation(&[&[5, 6, 7, 5, 6]], 9), vec![7, 5, 6]);
+        // A match that runs into the end goes on through its own drafts.
+        assert_eq!(
+            continuation(&[&[5, 6, 7, 5, 6]], 7),
+            vec![7, 5, 6, 7, 5, 6, 7]
+        );
     }
 
     #[test]
@@ -67,6 +75,8 @@ mod tests {
     fn a_repeating_text_drafts_its_period() {
         // "a b c a b c a b" → "c a b c …".
         let t = [10, 11, 12, 10, 11, 12, 10, 11];
-        assert_eq!(continuation(&[&t], 4), vec![12, 10, 11]);
+        assert_eq!(continuation(&[&t], 5), vec![12, 10, 11, 12, 10]);
+        // A run of one token drafts the run.
+        assert_eq!(continuation(&[&[4], &[9, 9, 9]], 4), vec![9; 4]);
     }
 }

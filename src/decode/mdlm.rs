@@ -38,12 +38,12 @@ impl Slot {
     }
 
     pub fn trace(&self, pos: usize) -> SlotTrace {
-        SlotTrace {
+        SlotTrace::new(
             pos,
-            token: self.token.unwrap_or(self.cand),
-            confidence: self.conf,
-            masked: self.token.is_none(),
-        }
+            self.token.unwrap_or(self.cand),
+            self.conf,
+            self.token.is_none(),
+        )
     }
 }
 

@@ -158,6 +158,29 @@ pub struct SlotTrace {
     pub token: u32,
     pub confidence: f32,
     pub masked: bool,
+    /// The verifier: what drafted this slot's token, for a draft it checked (accepted or
+    /// rejected); None for AR's own token and the other decoders.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<DraftSource>,
+}
+
+/// Where the verifier's drafts come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DraftSource {
+    /// A `[MASK]` slot of the previous pass (CARD's parallel prediction).
+    Mask,
+    /// Prompt lookup: copied from the text so far.
+    Lookup,
+}
+
+impl DraftSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Mask => "mask",
+            Self::Lookup => "lookup",
+        }
+    }
 }
 
 /// What one row did in one forward pass.

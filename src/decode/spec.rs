@@ -2,6 +2,7 @@
 //! server, benchmarks, experiments): parse a decoder name and its settings, validate them,
 //! pick the default for a checkpoint, say which decoders fit an objective, and decode.
 
+use super::verify::DEFAULT_LOOKUP;
 use super::{
     ArDecoder, Bd3lmDecoder, CardDecoder, CommitMode, Decoder, Floor, GenOptions, Generation,
     MdlmDecoder, Reveal, StepTrace, VerifyDecoder,
@@ -34,6 +35,8 @@ pub struct Knobs {
     pub reveal: Option<Reveal>,
     /// Verify: the most drafts prompt lookup proposes per pass.
     pub lookup: Option<usize>,
+    /// Verify: the budget's extra cost of a position (None: measured as it decodes).
+    pub cost: Option<f64>,
 }
 
 impl DecoderSpec {
@@ -42,6 +45,16 @@ impl DecoderSpec {
     /// The decoder `name` with `knobs` over its defaults, validated; BD3LM's block size is the
     /// checkpoint's (`cfg`).
     pub fn parse(name: &str, knobs: &Knobs, cfg: &Config) -> Result<Self> {
+        // The verifier on a causal model other than CARD has no [MASK] slots to draft from:
+        // unless told otherwise it drafts by lookup alone.
+        if name == "verify" && cfg.train.objective != ObjectiveKind::Card {
+            let mut knobs = knobs.clone();
+            knobs.block_size = knobs.block_size.or(Some(0));
+            if knobs.block_size == Some(0) {
+                knobs.lookup = knobs.lookup.or(Some(DEFAULT_LOOKUP));
+            }
+            return Self::build(name, &knobs, cfg.bd3lm.block_size);
+        }
         Self::build(name, knobs, cfg.bd3lm.block_size)
     }
 
@@ -73,6 +86,7 @@ impl DecoderSpec {
                     .block_size
                     .unwrap_or(VerifyDecoder::default().block_size),
                 lookup: knobs.lookup.unwrap_or(0),
+                cost: knobs.cost,
             }),
             "mdlm" => Self::Mdlm(MdlmDecoder {
                 steps: knobs.steps.unwrap_or(0),
@@ -123,13 +137,18 @@ impl DecoderSpec {
             Self::Ar,
             Self::Card(CardDecoder::default()),
             Self::Verify(VerifyDecoder::default()),
+            // Lookup alone: the verifier for any causal model.
+            Self::Verify(VerifyDecoder::with_lookup(0, DEFAULT_LOOKUP)),
             Self::Mdlm(MdlmDecoder::default()),
             Self::Bd3lm(Bd3lmDecoder::default()),
         ];
-        all.iter()
+        let mut names: Vec<&'static str> = all
+            .iter()
             .filter(|d| d.fits(objective))
             .map(|d| d.name())
-            .collect()
+            .collect();
+        names.dedup();
+        names
     }
 
     /// Refuse a checkpoint this decoder cannot run, naming the decoders that fit.
@@ -169,6 +188,9 @@ impl DecoderSpec {
                 words.push(format!("K={}", v.block_size));
                 if v.lookup > 0 {
                     words.push(format!("L={}", v.lookup));
+                }
+                if let Some(c) = v.cost {
+                    words.push(format!("cost={c}"));
                 }
             }
             // Steps 0: the default (one per new token, one per block slot).
@@ -234,6 +256,7 @@ impl std::str::FromStr for DecoderSpec {
                 "τ" => knobs.threshold = Some(value.parse().map_err(|_| bad(w))?),
                 "steps" => knobs.steps = Some(value.parse().map_err(|_| bad(w))?),
                 "L" => knobs.lookup = Some(value.parse().map_err(|_| bad(w))?),
+                "cost" => knobs.cost = Some(value.parse().map_err(|_| bad(w))?),
                 "floor" => knobs.floor = Some(Floor::from_name(value).ok_or_else(|| bad(w))?),
                 "commit" => {
                     knobs.commit = Some(CommitMode::from_name(value).ok_or_else(|| bad(w))?)
@@ -320,6 +343,20 @@ mod tests {
             DecoderSpec::fitting(ObjectiveKind::Card),
             ["ar", "card", "verify"]
         );
+        // An ARM checkpoint: the verifier by lookup alone, unless told otherwise.
+        assert_eq!(DecoderSpec::fitting(ObjectiveKind::Arm), ["ar", "verify"]);
+        cfg.train.objective = ObjectiveKind::Arm;
+        let v = DecoderSpec::parse("verify", &Knobs::default(), &cfg).unwrap();
+        assert_eq!(
+            v,
+            DecoderSpec::Verify(VerifyDecoder::with_lookup(0, DEFAULT_LOOKUP))
+        );
+        assert!(v.fits(ObjectiveKind::Arm));
+        let masks = DecoderSpec::parse("verify", &knobs, &cfg).unwrap();
+        assert!(!masks.fits(ObjectiveKind::Arm), "K = 4 asked for");
+        cfg.train.objective = ObjectiveKind::Card;
+        let v = DecoderSpec::parse("verify", &Knobs::default(), &cfg).unwrap();
+        assert_eq!(v, DecoderSpec::Verify(VerifyDecoder::default()));
         let err = DecoderSpec::Ar.check_fits(ObjectiveKind::Mdlm).unwrap_err();
         assert!(err.to_string().contains("decoders that fit: mdlm"), "{err}");
         assert!(CardDecoder::from_setting("4:4:0.5").is_ok());
@@ -343,13 +380,11 @@ mod tests {
             }),
             DecoderSpec::Verify(VerifyDecoder::masks(1)),
             DecoderSpec::Verify(VerifyDecoder::default()),
+            DecoderSpec::Verify(VerifyDecoder::with_lookup(0, 8)),
+            DecoderSpec::Verify(VerifyDecoder::with_lookup(2, 4)),
             DecoderSpec::Verify(VerifyDecoder {
-                block_size: 0,
-                lookup: 8,
-            }),
-            DecoderSpec::Verify(VerifyDecoder {
-                block_size: 2,
-                lookup: 4,
+                cost: Some(0.15),
+                ..VerifyDecoder::with_lookup(2, 4)
             }),
             DecoderSpec::Mdlm(MdlmDecoder { steps: 0 }),
             DecoderSpec::Mdlm(MdlmDecoder { steps: 64 }),

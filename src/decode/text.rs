@@ -284,12 +284,7 @@ mod tests {
     fn the_stream_releases_the_left_contiguous_prefix_once() {
         let tok = TextTokenizer::train(&crate::data::embedded_documents(), 300).unwrap();
         let ids = tok.encode("Alice was here").unwrap();
-        let slot = |pos: usize| SlotTrace {
-            pos,
-            token: ids[pos],
-            confidence: 1.0,
-            masked: false,
-        };
+        let slot = |pos: usize| SlotTrace::new(pos, ids[pos], 1.0, false);
         let mut s = TextStream::new(ids.len());
         // A later slot first: nothing is contiguous yet.
         s.commit(&[slot(1)]);

@@ -21,24 +21,35 @@
 //!
 //! With `lookup` L > 0, a pass may take its drafts from the text instead (prompt lookup,
 //! `lookup.rs`): when the text's last tokens occurred before, what followed them, up to L
-//! tokens, if that is more drafts than the `[MASK]` slots left. The verifier checks drafts
-//! whatever made them, so the output stays AR's; with K = 0 no `[MASK]` slot is fed and any
-//! causal model, ARM included, decodes this way.
+//! tokens. The verifier checks drafts whatever made them, so the output stays AR's; with
+//! K = 0 no `[MASK]` slot is fed and any causal model, ARM included, decodes this way.
+//!
+//! How much a pass carries is the row's budget (`budget.rs`): per source, the running
+//! acceptance by draft position, weighed against the cost of more positions (fitted to the
+//! passes' own timings, or fixed by `cost`). Each pass takes the source, lookup or the mask
+//! slots' drafts, with the better expected tokens per cost, cut to the length that pays, and
+//! feeds as many `[MASK]` slots as pay in the steady state: none when plain AR is faster, so
+//! drafts that are always wrong cost no more than AR's passes (and a periodic probe).
 //!
 //! The cache keeps the committed prefix and the accepted drafts; the rejected tail, the
 //! masks and the unaccepted drafts are scratch, rolled back after every pass.
 
-use super::budget::{Budget, DEFAULT_SLOPE};
+use super::budget::{Budget, LookupPlan, MaskPlan, PassCost};
 use super::lookup;
 use super::sampling::{draw, Dist};
 use super::window::{Batch, Entry, RowLogits, RowState};
-use super::{Decoder, GenOptions, Generation, SlotTrace, StepTrace};
+use super::{Decoder, DraftSource, GenOptions, Generation, SlotTrace, StepTrace};
 use crate::config::ObjectiveKind;
 use crate::model::Transformer;
 use anyhow::{bail, Result};
 use rand::Rng;
 use rand_pcg::Pcg64;
 use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// The most lookup drafts a pass proposes when the verifier drafts by lookup alone and no L
+/// was given (the budget sends fewer where they do not pay).
+pub const DEFAULT_LOOKUP: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VerifyDecoder {
@@ -47,6 +58,11 @@ pub struct VerifyDecoder {
     /// L: the most drafts prompt lookup proposes for a pass (0: none).
     #[serde(default)]
     pub lookup: usize,
+    /// The extra cost of one more position in a pass, relative to a one-position pass, for
+    /// the budget; None: fitted to this call's passes as they run. 0 makes positions free:
+    /// every slot and every draft offered is sent.
+    #[serde(default)]
+    pub cost: Option<f64>,
 }
 
 impl Default for VerifyDecoder {
@@ -65,6 +81,7 @@ struct Draft {
     conf: f32,
     /// That distribution (sampling only: the acceptance rule needs it).
     dist: Option<Dist>,
+    source: DraftSource,
 }
 
 /// A window entry: a draft, fed as if it were text, or a `[MASK]` slot predicting the
@@ -95,12 +112,28 @@ impl VerifyDecoder {
         Self {
             block_size,
             lookup: 0,
+            cost: None,
+        }
+    }
+
+    /// K `[MASK]` slots and up to L lookup drafts, the cost measured.
+    pub fn with_lookup(block_size: usize, lookup: usize) -> Self {
+        Self {
+            lookup,
+            ..Self::masks(block_size)
         }
     }
 
     pub fn validate(&self) -> Result<()> {
         if self.block_size < 1 && self.lookup < 1 {
             bail!("verify needs drafts: block size K ≥ 1 ([MASK] slots) or lookup L ≥ 1");
+        }
+        if let Some(c) = self.cost {
+            if !(c.is_finite() && (0.0..=10.0).contains(&c)) {
+                bail!(
+                    "verify cost must be a number in [0, 10] (extra cost of a position), got {c}"
+                );
+            }
         }
         Ok(())
     }
@@ -172,6 +205,7 @@ fn propose(logits: &[f32], context: &[&[u32]], opts: &GenOptions, rng: &mut impl
             token,
             conf,
             dist: None,
+            source: DraftSource::Mask,
         };
     }
     let dist = opts.sampling.distribution(logits, context, &banned);
@@ -180,27 +214,52 @@ fn propose(logits: &[f32], context: &[&[u32]], opts: &GenOptions, rng: &mut impl
         token,
         conf: p as f32,
         dist: Some(dist),
+        source: DraftSource::Mask,
     }
 }
 
-/// Before a pass: the row's drafts within its budget (the text's lookup continuation, cut to
-/// what `budget` expects to pay, when it holds more drafts than the mask slots left), then the
-/// `[MASK]` slots for the positions after the pass's AR token. Returns whether the drafts
-/// came from lookup.
+/// A row's draft records, and where its current pass's drafts came from.
+#[derive(Default)]
+struct Plan {
+    lookup: LookupPlan,
+    masks: MaskPlan,
+    source: Option<DraftSource>,
+}
+
+impl Plan {
+    /// After a pass that checked `checked` of its drafts, the first `stood` standing.
+    fn record(&mut self, checked: usize, stood: usize) {
+        match self.source {
+            Some(DraftSource::Lookup) => self.lookup.record.record(checked, stood),
+            Some(DraftSource::Mask) => self.masks.record.record(checked, stood),
+            None => {}
+        }
+    }
+}
+
+/// Before a pass: the row's drafts, from the source the budget expects to commit more tokens
+/// per cost (the last pass's `[MASK]` slots, already in the window, or the text's lookup
+/// continuation), cut to the length that pays; then the `[MASK]` slots that pay, for the
+/// positions after the pass's AR token.
 fn open(
     row: &mut RowState<Slot>,
     prompt: &[u32],
     d: &VerifyDecoder,
-    budget: &Budget,
+    plan: &mut Plan,
+    slope: f64,
     opts: &GenOptions,
-) -> bool {
+) {
     let room = row.room(opts);
-    let mut looked_up = false;
+    let k = plan.masks.slots(d.block_size, slope);
+    let rate = |b: &Budget, m: usize| b.expected(m) / (1.0 + slope * (m + k) as f64);
+    row.window.truncate(d.block_size.min(room));
+    let mut sent = plan.masks.drafts(row.window.len(), k, slope);
+    plan.source = (sent > 0).then_some(DraftSource::Mask);
     if d.lookup > 0 {
-        let mut found = lookup::continuation(&[prompt, &row.progress.tokens], d.lookup.min(room));
-        found.truncate(budget.drafts(found.len(), d.block_size));
-        if found.len() > row.window.len() {
-            looked_up = true;
+        let found = lookup::continuation(&[prompt, &row.progress.tokens], d.lookup.min(room));
+        let (m, probe) = plan.lookup.drafts(found.len(), k, slope);
+        let better = || rate(&plan.lookup.record, m) > rate(&plan.masks.record, sent);
+        if m > 0 && (sent == 0 || probe || better()) {
             row.window.clear();
             row.window.extend(found.into_iter().map(|token| {
                 // A certain guess: under sampling q is one-hot, so the check accepts with
@@ -210,16 +269,15 @@ fn open(
                     token,
                     conf: 1.0,
                     dist,
+                    source: DraftSource::Lookup,
                 })
             }));
+            (sent, plan.source) = (m, Some(DraftSource::Lookup));
         }
     }
-    let k = d.block_size;
-    row.window.truncate(d.most_drafts().min(room));
-    let m = row.window.len();
+    row.window.truncate(sent);
     row.window
-        .extend(std::iter::repeat_with(|| Slot::Mask).take(masks(k, room, m)));
-    looked_up
+        .extend(std::iter::repeat_with(|| Slot::Mask).take(masks(k, room, sent)));
 }
 
 /// Drafts a pass checked and, of those, how many stood: draft i was checked if the walk
@@ -256,22 +314,22 @@ fn walk(
             .expect("every pass feeds a pending token");
         let context = [prompt, row.progress.tokens.as_slice(), kept.as_slice()];
         let draft = row.window.get(i).and_then(Slot::draft);
-        let (token, conf, ends) = match draft {
+        let (token, conf, ends, from) = match draft {
             Some(d) => match check(d, l, &context, opts, rng) {
-                Check::Accept => (d.token, d.conf, false),
+                Check::Accept => (d.token, d.conf, false, Some(d.source)),
                 Check::Replace(t, c) => {
                     let rejected = SlotTrace::new(first + i, d.token, d.conf, true);
-                    trace.rejected.push(rejected);
-                    (t, c, true)
+                    trace.rejected.push(rejected.drafted_by(Some(d.source)));
+                    (t, c, true, None)
                 }
             },
             None => {
                 // Past the last draft: AR's own token.
                 let (t, c) = opts.sampling.pick(l, &context, &[opts.mask_id], rng);
-                (t, c, true)
+                (t, c, true, None)
             }
         };
-        let committed = SlotTrace::new(first + i, token, conf, false);
+        let committed = SlotTrace::new(first + i, token, conf, false).drafted_by(from);
         trace.committed.push(committed);
         kept.push(token);
         // AR's token (after a rejection or past the drafts), end of text, or the budget: the
@@ -327,6 +385,7 @@ impl Decoder for VerifyDecoder {
         let d = VerifyDecoder {
             block_size: self.block_size.min(cap),
             lookup: self.lookup.min(cap),
+            cost: self.cost,
         };
         let window = d.most_drafts() + d.block_size;
         let (mut batch, mut rngs) = Batch::start(model, prompts, opts, window + 1)?;
@@ -337,31 +396,35 @@ impl Decoder for VerifyDecoder {
         // Buffers reused by every pass: a pass's tokens, and the next pass's drafts.
         let (mut kept, mut next) = (Vec::with_capacity(window + 1), Vec::with_capacity(window));
         let mut trace = StepTrace::reused(window + 1);
-        // Per row: its lookup drafts' acceptance, and whether this pass's drafts are lookup's.
-        let mut budgets = vec![Budget::new(DEFAULT_SLOPE); rows.len()];
-        let mut looked_up = vec![false; rows.len()];
+        let mut plans: Vec<Plan> = rows.iter().map(|_| Plan::default()).collect();
+        let mut costs = PassCost::default();
         while rows.iter().any(|r| !r.progress.done) {
-            for (r, (row, prompt)) in rows.iter_mut().zip(prompts).enumerate() {
+            let live = rows.iter().filter(|r| !r.progress.done).count();
+            let slope = d.cost.unwrap_or_else(|| costs.slope(live));
+            for ((row, prompt), plan) in rows.iter_mut().zip(prompts).zip(&mut plans) {
                 if !row.progress.done {
-                    looked_up[r] = open(row, prompt, &d, &budgets[r], opts);
+                    open(row, prompt, &d, plan, slope, opts);
                 }
             }
             let fed = rows.iter_mut().map(|row| {
                 let n = row.window.len();
                 (row, n)
             });
+            let (before, clock) = (batch.fed(), Instant::now());
             batch.pass(fed, opts.mask_id)?;
-            for (r, row) in rows.iter_mut().enumerate() {
+            // The first pass reads the prompts: a prefill, not a decoding pass.
+            if batch.forwards() > 1 {
+                costs.observe(batch.fed() - before, clock.elapsed().as_secs_f64());
+            }
+            for (r, (row, plan)) in rows.iter_mut().zip(&mut plans).enumerate() {
                 if row.progress.done {
                     continue;
                 }
                 trace.start(r, batch.forwards(), 1);
                 let (logits, prompt, rng) = (batch.logits(r), &prompts[r], &mut rngs[r]);
                 let fresh = walk(row, &logits, prompt, opts, rng, &mut kept, &mut trace);
-                if looked_up[r] {
-                    let (checked, stood) = outcome(&row.window, &kept);
-                    budgets[r].record(checked, stood);
-                }
+                let (checked, stood) = outcome(&row.window, &kept);
+                plan.record(checked, stood);
                 // After a rejection the next pass drafts afresh from masks right after the
                 // committed text.
                 next.clear();

@@ -8,7 +8,7 @@
 //! predict entry j+1. The window's keys/values are scratch: after reading the logits a
 //! decoder keeps the entries that stood ([`Batch::keep`]) and the cache forgets the rest.
 
-use super::{GenOptions, Generation, Progress, SlotTrace, Start, StepTrace};
+use super::{DraftSource, GenOptions, Generation, Progress, SlotTrace, Start, StepTrace};
 use crate::model::{Session, Transformer};
 use anyhow::Result;
 use rand_pcg::Pcg64;
@@ -155,6 +155,11 @@ impl<'m> Batch<'m> {
         self.session.truncate_row(r, cached + pending + stood);
     }
 
+    /// Positions fed through the model by every pass so far.
+    pub fn fed(&self) -> usize {
+        self.session.fed()
+    }
+
     /// Batched passes run so far (the 1-based index of the last one).
     pub fn forwards(&self) -> usize {
         self.forwards
@@ -212,6 +217,12 @@ impl SlotTrace {
             token,
             confidence,
             masked,
+            source: None,
         }
+    }
+
+    /// The same slot, its token drafted by `source`.
+    pub(crate) fn drafted_by(self, source: Option<DraftSource>) -> Self {
+        Self { source, ..self }
     }
 }

@@ -154,7 +154,8 @@ fn common(r: &mut Request, info: &ModelInfo, max_key: &str) -> Result<Common, Ap
             .unwrap_or(1.0),
     };
     let knobs = Knobs {
-        block_size: int_in(r.block_size, "block_size", 1, ctx)?,
+        // 0 is the verifier's lookup alone; CARD refuses it.
+        block_size: int_in(r.block_size, "block_size", 0, ctx)?,
         step_limit: int_in(r.step_limit, "step_limit", 1, 1024)?,
         threshold: num_in(r.threshold, "threshold", 0.0, 1.0, false)?,
         lookup: int_in(r.lookup, "lookup", 0, ctx)?,

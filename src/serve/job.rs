@@ -64,6 +64,9 @@ pub struct SlotView {
     pub text: String,
     pub confidence: f32,
     pub masked: bool,
+    /// The verifier: "mask" or "lookup" for a draft it checked; absent for AR's own token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<&'static str>,
 }
 
 /// A decoding step of one row, as the playground shows it.

@@ -301,12 +301,20 @@ async fn health(axum::extract::State(app): axum::extract::State<Arc<App>>) -> Re
     (status, Json(body)).into_response()
 }
 
+use crate::decode::verify::DEFAULT_LOOKUP;
+
 async fn models(
     axum::extract::State(app): axum::extract::State<Arc<App>>,
 ) -> Json<serde_json::Value> {
     let i = &app.info;
     let d = crate::decode::CardDecoder::default();
     let decoders = &i.decoders;
+    // The verifier drafts from [MASK] slots on CARD checkpoints, by lookup alone elsewhere.
+    let verify_slots = if decoders.contains(&"card") {
+        crate::decode::VerifyDecoder::default().block_size
+    } else {
+        0
+    };
     Json(json!({"object": "list", "data": [{
         "id": i.id,
         "object": "model",
@@ -317,6 +325,6 @@ async fn models(
         "decoders": decoders,
         "defaults": {"decoder": i.default_decoder(), "block_size": d.block_size,
                      "step_limit": d.step_limit, "threshold": d.threshold,
-                     "verify_block_size": crate::decode::VerifyDecoder::default().block_size},
+                     "verify_block_size": verify_slots, "verify_lookup": DEFAULT_LOOKUP},
     }]}))
 }

@@ -78,6 +78,7 @@ impl RowState {
                 text: tok.decode(&[s.token]).unwrap_or_default(),
                 confidence: s.confidence,
                 masked: s.masked,
+                source: s.source.map(|d| d.name()),
             };
             let prefix = self.text.prefix(tok.eot_id());
             let _ = job.tx.send(Event::Step(Box::new(StepView {

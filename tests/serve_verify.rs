@@ -1,0 +1,65 @@
+//! The server's lossless verifier: its draft sources (`[MASK]` slots and prompt lookup) on a
+//! CARD checkpoint give AR's text, and the playground stream names the source of every
+//! draft it committed or rejected.
+
+use serde_json::{json, Value};
+
+mod common;
+use common::http::*;
+
+#[test]
+fn verified_decoding_with_lookup_streams_its_sources_and_gives_ar_text() {
+    let s = Server::start(&[]);
+    let m = get(&s.addr, "/v1/models").json();
+    let defaults = &m["data"][0]["defaults"];
+    assert_eq!(defaults["verify_block_size"], 2, "{m}");
+    assert_eq!(defaults["verify_lookup"], 8, "{m}");
+    let prompt = "a b c a b c a b c a b";
+    let text = |decoder: Value| {
+        let mut body =
+            json!({"prompt": prompt, "max_tokens": 24, "ignore_eos": true, "temperature": 0});
+        body.as_object_mut()
+            .unwrap()
+            .extend(decoder.as_object().unwrap().clone());
+        let r = post(&s.addr, "/v1/completions", &body);
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["choices"][0]["text"].as_str().unwrap().to_string()
+    };
+    let ar = text(json!({"decoder": "ar"}));
+    for (k, l) in [(0, 8), (1, 8), (2, 0)] {
+        let v = json!({"decoder": "verify", "block_size": k, "lookup": l});
+        assert_eq!(text(v.clone()), ar, "K={k} L={l}");
+        let mut body =
+            json!({"prompt": prompt, "max_tokens": 24, "ignore_eos": true, "temperature": 0});
+        body.as_object_mut()
+            .unwrap()
+            .extend(v.as_object().unwrap().clone());
+        let events = Events::open(&s.addr, "/v1/playground/stream", &body).all();
+        let steps: Vec<&Value> = events.iter().filter(|e| e["type"] == "step").collect();
+        assert!(!steps.is_empty());
+        for step in steps {
+            let committed = step["committed"].as_array().unwrap();
+            let rejected = step["rejected"].as_array().unwrap();
+            // Every committed slot but the last is a draft that stood; the last is AR's own
+            // token unless the pass ended on the length limit.
+            let (_, drafts) = committed.split_last().unwrap();
+            for c in drafts.iter().chain(rejected) {
+                let src = c["source"].as_str().unwrap_or("none");
+                let allowed: &[&str] = match (k, l) {
+                    (0, _) => &["lookup"],
+                    (_, 0) => &["mask"],
+                    _ => &["mask", "lookup"],
+                };
+                assert!(allowed.contains(&src), "K={k} L={l}: {c}");
+            }
+        }
+    }
+    // K = 0 on a CARD checkpoint is the verifier's lookup alone; CARD itself needs K ≥ 1.
+    let r = post(
+        &s.addr,
+        "/v1/completions",
+        &json!({"prompt": "x", "decoder": "card", "block_size": 0}),
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    s.terminate();
+}

@@ -2,6 +2,7 @@
 //! blocks kept, within the rounding for Q8_0 — for one of our presets (a CARD model, which
 //! stays one) and for an imported quantized model. MDLM checkpoints are refused.
 
+use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
 use card::checkpoint::{self, Opened, Precision};
@@ -160,13 +161,33 @@ fn an_imported_quantized_model_survives_with_its_blocks() {
     let n = vocab().0.len();
     let c = cfg(n, false);
     let src = cwd.join("src.gguf");
+    // <|im_end|> as a user-defined token (type 4), <|endoftext|> a control token (3).
+    let mut meta = metadata(&c, "llama", "gpt2");
+    let types = meta
+        .iter_mut()
+        .find(|(k, _)| k == "tokenizer.ggml.token_type");
+    if let Some((_, Value::Array(t))) = types {
+        t[257] = Value::I32(4);
+    }
     write_gguf(
         &src,
-        &metadata(&c, "llama", "gpt2"),
+        &meta,
         &gguf_tensors(&c, &random_weights(&c), GgmlDType::Q8_0),
     );
     assert_success(&card(&["import", "src.gguf", "--out", "a"], cwd));
     round_trip(cwd, "a", &["--format", "gguf", "--out", "a.gguf"], "b");
+    // The export names llama.cpp's pre-tokenizer and keeps each token's type.
+    let mut f = std::fs::File::open(cwd.join("a.gguf")).unwrap();
+    let exported = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
+    let types: Vec<i32> = exported.metadata["tokenizer.ggml.token_type"]
+        .to_vec()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_i32().unwrap())
+        .collect();
+    assert_eq!((types[255], types[256], types[257]), (1, 3, 4));
+    let pre = exported.metadata["tokenizer.ggml.pre"].to_string().unwrap();
+    assert_eq!(pre, "smollm");
     round_trip(cwd, "a", &["--format", "hf", "--out", "a-hf"], "c");
     let ids = [3u32, 77, 256, 120, 5, 9, 258, 33];
     // Blocks kept: the quantized models agree exactly, on either precision.
@@ -188,6 +209,11 @@ fn an_imported_quantized_model_survives_with_its_blocks() {
             .sum::<usize>()
     };
     assert_eq!(bytes("a"), bytes("b"));
+    // Loaded, a quantized checkpoint holds its blocks alone; f32 comes only when asked.
+    let loaded = checkpoint::load(&cwd.join("a"), &Device::Cpu).unwrap();
+    assert!(loaded.weights.is_empty() && loaded.quantized.is_some());
+    let (_, dense) = loaded.pick(false).unwrap();
+    assert_eq!(dense.len(), card::model::tensor_specs(&c).len());
     // The HF export is f32: the expanded model, exactly.
     let a = open(&cwd.join("a"), Precision::F32);
     let hf = open(&cwd.join("c"), Precision::Stored);
@@ -229,4 +255,69 @@ fn bidirectional_checkpoints_are_refused() {
     assert_success(&card(&train, cwd));
     let out = card(&["export", "m", "--format", "gguf", "--out", "m.gguf"], cwd);
     assert_error(&out, "only ARM and CARD checkpoints export");
+}
+
+#[test]
+fn a_model_that_wants_bos_gets_it_before_every_prompt_and_keeps_it_on_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let n = vocab().0.len();
+    let c = cfg(n, true);
+    // A Llama-3-style file: BOS (here <|im_end|>, id 257) added before every text.
+    let mut meta = metadata(&c, "llama", "gpt2");
+    meta.push(("tokenizer.ggml.add_bos_token".into(), Value::Bool(true)));
+    meta.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(257)));
+    let tensors = gguf_tensors(&c, &random_weights(&c), GgmlDType::F32);
+    write_gguf(&cwd.join("bos.gguf"), &meta, &tensors);
+    assert_success(&card(&["import", "bos.gguf", "--out", "a"], cwd));
+    let a = open(&cwd.join("a"), Precision::Stored);
+    assert_eq!(a.tokenizer.bos_id(), Some(257));
+    let plain = a.tokenizer.encode("t t").unwrap();
+    let prompt = a.tokenizer.encode_prompt("t t").unwrap();
+    assert_eq!(prompt, [&[257][..], &plain].concat());
+    // A text that already starts with BOS (a chat template wrote it) gets no second one.
+    let templated = a.tokenizer.encode_prompt("<|im_end|>t t").unwrap();
+    assert_eq!(templated, prompt);
+    // Generation counts it.
+    let gen = [
+        "generate",
+        "a",
+        "--prompt",
+        "t t",
+        "--json",
+        "--max-new-tokens",
+        "1",
+    ];
+    let out = card(&gen, cwd);
+    assert_success(&out);
+    assert_eq!(common::last_json(&out)["prompt_tokens"], prompt.len());
+    // Both exports carry it, and import reads it back.
+    round_trip(cwd, "a", &["--format", "gguf", "--out", "a.gguf"], "b");
+    round_trip(cwd, "a", &["--format", "hf", "--out", "a-hf"], "c");
+    let mut f = std::fs::File::open(cwd.join("a.gguf")).unwrap();
+    let g = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
+    assert!(g.metadata["tokenizer.ggml.add_bos_token"]
+        .to_bool()
+        .unwrap());
+    assert_eq!(
+        g.metadata["tokenizer.ggml.bos_token_id"].to_u32().unwrap(),
+        257
+    );
+    let tc = std::fs::read_to_string(cwd.join("a-hf/tokenizer_config.json")).unwrap();
+    let tc: serde_json::Value = serde_json::from_str(&tc).unwrap();
+    assert_eq!(tc["add_bos_token"], true);
+    for back in ["b", "c"] {
+        let y = open(&cwd.join(back), Precision::Stored);
+        assert_eq!(y.tokenizer.bos_id(), Some(257), "{back}");
+    }
+    // A model without BOS (our own, and the file above without the key) adds none.
+    write_gguf(
+        &cwd.join("plain.gguf"),
+        &metadata(&c, "llama", "gpt2"),
+        &tensors,
+    );
+    assert_success(&card(&["import", "plain.gguf", "--out", "p"], cwd));
+    let p = open(&cwd.join("p"), Precision::Stored);
+    assert_eq!(p.tokenizer.bos_id(), None);
+    assert_eq!(p.tokenizer.encode_prompt("t t").unwrap(), plain);
 }

@@ -33,8 +33,9 @@ pub fn prompt_set(
     tok: &TextTokenizer,
     data: Option<&Prepared>,
 ) -> Result<PromptSet> {
-    let text =
-        |list: &[&str]| -> Result<Vec<Vec<u32>>> { list.iter().map(|p| tok.encode(p)).collect() };
+    let text = |list: &[&str]| -> Result<Vec<Vec<u32>>> {
+        list.iter().map(|p| tok.encode_prompt(p)).collect()
+    };
     let prose = || -> Result<Vec<Vec<u32>>> {
         let Some(d) = data else {
             bail!("the '{name}' prompt set needs the checkpoint's corpus (its validation split), which could not be loaded");

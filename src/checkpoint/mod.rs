@@ -20,6 +20,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Write;
@@ -99,8 +100,11 @@ pub struct Checkpoint {
     /// Optimizer moments `m.<name>` and `v.<name>`.
     pub optim: Option<HashMap<String, Tensor>>,
     /// The weights in GGUF blocks (saved as `model.gguf` instead of `model.safetensors`;
-    /// `weights` then holds them expanded to f32).
+    /// `weights` is then empty: [`Checkpoint::pick`] expands them only for a caller that
+    /// needs f32, so a quantized model does not hold ~4× its size in memory).
     pub quantized: Option<gguf::QTensors>,
+    /// Where expanded weights go (the blocks stay on the host).
+    pub device: Device,
     /// [`EXTRA_FILES`] present, by name.
     pub extra: BTreeMap<String, String>,
 }
@@ -152,11 +156,31 @@ impl Checkpoint {
         self.config.train.objective
     }
 
-    /// The EMA weights where the run kept them and `use_ema`, else the raw ones.
-    pub fn pick(&self, use_ema: bool) -> (WeightsChoice, &HashMap<String, Tensor>) {
-        match (&self.ema, use_ema) {
-            (Some(ema), true) => (WeightsChoice::Ema, ema),
-            _ => (WeightsChoice::Raw, &self.weights),
+    /// Which weights `pick` gives: the EMA where the run kept one and it is wanted.
+    pub fn choice(&self, use_ema: bool) -> WeightsChoice {
+        if use_ema && self.ema.is_some() {
+            WeightsChoice::Ema
+        } else {
+            WeightsChoice::Raw
+        }
+    }
+
+    /// The EMA weights where the run kept them and `use_ema`, else the raw ones, as f32
+    /// tensors: a quantized checkpoint's blocks expanded here, on the checkpoint's device.
+    pub fn pick(&self, use_ema: bool) -> Result<(WeightsChoice, Cow<'_, HashMap<String, Tensor>>)> {
+        match (&self.ema, use_ema, &self.quantized) {
+            (Some(ema), true, _) => Ok((WeightsChoice::Ema, Cow::Borrowed(ema))),
+            (_, _, Some(q)) => {
+                let dense = gguf::weights(&self.config.model, q, false)
+                    .and_then(|w| Ok(Transformer::from_weights(&self.config.model, w)?))
+                    .and_then(|m| Ok(m.dense_tensors()?))
+                    .with_context(|| format!("checkpoint {}", self.dir.display()))?
+                    .into_iter()
+                    .map(|(n, t)| Ok((n, t.to_device(&self.device)?)))
+                    .collect::<Result<_>>()?;
+                Ok((WeightsChoice::Raw, Cow::Owned(dense)))
+            }
+            _ => Ok((WeightsChoice::Raw, Cow::Borrowed(&self.weights))),
         }
     }
 
@@ -168,7 +192,6 @@ impl Checkpoint {
 
     /// Like `open`, with quantized weights kept quantized under [`Precision::Stored`].
     pub fn open_as(&self, use_ema: bool, precision: Precision) -> Result<Opened> {
-        let (which, weights) = self.pick(use_ema);
         if precision == Precision::Int8 && self.quantized.is_none() {
             bail!(
                 "--int8 rounds the activations of quantized blocks; checkpoint {} holds f32 \
@@ -176,24 +199,28 @@ impl Checkpoint {
                 self.dir.display()
             );
         }
-        let model = match (&self.quantized, precision) {
+        let (which, model) = match (&self.quantized, precision) {
             (Some(q), Precision::Stored | Precision::Int8) => {
-                gguf::weights(&self.config.model, q, true)
+                let m = gguf::weights(&self.config.model, q, true)
                     .and_then(|w| Ok(Transformer::from_weights(&self.config.model, w)?))
                     .map(|m| match precision {
                         Precision::Int8 => m.with_int8(),
                         _ => m,
-                    })
+                    });
+                (WeightsChoice::Raw, m)
             }
-            _ => Transformer::from_tensors(&self.config.model, |n| {
-                weights
-                    .get(n)
-                    .cloned()
-                    .ok_or_else(|| candle_core::Error::Msg(format!("checkpoint lacks {n}")))
-            })
-            .map_err(Into::into),
-        }
-        .with_context(|| format!("checkpoint {}", self.dir.display()))?;
+            _ => {
+                let (which, weights) = self.pick(use_ema)?;
+                let m = Transformer::from_tensors(&self.config.model, |n| {
+                    weights
+                        .get(n)
+                        .cloned()
+                        .ok_or_else(|| candle_core::Error::Msg(format!("checkpoint lacks {n}")))
+                });
+                (which, m.map_err(Into::into))
+            }
+        };
+        let model = model.with_context(|| format!("checkpoint {}", self.dir.display()))?;
         Ok(Opened {
             dir: self.dir.clone(),
             config: self.config.clone(),
@@ -501,15 +528,10 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
         None => {
             let (_, q) = gguf::read(&dir.join(gguf::FILE))
                 .with_context(|| format!("checkpoint {}: {}", dir.display(), gguf::FILE))?;
-            let dense = gguf::weights(&config.model, &q, false)
-                .and_then(|w| Ok(Transformer::from_weights(&config.model, w)?.dense_tensors()?))
+            // The blocks must make the model; they are expanded only when asked (`pick`).
+            gguf::weights(&config.model, &q, true)
                 .with_context(|| format!("checkpoint {}", dir.display()))?;
-            // The expanded weights go where the caller asked (the blocks stay on the host).
-            let dense = dense
-                .into_iter()
-                .map(|(n, t)| Ok((n, t.to_device(device)?)))
-                .collect::<Result<_>>()?;
-            (dense, Some(q))
+            (HashMap::new(), Some(q))
         }
     };
     let mut extra = BTreeMap::new();
@@ -520,6 +542,7 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     }
     Ok(Checkpoint {
         quantized,
+        device: device.clone(),
         extra,
         tokenizer_json: fs::read_to_string(dir.join("tokenizer.json"))?,
         ema: read("ema.safetensors")?,

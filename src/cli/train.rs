@@ -220,7 +220,7 @@ fn side_by_side(
 ) -> Result<()> {
     use crate::decode::{CardDecoder, Decoder, DecoderSpec, GenOptions, VerifyDecoder};
     let prompt_text = "Alice was beginning to get very tired of sitting by her sister";
-    let mut prompt = tok.encode(prompt_text)?;
+    let mut prompt = tok.encode_prompt(prompt_text)?;
     let ctx = model.cfg.max_seq_len;
     prompt.truncate(ctx / 2);
     let max_new = 48.min(ctx - prompt.len());

@@ -177,4 +177,19 @@ mod tests {
         );
         assert_eq!(f.stop().as_deref(), Some("<|im_end|>"));
     }
+
+    #[test]
+    fn tool_calling_templates_that_call_tojson_render() {
+        // The shape of Qwen2.5's and Llama 3.1's tool templates: values serialised by `tojson`.
+        let info = ChatInfo {
+            template: "{% for m in messages %}{{ m | tojson }}\n{{ m['content'] | tojson(indent=2) }}\n{% endfor %}".into(),
+            bos_token: None,
+            eos_token: None,
+        };
+        let out = ChatFormat::Template(info).render(&msgs()[..1]).unwrap();
+        let mut lines = out.lines();
+        let m: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+        assert_eq!(m["content"], "Be brief.");
+        assert_eq!(lines.next(), Some("\"Be brief.\""));
+    }
 }

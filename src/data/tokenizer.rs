@@ -31,6 +31,25 @@ pub struct TextTokenizer {
     mask: u32,
     vocab_size: usize,
     json: String,
+    /// The token a prompt starts with, where the tokenizer's post-processor adds one
+    /// (`add_bos_token`: Llama 3 and other models trained with it).
+    bos: Option<u32>,
+}
+
+/// The special token a tokenizer JSON's post-processor puts before a single text: the first
+/// piece of a `TemplateProcessing` (alone or within a `Sequence`) when it is a special token.
+fn bos_token(json: &serde_json::Value) -> Option<String> {
+    let pp = &json["post_processor"];
+    let template = match pp["type"].as_str()? {
+        "TemplateProcessing" => pp,
+        "Sequence" => pp["processors"]
+            .as_array()?
+            .iter()
+            .find(|p| p["type"] == "TemplateProcessing")?,
+        _ => return None,
+    };
+    let first = template["single"].as_array()?.first()?;
+    Some(first["SpecialToken"]["id"].as_str()?.to_string())
 }
 
 fn tk_err(
@@ -140,12 +159,19 @@ impl TextTokenizer {
         let json = inner
             .to_string(false)
             .map_err(tk_err("cannot serialise tokenizer"))?;
+        let bos = match bos_token(&serde_json::from_str(&json)?) {
+            Some(t) => Some(inner.token_to_id(&t).ok_or_else(|| {
+                anyhow!("the tokenizer's post-processor starts with {t:?}, which it has no id for")
+            })?),
+            None => None,
+        };
         Ok(Self {
             inner,
             eot,
             mask,
             vocab_size,
             json,
+            bos,
         })
     }
 
@@ -171,6 +197,24 @@ impl TextTokenizer {
             .encode_fast(text, false)
             .map_err(tk_err("encoding failed"))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// A prompt's token ids: the model's BOS first where it expects one (unless the text
+    /// already starts with it, as a chat template writes it), and `<|endoftext|>` for an empty
+    /// text of a model without BOS, so there is always a token to predict from.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = self.encode(text)?;
+        match self.bos {
+            Some(b) if ids.first() != Some(&b) => ids.insert(0, b),
+            None if ids.is_empty() => ids.push(self.eot),
+            _ => {}
+        }
+        Ok(ids)
+    }
+
+    /// The token every prompt starts with, for a model trained with one.
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos
     }
 
     /// Text of `ids` (special tokens included as their strings). Errors on an unknown id.

@@ -198,10 +198,7 @@ pub fn prompt_tokens(
     ctx: usize,
     keep_end: bool,
 ) -> Result<Vec<u32>> {
-    let mut ids = tok.encode(text)?;
-    if ids.is_empty() {
-        ids.push(tok.eot_id());
-    }
+    let mut ids = tok.encode_prompt(text)?;
     if ids.len() + max_new > ctx {
         if !keep_end {
             bail!(

@@ -262,7 +262,7 @@ fn generation_quality(
     let decoder = &g.decoder;
     decoder.check_fits(objective)?;
     let prompts: Vec<Vec<u32>> = (0..g.samples)
-        .map(|i| tok.encode(PROMPTS[i % PROMPTS.len()]))
+        .map(|i| tok.encode_prompt(PROMPTS[i % PROMPTS.len()]))
         .collect::<Result<_>>()?;
     // Shorten the samples on small-context models so every prompt fits.
     let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
@@ -298,7 +298,7 @@ fn generation_quality(
     let (mut ent, mut rep, mut d1, mut d2, mut len) = (0.0, 0.0, 0.0, 0.0, 0.0);
     for (i, row) in out.rows.iter().enumerate() {
         let text = tok.decode(&row.tokens)?;
-        let p = judge_tok.encode(PROMPTS[i % PROMPTS.len()])?;
+        let p = judge_tok.encode_prompt(PROMPTS[i % PROMPTS.len()])?;
         let c = judge_tok.encode(&text)?;
         let x = continuation_nll(judge_model, &p, &c)?;
         if x.is_finite() {

@@ -149,11 +149,7 @@ impl Scorer for ElboScorer<'_> {
 }
 
 fn encode_pair(tok: &TextTokenizer, context: &str, cont: &str) -> Result<(Vec<u32>, Vec<u32>)> {
-    let mut ctx = tok.encode(context)?;
-    if ctx.is_empty() {
-        ctx.push(tok.eot_id());
-    }
-    Ok((ctx, tok.encode(cont)?))
+    Ok((tok.encode_prompt(context)?, tok.encode(cont)?))
 }
 
 fn std_err(p: f64, n: usize) -> f64 {

@@ -27,7 +27,7 @@ fn stored(ckpt: &Checkpoint) -> Result<QTensors> {
             .map(|(n, t)| Ok((n.clone(), copy_of(t)?)))
             .collect();
     }
-    let (_, weights) = ckpt.pick(true);
+    let (_, weights) = ckpt.pick(true)?;
     let mut names: Vec<&String> = weights.keys().collect();
     names.sort();
     names
@@ -237,7 +237,7 @@ pub fn export_hf(ckpt_path: &Path, out: &Path) -> Result<()> {
         "attention_bias": cfg.qkv_bias,
         "mlp_bias": false,
         "rope_scaling": null,
-        "bos_token_id": eos,
+        "bos_token_id": tok.bos_id().unwrap_or(eos),
         "eos_token_id": eos,
         "torch_dtype": "float32",
         // Read back by `card import`: a CARD model stays one after a round trip.
@@ -258,6 +258,11 @@ pub fn export_hf(ckpt_path: &Path, out: &Path) -> Result<()> {
         if let Some(b) = &c.bos_token {
             tc["bos_token"] = json!(b);
         }
+    }
+    // The tokenizer's post-processor adds BOS (tokenizer.json carries it); say so here too.
+    if let Some(b) = tok.bos_id() {
+        tc["bos_token"] = json!(name(b));
+        tc["add_bos_token"] = json!(true);
     }
     let generation = json!({"eos_token_id": eos, "pad_token_id": tok.eot_id()});
     for (file, v) in [
@@ -335,18 +340,22 @@ pub fn export_gguf(ckpt_path: &Path, out: &Path, dtype: Option<GgmlDType>) -> Re
             "tokenizer.ggml.padding_token_id".into(),
             Value::U32(tok.eot_id()),
         ),
-        ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
+        (
+            "tokenizer.ggml.add_bos_token".into(),
+            Value::Bool(tok.bos_id().is_some()),
+        ),
         ("card.objective".into(), s(ckpt.objective().name())),
     ];
     if let Some(c) = &chat {
         meta.push(("tokenizer.chat_template".into(), s(&c.template)));
-        if let Some(id) = c
-            .bos_token
-            .as_deref()
-            .and_then(|b| tok.inner().token_to_id(b))
-        {
-            meta.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(id)));
-        }
+    }
+    // The BOS prompts start with, else the one the chat template names.
+    let chat_bos = chat.as_ref().and_then(|c| c.bos_token.as_deref());
+    let bos = tok
+        .bos_id()
+        .or_else(|| chat_bos.and_then(|b| tok.inner().token_to_id(b)));
+    if let Some(id) = bos {
+        meta.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(id)));
     }
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;

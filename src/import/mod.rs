@@ -162,7 +162,8 @@ pub fn import(opts: &ImportOptions) -> Result<ImportReport> {
     config.train.objective = src.objective;
     config.train.seq_len = config.train.seq_len.min(config.model.max_seq_len);
     config.validate()?;
-    let weights = crate::checkpoint::gguf::weights(&config.model, &tensors, false)
+    // Built in the blocks (expanded only for an f32 import): the check that they fit.
+    let weights = crate::checkpoint::gguf::weights(&config.model, &tensors, !dense)
         .and_then(|w| Ok(crate::model::Transformer::from_weights(&config.model, w)?))
         .context("the imported weights do not fit the model")?;
     let mut extra_files = BTreeMap::new();
@@ -197,6 +198,7 @@ pub fn import(opts: &ImportOptions) -> Result<ImportReport> {
         ema: None,
         optim: None,
         quantized: (!dense).then_some(tensors),
+        device: candle_core::Device::Cpu,
         extra: extra_files,
     };
     let dir = checkpoint::save(&opts.out, &ckpt)?;

@@ -108,15 +108,17 @@ pub fn from_gguf(c: &Content) -> Result<String> {
             Ok(json!([a, b]))
         })
         .collect::<Result<_>>()?;
-    // Control (3) and user-defined (4) tokens are matched whole, as llama.cpp parses specials.
+    // Control (3) and user-defined (4) tokens are matched whole, as llama.cpp parses specials;
+    // only control tokens are special (as `transformers` marks them: user-defined ones are
+    // text), so an export can tell the two apart again.
     let added: Vec<Json> = tokens
         .iter()
         .zip(&types)
         .enumerate()
         .filter(|(_, (_, &ty))| ty == 3 || ty == 4)
-        .map(|(id, (t, _))| {
+        .map(|(id, (t, &ty))| {
             json!({"id": id, "content": t, "single_word": false, "lstrip": false,
-                   "rstrip": false, "normalized": false, "special": true})
+                   "rstrip": false, "normalized": false, "special": ty == 3})
         })
         .collect();
     let tokenizer = json!({
@@ -126,7 +128,7 @@ pub fn from_gguf(c: &Content) -> Result<String> {
         "added_tokens": added,
         "normalizer": normalizer,
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": steps},
-        "post_processor": null,
+        "post_processor": bos_processor(c, &tokens)?,
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
         "model": {"type": "BPE", "dropout": null, "unk_token": null,
                   "continuing_subword_prefix": null, "end_of_word_suffix": null,
@@ -134,6 +136,34 @@ pub fn from_gguf(c: &Content) -> Result<String> {
                   "vocab": vocab, "merges": merges},
     });
     Ok(tokenizer.to_string())
+}
+
+/// The post-processor that puts BOS before a text, for a file that asks for one
+/// (`tokenizer.ggml.add_bos_token`, as Llama 3's do): `transformers`' template for it.
+fn bos_processor(c: &Content, tokens: &[String]) -> Result<Json> {
+    let add = meta(c, "tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok());
+    if add != Some(true) {
+        return Ok(Json::Null);
+    }
+    let id = meta_u32(c, "tokenizer.ggml.bos_token_id").context(
+        "the GGUF file asks for a BOS token but names none (tokenizer.ggml.bos_token_id)",
+    )?;
+    let bos = tokens
+        .get(id as usize)
+        .with_context(|| format!("the GGUF BOS token id {id} is past the vocabulary"))?;
+    let special = |t: u32| json!({"SpecialToken": {"id": bos, "type_id": t}});
+    let seq = |s: &str, t: u32| json!({"Sequence": {"id": s, "type_id": t}});
+    let mut specials = serde_json::Map::new();
+    specials.insert(
+        bos.clone(),
+        json!({"id": bos, "ids": [id], "tokens": [bos]}),
+    );
+    Ok(json!({
+        "type": "TemplateProcessing",
+        "single": [special(0), seq("A", 0)],
+        "pair": [special(0), seq("A", 0), special(1), seq("B", 1)],
+        "special_tokens": specials,
+    }))
 }
 
 /// The `tokenizer.ggml.pre` name whose pipeline a tokenizer JSON runs (the inverse of the
@@ -145,7 +175,9 @@ pub fn pre_name(tokenizer_json: &str) -> Option<&'static str> {
         "Sequence" => pre["pretokenizers"].as_array()?.clone(),
         _ => vec![pre.clone()],
     };
-    ["gpt2", "smollm", "llama-bpe", "qwen2"]
+    // llama.cpp's own names: it refuses "gpt2" (the tokenizer model's name, not a
+    // pre-tokenizer's) and knows GPT-2's split as "gpt-2".
+    ["gpt-2", "smollm", "llama-bpe", "qwen2"]
         .into_iter()
         .find(|name| {
             let (normalizer, want, _) = pipeline(name).expect("a known name");
@@ -153,8 +185,8 @@ pub fn pre_name(tokenizer_json: &str) -> Option<&'static str> {
         })
 }
 
-/// GGUF tokenizer metadata of a tokenizer: every id's token, its type (3 for special tokens,
-/// 1 otherwise), the merges and the pre-tokenizer name.
+/// GGUF tokenizer metadata of a tokenizer: every id's token, its type (3 for special added
+/// tokens, 4 for other added tokens, 1 otherwise), the merges and the pre-tokenizer name.
 pub struct GgufVocab {
     pub tokens: Vec<String>,
     pub types: Vec<i32>,
@@ -172,12 +204,12 @@ pub fn to_gguf(tok: &tokenizers::Tokenizer, vocab_size: usize) -> Result<GgufVoc
     }
     let pre =
         pre_name(&json).context("the tokenizer's pre-tokenizer has no llama.cpp equivalent")?;
-    let special: std::collections::HashSet<u64> = t["added_tokens"]
+    // Added tokens by id: whether each is special (control) or user-defined.
+    let added: std::collections::HashMap<u64, bool> = t["added_tokens"]
         .as_array()
         .map(|a| {
             a.iter()
-                .filter(|x| x["special"].as_bool() == Some(true))
-                .filter_map(|x| x["id"].as_u64())
+                .filter_map(|x| Some((x["id"].as_u64()?, x["special"].as_bool() == Some(true))))
                 .collect()
         })
         .unwrap_or_default();
@@ -188,7 +220,11 @@ pub fn to_gguf(tok: &tokenizers::Tokenizer, vocab_size: usize) -> Result<GgufVoc
             .id_to_token(id)
             .with_context(|| format!("the tokenizer has no token for id {id}"))?;
         tokens.push(s);
-        types.push(if special.contains(&(id as u64)) { 3 } else { 1 });
+        types.push(match added.get(&(id as u64)) {
+            Some(true) => 3,
+            Some(false) => 4,
+            None => 1,
+        });
     }
     let merges = t["model"]["merges"]
         .as_array()

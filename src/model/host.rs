@@ -135,6 +135,10 @@ impl<'m> HostPass<'m> {
         self.cache.rows.lens()
     }
 
+    pub fn capacity(&self) -> usize {
+        self.cache.rows.capacity()
+    }
+
     /// Roll one row back to at most `len` positions.
     pub fn truncate_row(&mut self, row: usize, len: usize) {
         self.cache.rows.truncate_row(row, len);

@@ -87,15 +87,25 @@ impl<'m> Session<'m> {
                     None => bail!("the host backend needs plain f32 CPU weights"),
                 }
             }
+            // Sized by what the call needs, not the model's context: a long-context model
+            // serving short requests would otherwise hold its whole context per row.
             Backend::Candle => Inner::Candle {
                 model,
-                cache: model.kv_cache(batch, c.max_seq_len + scratch)?,
+                cache: model.kv_cache(batch, positions.min(c.max_seq_len) + scratch)?,
                 logits: Vec::new(),
                 t: 0,
                 pad,
             },
         };
         Ok(Self { inner, fed: 0 })
+    }
+
+    /// Positions each row's cache holds room for.
+    pub fn capacity(&self) -> usize {
+        match &self.inner {
+            Inner::Host(p) => p.capacity(),
+            Inner::Candle { cache, .. } => cache.capacity(),
+        }
     }
 
     /// Positions fed through the model by every pass so far.

@@ -212,17 +212,13 @@ fn common(r: &mut Request, info: &ModelInfo, max_key: &str) -> Result<Common, Ap
 }
 
 fn encode(tok: &TextTokenizer, text: &str) -> Result<Vec<u32>, ApiError> {
-    let mut ids = tok.encode(text).map_err(|e| {
+    tok.encode_prompt(text).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_prompt",
             format!("cannot tokenize the prompt: {e}"),
         )
-    })?;
-    if ids.is_empty() {
-        ids.push(tok.eot_id());
-    }
-    Ok(ids)
+    })
 }
 
 fn token_list(v: &[Value], info: &ModelInfo) -> Result<Vec<u32>, ApiError> {

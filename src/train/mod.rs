@@ -203,11 +203,11 @@ impl<'a> Trainer<'a> {
         }
         let mut cfg = cfg;
         cfg.model = ckpt.config.model.clone();
-        let params = Params::from_map(&cfg.model, &ckpt.weights)?;
         let optim = ckpt
             .optim
             .as_ref()
             .context("checkpoint has no optimizer state; it cannot be resumed")?;
+        let params = Params::from_map(&cfg.model, &ckpt.weights)?;
         let get = |prefix: &str| -> Result<Vec<Tensor>> {
             params
                 .names
@@ -437,6 +437,7 @@ impl<'a> Trainer<'a> {
             ema,
             optim: Some(optim),
             quantized: None,
+            device: self.params.vars[0].device().clone(),
             extra: self.extra.clone(),
         })
     }

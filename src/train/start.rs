@@ -93,7 +93,7 @@ impl RunStart {
             None => self.load(device)?,
         };
         let from = match (self, named) {
-            (Self::Init { ema, .. }, Some(c)) => Source::Weights(c.pick(*ema).0, c),
+            (Self::Init { ema, .. }, Some(c)) => Source::Weights(c.choice(*ema), c),
             (Self::Resume { .. }, Some(c)) => Source::Continue(c),
             _ => Source::Random,
         };
@@ -147,8 +147,8 @@ impl Begin {
         match self.from {
             Source::Random => Trainer::new(cfg, data, device),
             Source::Weights(which, c) => {
-                let (_, weights) = c.pick(which == WeightsChoice::Ema);
-                Trainer::from_checkpoint(cfg, &c, weights, data)
+                let (_, weights) = c.pick(which == WeightsChoice::Ema)?;
+                Trainer::from_checkpoint(cfg, &c, &weights, data)
             }
             Source::Continue(c) => Trainer::resume(cfg, c, data),
         }
@@ -191,6 +191,7 @@ mod tests {
             ema: ema.then(|| one(2.0)),
             optim: None,
             quantized: None,
+            device: Device::Cpu,
             extra: Default::default(),
         }
     }
@@ -268,7 +269,7 @@ mod tests {
                 .unwrap();
             assert_eq!(begin.weights(), Some((expected, dir)));
             let c = checkpoint(kept);
-            let (which, w) = c.pick(wanted);
+            let (which, w) = c.pick(wanted).unwrap();
             let v = w["w"].to_vec1::<f32>().unwrap()[0];
             assert_eq!(
                 (which, v),

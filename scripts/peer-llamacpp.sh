@@ -25,10 +25,7 @@ card="$root/target/release/card"
 [[ -e "$ckpt" ]] || { echo "missing checkpoint $ckpt (card data fetch --model smollm2)" >&2; exit 2; }
 [[ -x "$card" ]] || { echo "missing $card (cargo build --release)" >&2; exit 2; }
 [[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS must be a positive integer" >&2; exit 2; }
-if [[ ! -d scripts/peer/node_modules/node-llama-cpp ]]; then
-    # --ignore-scripts: the postinstall only offers to build/download; the prebuilt binary ships in the package.
-    (cd scripts/peer && npm ci --ignore-scripts --no-audit --no-fund) >&2
-fi
+scripts/peer/install.sh >&2
 
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT

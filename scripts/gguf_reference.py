@@ -171,8 +171,10 @@ class Llama:
         self.inv_freq = base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
         self.dtype = dtype
         self.tensors = {t.name: t for t in reader.tensors}
-        assert "rope_freqs.weight" not in self.tensors, "rope_freqs not implemented"
         W = self.weight
+        if "rope_freqs.weight" in self.tensors:
+            # Llama 3.x: llama.cpp divides each frequency's angle by its factor.
+            self.inv_freq = self.inv_freq / W("rope_freqs.weight").astype(np.float64).reshape(-1)
         self.embd = W("token_embd.weight")
         self.head = W("output.weight") if "output.weight" in self.tensors else self.embd  # tied
         self.out_norm = W("output_norm.weight")

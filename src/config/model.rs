@@ -25,6 +25,11 @@ pub struct ModelConfig {
     pub d_ff: usize,
     pub max_seq_len: usize,
     pub rope_theta: f64,
+    /// Per-frequency RoPE divisors (head_dim / 2 of them): frequency i turns at
+    /// theta^(−2i/head_dim) / factor[i]. Llama 3.x's long-context scaling (llama.cpp's
+    /// `rope_freqs`); empty: none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rope_freq_factors: Vec<f64>,
     pub norm_eps: f64,
     pub tie_embeddings: bool,
     pub init_std: f64,
@@ -42,6 +47,7 @@ impl Default for ModelConfig {
             d_ff: 688,
             max_seq_len: 256,
             rope_theta: 10_000.0,
+            rope_freq_factors: Vec::new(),
             norm_eps: 1e-5,
             tie_embeddings: true,
             init_std: 0.02,
@@ -158,14 +164,29 @@ impl ModelConfig {
                 self.max_seq_len
             );
         }
+        let factors = self
+            .rope_freq_factors
+            .iter()
+            .map(|&f| ("rope_freq_factors", f));
         for (name, v) in [
             ("rope_theta", self.rope_theta),
             ("norm_eps", self.norm_eps),
             ("init_std", self.init_std),
-        ] {
+        ]
+        .into_iter()
+        .chain(factors)
+        {
             if !(v.is_finite() && v > 0.0) {
                 bail!("model.{name} must be a positive finite number, got {v}");
             }
+        }
+        let half = self.head_dim() / 2;
+        if !self.rope_freq_factors.is_empty() && self.rope_freq_factors.len() != half {
+            bail!(
+                "model.rope_freq_factors has {} values; heads of width {} need {half}",
+                self.rope_freq_factors.len(),
+                self.head_dim()
+            );
         }
         Ok(())
     }

@@ -205,6 +205,11 @@ fn eos_id(tok: &TextTokenizer, chat: Option<&ChatInfo>) -> u32 {
 pub fn export_hf(ckpt_path: &Path, out: &Path) -> Result<()> {
     let ckpt = load_causal(ckpt_path)?;
     let cfg = &ckpt.config.model;
+    if !cfg.rope_freq_factors.is_empty() {
+        // transformers takes Llama 3's scaling as its parameters, which the divisors a GGUF
+        // file carries do not name.
+        bail!("this model's per-frequency RoPE factors have no Hugging Face config form; export it as GGUF");
+    }
     let tok = TextTokenizer::from_json(&ckpt.tokenizer_json)?;
     let chat = chat_of(&ckpt)?;
     let tensors = renamed(cfg, &stored(&ckpt)?, true, false)?;
@@ -288,6 +293,12 @@ pub fn export_gguf(ckpt_path: &Path, out: &Path, dtype: Option<GgmlDType>) -> Re
     let mut tensors = renamed(cfg, &stored(&ckpt)?, false, arch == "llama")?;
     if let Some(dtype) = dtype {
         tensors = rows::requantize(&tensors, dtype)?;
+    }
+    if !cfg.rope_freq_factors.is_empty() {
+        // llama.cpp reads Llama 3's RoPE scaling as this f32 vector, whatever the blocks.
+        let f: Vec<f32> = cfg.rope_freq_factors.iter().map(|&x| x as f32).collect();
+        let t = Tensor::from_vec(f, cfg.head_dim() / 2, &Device::Cpu)?;
+        tensors.push(("rope_freqs.weight".into(), quantize(&t, GgmlDType::F32)?));
     }
     let v = to_gguf(tok.inner(), cfg.vocab_size)?;
     let key = |k: &str| format!("{arch}.{k}");

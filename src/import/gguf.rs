@@ -92,7 +92,14 @@ pub fn read(path: &Path) -> Result<Source> {
         .get("token_embd.weight")
         .context("the GGUF file lacks tensor token_embd.weight")?;
     let vocab = embed.shape().dims2()?.0;
-    let cfg = config(&content, &arch, vocab)?;
+    let mut cfg = config(&content, &arch, vocab)?;
+    // Llama 3.x's long-context RoPE: one divisor per frequency.
+    if let Some(f) = by_name.remove("rope_freqs.weight") {
+        let f = f.dequantize(&candle_core::Device::Cpu)?.flatten_all()?;
+        cfg.rope_freq_factors = f.to_vec1::<f32>()?.iter().map(|&x| x as f64).collect();
+        cfg.validate()
+            .context("the GGUF file's rope_freqs.weight does not fit the model")?;
+    }
     let mut take = |name: &str| {
         by_name
             .remove(name)
@@ -131,11 +138,6 @@ pub fn read(path: &Path) -> Result<Source> {
     }
     // Everything the file holds must have found its place (an extra tensor is a feature we
     // would silently drop).
-    by_name.remove("rope_freqs.weight").map_or(Ok(()), |_| {
-        Err(anyhow::anyhow!(
-            "per-frequency RoPE factors (rope_freqs.weight) are not supported"
-        ))
-    })?;
     if let Some(name) = by_name.keys().min() {
         bail!("the GGUF file has tensor {name}, which a {arch} model does not use");
     }

@@ -30,9 +30,7 @@ fn config(c: &Value) -> Result<(String, ModelConfig)> {
             ARCHS.join(", ")
         );
     }
-    if !c["rope_scaling"].is_null() {
-        bail!("RoPE scaling ({}) is not supported", c["rope_scaling"]);
-    }
+
     let n = |k: &str| -> Result<usize> {
         c[k].as_u64()
             .map(|x| x as usize)
@@ -68,12 +66,58 @@ fn config(c: &Value) -> Result<(String, ModelConfig)> {
         d_ff: n("intermediate_size")?,
         max_seq_len: n("max_position_embeddings")?,
         rope_theta: c["rope_theta"].as_f64().unwrap_or(10_000.0),
+        rope_freq_factors: rope_scaling(c, d_model / n_heads)?,
         norm_eps: c["rms_norm_eps"].as_f64().unwrap_or(1e-6),
         tie_embeddings: c["tie_word_embeddings"].as_bool().unwrap_or(false),
         ..ModelConfig::default()
     };
     cfg.validate()?;
     Ok((arch, cfg))
+}
+
+/// Per-frequency RoPE divisors for a config's `rope_scaling`: none for no scaling, Llama 3's
+/// (`rope_type` "llama3", `transformers`' `_compute_llama3_parameters`): wavelengths shorter
+/// than original_context / high_freq_factor keep their frequency, longer than
+/// original_context / low_freq_factor are slowed by `factor`, and those between blend the two.
+fn rope_scaling(c: &Value, head_dim: usize) -> Result<Vec<f64>> {
+    let s = &c["rope_scaling"];
+    let kind = s["rope_type"].as_str().or(s["type"].as_str());
+    match kind {
+        _ if s.is_null() => return Ok(Vec::new()),
+        Some("default") => return Ok(Vec::new()),
+        Some("llama3") => {}
+        _ => bail!("RoPE scaling ({s}) is not supported (only Llama 3's, rope_type llama3)"),
+    }
+    let num = |k: &str| -> Result<f64> {
+        s[k].as_f64()
+            .with_context(|| format!("rope_scaling has no number {k}"))
+    };
+    let (factor, low, high) = (
+        num("factor")?,
+        num("low_freq_factor")?,
+        num("high_freq_factor")?,
+    );
+    let old = num("original_max_position_embeddings")?;
+    if !(factor > 0.0 && low > 0.0 && high > low && old > 0.0) {
+        bail!("rope_scaling {s}: needs factor > 0 and high_freq_factor > low_freq_factor > 0");
+    }
+    let theta = c["rope_theta"].as_f64().unwrap_or(10_000.0);
+    let (low_wavelen, high_wavelen) = (old / low, old / high);
+    Ok((0..head_dim / 2)
+        .map(|i| {
+            let inv = 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / inv;
+            let scaled = if wavelen < high_wavelen {
+                inv
+            } else if wavelen > low_wavelen {
+                inv / factor
+            } else {
+                let smooth = (old / wavelen - low) / (high - low);
+                (1.0 - smooth) * inv / factor + smooth * inv
+            };
+            inv / scaled
+        })
+        .collect())
 }
 
 /// Every tensor of the directory's safetensors files, as f32.
@@ -194,4 +238,47 @@ pub fn read(dir: &Path) -> Result<Source> {
         chat,
         eos_token: special("eos_token"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn llama3_rope_scaling_slows_the_long_wavelengths_and_keeps_the_short() {
+        // Llama 3.2 1B's settings.
+        let c = json!({"rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3",
+            "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192}});
+        let f = rope_scaling(&c, 64).unwrap();
+        assert_eq!(f.len(), 32);
+        // transformers' formula by hand, for each frequency.
+        for (i, &got) in f.iter().enumerate() {
+            let inv = 1.0 / 500000f64.powf(2.0 * i as f64 / 64.0);
+            let wavelen = 2.0 * std::f64::consts::PI / inv;
+            let want = if wavelen < 8192.0 / 4.0 {
+                1.0
+            } else if wavelen > 8192.0 {
+                32.0
+            } else {
+                let smooth = (8192.0 / wavelen - 1.0) / 3.0;
+                1.0 / ((1.0 - smooth) / 32.0 + smooth)
+            };
+            assert!(
+                (got - want).abs() < 1e-9 * want,
+                "frequency {i}: {got} vs {want}"
+            );
+        }
+        assert_eq!(f[0], 1.0);
+        assert_eq!(f[31], 32.0);
+        assert!(f.iter().any(|&x| x > 1.0 && x < 32.0), "a blended band");
+        // No scaling, the default, and what we do not read.
+        assert!(rope_scaling(&json!({}), 64).unwrap().is_empty());
+        let default = json!({"rope_scaling": {"rope_type": "default"}});
+        assert!(rope_scaling(&default, 64).unwrap().is_empty());
+        let yarn = json!({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}});
+        let err = rope_scaling(&yarn, 64).unwrap_err().to_string();
+        assert!(err.contains("not supported"), "{err}");
+    }
 }

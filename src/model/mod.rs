@@ -403,8 +403,9 @@ impl Transformer {
 
 fn rope_tables(cfg: &ModelConfig, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
     let half = cfg.head_dim() / 2;
+    let factor = |i: usize| cfg.rope_freq_factors.get(i).copied().unwrap_or(1.0);
     let inv: Vec<f64> = (0..half)
-        .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim() as f64))
+        .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim() as f64) / factor(i))
         .collect();
     let mut cos = Vec::with_capacity(cfg.max_seq_len * half);
     let mut sin = Vec::with_capacity(cfg.max_seq_len * half);

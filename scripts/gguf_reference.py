@@ -180,6 +180,13 @@ class Llama:
         self.out_norm = W("output_norm.weight")
         keys = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
                 "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
+        # Qwen3: an RMSNorm of each query and key head before RoPE; and llama.cpp rotates
+        # halves (NeoX) for the Qwen family, adjacent pairs for Llama (whose converter
+        # interleaves the q/k rows to match).
+        assert arch in ("llama", "qwen3"), f"architecture {arch} not implemented"
+        self.neox = arch != "llama"
+        if arch == "qwen3":
+            keys += ("attn_q_norm", "attn_k_norm")
         extra = {n for n in self.tensors if n.startswith("blk.0.")} - {f"blk.0.{k}.weight" for k in keys}
         assert not extra, f"tensors this reference does not implement: {sorted(extra)}"  # e.g. biases
         self.layers = [{k: W(f"blk.{i}.{k}.weight") for k in keys} for i in range(self.n_layer)]
@@ -197,13 +204,16 @@ class Llama:
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps) * w
 
     def rope(self, x, pos):
-        """Normal (non-NeoX) mode: rotate adjacent pairs (2i, 2i+1). x: [T, H, hd]."""
+        """Normal mode rotates adjacent pairs (2i, 2i+1); NeoX mode the halves (i, i+hd/2).
+        x: [T, H, hd]."""
         ang = pos[:, None] * self.inv_freq[None, :]            # [T, hd/2]
         cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
-        x0, x1 = x[..., 0::2], x[..., 1::2]
+        h = self.hd // 2
+        first, second = (np.s_[..., :h], np.s_[..., h:]) if self.neox else (np.s_[..., 0::2], np.s_[..., 1::2])
+        x0, x1 = x[first], x[second]
         out = np.empty_like(x)
-        out[..., 0::2] = x0 * cos - x1 * sin
-        out[..., 1::2] = x0 * sin + x1 * cos
+        out[first] = x0 * cos - x1 * sin
+        out[second] = x0 * sin + x1 * cos
         return out
 
     def forward(self, ids, cache):
@@ -216,8 +226,11 @@ class Llama:
         mask = np.arange(p0 + T)[None, :] > (p0 + np.arange(T))[:, None]
         for li, L in enumerate(self.layers):
             h = self.rms(x, L["attn_norm"])
-            q = self.rope((h @ L["attn_q"].T).reshape(T, self.n_head, self.hd), pos)
-            k = self.rope((h @ L["attn_k"].T).reshape(T, self.n_kv, self.hd), pos)
+            q = (h @ L["attn_q"].T).reshape(T, self.n_head, self.hd)
+            k = (h @ L["attn_k"].T).reshape(T, self.n_kv, self.hd)
+            if "attn_q_norm" in L:
+                q, k = self.rms(q, L["attn_q_norm"]), self.rms(k, L["attn_k_norm"])
+            q, k = self.rope(q, pos), self.rope(k, pos)
             v = (h @ L["attn_v"].T).reshape(T, self.n_kv, self.hd)
             K, V = cache["k"][li], cache["v"][li]
             K = k if K is None else np.concatenate([K, k])

@@ -1,6 +1,6 @@
 //! The Llama-family shape of the backbone on small random models: grouped-query attention
-//! (fewer key/value heads than query heads), a q/k/v bias and an untied head. Each passes the
-//! invariants the plain shape does: finite-difference gradients, cached == recomputed logits
+//! (fewer key/value heads than query heads), a q/k/v bias (Qwen2) or q/k head norms (Qwen3)
+//! and an untied head. Each passes the invariants the plain shape does: finite-difference gradients, cached == recomputed logits
 //! (candle cache and host backend), and CARD with K = 1 decoding exactly AR's greedy tokens.
 
 use candle_core::{DType, Device, Tensor};
@@ -36,6 +36,15 @@ fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     (0..n).map(|_| rng.random_range(2..vocab as u32)).collect()
 }
 
+/// Qwen3's shape: the same, with q/k head norms instead of the bias.
+fn qwen3_cfg(vocab: usize) -> ModelConfig {
+    ModelConfig {
+        qkv_bias: false,
+        qk_norm: true,
+        ..llama_cfg(vocab)
+    }
+}
+
 /// A plain (inference) model with weights large enough to carry signal through every path,
 /// biases included (they start at zero).
 fn random_model(cfg: &ModelConfig, dtype: DType, seed: u64) -> (Params, Transformer) {
@@ -44,9 +53,11 @@ fn random_model(cfg: &ModelConfig, dtype: DType, seed: u64) -> (Params, Transfor
     for (name, v) in params.names.iter().zip(&params.vars) {
         if v.rank() == 2 {
             v.set(&(v.as_tensor() * 10.0).unwrap()).unwrap();
-        } else if name.ends_with(".bias") {
+        } else if name.ends_with(".bias") || name.contains("attn.") {
+            // Biases start at zero and head norms at one: give both some signal.
+            let centre = if name.ends_with(".bias") { 0.0 } else { 1.0 };
             let b: Vec<f64> = (0..v.elem_count())
-                .map(|_| rng.random_range(-0.5..0.5))
+                .map(|_| centre + rng.random_range(-0.5..0.5))
                 .collect();
             let b = Tensor::from_vec(b, v.shape(), &Device::Cpu).unwrap();
             v.set(&b.to_dtype(dtype).unwrap()).unwrap();
@@ -72,6 +83,12 @@ fn the_config_shapes_every_tensor() {
         .map(|s| s.shape.iter().product::<usize>())
         .sum();
     assert_eq!(n, cfg.n_params());
+    let qwen3 = qwen3_cfg(30);
+    let n: usize = tensor_specs(&qwen3)
+        .iter()
+        .map(|s| s.shape.iter().product::<usize>())
+        .sum();
+    assert_eq!(n, qwen3.n_params(), "q/k norms counted");
     // Our presets keep their shape: no bias, no key/value head count in the saved config.
     let plain = ModelConfig::default();
     assert!(!tensor_specs(&plain)
@@ -94,9 +111,14 @@ fn the_config_shapes_every_tensor() {
 
 #[test]
 fn gradient_check_grouped_query_attention() {
-    let cfg = llama_cfg(11);
-    let (params, _) = random_model(&cfg, DType::F64, 1);
-    let model = Transformer::from_params(&cfg, &params).unwrap();
+    for cfg in [llama_cfg(11), qwen3_cfg(11)] {
+        gradient_check(&cfg);
+    }
+}
+
+fn gradient_check(cfg: &ModelConfig) {
+    let (params, _) = random_model(cfg, DType::F64, 1);
+    let model = Transformer::from_params(cfg, &params).unwrap();
     let dev = Device::Cpu;
     let (b, t) = (2, 6);
     let ids = Tensor::from_vec(random_ids(b * t, 11, 2), (b, t), &dev).unwrap();
@@ -110,7 +132,7 @@ fn gradient_check_grouped_query_attention() {
             ops::weighted_nll(&logits, &targets, &w, 3.7).unwrap()
         };
         let grads = loss().backward().unwrap();
-        let what = format!("{attn:?}");
+        let what = format!("{attn:?} qk_norm {}", cfg.qk_norm);
         let checked = finite_difference_check(&params, &grads, 4, &what, || {
             loss().to_scalar::<f64>().unwrap()
         });
@@ -120,8 +142,13 @@ fn gradient_check_grouped_query_attention() {
 
 #[test]
 fn cached_logits_equal_full_recomputation() {
-    let cfg = llama_cfg(50);
-    let (_, model) = random_model(&cfg, DType::F32, 13);
+    for cfg in [llama_cfg(50), qwen3_cfg(50)] {
+        cached_equals_full(&cfg);
+    }
+}
+
+fn cached_equals_full(cfg: &ModelConfig) {
+    let (_, model) = random_model(cfg, DType::F32, 13);
     let toks = random_ids(20, 50, 14);
     let full = full_logits(&model, &toks);
     // The candle cache, in chunks.
@@ -164,10 +191,10 @@ fn cached_logits_equal_full_recomputation() {
         assert!(max_slice_diff(engine.logits(1, i), &other_full[4 + i]) < 1e-3);
     }
     // Training (tracked) and inference paths agree too.
-    let params = Params::init(&cfg, DType::F32, &dev, 13).unwrap();
-    let tracked = Transformer::from_params(&cfg, &params).unwrap();
+    let params = Params::init(cfg, DType::F32, &dev, 13).unwrap();
+    let tracked = Transformer::from_params(cfg, &params).unwrap();
     let map = params.to_map().unwrap();
-    let plain = Transformer::from_tensors(&cfg, |n| Ok(map[n].clone())).unwrap();
+    let plain = Transformer::from_tensors(cfg, |n| Ok(map[n].clone())).unwrap();
     let ids = Tensor::from_slice(&toks, (1, 20), &dev).unwrap();
     let a = tracked.forward(&ids, Attention::Causal, None).unwrap();
     let b = plain.forward(&ids, Attention::Causal, None).unwrap();

@@ -6,7 +6,7 @@
 //! 4-grams, distinct-2, unigram entropy).
 
 use super::median;
-use crate::data::{prose_prefixes, Prepared, TextTokenizer, PROBES, PROMPTS};
+use crate::data::{prose_prefixes, Prepared, TextTokenizer, COPYING, PROBES, PROMPTS};
 use crate::decode::{Decoder, DecoderSpec, GenOptions, Generation, StepTrace};
 use crate::eval::quality::{continuation_nll, distinct_n, repeated_ngram_rate, unigram_entropy};
 use crate::model::Transformer;
@@ -25,7 +25,7 @@ pub struct PromptSet {
 /// The prompt sets the benchmark knows: `builtin` (fixed openings), `probes` (counting,
 /// lists, copying), `prose` (held-out prefixes of the validation split) and `own` (those
 /// prefixes followed by the model's own greedy continuation).
-pub const PROMPT_SETS: [&str; 4] = ["prose", "probes", "own", "builtin"];
+pub const PROMPT_SETS: [&str; 5] = ["prose", "probes", "copying", "own", "builtin"];
 
 pub fn prompt_set(
     name: &str,
@@ -49,6 +49,7 @@ pub fn prompt_set(
     let prompts = match name {
         "builtin" => text(PROMPTS)?,
         "probes" => text(PROBES)?,
+        "copying" => text(&PROBES[PROBES.len() - COPYING..])?,
         "prose" => prose()?,
         "own" => {
             let prefixes = prose()?;

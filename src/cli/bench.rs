@@ -47,7 +47,7 @@ pub struct DecodeBenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     pub verify: Vec<String>,
     /// Prompt sets: prose (held-out prefixes of the checkpoint's corpus), probes (counting,
-    /// lists, copying), own (prose prefixes + the model's own greedy continuation), builtin
+    /// lists, copying), copying (the probes that copy a passage of the prompt), own (prose prefixes + the model's own greedy continuation), builtin
     /// [default: prose,probes; builtin instead of prose when the corpus is not available].
     #[arg(long, value_delimiter = ',')]
     pub sets: Vec<String>,

@@ -48,8 +48,9 @@ pub struct DecoderArgs {
     #[arg(long)]
     pub steps: Option<usize>,
     /// verify: L, the most drafts prompt lookup copies from the text per pass (what followed
-    /// the latest earlier occurrence of the last 2–3 tokens); 0: none. With --block-size 0 the
-    /// drafts come from lookup alone, which suits ARM checkpoints too.
+    /// the latest earlier occurrence of the last 2–3 tokens) [default: 8]; 0: none. With
+    /// --block-size 0 the drafts come from lookup alone, which suits ARM checkpoints too (and
+    /// is verify's default there).
     #[arg(long)]
     pub lookup: Option<usize>,
     /// verify: the cost of one more position in a pass, relative to a one-position pass, by

@@ -21,6 +21,10 @@ pub struct ModelConfig {
     /// A bias on the fused q/k/v projection (Qwen2); our presets have none.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub qkv_bias: bool,
+    /// RMSNorm of each query and key head before RoPE, one weight over the head width shared
+    /// by the heads (Qwen3); our presets have none.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub qk_norm: bool,
     /// Hidden width of the SwiGLU feed-forward block.
     pub d_ff: usize,
     pub max_seq_len: usize,
@@ -44,6 +48,7 @@ impl Default for ModelConfig {
             n_heads: 4,
             n_kv_heads: None,
             qkv_bias: false,
+            qk_norm: false,
             d_ff: 688,
             max_seq_len: 256,
             rope_theta: 10_000.0,
@@ -116,7 +121,8 @@ impl ModelConfig {
     pub fn n_params(&self) -> usize {
         let (d, f, v) = (self.d_model, self.d_ff, self.vocab_size);
         let bias = if self.qkv_bias { self.qkv_width() } else { 0 };
-        let per_layer = 2 * d + d * self.qkv_width() + bias + d * d + 3 * d * f;
+        let qk_norm = if self.qk_norm { 2 * self.head_dim() } else { 0 };
+        let per_layer = 2 * d + d * self.qkv_width() + bias + qk_norm + d * d + 3 * d * f;
         let head = if self.tie_embeddings { 0 } else { v * d };
         v * d + self.n_layers * per_layer + d + head
     }

@@ -21,7 +21,7 @@ pub mod tokenizer;
 pub use corpus::{embedded_documents, read_documents};
 pub use load::{eval_windows, load_data};
 pub use prepare::{prepare, Prepared, PreparedMeta};
-pub use prompts::{prose_prefixes, PROBES, PROMPTS};
+pub use prompts::{prose_prefixes, COPYING, PROBES, PROMPTS};
 pub use tokenizer::TextTokenizer;
 
 /// End-of-text token: appended after every document in a token stream.

@@ -25,6 +25,9 @@ pub const PROBES: &[&str] = &[
     "red, green, blue, red, green, blue, red, green, blue,",
 ];
 
+/// The probes that copy a passage the prompt already holds (the last three of [`PROBES`]).
+pub const COPYING: usize = 3;
+
 /// Held-out prose prefixes: `n` windows of `len` tokens spread evenly over a token stream
 /// (a validation split).
 pub fn prose_prefixes(stream: &[u32], n: usize, len: usize) -> Vec<Vec<u32>> {

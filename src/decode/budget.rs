@@ -19,8 +19,10 @@ pub const DEFAULT_SLOPE: f64 = 0.25;
 /// follows the text (a copied passage starts or ends) over about the last 1/(1−FADE) passes.
 const FADE: f64 = 0.95;
 
-/// Passes a row uses a source (all its `[MASK]` slots and their drafts, or the lookup drafts
-/// offered) before its record decides.
+/// Passes a row tries a source before its record decides. A try is the cheapest that teaches
+/// something: one `[MASK]` slot (and its draft in the next pass), or one lookup draft; a
+/// position never sent inherits its predecessor's chance, so a first draft that stands
+/// opens longer runs.
 const WARMUP: usize = 3;
 /// A row that stopped using a source probes it again often enough to notice the text
 /// changed, rarely enough that probes cost this share of its passes.
@@ -146,20 +148,17 @@ pub struct MaskPlan {
 }
 
 impl MaskPlan {
-    /// How many of up to `k` slots the next pass feeds: all of them for the first passes
-    /// and as a periodic probe (k slots, then their k drafts), else the count with the best
-    /// steady-state rate (0 when plain AR beats every count).
+    /// How many of up to `k` slots the next pass feeds: the count with the best steady-state
+    /// rate (0 when plain AR beats every count), or one to try them when that is 0 and a try
+    /// is due (a slot, then its draft).
     pub fn slots(&mut self, k: usize, slope: f64) -> usize {
         self.explored = self.exploring;
-        self.exploring = k > 0 && self.explore.due(2.0 * k as f64 * slope);
-        let chosen = if self.exploring {
-            k
-        } else {
-            (0..=k)
-                .map(|n| (n, self.record.mask_rate(n, slope)))
-                .fold((0, 1.0), |best, x| if x.1 > best.1 { x } else { best })
-                .0
-        };
+        let best = (0..=k)
+            .map(|n| (n, self.record.mask_rate(n, slope)))
+            .fold((0, 1.0), |best, x| if x.1 > best.1 { x } else { best })
+            .0;
+        self.exploring = k > 0 && best == 0 && self.explore.due(2.0 * slope);
+        let chosen = if self.exploring { 1 } else { best };
         self.explore.note(chosen > 0);
         chosen
     }
@@ -185,15 +184,15 @@ pub struct LookupPlan {
 
 impl LookupPlan {
     /// Of `offered` lookup drafts, in a pass that also feeds `fixed` other positions, how many
-    /// to send, and whether that is a probe: what pays, or all of them when none pays and a
-    /// probe is due.
+    /// to send, and whether that is a probe: what pays, or one when none pays and a try is
+    /// due.
     pub fn drafts(&mut self, offered: usize, fixed: usize, slope: f64) -> (usize, bool) {
         if offered == 0 {
             return (0, false);
         }
         let pays = self.record.drafts(offered, fixed, slope);
-        let probe = pays == 0 && self.explore.due(offered as f64 * slope);
-        let sent = if probe { offered } else { pays };
+        let probe = pays == 0 && self.explore.due(slope);
+        let sent = if probe { 1 } else { pays };
         self.explore.note(sent > 0);
         (sent, probe)
     }
@@ -222,12 +221,14 @@ impl PassCost {
     }
 
     /// The extra cost of one more position, relative to a pass where each of `rows` rows
-    /// feeds one: b / (a/rows + b), or [`DEFAULT_SLOPE`] until passes of at least two sizes
-    /// were timed. Clamped to a sane range, as a few noisy timings can fit anything.
+    /// feeds one: b / (a/rows + b); until passes of at least two sizes were timed, what
+    /// [`DEFAULT_SLOPE`] (a one-row figure) means for `rows` rows sharing a pass's fixed
+    /// cost. Clamped to a sane range, as a few noisy timings can fit anything.
     pub fn slope(&self, rows: usize) -> f64 {
         let spread = self.n * self.sxx - self.sx * self.sx;
         if self.n < 4.0 || spread < self.n * 0.5 {
-            return DEFAULT_SLOPE;
+            let (s, b) = (DEFAULT_SLOPE, rows.max(1) as f64);
+            return b * s / (1.0 - s + b * s);
         }
         let b = (self.n * self.sxy - self.sx * self.sy) / spread;
         let a = (self.sy - b * self.sx) / self.n;

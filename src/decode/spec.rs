@@ -50,9 +50,6 @@ impl DecoderSpec {
         if name == "verify" && cfg.train.objective != ObjectiveKind::Card {
             let mut knobs = knobs.clone();
             knobs.block_size = knobs.block_size.or(Some(0));
-            if knobs.block_size == Some(0) {
-                knobs.lookup = knobs.lookup.or(Some(DEFAULT_LOOKUP));
-            }
             return Self::build(name, &knobs, cfg.bd3lm.block_size);
         }
         Self::build(name, knobs, cfg.bd3lm.block_size)
@@ -85,7 +82,7 @@ impl DecoderSpec {
                 block_size: knobs
                     .block_size
                     .unwrap_or(VerifyDecoder::default().block_size),
-                lookup: knobs.lookup.unwrap_or(0),
+                lookup: knobs.lookup.unwrap_or(VerifyDecoder::default().lookup),
                 cost: knobs.cost,
             }),
             "mdlm" => Self::Mdlm(MdlmDecoder {
@@ -185,10 +182,7 @@ impl DecoderSpec {
                 }
             }
             Self::Verify(v) => {
-                words.push(format!("K={}", v.block_size));
-                if v.lookup > 0 {
-                    words.push(format!("L={}", v.lookup));
-                }
+                words.push(format!("K={} L={}", v.block_size, v.lookup));
                 if let Some(c) = v.cost {
                     words.push(format!("cost={c}"));
                 }
@@ -228,7 +222,7 @@ impl DecoderSpec {
     }
 }
 
-/// The label "card K=8 T=8 τ=0.9", "verify K=2", "verify K=0 L=8", "ar": the name, then
+/// The label "card K=8 T=8 τ=0.9", "verify K=2 L=8", "verify K=0 L=8", "ar": the name, then
 /// [`DecoderSpec::setting`].
 impl std::fmt::Display for DecoderSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -413,7 +407,7 @@ mod tests {
         assert_eq!(card.to_string(), "card K=4 T=4 τ=0.9");
         assert_eq!(
             DecoderSpec::Verify(VerifyDecoder::default()).setting(),
-            "K=2"
+            "K=2 L=8"
         );
         assert!("card K=x".parse::<DecoderSpec>().is_err());
         assert!("card size=4".parse::<DecoderSpec>().is_err());

@@ -47,8 +47,8 @@ use rand_pcg::Pcg64;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
-/// The most lookup drafts a pass proposes when the verifier drafts by lookup alone and no L
-/// was given (the budget sends fewer where they do not pay).
+/// The most lookup drafts a pass proposes when no L is given (the budget sends fewer where
+/// they do not pay).
 pub const DEFAULT_LOOKUP: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,9 +67,10 @@ pub struct VerifyDecoder {
 
 impl Default for VerifyDecoder {
     /// K = 2: on the models measured (docs/results.md) drafts past the second slot are
-    /// rarely accepted, and every mask slot costs compute. No lookup.
+    /// rarely accepted, and every mask slot costs compute. Lookup up to 8 drafts beside
+    /// them: the budget sends them only where the text repeats and they stand.
     fn default() -> Self {
-        Self::masks(2)
+        Self::with_lookup(2, DEFAULT_LOOKUP)
     }
 }
 

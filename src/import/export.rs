@@ -74,8 +74,9 @@ const GGUF: Names = Names {
     layer: |i, n| format!("blk.{i}.{n}"),
 };
 
-/// The per-layer names: attn_norm, q, k, v, o, ffn_norm, gate, up, down, and the q/k/v biases.
-fn layer_names(hf: bool) -> [&'static str; 12] {
+/// The per-layer names: attn_norm, q, k, v, o, ffn_norm, gate, up, down, the q/k/v biases,
+/// and the q/k head norms.
+fn layer_names(hf: bool) -> [&'static str; 14] {
     if hf {
         [
             "input_layernorm.weight",
@@ -90,6 +91,8 @@ fn layer_names(hf: bool) -> [&'static str; 12] {
             "self_attn.q_proj.bias",
             "self_attn.k_proj.bias",
             "self_attn.v_proj.bias",
+            "self_attn.q_norm.weight",
+            "self_attn.k_norm.weight",
         ]
     } else {
         [
@@ -105,6 +108,8 @@ fn layer_names(hf: bool) -> [&'static str; 12] {
             "attn_q.bias",
             "attn_k.bias",
             "attn_v.bias",
+            "attn_q_norm.weight",
+            "attn_k_norm.weight",
         ]
     }
 }
@@ -154,12 +159,29 @@ fn renamed(cfg: &ModelConfig, tensors: &QTensors, hf: bool, interleave: bool) ->
                 out.push((theirs(k), quantize(&b.narrow(0, at, n)?, GgmlDType::F32)?));
             }
         }
+        if cfg.qk_norm {
+            out.push((theirs(12), get(&ours("attn.q_norm.weight"))?));
+            out.push((theirs(13), get(&ours("attn.k_norm.weight"))?));
+        }
     }
     out.push((names.norm.into(), get("norm.weight")?));
     if !cfg.tie_embeddings {
         out.push((names.head.into(), get("head.weight")?));
     }
     Ok(out)
+}
+
+/// The architecture a model exports as, (GGUF, Hugging Face): Llama, Qwen2 (a q/k/v bias) or
+/// Qwen3 (q/k head norms).
+fn family(cfg: &ModelConfig) -> Result<(&'static str, &'static str)> {
+    Ok(match (cfg.qkv_bias, cfg.qk_norm) {
+        (false, false) => ("llama", "LlamaForCausalLM"),
+        (true, false) => ("qwen2", "Qwen2ForCausalLM"),
+        (false, true) => ("qwen3", "Qwen3ForCausalLM"),
+        (true, true) => bail!(
+            "a q/k/v bias with q/k head norms is no architecture llama.cpp or transformers reads"
+        ),
+    })
 }
 
 /// Block types `--dtype` takes for GGUF: as stored, or every matrix in one type.
@@ -218,11 +240,7 @@ pub fn export_hf(ckpt_path: &Path, out: &Path) -> Result<()> {
         .map(|(n, t)| Ok((n.clone(), t.dequantize(&Device::Cpu)?)))
         .collect::<Result<_>>()?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let arch = if cfg.qkv_bias {
-        "Qwen2ForCausalLM"
-    } else {
-        "LlamaForCausalLM"
-    };
+    let arch = family(cfg)?.1;
     let eos = eos_id(&tok, chat.as_ref());
     let config = json!({
         "architectures": [arch],
@@ -289,7 +307,7 @@ pub fn export_gguf(ckpt_path: &Path, out: &Path, dtype: Option<GgmlDType>) -> Re
     let cfg = &ckpt.config.model;
     let tok = TextTokenizer::from_json(&ckpt.tokenizer_json)?;
     let chat = chat_of(&ckpt)?;
-    let arch = if cfg.qkv_bias { "qwen2" } else { "llama" };
+    let arch = family(cfg)?.0;
     let mut tensors = renamed(cfg, &stored(&ckpt)?, false, arch == "llama")?;
     if let Some(dtype) = dtype {
         tensors = rows::requantize(&tensors, dtype)?;

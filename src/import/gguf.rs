@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 /// The architectures read, and whether their query/key rows are interleaved for RoPE.
-const ARCHS: [(&str, bool); 2] = [("llama", true), ("qwen2", false)];
+const ARCHS: [(&str, bool); 3] = [("llama", true), ("qwen2", false), ("qwen3", false)];
 
 /// A float value; an f32 goes through its shortest decimal form, so 1e-5 stored as f32 reads
 /// back as 1e-5 and not 9.99999974e-6.
@@ -62,6 +62,7 @@ fn config(c: &Content, arch: &str, vocab: usize) -> Result<ModelConfig> {
         n_heads,
         n_kv_heads: meta_u32(c, &key("attention.head_count_kv")).map(|x| x as usize),
         qkv_bias: arch == "qwen2",
+        qk_norm: arch == "qwen3",
         d_ff: need_u32(c, &key("feed_forward_length"))?,
         max_seq_len: need_u32(c, &key("context_length"))?,
         rope_theta: get_f64(c, &key("rope.freq_base")).unwrap_or(10_000.0),
@@ -130,6 +131,10 @@ pub fn read(path: &Path) -> Result<Source> {
                 .map(|n| take(&b(n)))
                 .collect::<Result<Vec<_>>>()?;
             out.push((ours("attn.wqkv.bias"), rows::concat_vectors(&parts)?));
+        }
+        if cfg.qk_norm {
+            out.push((ours("attn.q_norm.weight"), take(&b("attn_q_norm.weight"))?));
+            out.push((ours("attn.k_norm.weight"), take(&b("attn_k_norm.weight"))?));
         }
     }
     out.push(("norm.weight".into(), take("output_norm.weight")?));

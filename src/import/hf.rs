@@ -14,7 +14,12 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
 
-const ARCHS: [&str; 3] = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"];
+const ARCHS: [&str; 4] = [
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+];
 
 fn read_json(path: &Path) -> Result<Value> {
     let text =
@@ -63,6 +68,7 @@ fn config(c: &Value) -> Result<(String, ModelConfig)> {
         n_heads,
         n_kv_heads: c["num_key_value_heads"].as_u64().map(|x| x as usize),
         qkv_bias: qwen || c["attention_bias"].as_bool().unwrap_or(false),
+        qk_norm: arch == "Qwen3ForCausalLM",
         d_ff: n("intermediate_size")?,
         max_seq_len: n("max_position_embeddings")?,
         rope_theta: c["rope_theta"].as_f64().unwrap_or(10_000.0),
@@ -196,6 +202,12 @@ pub fn read(dir: &Path) -> Result<Source> {
                 .map(|x| take(&p(&format!("self_attn.{x}_proj.bias"))))
                 .collect::<Result<Vec<_>>>()?;
             out.push((ours("attn.wqkv.bias"), rows::concat_vectors(&parts)?));
+        }
+        if cfg.qk_norm {
+            for x in ["q", "k"] {
+                let norm = take(&p(&format!("self_attn.{x}_norm.weight")))?;
+                out.push((ours(&format!("attn.{x}_norm.weight")), norm));
+            }
         }
     }
     out.push(("norm.weight".into(), take("model.norm.weight")?));

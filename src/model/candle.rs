@@ -37,6 +37,24 @@ impl Compute for CandleCompute<'_> {
         x.broadcast_add(b.dense()?)
     }
 
+    fn head_norm(&mut self, qkv: Tensor, q_norm: &Weight, k_norm: &Weight) -> Result<Tensor> {
+        let heads = self.cfg.heads();
+        let dims = qkv.dims().to_vec();
+        let (rows, width) = (
+            qkv.elem_count() / dims[dims.len() - 1],
+            dims[dims.len() - 1],
+        );
+        let split = qkv.reshape((rows, heads.q + 2 * heads.kv, heads.dim))?;
+        let part = |first: usize, n: usize| split.narrow(1, first, n)?.contiguous();
+        let eps = self.cfg.norm_eps;
+        let q = ops::rms_norm(&part(0, heads.q)?, q_norm.dense()?, eps)?;
+        let k = ops::rms_norm(&part(heads.q, heads.kv)?, k_norm.dense()?, eps)?;
+        let v = part(heads.q + heads.kv, heads.kv)?;
+        Tensor::cat(&[q, k, v], 1)?
+            .reshape((rows, width))?
+            .reshape(dims)
+    }
+
     fn attention(&mut self, qkv: Tensor, layer: usize) -> Result<Tensor> {
         let heads = self.cfg.heads();
         let scale = 1.0 / (heads.dim as f64).sqrt();

@@ -310,6 +310,26 @@ impl<'m> Compute for HostCompute<'_, 'm> {
         Ok(x)
     }
 
+    fn head_norm(
+        &mut self,
+        mut qkv: Vec<f32>,
+        q_norm: &HostMat<'m>,
+        k_norm: &HostMat<'m>,
+    ) -> candle_core::Result<Vec<f32>> {
+        let heads = self.cfg.heads();
+        let (q_norm, k_norm) = (q_norm.f32()?, k_norm.f32()?);
+        let mut head = take(self.pool, heads.dim);
+        for row in qkv.chunks_mut(heads.qkv_width()) {
+            for (h, x) in row[..heads.v_offset()].chunks_mut(heads.dim).enumerate() {
+                let w = if h < heads.q { q_norm } else { k_norm };
+                head.copy_from_slice(x);
+                rms_norm_row(&head, w, self.cfg.norm_eps, x);
+            }
+        }
+        self.pool.push(head);
+        Ok(qkv)
+    }
+
     fn attention(&mut self, mut qkv: Vec<f32>, layer: usize) -> candle_core::Result<Vec<f32>> {
         let heads = self.cfg.heads();
         let (hd, half, width) = (heads.dim, heads.dim / 2, heads.qkv_width());

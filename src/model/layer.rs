@@ -39,6 +39,14 @@ pub trait Compute {
     fn linear(&mut self, x: Self::Act, w: &Self::W) -> Result<Self::Act>;
     /// x + b on every row.
     fn bias(&mut self, x: Self::Act, b: &Self::W) -> Result<Self::Act>;
+    /// The fused q/k/v projection with each query head RMS-normed by `q_norm` and each key
+    /// head by `k_norm` (weights over the head width); values untouched.
+    fn head_norm(
+        &mut self,
+        qkv: Self::Act,
+        q_norm: &Self::W,
+        k_norm: &Self::W,
+    ) -> Result<Self::Act>;
     /// Attention of layer `layer` from the fused q/k/v projection to the heads' outputs:
     /// RoPE, the pass's visibility and cache, softmax, value sum.
     fn attention(&mut self, qkv: Self::Act, layer: usize) -> Result<Self::Act>;
@@ -111,6 +119,8 @@ layer_tensors! {
     }
     optional {
         bqkv: "attn.wqkv.bias", Zero, |c| vec![c.qkv_width()], if c.qkv_bias;
+        q_norm: "attn.q_norm.weight", One, |c| vec![c.head_dim()], if c.qk_norm;
+        k_norm: "attn.k_norm.weight", One, |c| vec![c.head_dim()], if c.qk_norm;
     }
 }
 
@@ -121,6 +131,9 @@ impl<W> Layer<W> {
         let mut qkv = c.linear(h, &self.wqkv)?;
         if let Some(b) = &self.bqkv {
             qkv = c.bias(qkv, b)?;
+        }
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            qkv = c.head_norm(qkv, qn, kn)?;
         }
         let heads = c.attention(qkv, index)?;
         let out = c.linear(heads, &self.wo)?;

@@ -1,17 +1,21 @@
-//! Llama 3.x's RoPE scaling through `card import` against an outside reference, on a crafted
-//! file (the registries hold no such model): a GGUF with `rope_freqs.weight`, read by
-//! `scripts/gguf_reference.py` (the `gguf` package and a NumPy float64 forward that divides
-//! each frequency by its factor, as llama.cpp does). The factors survive a GGUF export; a
-//! Hugging Face export, which has no form for them, is refused.
+//! What `card import` reads beyond SmolLM2, against an outside reference on crafted files
+//! (the registries hold no such model), read by `scripts/gguf_reference.py` (the `gguf`
+//! package and a NumPy float64 forward written from llama.cpp's conventions):
+//! - Llama 3.x's RoPE scaling, a GGUF with `rope_freqs.weight` (each frequency divided by its
+//!   factor). The factors survive a GGUF export; a Hugging Face export, which has no form for
+//!   them, is refused.
+//! - Qwen3's q/k head norms (an RMSNorm of each query and key head before RoPE, which
+//!   rotates halves). They survive both exports.
 //!
 //! Needs python3 with numpy and gguf; without them the test says so and passes, except under
 //! CI, where a missing one fails.
 
 use candle_core::quantized::GgmlDType;
+use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use card::checkpoint::{self, Precision};
 use card::model::Attention;
-use common::gguf::{cfg, gguf_tensors, metadata, random_weights, vocab, write_gguf};
+use common::gguf::{cfg, gguf_tensors, metadata, random_weights, rows, vocab, write_gguf};
 use common::{assert_error, assert_success, card};
 use std::path::Path;
 use std::process::Command;
@@ -116,4 +120,86 @@ fn llama3_rope_factors_import_like_the_reference_and_survive_export() {
     assert_eq!(card_logits(&cwd.join("b"), &ids, n), ours);
     let hf = card(&["export", "a", "--format", "hf", "--out", "a-hf"], cwd);
     assert_error(&hf, "RoPE factors");
+}
+
+/// Qwen3's GGUF tensors for `c` (q/k norms on): llama.cpp's names, q and k rows in the
+/// model's own order (NeoX RoPE, no interleave), and head norms that are not all ones.
+fn qwen3_tensors(c: &card::config::ModelConfig) -> Vec<(String, QTensor)> {
+    let mut w = random_weights(c);
+    for (name, t) in w.iter_mut() {
+        if name.ends_with("q_norm.weight") || name.ends_with("k_norm.weight") {
+            let n = t.dim(0).unwrap();
+            let v: Vec<f32> = (0..n).map(|i| 0.4 + 0.1 * (i % 13) as f32).collect();
+            *t = Tensor::from_vec(v, n, &Device::Cpu).unwrap();
+        }
+    }
+    let f32 = |t: &Tensor| checkpoint::gguf::quantize(t, GgmlDType::F32).unwrap();
+    let mut out = gguf_tensors(c, &w, GgmlDType::F32);
+    let h = c.heads();
+    let (nq, nk) = (h.q * h.dim, h.kv * h.dim);
+    for i in 0..c.n_layers {
+        let qkv = &w[&format!("layers.{i}.attn.wqkv.weight")];
+        for (name, t) in out.iter_mut() {
+            if *name == format!("blk.{i}.attn_q.weight") {
+                *t = f32(&rows(qkv, 0, nq));
+            } else if *name == format!("blk.{i}.attn_k.weight") {
+                *t = f32(&rows(qkv, nq, nk));
+            }
+        }
+        for x in ["q", "k"] {
+            let norm = &w[&format!("layers.{i}.attn.{x}_norm.weight")];
+            out.push((format!("blk.{i}.attn_{x}_norm.weight"), f32(norm)));
+        }
+    }
+    out
+}
+
+#[test]
+fn qwen3_head_norms_import_like_the_reference_and_survive_export() {
+    if !python() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let n = vocab().0.len();
+    let mut c = cfg(n, false);
+    c.qk_norm = true;
+    let file = cwd.join("qwen3.gguf");
+    write_gguf(&file, &metadata(&c, "qwen3", "gpt2"), &qwen3_tensors(&c));
+    assert_success(&card(&["import", "qwen3.gguf", "--out", "a"], cwd));
+    let o = checkpoint::open(&cwd.join("a"), &Device::Cpu, true).unwrap();
+    assert!(o.config.model.qk_norm && !o.config.model.qkv_bias);
+
+    let ids: Vec<u32> = (0..14).map(|i| (i * 41 + 3) % n as u32).collect();
+    let ours = card_logits(&cwd.join("a"), &ids, n);
+    let theirs = reference(&file, &ids, cwd);
+    let err = rel_diff(&ours, &theirs);
+    assert!(err < 1e-4, "card vs the reference: {err}");
+    // The host backend (decoding) agrees with the candle forward on the norms too.
+    let opened = checkpoint::open_as(&cwd.join("a"), &Device::Cpu, true, Precision::F32).unwrap();
+    use card::decode::Decoder;
+    let greedy = |backend| {
+        let o = card::decode::GenOptions {
+            eos_id: u32::MAX,
+            backend: Some(backend),
+            ..card::decode::GenOptions::new(6, &opened.tokenizer)
+        };
+        let g = card::decode::ArDecoder
+            .generate(&opened.model, std::slice::from_ref(&ids), &o, &mut |_| {})
+            .unwrap();
+        g.rows[0].tokens.clone()
+    };
+    let host = greedy(card::model::Backend::Host);
+    assert_eq!(host, greedy(card::model::Backend::Candle));
+
+    // Both exports name it Qwen3 and import back to the same model.
+    for (format, out, back) in [("gguf", "b.gguf", "b"), ("hf", "c-hf", "c")] {
+        let export = ["export", "a", "--format", format, "--out", out];
+        assert_success(&card(&export, cwd));
+        assert_success(&card(&["import", out, "--out", back], cwd));
+        let again = card_logits(&cwd.join(back), &ids, n);
+        assert!(rel_diff(&again, &ours) < 1e-6, "{format}");
+    }
+    let hf = std::fs::read_to_string(cwd.join("c-hf/config.json")).unwrap();
+    assert!(hf.contains("Qwen3ForCausalLM"), "{hf}");
 }

@@ -1,6 +1,7 @@
 //! A training run cannot be silently corrupted: killed at random moments (SIGKILL, no
 //! cleanup) and resumed each time it ends bit for bit where an uninterrupted run ends; a
 //! second writer is refused while the first holds the run; other data is refused on resume.
+//! A command that has no clean stop of its own (a benchmark) exits on the first SIGTERM.
 
 use candle_core::Device;
 use card::config::{Config, ObjectiveKind};
@@ -207,4 +208,43 @@ fn resume_on_other_data_is_refused() {
     );
     let same = t.checkpoint().unwrap();
     assert!(Trainer::resume(cfg, same, &data).is_ok());
+}
+
+#[test]
+fn a_benchmark_exits_on_the_first_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_card"))
+        .args(["bench", "train", "--preset", "small", "--objective", "arm"])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the benchmark ended before the signal"
+    );
+    let sent = Instant::now();
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if sent.elapsed() > Duration::from_secs(20) {
+            child.kill().unwrap();
+            panic!("SIGTERM left the benchmark running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        sent.elapsed()
+    );
 }

@@ -102,8 +102,13 @@ pub fn main() -> ExitCode {
     if let Some(local) = crate::dist::local_rank() {
         crate::runtime::set_cuda_ordinal(local);
     }
-    // Ctrl-C / SIGTERM: the trainer saves a checkpoint and stops; a second signal exits.
-    crate::runtime::install_signal_handler();
+    // Ctrl-C / SIGTERM: the trainer saves a checkpoint and stops, the server drains, an
+    // experiment ends its run; a second signal exits. Every other command exits at once.
+    let cooperative = matches!(
+        cli.command,
+        Command::Train(_) | Command::Distill(_) | Command::Experiment(_) | Command::Serve(_)
+    );
+    crate::runtime::install_signal_handler(cooperative);
     let result = match cli.command {
         Command::Data(a) => data::run(a),
         Command::Train(a) => train::run(a),

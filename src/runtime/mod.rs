@@ -20,10 +20,12 @@ pub fn stop_requested() -> bool {
     STOP.load(Ordering::SeqCst)
 }
 
-/// Ctrl-C / SIGTERM set [`STOP`]; a second signal exits at once.
-pub fn install_signal_handler() {
-    let _ = ctrlc::set_handler(|| {
-        if STOP.swap(true, Ordering::SeqCst) {
+/// Ctrl-C / SIGTERM: for a command that stops cleanly (`cooperative`: it checks
+/// [`stop_requested`]) the first sets [`STOP`] and a second exits at once; any other command
+/// exits at once (its outputs are written atomically, so nothing half-written stays).
+pub fn install_signal_handler(cooperative: bool) {
+    let _ = ctrlc::set_handler(move || {
+        if !cooperative || STOP.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
     });

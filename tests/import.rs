@@ -408,34 +408,7 @@ fn model_fetch_imports_once_and_resumes() {
     assert!(opened.model.is_quantized());
     assert!(opened.extra.contains_key("provenance.json"));
     // Training from it carries the chat template and provenance into its checkpoints.
-    let tok = run.join("ckpt-00000000/tokenizer.json");
-    let prep = [
-        "data",
-        "prepare",
-        "--embedded",
-        "--tokenizer",
-        tok.to_str().unwrap(),
-        "--out",
-        "p",
-    ];
-    assert_success(&card(&prep, dir.path()));
-    let train = [
-        "train",
-        "--init",
-        run.to_str().unwrap(),
-        "--data",
-        "p",
-        "--max-steps",
-        "1",
-        "--set",
-        "train.seq_len=32",
-        "--set",
-        "train.batch_size=2",
-        "--out",
-        "fine",
-        "--quiet",
-    ];
-    assert_success(&card(&train, dir.path()));
+    common::one_step_from(dir.path(), &run, &[], "fine");
     let fine = checkpoint::open(&dir.path().join("fine"), &Device::Cpu, true).unwrap();
     assert_eq!(fine.extra, opened.extra);
     assert_error(

@@ -1,7 +1,7 @@
 //! llama.cpp as a consumer of `card export` (node-llama-cpp 3.21.1, its prebuilt CPU binary,
 //! driven by `scripts/peer/consumer.mjs`): it loads every GGUF we write — a `tiny` CARD model
-//! with this project's own tokenizer in f32, f16 and q8_0, and SmolLM2 imported and exported
-//! in f32 and in its own blocks — tokenizes like card (prose, digits, whitespace runs,
+//! with this project's own tokenizer, SmolLM2 as imported and SmolLM2 adapted to CARD, each in
+//! f32, f16 and q8_0 (and the import in its own blocks) — tokenizes like card (prose, digits, whitespace runs,
 //! non-ASCII, special tokens), and greedy-decodes card's tokens from the same prompt on the
 //! f32 exports, or parts from them only where card's two best logits are a near-tie.
 //!
@@ -166,7 +166,7 @@ fn llama_cpp_loads_tokenizes_and_decodes_our_own_exports() {
 }
 
 #[test]
-fn llama_cpp_loads_tokenizes_and_decodes_an_exported_smollm2() {
+fn llama_cpp_loads_tokenizes_and_decodes_smollm2_imported_and_adapted() {
     let Some(script) = consumer() else { return };
     let gguf = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("data/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
@@ -182,28 +182,25 @@ fn llama_cpp_loads_tokenizes_and_decodes_an_exported_smollm2() {
     let cwd = dir.path();
     let import = ["import", gguf.to_str().unwrap(), "--out", "smol"];
     assert_success(&card(&import, cwd));
+    // Adapted to CARD: one step of the CARD objective from it (its [MASK] row and objective
+    // travel in the export as they would after a long adaptation).
+    common::one_step_from(cwd, &cwd.join("smol"), &["--objective", "card"], "adapted");
     let prompt = "The capital of France is";
-    // In its own blocks (tokenizer and loading), and in f32 (greedy decoding too).
-    let stored = ["export", "smol", "--format", "gguf", "--out", "smol.gguf"];
-    assert_success(&card(&stored, cwd));
-    agree(
-        &script,
-        &cwd.join("smol.gguf"),
-        &open(&cwd.join("smol")),
-        prompt,
-        false,
-    );
-    let f32 = [
-        "export",
-        "smol",
-        "--format",
-        "gguf",
-        "--dtype",
-        "f32",
-        "--out",
-        "smol-f32.gguf",
-    ];
-    assert_success(&card(&f32, cwd));
-    let o = checkpoint::open_as(&cwd.join("smol"), &Device::Cpu, true, Precision::F32).unwrap();
-    agree(&script, &cwd.join("smol-f32.gguf"), &o, prompt, true);
+    for (run, dtypes) in [
+        ("smol", &["stored", "f32", "f16", "q8_0"][..]),
+        ("adapted", &["f32", "f16", "q8_0"][..]),
+    ] {
+        // Greedy decoding compared on the f32 export, against card's f32 model.
+        let f32 = checkpoint::open_as(&cwd.join(run), &Device::Cpu, true, Precision::F32).unwrap();
+        for &dtype in dtypes {
+            let out = format!("{run}-{dtype}.gguf");
+            let export = [
+                "export", run, "--format", "gguf", "--dtype", dtype, "--out", &out,
+            ];
+            assert_success(&card(&export, cwd));
+            agree(&script, &cwd.join(&out), &f32, prompt, dtype == "f32");
+            // The files are large: one at a time on disk.
+            std::fs::remove_file(cwd.join(&out)).unwrap();
+        }
+    }
 }

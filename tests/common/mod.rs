@@ -57,6 +57,29 @@ pub fn train_tiny(cwd: &Path, objective: &str, steps: usize, out: &str) {
     assert_success(&card(&args, cwd));
 }
 
+/// One training step from the checkpoint at `init` into `cwd/out`, on the embedded corpus in
+/// the checkpoint's own tokenizer (prepared into `cwd/p`), with `extra` flags (say
+/// `--objective card`): a fine-tuned or adapted model, quickly.
+pub fn one_step_from(cwd: &Path, init: &Path, extra: &[&str], out: &str) {
+    let tok = init.join("ckpt-00000000/tokenizer.json");
+    let tok = tok.to_str().unwrap();
+    let prep = [
+        "data",
+        "prepare",
+        "--embedded",
+        "--tokenizer",
+        tok,
+        "--out",
+        "p",
+    ];
+    assert_success(&card(&prep, cwd));
+    let mut args = vec!["train", "--init", init.to_str().unwrap(), "--data", "p"];
+    args.extend(["--max-steps", "1", "--set", "train.seq_len=32"]);
+    args.extend(["--set", "train.batch_size=2", "--out", out, "--quiet"]);
+    args.extend(extra);
+    assert_success(&card(&args, cwd));
+}
+
 /// A test whose tool or fixture is missing says so and passes, except under CI (`CI` set),
 /// where it must run: there the missing piece is a failure, never a silent `ok`.
 pub fn skip_unless_ci(test: &str, missing: &str) {

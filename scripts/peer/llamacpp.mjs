@@ -1,7 +1,7 @@
 // Peer benchmark: llama.cpp through node-llama-cpp (pinned 3.21.1, prebuilt CPU binaries)
 // on the same GGUF card imports. Prints one JSON line; see scripts/peer-llamacpp.sh.
 //
-//   node scripts/peer/llamacpp.mjs --model GGUF --threads T --greedy --prompt TEXT --new-tokens N
+//   node scripts/peer/llamacpp.mjs --model GGUF --threads T --greedy --prompt TEXT --new-tokens N [--lookup L]
 //   node scripts/peer/llamacpp.mjs --model GGUF --threads T --cost-curve [--positions 1,2,4] [--context 64] [--reps 30]
 import {statSync} from "node:fs";
 import {getLlama, LlamaLogLevel} from "node-llama-cpp";
@@ -23,6 +23,7 @@ function parseArgs(argv) {
             case "--model": a.model = value(i); i++; break;
             case "--threads": a.threads = posInt(value(i), "--threads"); i++; break;
             case "--greedy": a.greedy = true; break;
+            case "--lookup": a.lookup = posInt(value(i), "--lookup"); i++; break;
             case "--cost-curve": a.costCurve = true; break;
             case "--prompt": a.prompt = value(i); i++; break;
             case "--new-tokens": a.newTokens = posInt(value(i), "--new-tokens"); i++; break;
@@ -80,7 +81,55 @@ const context = await model.createContext({
 const seq = context.getSequence();
 const threadsUsed = context.idealThreads;
 
-if (args.greedy) {
+// Prompt lookup as card's verifier does it (decode/lookup.rs): the latest earlier occurrence of
+// the text's last 3 (else 2) tokens, and up to L tokens that followed it, a copy that runs into
+// the end going on through its own drafts. Verified here, since node-llama-cpp 3.21.1's
+// InputLookupTokenPredictor accepts only the first drafted token of a batch.
+function continuation(text, max) {
+    for (let n = Math.min(3, text.length - 1); n >= 2; n--) {
+        for (let i = text.length - n - 1; i >= 0; i--) {
+            let hit = true;
+            for (let j = 0; j < n && hit; j++) hit = text[i + j] === text[text.length - n + j];
+            if (!hit) continue;
+            const from = i + n, out = [];
+            for (let k = 0; k < max; k++) out.push(from + k < text.length ? text[from + k] : out[from + k - text.length]);
+            return out;
+        }
+    }
+    return [];
+}
+
+if (args.greedy && args.lookup) {
+    const prompt = model.tokenize(args.prompt);
+    if (prompt.length < 2) fail("lookup needs a prompt of 2 tokens or more");
+    await seq.evaluateWithoutGeneratingNewTokens(prompt.slice(0, -1));
+    const item = (t) => [t, {generateNext: {token: true, options: {temperature: 0}}}];
+    const text = [...prompt], out = [];
+    let pending = prompt[prompt.length - 1], passes = 0;
+    const t0 = process.hrtime.bigint();
+    while (out.length < args.newTokens) {
+        const drafts = continuation(text, Math.min(args.lookup, args.newTokens - out.length - 1));
+        const res = await seq.controlledEvaluate([pending, ...drafts].map(item));
+        passes++;
+        let stood = 0, tok;
+        for (let i = 0; i <= drafts.length; i++) {
+            tok = res[i].next.token;
+            out.push(tok); text.push(tok);
+            if (i < drafts.length && tok === drafts[i]) { stood++; continue; }
+            break;
+        }
+        // The cache holds the pending token and every draft: keep the drafts that stood.
+        const end = seq.nextTokenIndex, keep = end - (drafts.length - stood);
+        if (keep < end) await seq.eraseContextTokenRanges([{start: keep, end}]);
+        pending = tok; // AR's own token: fed by the next pass
+    }
+    const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+    out.length = args.newTokens;
+    console.log(JSON.stringify({
+        ...engine, threads: threadsUsed, lookup: args.lookup, new_tokens: out.length, passes, seconds,
+        tokens_per_s: out.length / seconds, text: model.detokenize(out, true),
+    }));
+} else if (args.greedy) {
     const prompt = model.tokenize(args.prompt); // raw text, no chat template, no BOS (as card's --prompt)
     if (prompt.length === 0) fail("empty prompt");
     if (prompt.length + args.newTokens > ctxSize) fail(`prompt + new tokens exceed context ${ctxSize}`);

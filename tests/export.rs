@@ -35,19 +35,7 @@ fn round_trip(cwd: &Path, run: &str, args: &[&str], back: &str) {
 fn our_preset_survives_hf_and_gguf() {
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path();
-    let train = [
-        "train",
-        "--preset",
-        "tiny",
-        "--max-steps",
-        "3",
-        // Rows a multiple of 32, for the Q8_0 export.
-        "--set",
-        "model.d_ff=192",
-        "--out",
-        "run",
-    ];
-    assert_success(&card(&train, cwd));
+    common::train_tiny_for_q8_0(cwd, 3, "run");
     round_trip(cwd, "run", &["--format", "hf", "--out", "hf"], "from-hf");
     round_trip(
         cwd,

@@ -135,19 +135,7 @@ fn llama_cpp_loads_tokenizes_and_decodes_our_own_exports() {
     let Some(script) = consumer() else { return };
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path();
-    let train = [
-        "train",
-        "--preset",
-        "tiny",
-        "--max-steps",
-        "60",
-        "--set",
-        "model.d_ff=192",
-        "--out",
-        "run",
-        "--quiet",
-    ];
-    assert_success(&card(&train, cwd));
+    common::train_tiny_for_q8_0(cwd, 60, "run");
     let o = open(&cwd.join("run"));
     for (dtype, exact) in [("f32", true), ("f16", false), ("q8_0", false)] {
         let out = format!("run-{dtype}.gguf");

@@ -118,8 +118,8 @@ impl TextTokenizer {
     pub fn from_json(json: &str) -> Result<Self> {
         // tokenizers 0.22 panics (`expect("Helper")`) on a decoder section it cannot read, a
         // truncated file included: check the syntax first, and turn any panic into an error.
-        serde_json::from_str::<serde_json::Value>(json)
-            .map_err(|e| anyhow!("cannot parse tokenizer JSON: {e}"))?;
+        let parsed: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| anyhow!("cannot parse tokenizer JSON: {e}"))?;
         let mut inner = std::panic::catch_unwind(|| Tokenizer::from_str(json))
             .map_err(|_| anyhow!("cannot parse tokenizer JSON: the tokenizers crate rejected it"))?
             .map_err(tk_err("cannot parse tokenizer JSON"))?;
@@ -159,7 +159,7 @@ impl TextTokenizer {
         let json = inner
             .to_string(false)
             .map_err(tk_err("cannot serialise tokenizer"))?;
-        let bos = match bos_token(&serde_json::from_str(&json)?) {
+        let bos = match bos_token(&parsed) {
             Some(t) => Some(inner.token_to_id(&t).ok_or_else(|| {
                 anyhow!("the tokenizer's post-processor starts with {t:?}, which it has no id for")
             })?),

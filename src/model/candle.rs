@@ -40,19 +40,14 @@ impl Compute for CandleCompute<'_> {
     fn head_norm(&mut self, qkv: Tensor, q_norm: &Weight, k_norm: &Weight) -> Result<Tensor> {
         let heads = self.cfg.heads();
         let dims = qkv.dims().to_vec();
-        let (rows, width) = (
-            qkv.elem_count() / dims[dims.len() - 1],
-            dims[dims.len() - 1],
-        );
+        let rows = qkv.elem_count() / heads.qkv_width();
         let split = qkv.reshape((rows, heads.q + 2 * heads.kv, heads.dim))?;
         let part = |first: usize, n: usize| split.narrow(1, first, n)?.contiguous();
         let eps = self.cfg.norm_eps;
         let q = ops::rms_norm(&part(0, heads.q)?, q_norm.dense()?, eps)?;
         let k = ops::rms_norm(&part(heads.q, heads.kv)?, k_norm.dense()?, eps)?;
         let v = part(heads.q + heads.kv, heads.kv)?;
-        Tensor::cat(&[q, k, v], 1)?
-            .reshape((rows, width))?
-            .reshape(dims)
+        Tensor::cat(&[q, k, v], 1)?.reshape(dims)
     }
 
     fn attention(&mut self, qkv: Tensor, layer: usize) -> Result<Tensor> {

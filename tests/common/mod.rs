@@ -57,6 +57,19 @@ pub fn train_tiny(cwd: &Path, objective: &str, steps: usize, out: &str) {
     assert_success(&card(&args, cwd));
 }
 
+/// Train a `tiny` model for `steps` steps into `cwd/out` with FFN rows a multiple of 32, so
+/// every matrix exports to Q8_0 blocks.
+pub fn train_tiny_for_q8_0(cwd: &Path, steps: usize, out: &str) {
+    let steps = steps.to_string();
+    let args = ["train", "--preset", "tiny", "--max-steps", &steps];
+    let args = [
+        &args[..],
+        &["--set", "model.d_ff=192", "--out", out, "--quiet"],
+    ]
+    .concat();
+    assert_success(&card(&args, cwd));
+}
+
 /// One training step from the checkpoint at `init` into `cwd/out`, on the embedded corpus in
 /// the checkpoint's own tokenizer (prepared into `cwd/p`), with `extra` flags (say
 /// `--objective card`): a fine-tuned or adapted model, quickly.

@@ -19,6 +19,7 @@ fn every_experiment_smoke_run_writes_report_csv_and_plots() {
         "data-efficiency",
         "ema",
         "parallel-decoding",
+        "scaling",
     ] {
         let out = card(&["experiment", name, "--smoke"], cwd);
         let log = String::from_utf8_lossy(&out.stderr);
@@ -31,8 +32,26 @@ fn every_experiment_smoke_run_writes_report_csv_and_plots() {
                 "{log}"
             );
         }
+        // The sweep's smallest budget is the objectives experiment's run length: its runs
+        // answer for it.
+        if name == "scaling" {
+            assert!(
+                log.contains("arm-10 seed 0: the same run finished in")
+                    && log.contains("objectives/runs/arm-s0"),
+                "{log}"
+            );
+        }
         let folder = cwd.join("results/tiny").join(name);
         let report = std::fs::read_to_string(folder.join("report.md")).unwrap();
+        if name == "scaling" {
+            for part in [
+                "gap on validation",
+                "Trend of the gap",
+                "Strict vs soft tail",
+            ] {
+                assert!(report.contains(part), "scaling report lacks {part}");
+            }
+        }
         assert!(
             report.contains("Machine:") && report.contains("| "),
             "{name}: report lacks its table"

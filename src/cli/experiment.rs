@@ -8,7 +8,8 @@ use std::path::PathBuf;
 #[derive(clap::Args, Debug)]
 pub struct ExperimentArgs {
     /// masking-ablation | tail-factor | objectives | decoding-calibration | data-efficiency |
-    /// ema | parallel-decoding | adaptation
+    /// ema | parallel-decoding | adaptation | scaling (ARM vs CARD at 1×, 4× and 12.5× the
+    /// base run's tokens, strict vs soft tail at the largest)
     pub name: String,
     /// parallel-decoding: start from this CARD checkpoint instead of training one.
     /// adaptation: adapt this ARM/CARD checkpoint instead of the fetched SmolLM2

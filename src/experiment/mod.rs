@@ -16,6 +16,7 @@ pub mod parallel_decoding;
 pub mod plot;
 mod runner;
 mod runs;
+pub mod scaling;
 mod stats;
 pub mod tail_factor;
 mod variants;
@@ -37,6 +38,7 @@ pub const NAMES: &[&str] = &[
     "ema",
     "parallel-decoding",
     "adaptation",
+    "scaling",
 ];
 
 /// Refuse an unknown experiment or options it does not take.
@@ -69,22 +71,10 @@ pub fn run(name: &str, opts: ExpOptions) -> Result<PathBuf> {
         "ema" => ema::run(&mut runner),
         "parallel-decoding" => parallel_decoding::run(&mut runner),
         "adaptation" => adaptation::run(&mut runner),
+        "scaling" => scaling::run(&mut runner),
         other => anyhow::bail!("unknown experiment '{other}' (known: {})", NAMES.join(", ")),
     }?;
+    runs::commit_report(&runner.opts, name);
     let out = &runner.opts.out;
-    if runner.opts.commit && !runner.opts.smoke {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(out)?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.is_file()
-                    && p.extension().is_some_and(|x| {
-                        ["md", "csv", "svg", "json"].contains(&&*x.to_string_lossy())
-                    })
-            })
-            .collect();
-        files.sort();
-        git_commit(&files, &format!("results/{name}: report"));
-    }
     Ok(out.join("report.md"))
 }

@@ -90,6 +90,12 @@ impl Runner {
         Ok(&self.data[&key])
     }
 
+    /// Tokens in the training split that `spec` reads: epochs are tokens seen over this.
+    pub fn train_tokens(&mut self, spec: &RunSpec) -> Result<usize> {
+        let cfg = self.config(spec)?;
+        Ok(self.data_for(&cfg, None)?.train.len())
+    }
+
     pub fn run_dir(&self, spec: &RunSpec) -> PathBuf {
         self.opts
             .out

@@ -121,6 +121,27 @@ pub fn code_version() -> String {
     env!("CARD_GIT_VERSION").to_string()
 }
 
+/// With `--commit`, commit the report, CSV, plots and JSON of experiment `name`.
+pub(super) fn commit_report(opts: &super::options::ExpOptions, name: &str) {
+    if !opts.commit || opts.smoke {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(&opts.out) else {
+        return;
+    };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .is_some_and(|x| ["md", "csv", "svg", "json"].contains(&&*x.to_string_lossy()))
+        })
+        .collect();
+    files.sort();
+    git_commit(&files, &format!("results/{name}: report"));
+}
+
 /// Commit exactly `files` (nothing else that is staged); a failure is a warning, not an error,
 /// since the files stay on disk.
 pub fn git_commit(files: &[PathBuf], msg: &str) {

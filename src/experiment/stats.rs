@@ -85,6 +85,84 @@ impl Paired {
     }
 }
 
+/// The least-squares line y = a + b·x through points, with the slope's standard error and the
+/// two-sided p-value of its t-test (n − 2 degrees of freedom).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    pub intercept: f64,
+    pub slope: f64,
+    pub slope_se: f64,
+    pub p: f64,
+    pub n: usize,
+    /// Mean of the xs and of the ys: every line of another slope drawn through it stays a
+    /// least-squares line of that slope.
+    pub centre: (f64, f64),
+}
+
+impl Line {
+    /// None for fewer than three points or when every x is the same.
+    pub fn fit(points: &[(f64, f64)]) -> Option<Self> {
+        let n = points.len();
+        if n < 3 {
+            return None;
+        }
+        let mx = points.iter().map(|p| p.0).sum::<f64>() / n as f64;
+        let my = points.iter().map(|p| p.1).sum::<f64>() / n as f64;
+        let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+        if sxx <= 0.0 {
+            return None;
+        }
+        let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+        let slope = sxy / sxx;
+        let intercept = my - slope * mx;
+        let rss: f64 = points
+            .iter()
+            .map(|p| (p.1 - intercept - slope * p.0).powi(2))
+            .sum();
+        let slope_se = (rss / (n - 2) as f64 / sxx).sqrt();
+        let p = match (slope_se > 0.0, slope == 0.0) {
+            (true, _) => t_two_sided_p(slope / slope_se, (n - 2) as f64),
+            (false, true) => f64::NAN,
+            (false, false) => 0.0,
+        };
+        Some(Self {
+            intercept,
+            slope,
+            slope_se,
+            p,
+            n,
+            centre: (mx, my),
+        })
+    }
+
+    /// The slope's two-sided 95% interval.
+    pub fn slope_interval(&self) -> (f64, f64) {
+        let half = t_critical(0.05, (self.n - 2) as f64) * self.slope_se;
+        (self.slope - half, self.slope + half)
+    }
+
+    /// Where a line of `slope` through the centre reaches `y` (None where it never does: a
+    /// zero slope).
+    pub fn reaches(&self, y: f64, slope: f64) -> Option<f64> {
+        (slope != 0.0).then(|| self.centre.0 + (y - self.centre.1) / slope)
+    }
+}
+
+/// The two-sided critical value of Student's t: P(|T| ≥ t) = `p` (bisection on
+/// [`t_two_sided_p`], which falls as t grows).
+pub fn t_critical(p: f64, df: f64) -> f64 {
+    let (mut lo, mut hi) = (0.0, 1e6);
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if t_two_sided_p(mid, df) > p {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
 /// Two-sided p-value of Student's t with `df` degrees of freedom:
 /// P(|T| ≥ |t|) = I_{df/(df+t²)}(df/2, 1/2).
 pub fn t_two_sided_p(t: f64, df: f64) -> f64 {
@@ -214,5 +292,27 @@ mod tests {
             .starts_with("one seed only"));
         // Identical differences: zero spread, significant by any test.
         assert_eq!(Paired::new(vec![0.2, 0.2]).p, 0.0);
+    }
+
+    #[test]
+    fn a_fitted_line_matches_a_hand_computation() {
+        // x̄ = 2.5, ȳ = 2.75, Sxx = 5, Sxy = 5.5: b = 1.1, a = 0; residuals −0.1, 0.8, −1.3,
+        // 0.6 give RSS 2.7 and se(b) = sqrt(2.7 / 2 / 5).
+        let line = Line::fit(&[(1.0, 1.0), (2.0, 3.0), (3.0, 2.0), (4.0, 5.0)]).unwrap();
+        assert!((line.slope - 1.1).abs() < 1e-12 && line.intercept.abs() < 1e-12);
+        assert!((line.slope_se - 0.27f64.sqrt()).abs() < 1e-12);
+        let t = 1.1 / 0.27f64.sqrt();
+        assert!((line.p - (1.0 - t / (t * t + 2.0).sqrt())).abs() < 1e-12);
+        // Through the centre with slope 1.1 it reaches y = 5.5 at x = 5.
+        assert!((line.reaches(5.5, line.slope).unwrap() - 5.0).abs() < 1e-12);
+        let (lo, hi) = line.slope_interval();
+        assert!((hi - lo - 2.0 * 4.303 * 0.27f64.sqrt()).abs() < 1e-3);
+        assert!(Line::fit(&[(1.0, 1.0), (1.0, 2.0), (1.0, 3.0)]).is_none());
+        assert!(Line::fit(&[(1.0, 1.0), (2.0, 2.0)]).is_none());
+        let exact = Line::fit(&[(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)]).unwrap();
+        assert_eq!((exact.slope, exact.slope_se, exact.p), (2.0, 0.0, 0.0));
+        for (p, df, t) in [(0.05, 2.0, 4.303), (0.05, 7.0, 2.365), (0.01, 4.0, 4.604)] {
+            assert!((t_critical(p, df) - t).abs() < 1e-3, "p {p} df {df}");
+        }
     }
 }

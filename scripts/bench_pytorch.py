@@ -79,6 +79,15 @@ Side by side (one after the other, not at once, with the same thread count):
     python3 scripts/bench_pytorch.py --threads 2 --steps 10 --warmup 2 --json
     python3 scripts/bench_pytorch.py --threads 2 --mode eager --steps 10 --warmup 2 --json
 
+A checkpoint's shape (e.g. the imported SmolLM2-135M, issue 36), the same on both sides:
+
+    card --threads 2 bench train --from data/models/smollm2/run --objective card \
+        --set train.batch_size=4 --compute f32,bf16 --steps 3 --warmup 1
+    python3 scripts/bench_pytorch.py --threads 2 --from data/models/smollm2/run \
+        --set train.batch_size=4 --steps 3 --warmup 1
+
+`scripts/bench_train_peer.py` runs the two alternated and prints the ratio.
+
 `--mode` takes eager, compile, autocast-bf16, compile+autocast-bf16, a comma-separated list,
 or all (default: all four). `--json` prints one JSON list (one object per mode) as the last line.
 """
@@ -158,6 +167,40 @@ BENCH_5M = {
 MASK_ID = 1
 
 MODES = ["eager", "compile", "autocast-bf16", "compile+autocast-bf16"]
+
+
+def checkpoint_dir(path):
+    """A run directory's latest checkpoint, or the checkpoint directory itself."""
+    p = Path(path)
+    if (p / "latest").is_file():
+        p = p / (p / "latest").read_text().strip()
+    if not (p / "config.toml").is_file():
+        sys.exit(f"{path}: no checkpoint (config.toml) there")
+    return p
+
+
+def mask_id_of(ckpt):
+    """The [MASK] id of a checkpoint's tokenizer (card adds it on import), else card's 1."""
+    try:
+        tok = json.loads((ckpt / "tokenizer.json").read_text())
+        return next(t["id"] for t in tok.get("added_tokens", []) if t["content"] == "[MASK]")
+    except (OSError, ValueError, StopIteration, KeyError):
+        return 1
+
+
+def apply_sets(cfg, sets):
+    """`section.key=value` overrides, as card's `--set` (values parsed as TOML scalars)."""
+    for item in sets:
+        key, _, raw = item.partition("=")
+        section, _, name = key.partition(".")
+        if section not in cfg or name not in cfg[section]:
+            sys.exit(f"--set {item}: unknown key {key}")
+        try:
+            import tomllib
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except Exception:
+            value = raw.strip('"')
+        cfg[section][name] = value
 
 
 def load_config(preset):
@@ -521,6 +564,11 @@ def main():
                     help="F.scaled_dot_product_attention (default) or explicit softmax(QKᵀ)V")
     ap.add_argument("--adamw-impl", choices=["default", "foreach", "fused"], default="default",
                     help="torch.optim.AdamW implementation (default: torch's choice)")
+    ap.add_argument("--from", dest="from_ckpt", default=None,
+                    help="a card checkpoint or run directory: its model shape (as `card bench train "
+                         "--from`, with card's fine-tuning defaults); the weights stay random")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="config overrides, as card's --set (e.g. train.batch_size=4)")
     ap.add_argument("--json", action="store_true", help="print one JSON list as the last line")
     a = ap.parse_args()
     if a.steps < 1:
@@ -529,7 +577,15 @@ def main():
         torch.set_num_threads(a.threads)
     threads = torch.get_num_threads()
     modes = parse_modes(a.mode)
-    cfg, source = load_config(a.preset)
+    global MASK_ID
+    if a.from_ckpt:
+        ckpt = checkpoint_dir(a.from_ckpt)
+        cfg, source = load_config(str(ckpt / "config.toml"))
+        MASK_ID = mask_id_of(ckpt)
+        apply_sets(cfg, ["train.lr=3e-4", "train.warmup_steps=50"])  # card's FINE_TUNE_SETS
+    else:
+        cfg, source = load_config(a.preset)
+    apply_sets(cfg, a.sets)
     m, tc = cfg["model"], cfg["train"]
     warmup = max(a.warmup, 1)
     tc["max_steps"] = warmup + a.steps  # as `card bench train` sets it

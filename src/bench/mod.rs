@@ -13,7 +13,9 @@ use std::time::Instant;
 pub use cost_curve::{CostCurve, CostPlan, CostPoint};
 pub use decode::{bench_decode, DecodeBench, DecodeBenchConfig};
 pub use plan::{DecodePlan, DecodeReport, Lengths};
-pub use train::{bench_distributed, bench_train, memory_probe, DistBench, MemoryProbe, TrainBench};
+pub use train::{
+    bench_distributed, bench_train, memory_probe, DistBench, MemoryProbe, StartFrom, TrainBench,
+};
 
 pub fn median(xs: &mut [f64]) -> f64 {
     xs.sort_by(|a, b| a.partial_cmp(b).expect("no NaN timings"));

@@ -2,13 +2,48 @@
 //! measured on the same machine.
 
 use super::{matmul_peak_gflops, median, peak_rss_mb, rss_mb};
+use crate::checkpoint::{self, Checkpoint};
 use crate::config::{ComputeDtype, Config, ObjectiveKind};
-use crate::data::Prepared;
+use crate::data::{Prepared, TextTokenizer};
 use crate::train::Trainer;
 use anyhow::Result;
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use serde::Serialize;
+use std::collections::HashMap;
+use std::path::Path;
 use std::time::Instant;
+
+/// A checkpoint whose weights (its EMA where it kept one) every benchmarked trainer starts
+/// from (`bench train --from`), with its model shape and tokenizer.
+pub struct StartFrom {
+    pub ckpt: Checkpoint,
+    weights: HashMap<String, Tensor>,
+}
+
+impl StartFrom {
+    pub fn open(path: &Path, device: &Device) -> Result<Self> {
+        let ckpt = checkpoint::load(path, device)?;
+        let weights = ckpt.pick(true)?.1.into_owned();
+        Ok(Self { ckpt, weights })
+    }
+
+    pub fn tokenizer(&self) -> Result<TextTokenizer> {
+        TextTokenizer::from_json(&self.ckpt.tokenizer_json)
+    }
+}
+
+/// A trainer of `cfg` from random weights, or from `from`'s.
+fn trainer<'a>(
+    cfg: Config,
+    data: &'a Prepared,
+    device: &Device,
+    from: Option<&StartFrom>,
+) -> Result<Trainer<'a>> {
+    match from {
+        None => Trainer::with_model_vocab(cfg, data, device),
+        Some(f) => Trainer::from_checkpoint(cfg, &f.ckpt, &f.weights, data),
+    }
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainBench {
@@ -34,10 +69,12 @@ pub struct TrainBench {
 }
 
 /// Time `steps` training steps (after `warmup`) for each (objective, compute) variant on the
-/// same model shape, batch and data, in this process.
+/// same model shape, batch and data, in this process, each from random weights or `from`'s.
+#[allow(clippy::too_many_arguments)]
 pub fn bench_train(
     cfg: &Config,
     data: &Prepared,
+    from: Option<&StartFrom>,
     variants: &[(ObjectiveKind, ComputeDtype)],
     warmup: usize,
     steps: usize,
@@ -66,7 +103,7 @@ pub fn bench_train(
         c.train.objective = obj;
         c.train.compute = compute;
         c.train.max_steps = warmup + steps;
-        let mut trainer = Trainer::with_model_vocab(c, data, device)?;
+        let mut trainer = trainer(c, data, device, from)?;
         for _ in 0..warmup.max(1) {
             trainer.step()?;
         }
@@ -141,6 +178,7 @@ pub struct MemoryProbe {
 pub fn memory_probe(
     cfg: &Config,
     data: &Prepared,
+    from: Option<&StartFrom>,
     objective: ObjectiveKind,
     warmup: usize,
     steps: usize,
@@ -149,7 +187,7 @@ pub fn memory_probe(
     let mut c = cfg.clone();
     c.train.objective = objective;
     c.train.max_steps = warmup.max(1) + 2 * steps;
-    let mut trainer = Trainer::with_model_vocab(c, data, device)?;
+    let mut trainer = trainer(c, data, device, from)?;
     // The allocator's pools fill over the first steps; growth is read over the second half.
     for _ in 0..warmup.max(1) + steps {
         trainer.step()?;
@@ -228,7 +266,8 @@ pub fn bench_distributed(
 
 /// `card bench train`'s table: the shape measured, then one row per variant.
 pub struct TrainReport<'a> {
-    pub preset: &'a str,
+    /// What the model is: "preset NAME" or "from CHECKPOINT".
+    pub source: &'a str,
     pub cfg: &'a Config,
     pub results: &'a [TrainBench],
     /// Whether it ran on the CPU (bf16 then names the product's path).
@@ -240,8 +279,8 @@ impl std::fmt::Display for TrainReport<'_> {
         let (c, first) = (self.cfg, &self.results[0]);
         writeln!(
             f,
-            "bench train: preset {} ({} params), batch {} x seq {} = {} tokens/step, {} threads, {}",
-            self.preset,
+            "bench train: {} ({} params), batch {} x seq {} = {} tokens/step, {} threads, {}",
+            self.source,
             first.params,
             c.train.batch_size,
             c.train.seq_len,

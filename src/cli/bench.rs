@@ -1,7 +1,7 @@
 //! `card bench`: throughput benchmarks that print ratios against a baseline run in the same process.
 
 use crate::bench::train::{DistReport, TrainReport};
-use crate::bench::{bench_train, DecodePlan, DistBench, Lengths};
+use crate::bench::{bench_train, DecodePlan, DistBench, Lengths, StartFrom};
 use crate::checkpoint::Precision;
 use crate::config::{Choice, ComputeDtype, Config, ObjectiveKind};
 use crate::data::{load_data, Prepared};
@@ -92,6 +92,12 @@ pub struct DecodeBenchArgs {
 pub struct TrainBenchArgs {
     #[arg(long, default_value = "small")]
     pub preset: String,
+    /// Train from this checkpoint's weights (its EMA where kept), model shape and tokenizer
+    /// instead of a preset's random init, on the embedded corpus (e.g. the imported SmolLM2:
+    /// `--from data/models/smollm2/run --set train.batch_size=4`). The config is the
+    /// checkpoint's under the fine-tuning defaults, then `--set`.
+    #[arg(long, conflicts_with = "distributed")]
+    pub from: Option<std::path::PathBuf>,
     /// Comma-separated objectives, or `all`.
     #[arg(long, default_value = "arm,card")]
     pub objective: String,
@@ -153,6 +159,22 @@ fn parse_objectives(s: &str) -> Result<Vec<ObjectiveKind>> {
         .collect()
 }
 
+/// The benchmark's config: the preset's, or with `--from` the checkpoint's under the
+/// fine-tuning defaults, reading the embedded corpus; `--set` on top of either.
+fn bench_config(a: &TrainBenchArgs) -> Result<Config> {
+    let Some(from) = &a.from else {
+        return Config::load(&a.preset, &a.sets);
+    };
+    let mut sets = vec!["data.path=\"\"".to_string()];
+    sets.extend(a.sets.iter().cloned());
+    let start = crate::train::RunStart::Init {
+        from: from.clone(),
+        preset: None,
+        ema: true,
+    };
+    start.config(None, &sets)
+}
+
 /// `--compute`: the config's own compute type when none is given.
 fn parse_computes(given: &[String], config: ComputeDtype) -> Result<Vec<ComputeDtype>> {
     if given.is_empty() {
@@ -182,7 +204,7 @@ fn train(a: TrainBenchArgs) -> Result<()> {
         bail!("--steps must be at least 1");
     }
     let objectives = parse_objectives(&a.objective)?;
-    let cfg = Config::load(&a.preset, &a.sets)?;
+    let cfg = bench_config(&a)?;
     let computes = parse_computes(&a.compute, cfg.train.compute)?;
     if !a.distributed.is_empty() {
         return distributed(&a, &objectives);
@@ -194,13 +216,25 @@ fn train(a: TrainBenchArgs) -> Result<()> {
         }
         eprintln!("preparing data (embedded corpus unless data.path is set)");
     }
-    let data = load_data(&cfg, None)?;
+    let from = match &a.from {
+        Some(p) => Some(StartFrom::open(p, &device)?),
+        None => None,
+    };
+    let data = load_data(&cfg, from.as_ref().map(|f| f.tokenizer()).transpose()?)?;
     if a.rank_bench {
         return rank_bench(&a, &cfg, &data, &objectives, &device);
     }
+    let from = from.as_ref();
     if a.memory_probe {
-        let probe =
-            crate::bench::memory_probe(&cfg, &data, objectives[0], a.warmup, a.steps, &device)?;
+        let probe = crate::bench::memory_probe(
+            &cfg,
+            &data,
+            from,
+            objectives[0],
+            a.warmup,
+            a.steps,
+            &device,
+        )?;
         println!("{}", serde_json::to_string(&probe)?);
         return Ok(());
     }
@@ -211,7 +245,7 @@ fn train(a: TrainBenchArgs) -> Result<()> {
         .collect();
     let progress = progress_line(tty);
     let mut results = bench_train(
-        &cfg, &data, &variants, a.warmup, a.steps, &device, &progress,
+        &cfg, &data, from, &variants, a.warmup, a.steps, &device, &progress,
     )?;
     // Each objective's memory, measured in a process of its own.
     for r in &mut results {
@@ -225,8 +259,11 @@ fn train(a: TrainBenchArgs) -> Result<()> {
         }
     }
     progress("");
+    let source = a.from.as_ref().map_or(format!("preset {}", a.preset), |p| {
+        format!("from {}", p.display())
+    });
     let report = TrainReport {
-        preset: &a.preset,
+        source: &source,
         cfg: &cfg,
         results: &results,
         cpu: device.is_cpu(),
@@ -391,6 +428,9 @@ fn probe_memory(
         "--objective",
         objective,
     ]);
+    if let Some(from) = &a.from {
+        cmd.arg("--from").arg(from);
+    }
     cmd.args(["--warmup", &a.warmup.to_string()]);
     cmd.args(["--steps", &a.steps.to_string()]);
     for s in &a.sets {

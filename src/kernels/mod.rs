@@ -1,6 +1,6 @@
 //! Every hand-written CPU kernel, each beside the plain path it is tested against: the fused
 //! training ops with their own backward (attention, RMSNorm, RoPE, SwiGLU, softmax, NLL,
-//! linear), bf16 products on AMX tiles or `vdpbf16ps` (`bf16/`), small-row and quantized
+//! linear, the output head with its cross-entropy), bf16 products on AMX tiles or `vdpbf16ps` (`bf16/`), small-row and quantized
 //! (GGUF block) products for decoding (`small_matmul.rs`, `quant.rs`), and the in-place
 //! AdamW/EMA pass (`optim.rs`). `model/ops.rs` picks a kernel per call and falls back to
 //! composite candle ops where none applies.
@@ -18,6 +18,7 @@ mod attention;
 pub mod bf16;
 mod core;
 pub(crate) mod decode;
+mod head_loss;
 pub mod int8;
 mod kquant;
 mod linear;
@@ -32,6 +33,7 @@ mod softmax;
 
 pub use self::core::supported;
 pub use attention::{attention, Mask};
+pub use head_loss::head_loss;
 pub use linear::{linear, linear_bf16};
 pub use loss::nll_rows;
 pub use norm::rms_norm;

@@ -217,6 +217,12 @@ impl<W> Weights<W> {
 
     /// The stack on embedded tokens x: every layer, then the final norm and the head.
     pub fn run<C: Compute<W = W>>(&self, c: &mut C, x: C::Act) -> Result<C::Act> {
+        let h = self.hidden(c, x)?;
+        c.linear(h, self.head())
+    }
+
+    /// The stack up to the head: every layer, then the final norm.
+    pub fn hidden<C: Compute<W = W>>(&self, c: &mut C, x: C::Act) -> Result<C::Act> {
         let mut x = x;
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(c, x, i)?;
@@ -224,6 +230,6 @@ impl<W> Weights<W> {
         let x = c.head_rows(x)?;
         let h = c.norm(&x, &self.norm)?;
         c.release(x);
-        c.linear(h, self.head())
+        Ok(h)
     }
 }

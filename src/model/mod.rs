@@ -284,6 +284,42 @@ impl Transformer {
         cache: Option<&mut KvCache>,
         valid: Option<&[usize]>,
     ) -> Result<Tensor> {
+        self.pass(ids, attn, cache, valid, true)
+    }
+
+    /// Training's loss Σ_i w_i · (−log p(targets_i)) / denom over the positions of ids [B, T]
+    /// (B·T targets and weights, no cache). The final hidden states meet the head inside the
+    /// loss (`ops::head_loss`), so the logits need never exist whole.
+    pub fn loss(
+        &self,
+        ids: &Tensor,
+        attn: Attention,
+        targets: &[u32],
+        weights: &[f32],
+        denom: f64,
+    ) -> Result<Tensor> {
+        let h = self.pass(ids, attn, None, None, false)?;
+        match self.weights.head() {
+            Weight::Dense(w) => ops::head_loss(&h, w, targets, weights, denom, self.compute),
+            head => {
+                let logits = head.linear_in(&h, self.compute)?;
+                let (dev, n) = (h.device(), targets.len());
+                let targets = Tensor::from_slice(targets, n, dev)?;
+                let weights = Tensor::from_slice(weights, n, dev)?.to_dtype(logits.dtype())?;
+                ops::weighted_nll(&logits, &targets, &weights, denom)
+            }
+        }
+    }
+
+    /// The stack over ids: logits, or with `logits = false` the final hidden states.
+    fn pass(
+        &self,
+        ids: &Tensor,
+        attn: Attention,
+        cache: Option<&mut KvCache>,
+        valid: Option<&[usize]>,
+        logits: bool,
+    ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let lens: Vec<usize> = cache.as_ref().map_or(vec![0; b], |c| c.lens().to_vec());
         let valid_of = |r: usize| valid.map_or(t, |v| v[r]);
@@ -337,11 +373,14 @@ impl Transformer {
             head_len: None,
             compute: self.compute,
         };
-        let logits = self.weights.run(&mut pass, x)?;
+        let out = match logits {
+            true => self.weights.run(&mut pass, x)?,
+            false => self.weights.hidden(&mut pass, x)?,
+        };
         if let Some(c) = pass.cache {
             c.advance(valid_of);
         }
-        Ok(logits)
+        Ok(out)
     }
 
     /// Logits for ids [B, T] whose RoPE positions are given explicitly (one position per

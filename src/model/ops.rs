@@ -150,6 +150,31 @@ pub fn weighted_nll(
     composite::weighted_nll(&logits.reshape(((), v))?, targets, weights, denom)
 }
 
+/// Training's loss from the final hidden states: Σ_i w_i · (−log softmax(h_i·Wᵀ)[target_i]) /
+/// denom for h [.., d] and the head W [V, d]. On CPU f32 one fused op (`kernels::head_loss`:
+/// the logits never exist whole); elsewhere, or with `CARD_PLAIN_HEAD=1` (to measure one
+/// against the other), the head's linear, then [`weighted_nll`].
+pub fn head_loss(
+    h: &Tensor,
+    w: &Tensor,
+    targets: &[u32],
+    weights: &[f32],
+    denom: f64,
+    compute: crate::config::ComputeDtype,
+) -> Result<Tensor> {
+    let fused = std::env::var_os("CARD_PLAIN_HEAD").is_none();
+    if fused && h.device().is_cpu() && h.dtype() == DType::F32 && w.dtype() == DType::F32 {
+        let bf16 = compute == crate::config::ComputeDtype::Bf16;
+        return kernels::head_loss(h, w, targets, weights, denom, bf16);
+    }
+    let logits = linear_in(h, w, compute)?;
+    let dev = h.device();
+    let n = targets.len();
+    let targets = Tensor::from_slice(targets, n, dev)?;
+    let weights = Tensor::from_slice(weights, n, dev)?.to_dtype(h.dtype())?;
+    weighted_nll(&logits, &targets, &weights, denom)
+}
+
 /// Per-row NLL without reduction (evaluation).
 pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     if kernels::supported(logits) {

@@ -9,7 +9,7 @@ pub mod context_weights;
 pub mod mdlm;
 
 use crate::config::{Config, MdlmConfig, ObjectiveKind};
-use crate::model::{ops, Attention, Transformer};
+use crate::model::{Attention, Transformer};
 use crate::noise::{mask_counts, Spacing};
 use candle_core::{Result, Tensor};
 use rand::RngCore;
@@ -187,13 +187,14 @@ pub fn build(cfg: &Config, mask_id: u32) -> Box<dyn Objective> {
 
 /// Causal next-token loss: logits at input position i are scored against targets[i].
 pub fn shifted_loss(model: &Transformer, nb: &NoisyBatch) -> Result<Tensor> {
-    let dev = model.device();
-    let n = nb.batch * nb.input_len;
-    let input = Tensor::from_slice(&nb.input, (nb.batch, nb.input_len), dev)?;
-    let logits = model.forward(&input, Attention::Causal, None)?;
-    let targets = Tensor::from_slice(&nb.targets, n, dev)?;
-    let weights = Tensor::from_slice(&nb.weights, n, dev)?.to_dtype(model.dtype())?;
-    ops::weighted_nll(&logits, &targets, &weights, nb.denom)
+    let input = Tensor::from_slice(&nb.input, (nb.batch, nb.input_len), model.device())?;
+    model.loss(
+        &input,
+        Attention::Causal,
+        &nb.targets,
+        &nb.weights,
+        nb.denom,
+    )
 }
 
 /// Split clean sequences into the shifted pair (x[..L−1], x0[1..]) shared by ARM and CARD.

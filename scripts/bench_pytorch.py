@@ -180,10 +180,11 @@ def checkpoint_dir(path):
 
 
 def mask_id_of(ckpt):
-    """The [MASK] id of a checkpoint's tokenizer (card adds it on import), else card's 1."""
+    """The [MASK] id of a checkpoint's tokenizer (`<|mask|>`, src/data/mod.rs; card adds it on
+    import), else card's 1."""
     try:
         tok = json.loads((ckpt / "tokenizer.json").read_text())
-        return next(t["id"] for t in tok.get("added_tokens", []) if t["content"] == "[MASK]")
+        return next(t["id"] for t in tok.get("added_tokens", []) if t["content"] == "<|mask|>")
     except (OSError, ValueError, StopIteration, KeyError):
         return 1
 

@@ -23,6 +23,9 @@ pub struct AdamW {
     pub lr: f64,
     /// Decoupled weight decay, 0 for parameters that take none.
     pub weight_decay: f64,
+    /// Factor on the gradient (global-norm clipping's, 1 when the norm is within bounds):
+    /// applied as the update reads each element, instead of a pass rewriting the gradient.
+    pub grad_scale: f64,
 }
 
 /// Whether [`adamw`] and [`ema`] run on these tensors (CPU f32, contiguous).
@@ -75,6 +78,7 @@ pub fn adamw(w: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, s: AdamW) -> Result
     let (b1, c1, b2, c2) = (f(s.beta1), f(1.0 - s.beta1), f(s.beta2), f(1.0 - s.beta2));
     let (inv1, inv2, eps, lr) = (f(1.0 / s.bias1), f(1.0 / s.bias2), f(s.eps), f(s.lr));
     let keep = (s.weight_decay > 0.0).then(|| f(1.0 - s.lr * s.weight_decay));
+    let scale = f(s.grad_scale);
     with_f32(g, |g| {
         with_mut(m, |m| {
             with_mut(v, |v| {
@@ -88,7 +92,7 @@ pub fn adamw(w: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, s: AdamW) -> Result
                         let [w, m, v] = ptrs.map(|p| unsafe { part(p, &r) });
                         let g = &g[r];
                         for j in 0..g.len() {
-                            let gj = g[j];
+                            let gj = g[j] * scale;
                             m[j] = m[j] * b1 + gj * c1;
                             v[j] = v[j] * b2 + gj * gj * c2;
                             let update = (m[j] * inv1) / ((v[j] * inv2).sqrt() + eps);
@@ -100,6 +104,17 @@ pub fn adamw(w: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, s: AdamW) -> Result
                 })
             })
         })
+    })
+}
+
+/// Σ g² over the elements of `g` in f64: one read pass (per-block sums, added in block order,
+/// so the result does not depend on the thread count). The caller checks [`supported`].
+pub fn sum_squares(g: &Tensor) -> Result<f64> {
+    with_f32(g, |g| {
+        let blocks = par_blocks(g.len(), CHUNK, |r| {
+            g[r].iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()
+        });
+        Ok(blocks.iter().sum())
     })
 }
 

@@ -23,7 +23,7 @@ use crate::runtime::stop_requested;
 use anyhow::{bail, Context, Result};
 use batches::Batches;
 use candle_core::{DType, Device, Tensor};
-use optim::{clip_grad_norm, learning_rate, AdamW, Ema};
+use optim::{clip_scale, grad_norm, learning_rate, AdamW, Ema};
 use serde::Serialize;
 pub use start::RunStart;
 use std::collections::HashMap;
@@ -349,9 +349,10 @@ impl<'a> Trainer<'a> {
                 *g = g.zeros_like()?;
             }
         }
-        let norm = clip_grad_norm(&mut grads, tc.grad_clip)?;
+        let norm = grad_norm(&grads)?;
         let lr = learning_rate(tc, self.state.step);
-        self.opt.step(&self.params, &grads, lr, tc)?;
+        let scale = clip_scale(norm, tc.grad_clip);
+        self.opt.step(&self.params, &grads, lr, tc, scale)?;
         self.state.step += 1;
         if let Some(ema) = &mut self.ema {
             ema.update(&self.params, self.state.step)?;

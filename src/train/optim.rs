@@ -57,12 +57,14 @@ impl AdamW {
         Ok(opt)
     }
 
+    /// One step on `grads` times `grad_scale` (clipping's factor, see [`clip_scale`]).
     pub fn step(
         &mut self,
         params: &Params,
         grads: &[Tensor],
         lr: f64,
         cfg: &TrainConfig,
+        grad_scale: f64,
     ) -> Result<()> {
         self.t += 1;
         let (b1, b2) = (cfg.beta1, cfg.beta2);
@@ -84,10 +86,19 @@ impl AdamW {
                     eps: cfg.eps,
                     lr,
                     weight_decay: decay,
+                    grad_scale,
                 };
                 kernel::adamw(w, g, &self.m[i], &self.v[i], s)?;
                 continue;
             }
+            let scaled;
+            let g = match grad_scale == 1.0 {
+                true => g,
+                false => {
+                    scaled = (g * grad_scale)?;
+                    &scaled
+                }
+            };
             self.m[i] = ((&self.m[i] * b1)? + (g * (1.0 - b1))?)?;
             self.v[i] = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
             let denom = ((&self.v[i] / bc2)?.sqrt()? + cfg.eps)?;
@@ -102,24 +113,29 @@ impl AdamW {
     }
 }
 
-/// Scale gradients so their global L2 norm is at most `max_norm` (0 = off); returns the norm before.
-pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
+/// The global L2 norm of the gradients (f64 sums; one read pass per gradient on CPU f32).
+pub fn grad_norm(grads: &[Tensor]) -> Result<f64> {
     let mut sq = 0.0f64;
-    for g in grads.iter() {
-        sq += g
-            .sqr()?
-            .sum_all()?
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
+    for g in grads {
+        sq += match kernel::supported(&[g]) {
+            true => kernel::sum_squares(g)?,
+            false => g
+                .to_dtype(candle_core::DType::F64)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f64>()?,
+        };
     }
-    let norm = sq.sqrt();
-    if max_norm > 0.0 && norm > max_norm {
-        let scale = max_norm / (norm + 1e-6);
-        for g in grads.iter_mut() {
-            *g = (&*g * scale)?;
-        }
+    Ok(sq.sqrt())
+}
+
+/// The factor that brings gradients of global norm `norm` within `max_norm` (0 = off): 1
+/// when they already are. The optimizer applies it as it reads them.
+pub fn clip_scale(norm: f64, max_norm: f64) -> f64 {
+    match max_norm > 0.0 && norm > max_norm {
+        true => max_norm / (norm + 1e-6),
+        false => 1.0,
     }
-    Ok(norm)
 }
 
 /// Linear warmup, then cosine decay to lr·min_lr_ratio at max_steps (or constant).
@@ -230,7 +246,9 @@ mod tests {
                 })
                 .collect::<Result<Vec<_>>>()
                 .unwrap();
-            opt.step(&params, &gt, lr, &cfg).unwrap();
+            // Step 2 clips: its gradients are read at half their size.
+            let scale = if t == 2 { 0.5 } else { 1.0 };
+            opt.step(&params, &gt, lr, &cfg, scale).unwrap();
             ema.update(&params, 100).unwrap();
             let (bc1, bc2) = (
                 1.0 - cfg.beta1.powi(t as i32),
@@ -244,7 +262,7 @@ mod tests {
                 };
                 let (m, v) = &mut mv[i];
                 for j in 0..w.len() {
-                    let g = grads[i][j];
+                    let g = grads[i][j] * scale;
                     m[j] = cfg.beta1 * m[j] + (1.0 - cfg.beta1) * g;
                     v[j] = cfg.beta2 * v[j] + (1.0 - cfg.beta2) * g * g;
                     let update = (m[j] / bc1) / ((v[j] / bc2).sqrt() + cfg.eps);
@@ -266,6 +284,37 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_gradient_norm_and_clipping_factor_are_the_textbook_ones() {
+        let dev = Device::Cpu;
+        // One gradient larger than a parallel chunk, one small; f32 takes the kernel.
+        let vals: Vec<Vec<f64>> = [40_000, 7]
+            .iter()
+            .map(|&n| test_values(n, n as u64))
+            .collect();
+        let want = vals
+            .iter()
+            .flatten()
+            .map(|x| (*x as f32 as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        for dtype in [DType::F32, DType::F64] {
+            let grads: Vec<Tensor> = vals
+                .iter()
+                .map(|v| Tensor::new(v.as_slice(), &dev)?.to_dtype(dtype))
+                .collect::<Result<_>>()
+                .unwrap();
+            let got = grad_norm(&grads).unwrap();
+            assert!(
+                (got - want).abs() < 1e-9 * want,
+                "{dtype:?}: {got} vs {want}"
+            );
+        }
+        assert_eq!(clip_scale(0.5, 1.0), 1.0);
+        assert_eq!(clip_scale(4.0, 0.0), 1.0);
+        assert!((clip_scale(4.0, 1.0) - 1.0 / (4.0 + 1e-6)).abs() < 1e-15);
     }
 
     #[test]

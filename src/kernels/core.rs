@@ -223,6 +223,18 @@ impl<T> Out<T> {
     }
 }
 
+/// (rows, in, out) of a product x [.., in] · w [out, in]ᵀ, or an error naming `op` when the
+/// shapes do not agree.
+pub(crate) fn product_dims(op: &str, x: &[usize], w: &[usize]) -> Result<(usize, usize, usize)> {
+    let (Some((&k, lead)), [n, kw]) = (x.split_last(), w) else {
+        candle_core::bail!("{op}: {x:?} and {w:?} must be [.., in] and [out, in]");
+    };
+    if k != *kw {
+        candle_core::bail!("{op}: {x:?} does not match {w:?}");
+    }
+    Ok((lead.iter().product(), k, *n))
+}
+
 /// A zero-initialised vector of `n` elements.
 pub(crate) fn zeros<T: Real>(n: usize) -> Vec<T> {
     vec![T::ZERO; n]

@@ -6,7 +6,7 @@
 //! row's weight in it (w_i / denom) is known in the forward.
 
 use super::bf16;
-use super::core::{gemm_into, par_rows, Out, Real};
+use super::core::{gemm_into, par_rows, product_dims, Out, Real};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;
 
@@ -43,17 +43,6 @@ struct HeadLoss {
     grads: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
 }
 
-/// (rows, width, vocabulary) of h [.., d] and W [V, d].
-fn dims(h: &[usize], w: &[usize]) -> Result<(usize, usize, usize)> {
-    let (Some((&d, lead)), [v, dw]) = (h.split_last(), w) else {
-        candle_core::bail!("head loss: h {h:?} and W {w:?} must be [.., d] and [V, d]");
-    };
-    if d != *dw {
-        candle_core::bail!("head loss: h {h:?} does not match W {w:?}");
-    }
-    Ok((lead.iter().product(), d, *v))
-}
-
 impl CustomOp2 for HeadLoss {
     fn name(&self) -> &'static str {
         "fused-head-loss"
@@ -66,7 +55,7 @@ impl CustomOp2 for HeadLoss {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, d, v) = dims(l1.dims(), l2.dims())?;
+        let (n, d, v) = product_dims("head loss", l1.dims(), l2.dims())?;
         let (CpuStorage::F32(h), CpuStorage::F32(w)) = (s1, s2) else {
             candle_core::bail!("the fused head loss takes f32 tensors");
         };
@@ -235,10 +224,8 @@ mod tests {
         ((nll * wt).unwrap().sum_all().unwrap() / denom).unwrap()
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
+    fn max_abs(a: &Tensor) -> f32 {
+        a.abs()
             .unwrap()
             .flatten_all()
             .unwrap()
@@ -289,18 +276,10 @@ mod tests {
             );
             for (name, var) in [("h", &h), ("W", &w)] {
                 let (a, b) = (gw.get(var).unwrap(), gg.get(var).unwrap());
-                let scale = a
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let scale = max_abs(a);
                 // bf16 rounds the logits' gradient before its products in the fused op only.
                 let tol = if bf16 { 1e-2 } else { 1e-5 } * scale.max(1e-3);
-                let diff = max_diff(a, b);
+                let diff = max_abs(&(a - b).unwrap());
                 assert!(
                     diff <= tol,
                     "bf16 {bf16}: d{name} differs by {diff} (scale {scale})"

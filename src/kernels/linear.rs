@@ -4,7 +4,7 @@
 //! is one node whose backward is two matmuls.
 
 use super::bf16;
-use super::core::with_f32;
+use super::core::{product_dims, with_f32};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
@@ -25,17 +25,6 @@ struct Linear {
     bf16: bool,
 }
 
-/// (rows, in, out) of a product, checking the shapes agree.
-fn dims(x: &[usize], w: &[usize]) -> Result<(usize, usize, usize)> {
-    let (Some((&k, lead)), [n, kw]) = (x.split_last(), w) else {
-        candle_core::bail!("linear: x {x:?} and w {w:?} must be [.., in] and [out, in]");
-    };
-    if k != *kw {
-        candle_core::bail!("linear: x {x:?} does not match w {w:?}");
-    }
-    Ok((lead.iter().product(), k, *n))
-}
-
 impl CustomOp2 for Linear {
     fn name(&self) -> &'static str {
         "fused-linear"
@@ -48,7 +37,7 @@ impl CustomOp2 for Linear {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (m, k, n) = dims(l1.dims(), l2.dims())?;
+        let (m, k, n) = product_dims("linear", l1.dims(), l2.dims())?;
         if !l1.is_contiguous() || !l2.is_contiguous() {
             candle_core::bail!("linear: operands must be contiguous");
         }
@@ -77,7 +66,7 @@ impl CustomOp2 for Linear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (m, k, n) = dims(x.dims(), w.dims())?;
+        let (m, k, n) = product_dims("linear", x.dims(), w.dims())?;
         let (x, w) = (x.detach(), w.detach());
         if self.bf16 {
             let g = grad.contiguous()?;

@@ -406,3 +406,79 @@ fn gap_plot(
         fit.as_ref(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One seed per budget of 400, 1,600 and 6,400 steps (2,048 tokens each), ARM at 5 nats
+    /// and CARD `gap(tokens)` above it.
+    fn sweep(gap: impl Fn(f64) -> f64) -> (Vec<RunResult>, Vec<usize>) {
+        let budgets = vec![400, 1600, 6400];
+        let mut out = Vec::new();
+        for &steps in &budgets {
+            let tokens = steps as u64 * 2048;
+            for (kind, loss) in [("arm", 5.0), ("card", 5.0 + gap(tokens as f64))] {
+                out.push(RunResult {
+                    variant: variant(kind, steps),
+                    steps,
+                    tokens_seen: tokens,
+                    val_loss: loss,
+                    bits_per_byte: 0.4 * loss,
+                    ..RunResult::default()
+                });
+            }
+        }
+        (out, budgets)
+    }
+
+    fn tokens_of(steps: usize) -> f64 {
+        steps as f64 * 2048.0
+    }
+
+    #[test]
+    fn a_power_law_gap_extrapolates_to_where_the_power_law_says() {
+        // gap = 0.2 · (N / N0)^(−1/2): the paper's ln(21.54 / 21.12) is reached at
+        // N0 · (0.2 / 0.019691)² = 819,200 · 103.17 = 8.45e7 tokens.
+        let n0 = tokens_of(400);
+        let (runs, budgets) = sweep(|n| 0.2 * (n / n0).powf(-0.5));
+        let (_, findings) = trend_table(&runs, &budgets, &splits(&runs), &tokens_of);
+        assert!(findings[1].contains("tokens^-0.500"), "{}", findings[1]);
+        assert!(findings[1].contains("at: 8.5e7 tokens"), "{}", findings[1]);
+    }
+
+    #[test]
+    fn the_verdict_follows_the_slope_against_log_tokens() {
+        let n0 = tokens_of(400);
+        let (runs, budgets) = sweep(|n| 0.1 - 0.03 * (n / n0).log10());
+        let (table, findings) = trend_table(&runs, &budgets, &splits(&runs), &tokens_of);
+        assert_eq!(table.rows[0][3], "narrows", "{:?}", table.rows);
+        assert!(
+            findings[0].starts_with("On validation the gap narrows"),
+            "{findings:?}"
+        );
+        let (runs, _) = sweep(|n| 0.1 + 0.03 * (n / n0).log10());
+        let (table, findings) = trend_table(&runs, &budgets, &splits(&runs), &tokens_of);
+        assert_eq!(table.rows[0][3], "widens");
+        assert!(findings[1].contains("at: never"), "{}", findings[1]);
+        // Noise the slope does not stand out from cannot be told.
+        let wobble = [0.10, 0.06, 0.11];
+        let (mut runs, _) = sweep(|_| 0.0);
+        for (r, g) in runs
+            .iter_mut()
+            .filter(|r| r.variant.starts_with("card"))
+            .zip(wobble)
+        {
+            r.bits_per_byte += g;
+        }
+        let (table, _) = trend_table(&runs, &budgets, &splits(&runs), &tokens_of);
+        assert!(
+            table.rows[0][3].starts_with("cannot be told"),
+            "{:?}",
+            table.rows
+        );
+        // One budget alone cannot show a trend.
+        let (table, _) = trend_table(&runs, &budgets[..1], &splits(&runs), &tokens_of);
+        assert!(table.rows[0][3].contains("too few budgets"));
+    }
+}

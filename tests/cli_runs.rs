@@ -380,6 +380,37 @@ fn bench_train_measures_f32_and_bf16_compute_side_by_side() {
         &card(&bad, dir.path()),
         "--compute: unknown 'f16' (known: f32, bf16)",
     );
+    // --from: the checkpoint's shape (tiny's), not the default preset's (small's).
+    train_tiny(dir.path(), "card", 3, "base");
+    let from = [
+        "bench",
+        "train",
+        "--from",
+        "base",
+        "--objective",
+        "card",
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+        "--json",
+    ];
+    let out = card(&from, dir.path());
+    assert_success(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bench train: from base ("));
+    let ckpt = std::fs::read_to_string(dir.path().join("base/latest")).unwrap();
+    let config = format!("base/{}/config.toml", ckpt.trim());
+    let counted = card(&["inspect", "params", "--preset", &config], dir.path());
+    let want = format!("{} parameters", last_json(&out)["params"]);
+    assert!(
+        String::from_utf8_lossy(&counted.stdout).contains(&want),
+        "{want}"
+    );
+    let missing = ["bench", "train", "--from", "nowhere", "--steps", "1"];
+    assert_error(
+        &card(&missing, dir.path()),
+        "checkpoint nowhere does not exist",
+    );
 }
 
 #[test]

@@ -83,12 +83,38 @@ pub fn linear_packed(
     }
 }
 
-/// Causal attention of every packed row `(batch row, position)` and query head over its
-/// batch row's cached keys 0..=pos, spread over the pool by (row, head). The caches hold
+/// One packed row of a decoding pass: where its keys/values sit in its batch row's cache,
+/// its RoPE position and which of the keys before it it sees.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Query {
+    pub row: usize,
+    /// Its cache slot: it sees keys up to and including this one...
+    pub slot: usize,
+    /// Its RoPE position (the slot, in a chain).
+    pub pos: usize,
+    /// ...except, in a tree pass, the fed keys from slot `base` on that are not in the bit
+    /// set `seen` (bit a: slot base + a).
+    pub tree: Option<(usize, u64)>,
+}
+
+impl Query {
+    /// A query of a causal chain: it sees every key up to its position.
+    pub fn chain(row: usize, pos: usize) -> Self {
+        Self {
+            row,
+            slot: pos,
+            pos,
+            tree: None,
+        }
+    }
+}
+
+/// Attention of every packed row's query heads over its batch row's cached keys 0..=slot
+/// (those a tree query sees), spread over the pool by (row, head). The caches hold
 /// [layer][row][kv head][position < cap][head_dim]; `block0` is the layer's first (layer,
 /// row) block.
 pub fn attend(
-    rows: &[(usize, usize)],
+    rows: &[Query],
     qkv: &[f32],
     (k_cache, v_cache, cap): (&[f32], &[f32], usize),
     heads: Heads,
@@ -101,8 +127,8 @@ pub fn attend(
     let (s_ptr, a_ptr) = (scores.as_mut_ptr() as usize, att.as_mut_ptr() as usize);
     par_rows(rows.len() * nh, cap * hd, |unit| {
         let (i, hh) = (unit / nh, unit % nh);
-        let (r, pos) = rows[i];
-        let keys = pos + 1;
+        let Query { row: r, slot, .. } = rows[i];
+        let keys = slot + 1;
         let base = ((block0 + r) * heads.kv + heads.kv_of(hh)) * cap * hd;
         let q = &qkv[i * width + hh * hd..i * width + (hh + 1) * hd];
         // SAFETY: unit (i, hh) alone uses its score segment and its output slice.
@@ -112,6 +138,14 @@ pub fn attend(
             unsafe { std::slice::from_raw_parts_mut((a_ptr as *mut f32).add(i * d + hh * hd), hd) };
         for (j, sj) in s.iter_mut().enumerate() {
             *sj = f32::dot(q, &k_cache[base + j * hd..base + (j + 1) * hd]) * scale;
+        }
+        if let Some((first, seen)) = rows[i].tree {
+            // The slot itself is always seen, so the softmax keeps a finite maximum.
+            for (a, sj) in s[first..].iter_mut().enumerate() {
+                if seen >> a & 1 == 0 {
+                    *sj = f32::NEG_INFINITY;
+                }
+            }
         }
         let z = f32::exp_inplace_sum(s, f32::max_of(s));
         out.fill(0.0);
@@ -220,7 +254,17 @@ mod tests {
         let (layers, batch, cap) = (2, 2, 11);
         let size = layers * batch * heads.kv * cap * heads.dim;
         let (kc, vc) = (values(size, 3), values(size, 4));
-        let rows = [(0, 4), (1, 0), (1, 10), (0, 5)];
+        // The last query is a tree's: it sees slots 6 and 8 of the fed 6..=9, not 7.
+        let mut rows: Vec<Query> = [(0, 4), (1, 0), (1, 10), (0, 5)]
+            .into_iter()
+            .map(|(r, p)| Query::chain(r, p))
+            .collect();
+        rows.push(Query {
+            row: 1,
+            slot: 9,
+            pos: 7,
+            tree: Some((6, 0b1101)),
+        });
         let qkv = values(rows.len() * heads.qkv_width(), 5);
         let (layer, hd) = (1, heads.dim);
         let mut scores = vec![0f32; rows.len() * heads.q * cap];
@@ -236,12 +280,19 @@ mod tests {
             &mut att,
         );
         let mut want = vec![0f64; att.len()];
-        for (i, &(r, pos)) in rows.iter().enumerate() {
+        for (i, query) in rows.iter().enumerate() {
+            let r = query.row;
+            let seen = |j: usize| match query.tree {
+                Some((first, bits)) if j >= first => bits >> (j - first) & 1 == 1,
+                _ => true,
+            };
             for h in 0..heads.q {
                 let base = ((block0 + r) * heads.kv + heads.kv_of(h)) * cap * hd;
                 let q = &qkv[i * heads.qkv_width() + h * hd..][..hd];
-                let s: Vec<f64> = (0..=pos)
-                    .map(|j| {
+                let keys: Vec<usize> = (0..=query.slot).filter(|&j| seen(j)).collect();
+                let s: Vec<f64> = keys
+                    .iter()
+                    .map(|&j| {
                         let kj = &kc[base + j * hd..][..hd];
                         q.iter()
                             .zip(kj)
@@ -252,7 +303,7 @@ mod tests {
                     .collect();
                 let top = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = s.iter().map(|v| (v - top).exp()).sum();
-                for (j, v) in s.iter().enumerate() {
+                for (&j, v) in keys.iter().zip(&s) {
                     let p = (v - top).exp() / z;
                     for c in 0..hd {
                         want[i * heads.q_width() + h * hd + c] += p * vc[base + j * hd + c] as f64;

@@ -9,9 +9,10 @@
 //! bookkeeping as [`super::KvCache`] ([`RowLens`]); `truncate_row` rolls a row back.
 
 use super::layer::{Compute, Weights};
+use super::visibility::Tree;
 use super::{Activations, RowLens, Transformer, Weight};
 use crate::config::ModelConfig;
-use crate::kernels::decode::{attend, linear, linear_packed};
+use crate::kernels::decode::{attend, linear, linear_packed, Query};
 use crate::kernels::int8::Rounded;
 use crate::kernels::norm::rms_norm_row;
 use crate::kernels::pointwise::{rotate, swiglu_row};
@@ -92,8 +93,8 @@ pub struct HostPass<'m> {
     cos: &'m [f32],
     sin: &'m [f32],
     cache: HostCache,
-    /// (batch row, position) of each packed row of the last pass.
-    rows: Vec<(usize, usize)>,
+    /// Each packed row of the last pass.
+    rows: Vec<Query>,
     /// First packed row of each batch row.
     offsets: Vec<usize>,
     scores: Vec<f32>,
@@ -154,22 +155,47 @@ impl<'m> HostPass<'m> {
     /// One causal pass: row r feeds `inputs[r]` (possibly empty) after its cached prefix;
     /// their keys and values join the cache.
     pub fn forward(&mut self, inputs: &[Vec<u32>]) -> Result<()> {
+        self.forward_tree(inputs, &vec![None; inputs.len()])
+    }
+
+    /// One pass where row r feeds `inputs[r]` as the tree `trees[r]` (None: a chain) after
+    /// its cached prefix: each token at its depth after the prefix, seeing the prefix, its
+    /// ancestors and itself. Every fed token's keys/values join the cache in feeding order.
+    pub fn forward_tree(&mut self, inputs: &[Vec<u32>], trees: &[Option<&Tree>]) -> Result<()> {
         let c = self.cfg;
         let (d, v) = (c.d_model, c.vocab_size);
         let lens = self.cache.rows.lens();
-        if inputs.len() != lens.len() {
+        if inputs.len() != lens.len() || trees.len() != lens.len() {
             bail!("{} inputs for a batch of {}", inputs.len(), lens.len());
         }
-        let limit = c.max_seq_len.min(self.cache.rows.capacity());
+        let shaped = |(tree, input): (&Option<&Tree>, &Vec<u32>)| {
+            tree.is_none_or(|t| t.depth.len() == input.len())
+        };
+        if !trees.iter().zip(inputs).all(shaped) {
+            bail!("a tree pass needs one tree node per fed token");
+        }
+        let capacity = self.cache.rows.capacity();
         self.rows.clear();
         self.offsets.clear();
         for (r, input) in inputs.iter().enumerate() {
-            let end = lens[r] + input.len();
-            if end > limit {
+            // A tree's tokens take a cache slot each but sit at their depth.
+            let depth = trees[r].map_or(input.len(), |t| t.depth.iter().max().map_or(0, |d| d + 1));
+            let (slots, end) = (lens[r] + input.len(), lens[r] + depth);
+            if end > c.max_seq_len || slots > capacity {
+                let limit = c.max_seq_len.min(capacity);
                 bail!("sequence of {end} tokens exceeds the model's context of {limit}");
             }
             self.offsets.push(self.rows.len());
-            self.rows.extend((0..input.len()).map(|i| (r, lens[r] + i)));
+            let len = lens[r];
+            self.rows.extend((0..input.len()).map(|i| match trees[r] {
+                Some(tree) => Query {
+                    row: r,
+                    slot: len + i,
+                    pos: len + tree.depth[i],
+                    tree: Some((len, tree.seen[i])),
+                },
+                None => Query::chain(r, len + i),
+            }));
         }
         let n = self.rows.len();
         if n == 0 {
@@ -254,7 +280,7 @@ struct HostCompute<'a, 'm> {
     cfg: &'m ModelConfig,
     cos: &'m [f32],
     sin: &'m [f32],
-    rows: &'a [(usize, usize)],
+    rows: &'a [Query],
     cache: &'a mut HostCache,
     scores: &'a mut [f32],
     scratch: &'a mut [f32],
@@ -336,7 +362,13 @@ impl<'m> Compute for HostCompute<'_, 'm> {
         let cache = &mut *self.cache;
         let (batch, cap) = (cache.rows.batch(), cache.rows.capacity());
         // Rotate q and k at each row's position; keys and values into the cache.
-        for (i, &(r, pos)) in self.rows.iter().enumerate() {
+        for (
+            i,
+            &Query {
+                row: r, slot, pos, ..
+            },
+        ) in self.rows.iter().enumerate()
+        {
             let cos = &self.cos[pos * half..(pos + 1) * half];
             let sin = &self.sin[pos * half..(pos + 1) * half];
             let row = &mut qkv[i * width..(i + 1) * width];
@@ -344,7 +376,7 @@ impl<'m> Compute for HostCompute<'_, 'm> {
                 rotate(h, cos, sin, false, 1.0);
             }
             for kh in 0..heads.kv {
-                let at = (((layer * batch + r) * heads.kv + kh) * cap + pos) * hd;
+                let at = (((layer * batch + r) * heads.kv + kh) * cap + slot) * hd;
                 let (k0, v0) = (heads.k_offset() + kh * hd, heads.v_offset() + kh * hd);
                 cache.k[at..at + hd].copy_from_slice(&row[k0..k0 + hd]);
                 cache.v[at..at + hd].copy_from_slice(&row[v0..v0 + hd]);

@@ -25,7 +25,7 @@ pub use kv_cache::{KvCache, RowLens};
 pub use layer::{tensor_specs, Init, TensorSpec, Weights};
 pub use params::Params;
 pub use session::{padded, Backend, Session};
-pub use visibility::{Attention, Visibility};
+pub use visibility::{Attention, Tree, Visibility};
 pub use weight::{QMatrix, Weight};
 
 #[derive(Clone)]
@@ -284,7 +284,7 @@ impl Transformer {
         cache: Option<&mut KvCache>,
         valid: Option<&[usize]>,
     ) -> Result<Tensor> {
-        self.pass(ids, attn, cache, valid, true)
+        self.pass(ids, attn, cache, valid, None, true)
     }
 
     /// Training's loss Σ_i w_i · (−log p(targets_i)) / denom over the positions of ids [B, T]
@@ -298,7 +298,7 @@ impl Transformer {
         weights: &[f32],
         denom: f64,
     ) -> Result<Tensor> {
-        let h = self.pass(ids, attn, None, None, false)?;
+        let h = self.pass(ids, attn, None, None, None, false)?;
         match self.weights.head() {
             Weight::Dense(w) => ops::head_loss(&h, w, targets, weights, denom, self.compute),
             head => {
@@ -312,18 +312,21 @@ impl Transformer {
     }
 
     /// The stack over ids: logits, or with `logits = false` the final hidden states.
+    /// `positions`: each (row, column)'s RoPE position, when not its cached length plus column.
     fn pass(
         &self,
         ids: &Tensor,
         attn: Attention,
         cache: Option<&mut KvCache>,
         valid: Option<&[usize]>,
+        positions: Option<&[u32]>,
         logits: bool,
     ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let lens: Vec<usize> = cache.as_ref().map_or(vec![0; b], |c| c.lens().to_vec());
         let valid_of = |r: usize| valid.map_or(t, |v| v[r]);
-        for (r, &len) in lens.iter().enumerate() {
+        // Explicit positions (a tree) are checked by the caller; the cache checks its slots.
+        for (r, &len) in lens.iter().enumerate().filter(|_| positions.is_none()) {
             if len + valid_of(r) > self.cfg.max_seq_len {
                 candle_core::bail!(
                     "sequence of {} tokens exceeds the model's context of {}",
@@ -333,7 +336,7 @@ impl Transformer {
             }
         }
         let x = self.embed(ids)?;
-        let uniform = valid.is_none() && lens.iter().all(|&l| l == lens[0]);
+        let uniform = valid.is_none() && positions.is_none() && lens.iter().all(|&l| l == lens[0]);
         // Per-row positions and masks only when rows differ; otherwise the fused causal path.
         let (cos, sin, vis) = if uniform {
             let offset = lens[0];
@@ -345,10 +348,13 @@ impl Transformer {
         } else {
             // Padding positions are clamped to the table.
             let last = self.cfg.max_seq_len - 1;
-            let pos: Vec<u32> = lens
-                .iter()
-                .flat_map(|&l| (0..t).map(move |i| (l + i).min(last) as u32))
-                .collect();
+            let pos: Vec<u32> = match positions {
+                Some(p) => p.iter().map(|&p| p.min(last as u32)).collect(),
+                None => lens
+                    .iter()
+                    .flat_map(|&l| (0..t).map(move |i| (l + i).min(last) as u32))
+                    .collect(),
+            };
             let pos = Tensor::from_vec(pos, b * t, x.device())?;
             let half = self.cfg.head_dim() / 2;
             let cos = self.cos.index_select(&pos, 0)?.reshape((b, t, half))?;
@@ -436,6 +442,52 @@ impl Transformer {
         let t = ids.dim(1)?;
         let ragged = valid.iter().any(|&v| v != t);
         let logits = self.forward_ragged(ids, attn, cache, ragged.then_some(valid))?;
+        logits.to_dtype(DType::F32)
+    }
+}
+
+impl Transformer {
+    /// One cached pass where row r feeds `valid[r]` tokens of ids [B, T] (padded) as the
+    /// tree `trees[r]` (None: a chain): each token at its depth after the row's cached
+    /// length, seeing the cached prefix, its ancestors and itself. Every fed token's
+    /// keys/values join the cache after the row's length, in feeding order. f32 logits
+    /// [B, T, V].
+    pub fn forward_tree(
+        &self,
+        ids: &Tensor,
+        valid: &[usize],
+        trees: &[Option<&visibility::Tree>],
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let lens = cache.lens().to_vec();
+        let positions: Vec<u32> = (0..b)
+            .flat_map(|r| {
+                let (len, tree) = (lens[r], trees[r]);
+                (0..t).map(move |i| {
+                    let depth = tree.and_then(|tr| tr.depth.get(i).copied()).unwrap_or(i);
+                    (len + depth) as u32
+                })
+            })
+            .collect();
+        let real = |(k, &p): (usize, &u32)| (k % t < valid[k / t]).then_some(p);
+        let mut real = positions.iter().enumerate().filter_map(real);
+        if let Some(p) = real.find(|&p| p as usize >= self.cfg.max_seq_len) {
+            candle_core::bail!(
+                "sequence of {} tokens exceeds the model's context of {}",
+                p + 1,
+                self.cfg.max_seq_len
+            );
+        }
+        let bias = visibility::tree_bias(&lens, trees, t, self.dtype(), ids.device())?;
+        let logits = self.pass(
+            ids,
+            Attention::Mask(&bias),
+            Some(cache),
+            Some(valid),
+            Some(&positions),
+            true,
+        )?;
         logits.to_dtype(DType::F32)
     }
 }

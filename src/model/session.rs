@@ -3,6 +3,7 @@
 //! backends, chosen explicitly ([`Backend`]): the host backend for plain f32 CPU models (a
 //! pass allocates nothing), candle's forward with a [`KvCache`] for everything else.
 
+use super::visibility::{Tree, TREE_MAX};
 use super::{host, Attention, KvCache, Transformer};
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
@@ -81,7 +82,8 @@ impl<'m> Session<'m> {
         let c = &model.cfg;
         let inner = match backend {
             Backend::Host => {
-                let capacity = positions.min(c.max_seq_len);
+                // Room for a tree's alternatives beside the positions themselves.
+                let capacity = positions.min(c.max_seq_len) + TREE_MAX;
                 match host::HostPass::new(model, batch, capacity) {
                     Some(p) => Inner::Host(Box::new(p)),
                     None => bail!("the host backend needs plain f32 CPU weights"),
@@ -115,7 +117,20 @@ impl<'m> Session<'m> {
 
     /// One causal pass: row r feeds `inputs[r]` (possibly empty) after its cached prefix.
     pub fn forward(&mut self, inputs: &[Vec<u32>]) -> Result<()> {
-        self.pass(inputs)?;
+        self.forward_tree(inputs, &vec![None; inputs.len()])
+    }
+
+    /// One pass where row r feeds `inputs[r]` as the tree `trees[r]` (None: a chain) after
+    /// its cached prefix (see [`Tree`]); every fed token's keys/values join the cache in
+    /// feeding order, to be kept or rolled back like a chain's.
+    pub fn forward_tree(&mut self, inputs: &[Vec<u32>], trees: &[Option<&Tree>]) -> Result<()> {
+        let shaped = |(tree, input): (&Option<&Tree>, &Vec<u32>)| {
+            tree.is_none_or(|t| t.depth.len() == input.len())
+        };
+        if trees.len() != inputs.len() || !trees.iter().zip(inputs).all(shaped) {
+            bail!("a tree pass needs one tree per row and one node per fed token");
+        }
+        self.pass(inputs, trees)?;
         // NaN or infinite logits would leave a sampler nothing to draw.
         for (r, input) in inputs.iter().enumerate() {
             for i in 0..input.len() {
@@ -127,10 +142,11 @@ impl<'m> Session<'m> {
         Ok(())
     }
 
-    fn pass(&mut self, inputs: &[Vec<u32>]) -> Result<()> {
+    fn pass(&mut self, inputs: &[Vec<u32>], trees: &[Option<&Tree>]) -> Result<()> {
         self.fed += inputs.iter().map(|i| i.len()).sum::<usize>();
+        let chains = trees.iter().all(Option::is_none);
         match &mut self.inner {
-            Inner::Host(p) => p.forward(inputs),
+            Inner::Host(p) => p.forward_tree(inputs, trees),
             Inner::Candle {
                 model,
                 cache,
@@ -139,7 +155,11 @@ impl<'m> Session<'m> {
                 pad,
             } => {
                 let (ids, valid) = padded(inputs, *pad, model.device())?;
-                let l = model.forward_padded(&ids, &valid, Attention::Causal, Some(cache))?;
+                let l = if chains {
+                    model.forward_padded(&ids, &valid, Attention::Causal, Some(cache))?
+                } else {
+                    model.forward_tree(&ids, &valid, trees, cache)?
+                };
                 *t = l.dim(1)?;
                 *logits = l.flatten_all()?.to_vec1::<f32>()?;
                 Ok(())

@@ -152,6 +152,72 @@ pub fn block_causal_bias(
     per_row(lens, t, keys, dtype, dev)
 }
 
+/// The most tokens one row may feed as a tree: a tree query's visible fed keys are a bit set.
+pub const TREE_MAX: usize = 64;
+
+/// How one row's fed tokens hang together in a pass. A chain (every token after the one
+/// before it) is the causal pass; a tree lets a verifier check several alternative drafts at
+/// once: each token sits one position after its parent and sees the cached prefix, its
+/// ancestors and itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tree {
+    /// Each fed token's position after the cached prefix (0: right after it).
+    pub depth: Vec<usize>,
+    /// Bit a of entry i: fed token a is i itself or one of its ancestors.
+    pub seen: Vec<u64>,
+}
+
+impl Tree {
+    /// The tree whose token i hangs off fed token `parents[i]` (an earlier one), or directly
+    /// off the cached prefix when None. Refuses a parent that is not earlier and more than
+    /// [`TREE_MAX`] tokens.
+    pub fn new(parents: &[Option<usize>]) -> anyhow::Result<Self> {
+        if parents.len() > TREE_MAX {
+            anyhow::bail!("a tree pass feeds at most {TREE_MAX} tokens per row");
+        }
+        let mut tree = Tree::default();
+        for (i, p) in parents.iter().enumerate() {
+            let (depth, seen) = match *p {
+                None => (0, 0),
+                Some(p) if p < i => (tree.depth[p] + 1, tree.seen[p]),
+                Some(p) => anyhow::bail!("tree token {i} hangs off token {p}, not an earlier one"),
+            };
+            tree.depth.push(depth);
+            tree.seen.push(seen | 1 << i);
+        }
+        Ok(tree)
+    }
+
+    /// Whether fed token i sees fed token j.
+    pub fn sees(&self, i: usize, j: usize) -> bool {
+        self.seen[i] >> j & 1 == 1
+    }
+}
+
+/// Bias [B, 1, t, max(lens) + t] for rows feeding trees (`None`: a chain of `valid[r]`
+/// tokens) after their cached lengths: a query sees its row's cached prefix and the fed
+/// tokens its tree lets it see; padding queries see up to themselves.
+pub fn tree_bias(
+    lens: &[usize],
+    trees: &[Option<&Tree>],
+    t: usize,
+    dtype: DType,
+    dev: &Device,
+) -> Result<Tensor> {
+    let tk = lens.iter().max().copied().unwrap_or(0) + t;
+    let visible = (0..lens.len())
+        .flat_map(|r| (0..t).map(move |i| (r, i)))
+        .flat_map(|(r, i)| {
+            let tree = trees[r].filter(|tr| i < tr.depth.len());
+            (0..tk).map(move |j| match (tree, j.checked_sub(lens[r])) {
+                (_, None) => true,
+                (Some(tr), Some(a)) => a < t && tr.sees(i, a),
+                (None, Some(a)) => a <= i,
+            })
+        });
+    bias(visible, &[lens.len(), 1, t, tk], dtype, dev)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,5 +253,28 @@ mod tests {
             .map(|r| r.iter().filter(|&&x| x).count())
             .collect();
         assert_eq!(rows, vec![4, 7, 7, 7]);
+    }
+
+    #[test]
+    fn a_tree_sees_its_ancestors_only() {
+        // 0 ← 1 ← 2, and 3 beside 1 (off 0); 4 off the cache.
+        let tree = Tree::new(&[None, Some(0), Some(1), Some(0), None]).unwrap();
+        assert_eq!(tree.depth, vec![0, 1, 2, 1, 0]);
+        let seen = |i: usize| (0..5).filter(|&j| tree.sees(i, j)).collect::<Vec<_>>();
+        assert_eq!(seen(2), vec![0, 1, 2]);
+        assert_eq!(seen(3), vec![0, 3]);
+        assert_eq!(seen(4), vec![4]);
+        assert!(Tree::new(&[None, Some(1)]).is_err());
+        assert!(Tree::new(&vec![None; TREE_MAX + 1]).is_err());
+        // As a bias after 2 cached tokens, beside a chain row of 2 tokens (padded to 5).
+        let b = tree_bias(&[2, 1], &[Some(&tree), None], 5, DType::F32, &Device::Cpu).unwrap();
+        let f = flags(&b);
+        let row = |r: usize, i: usize| f[(r * 5 + i) * 7..][..7].to_vec();
+        let (y, n) = (true, false);
+        assert_eq!(row(0, 3), vec![y, y, y, n, n, y, n]);
+        assert_eq!(row(0, 4), vec![y, y, n, n, n, n, y]);
+        // A chain row: causal over its own keys; its padding sees up to itself.
+        assert_eq!(row(1, 1), vec![y, y, y, n, n, n, n]);
+        assert_eq!(row(1, 4), vec![y, y, y, y, y, y, n]);
     }
 }

@@ -125,15 +125,23 @@ fn drafts_that_are_always_wrong_cost_no_more_than_ar_passes() {
                 cost: Some(slope),
                 ..VerifyDecoder::masks(k)
             };
-            let (g, _) = run(&m, &budgeted, &prompt, &o);
-            assert_eq!(g.rows[0].tokens, ar.rows[0].tokens);
-            let c = cost_per_token(&g, slope);
-            // The warm-up's 3 + 3 larger passes and a probe now and then (budget.rs).
-            assert!(
-                c <= 1.04,
-                "{backend:?} K={k}: {c:.3} one-position passes per token"
-            );
-            assert_eq!(g.forward_passes, 400, "every pass commits one token");
+            // With a draft tree beside the mask drafts (their runners-up, as wrong as they
+            // are): the same.
+            let tree = VerifyDecoder {
+                tree: 4,
+                ..budgeted.clone()
+            };
+            for d in [budgeted, tree] {
+                let (g, _) = run(&m, &d, &prompt, &o);
+                assert_eq!(g.rows[0].tokens, ar.rows[0].tokens);
+                let c = cost_per_token(&g, slope);
+                // The warm-up's 3 + 3 larger passes and a probe now and then (budget.rs).
+                assert!(
+                    c <= 1.04,
+                    "{backend:?} {d:?}: {c:.3} one-position passes per token"
+                );
+                assert_eq!(g.forward_passes, 400, "every pass commits one token");
+            }
         }
     }
 }

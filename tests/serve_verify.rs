@@ -54,6 +54,15 @@ fn verified_decoding_with_lookup_streams_its_sources_and_gives_ar_text() {
             }
         }
     }
+    // A draft tree gives AR's text too; its size is bounded.
+    let tree = json!({"decoder": "verify", "block_size": 2, "lookup": 8, "tree": 4});
+    assert_eq!(text(tree), ar, "tree");
+    let r = post(
+        &s.addr,
+        "/v1/completions",
+        &json!({"prompt": "x", "decoder": "verify", "tree": 99}),
+    );
+    assert_api_error(&r, 422, "invalid_value", "tree 99");
     // K = 0 on a CARD checkpoint is the verifier's lookup alone; CARD itself needs K ≥ 1.
     let r = post(
         &s.addr,

@@ -43,7 +43,8 @@ pub struct DecodeBenchArgs {
     /// Lossless verifier settings, comma-separated ("" for none): K ([MASK] slots per pass)
     /// or K:L (and up to L prompt-lookup drafts; 0:L is lookup alone, for ARM models too)
     /// or K:L:COST (the budget's cost of a position fixed; 0 sends every draft and slot;
-    /// without it the cost is fitted to the passes' timings).
+    /// empty or absent: fitted to the passes' timings) or K:L:COST:TREE (up to TREE
+    /// alternative positions beside the main chain, as a draft tree; e.g. 0:8::4).
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     pub verify: Vec<String>,
     /// Prompt sets: prose (held-out prefixes of the checkpoint's corpus), probes (counting,
@@ -319,11 +320,12 @@ fn parse_decoders(grid: &[String], verify: &[String]) -> Result<Vec<DecoderSpec>
     for k in verify.iter().filter(|k| !k.is_empty()) {
         let bad = || {
             anyhow::anyhow!(
-                "--verify: '{k}' is not K, K:L or K:L:COST (mask slots, lookup drafts, position cost)"
+                "--verify: '{k}' is not K, K:L, K:L:COST or K:L:COST:TREE (mask slots, lookup \
+                 drafts, position cost or empty for measured, tree positions)"
             )
         };
         let parts: Vec<&str> = k.trim().split(':').collect();
-        if parts.len() > 3 {
+        if parts.len() > 4 {
             return Err(bad());
         }
         let field = |i: usize| parts.get(i).copied().unwrap_or("0");
@@ -331,9 +333,10 @@ fn parse_decoders(grid: &[String], verify: &[String]) -> Result<Vec<DecoderSpec>
             block_size: field(0).parse().map_err(|_| bad())?,
             lookup: field(1).parse().map_err(|_| bad())?,
             cost: match parts.get(2) {
-                Some(c) => Some(c.parse().map_err(|_| bad())?),
-                None => None,
+                Some(c) if !c.is_empty() => Some(c.parse().map_err(|_| bad())?),
+                _ => None,
             },
+            tree: field(3).parse().map_err(|_| bad())?,
         };
         v.validate().context("--verify")?;
         out.push(DecoderSpec::Verify(v));

@@ -58,6 +58,11 @@ pub struct DecoderArgs {
     /// timings as it decodes]; 0 sends every slot and draft offered.
     #[arg(long)]
     pub draft_cost: Option<f64>,
+    /// verify: the most alternative positions a pass adds beside its main chain of drafts, as
+    /// a draft tree (the other source's drafts, a second lookup continuation, the first mask
+    /// draft's runners-up), sent only while they pay [default: 0, a chain].
+    #[arg(long)]
+    pub tree: Option<usize>,
     /// BD3LM: reveal slots ancestrally or by confidence (≥ --threshold).
     #[arg(long, value_parser = choice::<Reveal>(), default_value = "ancestral")]
     pub reveal: Reveal,
@@ -77,6 +82,7 @@ impl DecoderArgs {
             reveal: Some(self.reveal),
             lookup: self.lookup,
             cost: self.draft_cost,
+            tree: self.tree,
         };
         let name = name.unwrap_or_else(|| DecoderSpec::default_for(cfg).name());
         let spec = DecoderSpec::parse(name, &knobs, cfg)?;

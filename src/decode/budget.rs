@@ -66,6 +66,24 @@ impl Budget {
             .sum::<f64>()
     }
 
+    /// Of m drafts, the one most likely to be the first that fails, and that chance.
+    pub fn likeliest_miss(&self, m: usize) -> (usize, f64) {
+        let (mut reach, mut best) = (1.0, (0, 0.0));
+        for i in 0..m {
+            let c = self.chance(i);
+            if reach * (1.0 - c) > best.1 {
+                best = (i, reach * (1.0 - c));
+            }
+            reach *= c;
+        }
+        best
+    }
+
+    /// The chance that the first draft fails.
+    pub fn first_fails(&self) -> f64 {
+        1.0 - self.chance(0)
+    }
+
     /// The chance that all of the first m drafts stand.
     fn all_stand(&self, m: usize) -> f64 {
         (0..m).map(|i| self.chance(i)).product()
@@ -195,6 +213,32 @@ impl LookupPlan {
         let sent = if probe { 1 } else { pays };
         self.explore.note(sent > 0);
         (sent, probe)
+    }
+}
+
+/// A row's plan for the alternatives of a draft tree (`tree.rs`): how often one stood where
+/// the main chain's first draft failed, and when to explore.
+#[derive(Debug, Clone, Default)]
+pub struct TreePlan {
+    pub record: Budget,
+    explore: Explore,
+}
+
+impl TreePlan {
+    /// Whether to send `offered` alternative positions beside a main chain whose first draft
+    /// fails with chance `miss`: when the token they are expected to add pays for them, or
+    /// to try them when a try is due. A token that stands on a branch keeps no keys/values:
+    /// the next pass feeds it again with AR's token after it, two positions.
+    pub fn send(&mut self, offered: usize, miss: f64, slope: f64) -> bool {
+        if offered == 0 {
+            return false;
+        }
+        let cost = slope * offered as f64;
+        let gain = miss * (self.record.expected(1) - 1.0) * (1.0 - 2.0 * slope);
+        let pays = gain >= cost;
+        let sent = pays || self.explore.due(cost);
+        self.explore.note(sent);
+        sent
     }
 }
 

@@ -14,6 +14,13 @@ pub const NGRAM_MIN: usize = 2;
 /// `parts` joined; empty when none occurs. A copy that reaches the end of the text goes on
 /// through its own drafts: text that loops with period p drafts the loop, not p tokens.
 pub fn continuation(parts: &[&[u32]], max: usize) -> Vec<u32> {
+    continuations(parts, max, 1).pop().unwrap_or_default()
+}
+
+/// Up to `count` continuations as [`continuation`] gives the first, each starting with a
+/// token none before it starts with: the next occurrences, latest and longest match first
+/// (the alternatives of a draft tree).
+pub fn continuations(parts: &[&[u32]], max: usize, count: usize) -> Vec<Vec<u32>> {
     // The parts are read in place: this runs before every pass of every row.
     let len: usize = parts.iter().map(|p| p.len()).sum();
     let at = |mut i: usize| {
@@ -25,23 +32,30 @@ pub fn continuation(parts: &[&[u32]], max: usize) -> Vec<u32> {
         }
         unreachable!("index {i} past the text")
     };
-    if max == 0 {
-        return Vec::new();
+    let mut found: Vec<Vec<u32>> = Vec::new();
+    if max == 0 || count == 0 {
+        return found;
     }
     for n in (NGRAM_MIN..=NGRAM_MAX.min(len.saturating_sub(1))).rev() {
         let occurs = |i: usize| (0..n).all(|j| at(i + j) == at(len - n + j));
         // Latest first: recent text predicts the next tokens best. The match must end before
         // the suffix starts over itself, so it has at least one following token.
-        if let Some(start) = (0..len - n).rev().find(|&i| occurs(i)) {
+        for start in (0..len - n).rev().filter(|&i| occurs(i)) {
             let from = start + n;
+            if found.iter().any(|f| f[0] == at(from)) {
+                continue;
+            }
             let mut out: Vec<u32> = (from..len.min(from + max)).map(at).collect();
             for j in out.len()..max {
                 out.push(out[j - (len - from)]);
             }
-            return out;
+            found.push(out);
+            if found.len() == count {
+                return found;
+            }
         }
     }
-    Vec::new()
+    found
 }
 
 #[cfg(test)]
@@ -78,5 +92,14 @@ mod tests {
         assert_eq!(continuation(&[&t], 5), vec![12, 10, 11, 12, 10]);
         // A run of one token drafts the run.
         assert_eq!(continuation(&[&[4], &[9, 9, 9]], 4), vec![9; 4]);
+    }
+
+    #[test]
+    fn continuations_differ_in_their_first_token() {
+        // "2 3" was followed by 4, then 7, then 4 again (latest): 4 first, then 7.
+        let t = [1, 2, 3, 7, 9, 2, 3, 4, 5, 2, 3, 4, 6, 2, 3];
+        assert_eq!(continuations(&[&t], 2, 3), vec![vec![4, 6], vec![7, 9]]);
+        assert_eq!(continuations(&[&t], 2, 1), vec![continuation(&[&t], 2)]);
+        assert!(continuations(&[&t], 2, 0).is_empty());
     }
 }

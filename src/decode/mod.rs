@@ -17,6 +17,7 @@ mod progress;
 pub mod sampling;
 pub mod spec;
 pub mod text;
+mod tree;
 pub mod verify;
 mod window;
 
@@ -162,6 +163,10 @@ pub struct SlotTrace {
     /// rejected); None for AR's own token and the other decoders.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<DraftSource>,
+    /// The verifier: the draft stood on a branch of a draft tree, an alternative to the
+    /// pass's main chain.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub branch: bool,
 }
 
 /// Where the verifier's drafts come from.

@@ -37,6 +37,8 @@ pub struct Knobs {
     pub lookup: Option<usize>,
     /// Verify: the budget's extra cost of a position (None: measured as it decodes).
     pub cost: Option<f64>,
+    /// Verify: the most alternative positions of a draft tree (0: a chain).
+    pub tree: Option<usize>,
 }
 
 impl DecoderSpec {
@@ -84,6 +86,7 @@ impl DecoderSpec {
                     .unwrap_or(VerifyDecoder::default().block_size),
                 lookup: knobs.lookup.unwrap_or(VerifyDecoder::default().lookup),
                 cost: knobs.cost,
+                tree: knobs.tree.unwrap_or(VerifyDecoder::default().tree),
             }),
             "mdlm" => Self::Mdlm(MdlmDecoder {
                 steps: knobs.steps.unwrap_or(0),
@@ -186,6 +189,9 @@ impl DecoderSpec {
                 if let Some(c) = v.cost {
                     words.push(format!("cost={c}"));
                 }
+                if v.tree > 0 {
+                    words.push(format!("tree={}", v.tree));
+                }
             }
             // Steps 0: the default (one per new token, one per block slot).
             Self::Mdlm(m) if m.steps > 0 => words.push(format!("steps={}", m.steps)),
@@ -251,6 +257,7 @@ impl std::str::FromStr for DecoderSpec {
                 "steps" => knobs.steps = Some(value.parse().map_err(|_| bad(w))?),
                 "L" => knobs.lookup = Some(value.parse().map_err(|_| bad(w))?),
                 "cost" => knobs.cost = Some(value.parse().map_err(|_| bad(w))?),
+                "tree" => knobs.tree = Some(value.parse().map_err(|_| bad(w))?),
                 "floor" => knobs.floor = Some(Floor::from_name(value).ok_or_else(|| bad(w))?),
                 "commit" => {
                     knobs.commit = Some(CommitMode::from_name(value).ok_or_else(|| bad(w))?)
@@ -379,6 +386,10 @@ mod tests {
             DecoderSpec::Verify(VerifyDecoder {
                 cost: Some(0.15),
                 ..VerifyDecoder::with_lookup(2, 4)
+            }),
+            DecoderSpec::Verify(VerifyDecoder {
+                tree: 4,
+                ..VerifyDecoder::with_lookup(2, 8)
             }),
             DecoderSpec::Mdlm(MdlmDecoder { steps: 0 }),
             DecoderSpec::Mdlm(MdlmDecoder { steps: 64 }),

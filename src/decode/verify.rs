@@ -34,12 +34,14 @@
 //! The cache keeps the committed prefix and the accepted drafts; the rejected tail, the
 //! masks and the unaccepted drafts are scratch, rolled back after every pass.
 
-use super::budget::{Budget, LookupPlan, MaskPlan, PassCost};
+use super::budget::{Budget, LookupPlan, MaskPlan, PassCost, TreePlan};
 use super::lookup;
 use super::sampling::{draw, Dist};
+use super::tree::{self, main_drafts, on_main, outcome, walk};
 use super::window::{Batch, Entry, RowLogits, RowState};
 use super::{Decoder, DraftSource, GenOptions, Generation, SlotTrace, StepTrace};
 use crate::config::ObjectiveKind;
+use crate::model::visibility::TREE_MAX;
 use crate::model::Transformer;
 use anyhow::{bail, Result};
 use rand::Rng;
@@ -50,6 +52,9 @@ use std::time::Instant;
 /// The most lookup drafts a pass proposes when no L is given (the budget sends fewer where
 /// they do not pay).
 pub const DEFAULT_LOOKUP: usize = 8;
+
+/// The most runners-up of a first mask draft a tree offers.
+const MAX_RUNNERS_UP: usize = 3;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VerifyDecoder {
@@ -63,6 +68,10 @@ pub struct VerifyDecoder {
     /// every slot and every draft offered is sent.
     #[serde(default)]
     pub cost: Option<f64>,
+    /// The most alternative positions a pass adds beside its main chain of drafts, as a
+    /// draft tree (`tree.rs`; 0: a chain). The budget sends them only while they pay.
+    #[serde(default)]
+    pub tree: usize,
 }
 
 impl Default for VerifyDecoder {
@@ -76,33 +85,54 @@ impl Default for VerifyDecoder {
 
 /// A guessed token for a position after the committed text.
 #[derive(Clone)]
-struct Draft {
-    token: u32,
-    /// Its probability under the distribution it was drawn from.
-    conf: f32,
-    /// That distribution (sampling only: the acceptance rule needs it).
-    dist: Option<Dist>,
-    source: DraftSource,
+pub(super) struct Draft {
+    pub token: u32,
+    /// Its probability under the distribution it was drawn from (0 for a runner-up).
+    pub conf: f32,
+    /// That distribution (sampling only: the acceptance rule needs it; None there is a
+    /// certain guess).
+    pub dist: Option<Dist>,
+    pub source: DraftSource,
+    /// The runners-up of a first mask draft, for a draft tree (empty otherwise).
+    pub alts: Vec<u32>,
 }
 
-/// A window entry: a draft, fed as if it were text, or a `[MASK]` slot predicting the
-/// position after it.
-enum Slot {
+/// A window entry: a draft of the main chain, fed as if it were text, a `[MASK]` slot
+/// predicting the position after it, or an alternative draft on a branch of a tree after
+/// window entry `after` (None: the committed text).
+pub(super) enum Slot {
     Draft(Draft),
     Mask,
+    Alt {
+        draft: Draft,
+        after: Option<usize>,
+    },
+    /// A `[MASK]` slot on a branch: the first of a block after window entry `after` that
+    /// stands for AR's token where the main chain's next draft fails, so that a pass which
+    /// rejects still drafts the next one (TiDAR-style; `tree.rs`).
+    Rescue {
+        after: Option<usize>,
+    },
 }
 
 impl Entry for Slot {
     fn token(&self) -> Option<u32> {
         self.draft().map(|d| d.token)
     }
+
+    fn branch(&self) -> Option<Option<usize>> {
+        match self {
+            Slot::Alt { after, .. } | Slot::Rescue { after } => Some(*after),
+            _ => None,
+        }
+    }
 }
 
 impl Slot {
-    fn draft(&self) -> Option<&Draft> {
+    pub(super) fn draft(&self) -> Option<&Draft> {
         match self {
-            Slot::Draft(d) => Some(d),
-            Slot::Mask => None,
+            Slot::Draft(d) | Slot::Alt { draft: d, .. } => Some(d),
+            Slot::Mask | Slot::Rescue { .. } => None,
         }
     }
 }
@@ -114,6 +144,7 @@ impl VerifyDecoder {
             block_size,
             lookup: 0,
             cost: None,
+            tree: 0,
         }
     }
 
@@ -128,6 +159,13 @@ impl VerifyDecoder {
     pub fn validate(&self) -> Result<()> {
         if self.block_size < 1 && self.lookup < 1 {
             bail!("verify needs drafts: block size K ≥ 1 ([MASK] slots) or lookup L ≥ 1");
+        }
+        if self.tree > TREE_MAX / 2 {
+            bail!(
+                "verify tree must be at most {} positions, got {}",
+                TREE_MAX / 2,
+                self.tree
+            );
         }
         if let Some(c) = self.cost {
             if !(c.is_finite() && (0.0..=10.0).contains(&c)) {
@@ -151,52 +189,6 @@ fn masks(k: usize, room: usize, m: usize) -> usize {
     k.min(room.saturating_sub(m + 1))
 }
 
-/// The outcome of checking one draft against AR's distribution at its position.
-enum Check {
-    Accept,
-    /// Rejected: commit this token instead.
-    Replace(u32, f32),
-}
-
-/// Greedy: accept iff the draft is AR's pick. Sampling: accept with probability
-/// min(1, p(d)/q(d)), else draw from the normalised residual max(0, p − q) — the standard
-/// speculative sampling rule, whose output is distributed as p.
-fn check(
-    draft: &Draft,
-    logits: &[f32],
-    context: &[&[u32]],
-    opts: &GenOptions,
-    rng: &mut impl Rng,
-) -> Check {
-    let banned = [opts.mask_id];
-    let Some(q) = &draft.dist else {
-        let (tok, conf) = opts.sampling.pick(logits, context, &banned, rng);
-        return if tok == draft.token {
-            Check::Accept
-        } else {
-            Check::Replace(tok, conf)
-        };
-    };
-    let p = opts.sampling.distribution(logits, context, &banned);
-    let prob = |d: &Dist, t: u32| d.iter().find(|x| x.0 == t).map_or(0.0, |x| x.1);
-    let (pd, qd) = (prob(&p, draft.token), prob(q, draft.token));
-    if qd > 0.0 && rng.random::<f64>() * qd < pd {
-        return Check::Accept;
-    }
-    let residual: Dist = p
-        .iter()
-        .map(|&(t, pt)| (t, (pt - prob(q, t)).max(0.0)))
-        .filter(|x| x.1 > 0.0)
-        .collect();
-    // p == q up to rounding leaves no residual mass: then p itself is the residual.
-    let (tok, _) = if residual.iter().map(|x| x.1).sum::<f64>() > 1e-12 {
-        draw(&residual, rng)
-    } else {
-        draw(&p, rng)
-    };
-    Check::Replace(tok, prob(&p, tok) as f32)
-}
-
 /// A draft drawn from `logits` (greedy: the pick itself).
 fn propose(logits: &[f32], context: &[&[u32]], opts: &GenOptions, rng: &mut impl Rng) -> Draft {
     let banned = [opts.mask_id];
@@ -207,6 +199,7 @@ fn propose(logits: &[f32], context: &[&[u32]], opts: &GenOptions, rng: &mut impl
             conf,
             dist: None,
             source: DraftSource::Mask,
+            alts: Vec::new(),
         };
     }
     let dist = opts.sampling.distribution(logits, context, &banned);
@@ -216,6 +209,7 @@ fn propose(logits: &[f32], context: &[&[u32]], opts: &GenOptions, rng: &mut impl
         conf: p as f32,
         dist: Some(dist),
         source: DraftSource::Mask,
+        alts: Vec::new(),
     }
 }
 
@@ -224,7 +218,12 @@ fn propose(logits: &[f32], context: &[&[u32]], opts: &GenOptions, rng: &mut impl
 struct Plan {
     lookup: LookupPlan,
     masks: MaskPlan,
+    tree: TreePlan,
     source: Option<DraftSource>,
+    /// Whether this pass's tree has alternatives beside the main chain.
+    branched: bool,
+    /// The main-chain draft whose failure this pass's rescue block covers.
+    rescue: Option<usize>,
 }
 
 impl Plan {
@@ -236,12 +235,34 @@ impl Plan {
             None => {}
         }
     }
+
+    /// The main chain's record.
+    fn main(&self) -> &Budget {
+        match self.source {
+            Some(DraftSource::Lookup) => &self.lookup.record,
+            _ => &self.masks.record,
+        }
+    }
+}
+
+/// A lookup continuation as drafts: certain guesses (under sampling q is one-hot, so the
+/// check accepts with probability p(token) and otherwise draws from p without it).
+fn looked_up(found: &[u32], opts: &GenOptions) -> Vec<Draft> {
+    let dist = |t: u32| (!opts.sampling.is_greedy()).then(|| vec![(t, 1.0)]);
+    let draft = |&token: &u32| Draft {
+        token,
+        conf: 1.0,
+        dist: dist(token),
+        source: DraftSource::Lookup,
+        alts: Vec::new(),
+    };
+    found.iter().map(draft).collect()
 }
 
 /// Before a pass: the row's drafts, from the source the budget expects to commit more tokens
 /// per cost (the last pass's `[MASK]` slots, already in the window, or the text's lookup
 /// continuation), cut to the length that pays; then the `[MASK]` slots that pay, for the
-/// positions after the pass's AR token.
+/// positions after the pass's AR token; then, with a tree, the alternatives that pay.
 fn open(
     row: &mut RowState<Slot>,
     prompt: &[u32],
@@ -256,94 +277,81 @@ fn open(
     row.window.truncate(d.block_size.min(room));
     let mut sent = plan.masks.drafts(row.window.len(), k, slope);
     plan.source = (sent > 0).then_some(DraftSource::Mask);
-    if d.lookup > 0 {
-        let found = lookup::continuation(&[prompt, &row.progress.tokens], d.lookup.min(room));
-        let (m, probe) = plan.lookup.drafts(found.len(), k, slope);
+    // The mask drafts the main chain does not take, and lookup's continuations.
+    let mut spare: Vec<Draft> = Vec::new();
+    let text = [prompt, row.progress.tokens.as_slice()];
+    let wanted = if d.tree > 0 { 2 } else { 1 };
+    let mut found = match d.lookup {
+        0 => Vec::new(),
+        l => lookup::continuations(&text, l.min(room), wanted),
+    };
+    if let Some(first) = found.first() {
+        let (m, probe) = plan.lookup.drafts(first.len(), k, slope);
         let better = || rate(&plan.lookup.record, m) > rate(&plan.masks.record, sent);
         if m > 0 && (sent == 0 || probe || better()) {
-            row.window.clear();
-            row.window.extend(found.into_iter().map(|token| {
-                // A certain guess: under sampling q is one-hot, so the check accepts with
-                // probability p(token) and otherwise draws from p without it.
-                let dist = (!opts.sampling.is_greedy()).then(|| vec![(token, 1.0)]);
-                Slot::Draft(Draft {
-                    token,
-                    conf: 1.0,
-                    dist,
-                    source: DraftSource::Lookup,
-                })
+            let masks = std::mem::take(&mut row.window);
+            spare.extend(masks.into_iter().filter_map(|s| match s {
+                Slot::Draft(d) => Some(d),
+                _ => None,
             }));
+            let drafts = looked_up(&found.remove(0), opts);
+            row.window.extend(drafts.into_iter().map(Slot::Draft));
             (sent, plan.source) = (m, Some(DraftSource::Lookup));
         }
     }
     row.window.truncate(sent);
     row.window
         .extend(std::iter::repeat_with(|| Slot::Mask).take(masks(k, room, sent)));
-}
-
-/// Drafts a pass checked and, of those, how many stood: draft i was checked if the walk
-/// reached position i, and stood if AR kept its token there.
-fn outcome(window: &[Slot], kept: &[u32]) -> (usize, usize) {
-    let drafts = window.iter().filter_map(Slot::draft).count();
-    let stood = window
-        .iter()
-        .zip(kept)
-        .take_while(|(s, &t)| s.token() == Some(t))
-        .count();
-    (drafts.min(kept.len()), stood.min(drafts))
-}
-
-/// After a pass: check the row's drafts left to right against AR's distribution at their
-/// positions, into `kept`: the drafts that stand, then AR's own token (after a rejection or
-/// past the drafts), ending early at end of text or the budget; `trace` gets the committed
-/// and rejected slots. Returns whether every draft stood and AR's token ended no text: only
-/// then did the `[MASK]` slots predict from the right context.
-fn walk(
-    row: &RowState<Slot>,
-    logits: &RowLogits,
-    prompt: &[u32],
-    opts: &GenOptions,
-    rng: &mut Pcg64,
-    kept: &mut Vec<u32>,
-    trace: &mut StepTrace,
-) -> bool {
-    let (first, room) = (row.first(), row.room(opts));
-    kept.clear();
-    for i in 0.. {
-        let l = logits
-            .predicting(i)
-            .expect("every pass feeds a pending token");
-        let context = [prompt, row.progress.tokens.as_slice(), kept.as_slice()];
-        let draft = row.window.get(i).and_then(Slot::draft);
-        let (token, conf, ends, from) = match draft {
-            Some(d) => match check(d, l, &context, opts, rng) {
-                Check::Accept => (d.token, d.conf, false, Some(d.source)),
-                Check::Replace(t, c) => {
-                    let rejected = SlotTrace::new(first + i, d.token, d.conf, true);
-                    trace.rejected.push(rejected.drafted_by(Some(d.source)));
-                    (t, c, true, None)
-                }
-            },
-            None => {
-                // Past the last draft: AR's own token.
-                let (t, c) = opts.sampling.pick(l, &context, &[opts.mask_id], rng);
-                (t, c, true, None)
-            }
-        };
-        let committed = SlotTrace::new(first + i, token, conf, false).drafted_by(from);
-        trace.committed.push(committed);
-        kept.push(token);
-        // AR's token (after a rejection or past the drafts), end of text, or the budget: the
-        // pass commits no more.
-        if ends || token == opts.eos_id || kept.len() == room {
-            return draft.is_none() && token != opts.eos_id;
-        }
+    (plan.branched, plan.rescue) = (false, None);
+    if d.tree == 0 || sent == 0 {
+        return;
     }
-    unreachable!("the walk ends at AR's token, past the last draft at the latest")
+    // A rescue block where the main chain most likely fails, when the drafts it makes for
+    // the next pass are worth its positions.
+    let (j, miss) = plan.main().likeliest_miss(sent);
+    let n = masks(k, room, j);
+    let fits = row.pending.len() + row.window.len() + n <= TREE_MAX;
+    if n > 0 && fits && miss * (plan.masks.record.expected(n) - 1.0) >= slope * n as f64 {
+        let mut after = j.checked_sub(1);
+        for _ in 0..n {
+            row.window.push(Slot::Rescue { after });
+            after = Some(row.window.len() - 1);
+        }
+        plan.rescue = Some(j);
+    }
+    // A tree: the other source's chains beside the main one, then the runners-up of the
+    // first mask draft, while the tree fits and the budget says they pay.
+    let first = row.window.first().and_then(Slot::draft);
+    let singles: Vec<Draft> = first
+        .into_iter()
+        .chain(spare.first())
+        .flat_map(|d| d.alts.iter().map(|&t| looked_up(&[t], opts).remove(0)))
+        .map(|a| Draft {
+            conf: 0.0,
+            source: DraftSource::Mask,
+            ..a
+        })
+        .collect();
+    let mut chains: Vec<Vec<Draft>> = found.iter().map(|f| looked_up(f, opts)).collect();
+    if !spare.is_empty() {
+        chains.insert(0, spare);
+    }
+    let fits = TREE_MAX.saturating_sub(row.pending.len() + row.window.len());
+    let offered = d.tree.min(fits);
+    let nodes: usize = chains.iter().map(Vec::len).sum::<usize>() + singles.len();
+    if plan
+        .tree
+        .send(offered.min(nodes), plan.main().first_fails(), slope)
+    {
+        tree::grow(&mut row.window, chains, singles, offered, room);
+        plan.branched = row.window.iter().any(|s| matches!(s, Slot::Alt { .. }));
+    }
 }
 
-/// The next pass's drafts, into `next`: what this pass's `[MASK]` slots predicted for the
-/// positions after the `kept` tokens (slot s from the logits after window entry m+s).
+/// The next pass's drafts, into `next`: what this pass's `[MASK]` slots at window entries
+/// `slots` predicted for the positions after the `kept` tokens (each from the logits after
+/// it), the first with its `alts` runners-up for a tree.
+#[allow(clippy::too_many_arguments)]
 fn propose_next(
     row: &RowState<Slot>,
     logits: &RowLogits,
@@ -351,14 +359,50 @@ fn propose_next(
     opts: &GenOptions,
     rng: &mut Pcg64,
     kept: &[u32],
+    slots: &[usize],
+    alts: usize,
     next: &mut Vec<Slot>,
 ) {
-    // The drafts come first; mask slot s predicts from the logits after entry m+s.
-    let m = row.window.iter().filter_map(Slot::draft).count();
-    for j in m + 1..=row.window.len() {
-        let l = logits.predicting(j).expect("the mask slots are fed");
+    for (s, &e) in slots.iter().enumerate() {
+        let l = logits.after(Some(e)).expect("the mask slots are fed");
         let context = [prompt, row.progress.tokens.as_slice(), kept];
-        next.push(Slot::Draft(propose(l, &context, opts, rng)));
+        let mut draft = propose(l, &context, opts, rng);
+        if s == 0 && alts > 0 {
+            draft.alts = tree::runners_up(l, draft.token, opts.mask_id, alts);
+        }
+        next.push(Slot::Draft(draft));
+    }
+}
+
+/// The window entries whose predictions are the next pass's drafts: the `[MASK]` slots
+/// after the main chain when it all stood (`fresh`), the rescue block when the main chain
+/// failed where it stands in, none otherwise.
+fn next_slots(
+    window: &[Slot],
+    fresh: bool,
+    rescue: Option<usize>,
+    path: &[usize],
+    kept: &[u32],
+) -> Vec<usize> {
+    let of = |want: fn(&Slot) -> bool| -> Vec<usize> {
+        window
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| want(s))
+            .map(|(e, _)| e)
+            .collect()
+    };
+    if fresh {
+        return of(|s| matches!(s, Slot::Mask));
+    }
+    // The walk took the main chain up to draft j, which failed: kept is those drafts and
+    // AR's own token instead of draft j.
+    let failed_at = |j: usize| {
+        on_main(path) == j && path.len() == j && kept.len() == j + 1 && main_drafts(window) > j
+    };
+    match rescue {
+        Some(j) if failed_at(j) => of(|s| matches!(s, Slot::Rescue { .. })),
+        _ => Vec::new(),
     }
 }
 
@@ -387,8 +431,9 @@ impl Decoder for VerifyDecoder {
             block_size: self.block_size.min(cap),
             lookup: self.lookup.min(cap),
             cost: self.cost,
+            tree: self.tree,
         };
-        let window = d.most_drafts() + d.block_size;
+        let window = d.most_drafts() + d.block_size + d.tree;
         let (mut batch, mut rngs) = Batch::start(model, prompts, opts, window + 1)?;
         let mut rows: Vec<RowState<Slot>> = prompts
             .iter()
@@ -396,6 +441,7 @@ impl Decoder for VerifyDecoder {
             .collect();
         // Buffers reused by every pass: a pass's tokens, and the next pass's drafts.
         let (mut kept, mut next) = (Vec::with_capacity(window + 1), Vec::with_capacity(window));
+        let mut path = Vec::with_capacity(window);
         let mut trace = StepTrace::reused(window + 1);
         let mut plans: Vec<Plan> = rows.iter().map(|_| Plan::default()).collect();
         let mut costs = PassCost::default();
@@ -423,25 +469,36 @@ impl Decoder for VerifyDecoder {
                 }
                 trace.start(r, batch.forwards(), 1);
                 let (logits, prompt, rng) = (batch.logits(r), &prompts[r], &mut rngs[r]);
-                let fresh = walk(row, &logits, prompt, opts, rng, &mut kept, &mut trace);
-                let (checked, stood) = outcome(&row.window, &kept);
+                let (kept, path) = (&mut kept, &mut path);
+                let fresh = walk(row, &logits, prompt, opts, rng, kept, path, &mut trace);
+                let (checked, stood) = outcome(&row.window, path, kept);
                 plan.record(checked, stood);
+                if plan.branched && stood == 0 {
+                    // The main chain's first draft failed: did an alternative stand?
+                    plan.tree.record.record(1, usize::from(!path.is_empty()));
+                }
                 // After a rejection the next pass drafts afresh from masks right after the
                 // committed text.
                 next.clear();
-                if fresh {
-                    propose_next(row, &logits, prompt, opts, rng, &kept, &mut next);
+                let ends = kept.last() == Some(&opts.eos_id);
+                let slots = next_slots(&row.window, fresh, plan.rescue, path, kept);
+                if !ends && !slots.is_empty() {
+                    let alts = d.tree.min(MAX_RUNNERS_UP);
+                    propose_next(
+                        row, &logits, prompt, opts, rng, kept, &slots, alts, &mut next,
+                    );
                 }
                 let after = row.first() + kept.len();
                 let drafts = next.iter().filter_map(Slot::draft).enumerate();
                 let slots = drafts.map(|(j, d)| SlotTrace::new(after + j, d.token, d.conf, true));
                 trace.slots.extend(slots);
                 on_step(&trace);
-                // Every kept token but the last is a draft that stood: its keys/values stay.
-                let stood = kept.len() - 1;
-                batch.keep(r, stood);
+                // The main chain's drafts that stood keep their keys/values; a branch's and
+                // AR's token are fed again by the next pass.
+                let cached = on_main(path).min(kept.len() - 1);
+                batch.keep(r, cached);
                 std::mem::swap(&mut row.window, &mut next);
-                row.commit(r, &kept, stood, opts);
+                row.commit(r, kept, cached, opts);
             }
         }
         let rows = rows.into_iter().map(|r| r.progress).collect();

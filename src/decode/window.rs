@@ -9,7 +9,7 @@
 //! decoder keeps the entries that stood ([`Batch::keep`]) and the cache forgets the rest.
 
 use super::{DraftSource, GenOptions, Generation, Progress, SlotTrace, Start, StepTrace};
-use crate::model::{Session, Transformer};
+use crate::model::{Session, Transformer, Tree};
 use anyhow::Result;
 use rand_pcg::Pcg64;
 use std::time::Instant;
@@ -18,6 +18,12 @@ use std::time::Instant;
 pub(crate) trait Entry {
     /// The known token, or None for a `[MASK]` slot.
     fn token(&self) -> Option<u32>;
+
+    /// An alternative in a draft tree: the window entry it follows (None: the committed
+    /// text) instead of the entry before it.
+    fn branch(&self) -> Option<Option<usize>> {
+        None
+    }
 }
 
 /// A window of plain drafts (AR's is always empty).
@@ -77,6 +83,8 @@ pub(crate) struct Batch<'m> {
     inputs: Vec<Vec<u32>>,
     marks: Vec<Mark>,
     forwards: usize,
+    /// Each row's tree in the last pass (None: a chain).
+    trees: Vec<Option<Tree>>,
 }
 
 /// A row's cache before a pass.
@@ -106,13 +114,15 @@ impl<'m> Batch<'m> {
             inputs: (0..b).map(|_| Vec::new()).collect(),
             marks: vec![Mark::default(); b],
             forwards: 0,
+            trees: Vec::with_capacity(b),
         };
         Ok((batch, begin.rngs))
     }
 
     /// One pass: every live row, given with how many of its window entries to feed, feeds
     /// its pending tokens then those entries ([MASK] for a masked one), and counts the pass
-    /// as its own. No pass runs when no row has anything to feed.
+    /// as its own; a row whose entries branch feeds them as a tree. No pass runs when no row
+    /// has anything to feed.
     pub fn pass<'r, E: Entry + 'r>(
         &mut self,
         rows: impl IntoIterator<Item = (&'r mut RowState<E>, usize)>,
@@ -120,21 +130,29 @@ impl<'m> Batch<'m> {
     ) -> Result<()> {
         let lens = self.session.lens();
         let inputs = self.inputs.iter_mut().zip(&mut self.marks).zip(lens);
+        self.trees.clear();
         for (((input, mark), &cached), (row, n)) in inputs.zip(rows) {
             input.clear();
             *mark = Mark { cached, pending: 0 };
+            let fed = &row.window[..n];
+            let branches = !row.progress.done && fed.iter().any(|e| e.branch().is_some());
+            self.trees.push(match branches {
+                true => Some(tree(row.pending.len(), fed)?),
+                false => None,
+            });
             if row.progress.done {
                 continue;
             }
             mark.pending = row.pending.len();
-            let window = row.window[..n].iter().map(|e| e.token().unwrap_or(mask_id));
+            let window = fed.iter().map(|e| e.token().unwrap_or(mask_id));
             input.extend(row.pending.iter().copied().chain(window));
             row.pending.clear();
             row.progress.forwards += 1;
         }
         if self.inputs.iter().any(|i| !i.is_empty()) {
             self.forwards += 1;
-            self.session.forward(&self.inputs)?;
+            let trees: Vec<Option<&Tree>> = self.trees.iter().map(Option::as_ref).collect();
+            self.session.forward_tree(&self.inputs, &trees)?;
         }
         Ok(())
     }
@@ -171,6 +189,22 @@ impl<'m> Batch<'m> {
     }
 }
 
+/// The tree a row feeds: `pending` committed tokens in a chain, then the window entries,
+/// each after the entry before it or, for a branch, after the entry it names.
+fn tree<E: Entry>(pending: usize, window: &[E]) -> Result<Tree> {
+    // Fed index of window entry e, and of the last pending token for None.
+    let fed = |e: Option<usize>| (pending + e.map_or(0, |e| e + 1)).checked_sub(1);
+    let chain = (0..pending).map(|i| i.checked_sub(1));
+    let entries = window
+        .iter()
+        .enumerate()
+        .map(|(e, entry)| match entry.branch() {
+            Some(after) => fed(after),
+            None => fed(e.checked_sub(1)),
+        });
+    Tree::new(&chain.chain(entries).collect::<Vec<_>>())
+}
+
 /// One row's logits from the last pass, by the window entry they predict.
 pub(crate) struct RowLogits<'a> {
     session: &'a Session<'a>,
@@ -184,6 +218,12 @@ impl<'a> RowLogits<'a> {
     pub fn predicting(&self, j: usize) -> Option<&'a [f32]> {
         let i = (self.pending + j).checked_sub(1)?;
         Some(self.session.logits(self.r, i))
+    }
+
+    /// The logits after window entry e (None: after the last pending token): what follows
+    /// it on its branch of a tree.
+    pub fn after(&self, e: Option<usize>) -> Option<&'a [f32]> {
+        self.predicting(e.map_or(0, |e| e + 1))
     }
 }
 
@@ -218,11 +258,17 @@ impl SlotTrace {
             confidence,
             masked,
             source: None,
+            branch: false,
         }
     }
 
     /// The same slot, its token drafted by `source`.
     pub(crate) fn drafted_by(self, source: Option<DraftSource>) -> Self {
         Self { source, ..self }
+    }
+
+    /// The same slot, marked as standing on a branch of a draft tree when `branch`.
+    pub(crate) fn on_branch(self, branch: bool) -> Self {
+        Self { branch, ..self }
     }
 }

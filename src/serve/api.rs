@@ -159,6 +159,7 @@ fn common(r: &mut Request, info: &ModelInfo, max_key: &str) -> Result<Common, Ap
         step_limit: int_in(r.step_limit, "step_limit", 1, 1024)?,
         threshold: num_in(r.threshold, "threshold", 0.0, 1.0, false)?,
         lookup: int_in(r.lookup, "lookup", 0, ctx)?,
+        tree: int_in(r.tree, "tree", 0, 32)?,
         ..Knobs::default()
     };
     let name = r.decoder.as_deref().unwrap_or(info.default_decoder());

@@ -30,6 +30,7 @@ pub const COMMON: &[&str] = &[
     "step_limit",
     "threshold",
     "lookup",
+    "tree",
     "presence_penalty",
     "frequency_penalty",
     "logprobs",
@@ -59,6 +60,8 @@ pub struct Request {
     pub threshold: Option<f64>,
     /// verify: the most prompt-lookup drafts per pass.
     pub lookup: Option<Int>,
+    /// verify: the most alternative positions of a draft tree per pass.
+    pub tree: Option<Int>,
     /// Completions: text, texts, token ids or lists of them (checked in `api.rs`, where a
     /// bad token id is a value error).
     pub prompt: Option<Prompt>,

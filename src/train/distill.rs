@@ -12,7 +12,7 @@
 //! (prefix positions and sampling seeds are functions of the seed and the chunk).
 
 use super::RunStart;
-use crate::checkpoint;
+use crate::checkpoint::{self, Precision};
 use crate::config::{Config, ObjectiveKind};
 use crate::data::{eval_windows, load_data, Prepared, TextTokenizer};
 use crate::decode::{ArDecoder, Decoder, Finish, GenOptions, Sampling};
@@ -343,6 +343,7 @@ pub fn distill(
         &out.join("continuations.jsonl"),
         plan.progress,
     )?;
+    drop(teacher);
     let (corpus, share) = mixed(&data, &rows, plan.gen.mix)?;
     let data_dir = out.join("data");
     corpus.save(&data_dir)?;
@@ -357,6 +358,13 @@ pub fn distill(
     };
     let cfg = start.config(Some(&ckpt.config), &sets)?;
     let source = ckpt.dir.display().to_string();
+    // The real text's validation split is the mixed corpus's too. Scored with f32 weights:
+    // a quantized teacher's blocks decode fast on the host backend but run whole windows
+    // through candle's quantized products many times slower.
+    let before = {
+        let scorer = ckpt.open_as(plan.use_ema, Precision::F32)?;
+        real_text_bpb(&scorer.model, &cfg, &data, plan.eval_windows)?
+    };
     let run_dir = out.join("run");
     let begin = start.begin(Some(ckpt), Some(&run_dir), device)?;
     let corpus = load_data(&cfg, begin.tokenizer()?)?;
@@ -365,7 +373,6 @@ pub fn distill(
     if summary.interrupted {
         bail!("interrupted at step {}; rerun to resume", summary.steps);
     }
-    let before = real_text_bpb(&teacher.model, &cfg, &corpus, plan.eval_windows)?;
     let after = real_text_bpb(&trainer.eval_model()?, &cfg, &corpus, plan.eval_windows)?;
     let report = DistillReport {
         checkpoint: source,

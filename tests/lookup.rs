@@ -4,17 +4,12 @@
 //! fewer passes than tokens run (counted, not timed).
 
 use card::config::ObjectiveKind;
-use card::data::TextTokenizer;
 use card::decode::{ArDecoder, Decoder, GenOptions, Sampling, StepTrace, VerifyDecoder};
 use card::model::Backend;
 
 mod common;
 
-use common::trained::fixture;
-
-fn tok() -> &'static TextTokenizer {
-    &fixture().data.tokenizer
-}
+use common::trained::{fixture, tok};
 
 #[test]
 fn lookup_drafts_keep_ar_greedy_output_and_save_passes_on_repeats() {

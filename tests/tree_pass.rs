@@ -5,23 +5,13 @@
 mod common;
 
 use candle_core::{DType, Device};
-use card::config::ModelConfig;
 use card::model::{Backend, Params, Session, Transformer, Tree};
 use common::{max_slice_diff, random_ids};
 
 const VOCAB: usize = 80;
 
 fn model(seed: u64) -> Transformer {
-    let cfg = ModelConfig {
-        vocab_size: VOCAB,
-        d_model: 32,
-        n_layers: 2,
-        n_heads: 4,
-        n_kv_heads: Some(2),
-        d_ff: 64,
-        max_seq_len: 64,
-        ..ModelConfig::default()
-    };
+    let cfg = common::gguf::cfg(VOCAB, true);
     let params = Params::init(&cfg, DType::F32, &Device::Cpu, seed).unwrap();
     let map = params.to_map().unwrap();
     Transformer::from_tensors(&cfg, |n| Ok(map[n].clone())).unwrap()

@@ -5,30 +5,13 @@
 //! from the model, with a bound the draft distribution itself fails).
 
 use candle_core::{Device, Tensor};
-use card::data::TextTokenizer;
 use card::decode::{ArDecoder, Decoder, GenOptions, Sampling, StepTrace, VerifyDecoder};
 use card::model::{Attention, Backend, Session, Transformer};
 use std::collections::HashMap;
 
 mod common;
 
-use common::trained::fixture;
-
-fn tok() -> &'static TextTokenizer {
-    &fixture().data.tokenizer
-}
-
-fn opts(max_new: usize, sampling: Sampling, backend: Backend) -> GenOptions<'static> {
-    GenOptions {
-        sampling,
-        backend: Some(backend),
-        ..GenOptions::new(max_new, tok())
-    }
-}
-
-fn encode(texts: &[&str]) -> Vec<Vec<u32>> {
-    texts.iter().map(|p| tok().encode(p).unwrap()).collect()
-}
+use common::trained::{encode, fixture, opts, tok, total_variation};
 
 #[test]
 fn greedy_verification_is_ar_greedy() {
@@ -170,14 +153,6 @@ fn exact_pairs(model: &Transformer, prompt: &[u32], s: &Sampling) -> HashMap<(u3
         }
     }
     out
-}
-
-fn total_variation(p: &HashMap<(u32, u32), f64>, q: &HashMap<(u32, u32), f64>) -> f64 {
-    let keys: std::collections::HashSet<_> = p.keys().chain(q.keys()).collect();
-    keys.iter()
-        .map(|k| (p.get(k).unwrap_or(&0.0) - q.get(k).unwrap_or(&0.0)).abs())
-        .sum::<f64>()
-        / 2.0
 }
 
 #[test]

@@ -1,33 +1,16 @@
 //! Draft trees in the lossless decoder, on the briefly trained `tiny` CARD model: greedy
 //! output equals AR greedy token for token for every source and tree size, batch and both
 //! backends, with alternatives that actually stand and rescue blocks that draft after a
-//! rejection; and under sampling, with several
-//! alternatives checked in a pass, the output follows AR's distribution.
+//! rejection; and under sampling, with several alternatives checked in a pass, the output
+//! follows AR's distribution.
 
-use card::data::TextTokenizer;
 use card::decode::{ArDecoder, Decoder, GenOptions, Sampling, StepTrace, VerifyDecoder};
 use card::model::Backend;
 use std::collections::HashMap;
 
 mod common;
 
-use common::trained::fixture;
-
-fn tok() -> &'static TextTokenizer {
-    &fixture().data.tokenizer
-}
-
-fn opts(max_new: usize, sampling: Sampling, backend: Backend) -> GenOptions<'static> {
-    GenOptions {
-        sampling,
-        backend: Some(backend),
-        ..GenOptions::new(max_new, tok())
-    }
-}
-
-fn encode(texts: &[&str]) -> Vec<Vec<u32>> {
-    texts.iter().map(|p| tok().encode(p).unwrap()).collect()
-}
+use common::trained::{encode, fixture, opts, tok, total_variation};
 
 /// A tree decoder that sends every alternative it has (positions cost nothing).
 fn tree(k: usize, l: usize, nodes: usize) -> VerifyDecoder {
@@ -103,14 +86,6 @@ fn pairs(rows: &[card::decode::RowOutput]) -> HashMap<(u32, u32), f64> {
         *out.entry((r.tokens[0], r.tokens[1])).or_default() += 1.0 / rows.len() as f64;
     }
     out
-}
-
-fn total_variation(p: &HashMap<(u32, u32), f64>, q: &HashMap<(u32, u32), f64>) -> f64 {
-    let keys: std::collections::HashSet<_> = p.keys().chain(q.keys()).collect();
-    keys.iter()
-        .map(|k| (p.get(k).unwrap_or(&0.0) - q.get(k).unwrap_or(&0.0)).abs())
-        .sum::<f64>()
-        / 2.0
 }
 
 #[test]

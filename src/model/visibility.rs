@@ -59,13 +59,22 @@ fn per_row(
     dtype: DType,
     dev: &Device,
 ) -> Result<Tensor> {
+    per_key(lens, t, |r, i, j| j < keys(r, i), dtype, dev)
+}
+
+/// Bias [B, 1, t, max(lens) + t] where row r's query i sees key j when `sees(r, i, j)`.
+fn per_key(
+    lens: &[usize],
+    t: usize,
+    sees: impl Fn(usize, usize, usize) -> bool,
+    dtype: DType,
+    dev: &Device,
+) -> Result<Tensor> {
     let tk = lens.iter().max().copied().unwrap_or(0) + t;
     let visible = (0..lens.len())
         .flat_map(|r| (0..t).map(move |i| (r, i)))
-        .flat_map(|(r, i)| {
-            let n = keys(r, i);
-            (0..tk).map(move |j| j < n)
-        });
+        .flat_map(|(r, i)| (0..tk).map(move |j| (r, i, j)))
+        .map(|(r, i, j)| sees(r, i, j));
     bias(visible, &[lens.len(), 1, t, tk], dtype, dev)
 }
 
@@ -188,9 +197,9 @@ impl Tree {
         Ok(tree)
     }
 
-    /// Whether fed token i sees fed token j.
+    /// Whether fed token i sees fed token j (never one past the tree).
     pub fn sees(&self, i: usize, j: usize) -> bool {
-        self.seen[i] >> j & 1 == 1
+        j < self.depth.len() && self.seen[i] >> j & 1 == 1
     }
 }
 
@@ -204,18 +213,15 @@ pub fn tree_bias(
     dtype: DType,
     dev: &Device,
 ) -> Result<Tensor> {
-    let tk = lens.iter().max().copied().unwrap_or(0) + t;
-    let visible = (0..lens.len())
-        .flat_map(|r| (0..t).map(move |i| (r, i)))
-        .flat_map(|(r, i)| {
-            let tree = trees[r].filter(|tr| i < tr.depth.len());
-            (0..tk).map(move |j| match (tree, j.checked_sub(lens[r])) {
-                (_, None) => true,
-                (Some(tr), Some(a)) => a < t && tr.sees(i, a),
-                (None, Some(a)) => a <= i,
-            })
-        });
-    bias(visible, &[lens.len(), 1, t, tk], dtype, dev)
+    let sees = |r: usize, i: usize, j: usize| {
+        let tree = trees[r].filter(|tr| i < tr.depth.len());
+        match (tree, j.checked_sub(lens[r])) {
+            (_, None) => true,
+            (Some(tr), Some(a)) => tr.sees(i, a),
+            (None, Some(a)) => a <= i,
+        }
+    };
+    per_key(lens, t, sees, dtype, dev)
 }
 
 #[cfg(test)]

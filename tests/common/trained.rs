@@ -2,9 +2,11 @@
 
 use candle_core::Device;
 use card::config::{Config, ObjectiveKind};
-use card::data::{load_data, Prepared};
-use card::model::Transformer;
+use card::data::{load_data, Prepared, TextTokenizer};
+use card::decode::{GenOptions, Sampling};
+use card::model::{Backend, Transformer};
 use card::train::Trainer;
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 pub struct Fixture {
@@ -45,4 +47,31 @@ pub fn fixture() -> &'static Fixture {
             on_device,
         }
     })
+}
+
+/// The fixture's tokenizer.
+pub fn tok() -> &'static TextTokenizer {
+    &fixture().data.tokenizer
+}
+
+/// Decoding options on one backend.
+pub fn opts(max_new: usize, sampling: Sampling, backend: Backend) -> GenOptions<'static> {
+    GenOptions {
+        sampling,
+        backend: Some(backend),
+        ..GenOptions::new(max_new, tok())
+    }
+}
+
+pub fn encode(texts: &[&str]) -> Vec<Vec<u32>> {
+    texts.iter().map(|p| tok().encode(p).unwrap()).collect()
+}
+
+/// Total variation distance between two distributions over token pairs.
+pub fn total_variation(p: &HashMap<(u32, u32), f64>, q: &HashMap<(u32, u32), f64>) -> f64 {
+    let keys: std::collections::HashSet<_> = p.keys().chain(q.keys()).collect();
+    keys.iter()
+        .map(|k| (p.get(k).unwrap_or(&0.0) - q.get(k).unwrap_or(&0.0)).abs())
+        .sum::<f64>()
+        / 2.0
 }

@@ -151,8 +151,13 @@ impl<'m> Batch<'m> {
         }
         if self.inputs.iter().any(|i| !i.is_empty()) {
             self.forwards += 1;
-            let trees: Vec<Option<&Tree>> = self.trees.iter().map(Option::as_ref).collect();
-            self.session.forward_tree(&self.inputs, &trees)?;
+            if self.trees.iter().all(Option::is_none) {
+                // Chains: a pass allocates nothing.
+                self.session.forward(&self.inputs)?;
+            } else {
+                let trees: Vec<Option<&Tree>> = self.trees.iter().map(Option::as_ref).collect();
+                self.session.forward_tree(&self.inputs, &trees)?;
+            }
         }
         Ok(())
     }

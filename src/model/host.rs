@@ -155,23 +155,28 @@ impl<'m> HostPass<'m> {
     /// One causal pass: row r feeds `inputs[r]` (possibly empty) after its cached prefix;
     /// their keys and values join the cache.
     pub fn forward(&mut self, inputs: &[Vec<u32>]) -> Result<()> {
-        self.forward_tree(inputs, &vec![None; inputs.len()])
+        self.run(inputs, None)
     }
 
     /// One pass where row r feeds `inputs[r]` as the tree `trees[r]` (None: a chain) after
     /// its cached prefix: each token at its depth after the prefix, seeing the prefix, its
     /// ancestors and itself. Every fed token's keys/values join the cache in feeding order.
     pub fn forward_tree(&mut self, inputs: &[Vec<u32>], trees: &[Option<&Tree>]) -> Result<()> {
+        self.run(inputs, Some(trees))
+    }
+
+    /// A pass of chains (`trees` None: no per-pass list to allocate) or of trees.
+    fn run(&mut self, inputs: &[Vec<u32>], trees: Option<&[Option<&Tree>]>) -> Result<()> {
+        let tree = |r: usize| trees.and_then(|t| t[r]);
         let c = self.cfg;
         let (d, v) = (c.d_model, c.vocab_size);
         let lens = self.cache.rows.lens();
-        if inputs.len() != lens.len() || trees.len() != lens.len() {
+        if inputs.len() != lens.len() || trees.is_some_and(|t| t.len() != lens.len()) {
             bail!("{} inputs for a batch of {}", inputs.len(), lens.len());
         }
-        let shaped = |(tree, input): (&Option<&Tree>, &Vec<u32>)| {
-            tree.is_none_or(|t| t.depth.len() == input.len())
-        };
-        if !trees.iter().zip(inputs).all(shaped) {
+        let shaped =
+            |(r, input): (usize, &Vec<u32>)| tree(r).is_none_or(|t| t.depth.len() == input.len());
+        if !inputs.iter().enumerate().all(shaped) {
             bail!("a tree pass needs one tree node per fed token");
         }
         let capacity = self.cache.rows.capacity();
@@ -179,7 +184,7 @@ impl<'m> HostPass<'m> {
         self.offsets.clear();
         for (r, input) in inputs.iter().enumerate() {
             // A tree's tokens take a cache slot each but sit at their depth.
-            let depth = trees[r].map_or(input.len(), |t| t.depth.iter().max().map_or(0, |d| d + 1));
+            let depth = tree(r).map_or(input.len(), |t| t.depth.iter().max().map_or(0, |d| d + 1));
             let (slots, end) = (lens[r] + input.len(), lens[r] + depth);
             if end > c.max_seq_len || slots > capacity {
                 let limit = c.max_seq_len.min(capacity);
@@ -187,7 +192,7 @@ impl<'m> HostPass<'m> {
             }
             self.offsets.push(self.rows.len());
             let len = lens[r];
-            self.rows.extend((0..input.len()).map(|i| match trees[r] {
+            self.rows.extend((0..input.len()).map(|i| match tree(r) {
                 Some(tree) => Query {
                     row: r,
                     slot: len + i,

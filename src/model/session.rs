@@ -117,7 +117,8 @@ impl<'m> Session<'m> {
 
     /// One causal pass: row r feeds `inputs[r]` (possibly empty) after its cached prefix.
     pub fn forward(&mut self, inputs: &[Vec<u32>]) -> Result<()> {
-        self.forward_tree(inputs, &vec![None; inputs.len()])
+        self.pass(inputs, None)?;
+        self.check_finite(inputs)
     }
 
     /// One pass where row r feeds `inputs[r]` as the tree `trees[r]` (None: a chain) after
@@ -130,7 +131,11 @@ impl<'m> Session<'m> {
         if trees.len() != inputs.len() || !trees.iter().zip(inputs).all(shaped) {
             bail!("a tree pass needs one tree per row and one node per fed token");
         }
-        self.pass(inputs, trees)?;
+        self.pass(inputs, Some(trees))?;
+        self.check_finite(inputs)
+    }
+
+    fn check_finite(&self, inputs: &[Vec<u32>]) -> Result<()> {
         // NaN or infinite logits would leave a sampler nothing to draw.
         for (r, input) in inputs.iter().enumerate() {
             for i in 0..input.len() {
@@ -142,11 +147,14 @@ impl<'m> Session<'m> {
         Ok(())
     }
 
-    fn pass(&mut self, inputs: &[Vec<u32>], trees: &[Option<&Tree>]) -> Result<()> {
+    /// A pass of chains (`trees` None) or of trees.
+    fn pass(&mut self, inputs: &[Vec<u32>], trees: Option<&[Option<&Tree>]>) -> Result<()> {
         self.fed += inputs.iter().map(|i| i.len()).sum::<usize>();
-        let chains = trees.iter().all(Option::is_none);
         match &mut self.inner {
-            Inner::Host(p) => p.forward_tree(inputs, trees),
+            Inner::Host(p) => match trees {
+                Some(trees) => p.forward_tree(inputs, trees),
+                None => p.forward(inputs),
+            },
             Inner::Candle {
                 model,
                 cache,
@@ -155,10 +163,9 @@ impl<'m> Session<'m> {
                 pad,
             } => {
                 let (ids, valid) = padded(inputs, *pad, model.device())?;
-                let l = if chains {
-                    model.forward_padded(&ids, &valid, Attention::Causal, Some(cache))?
-                } else {
-                    model.forward_tree(&ids, &valid, trees, cache)?
+                let l = match trees {
+                    Some(trees) => model.forward_tree(&ids, &valid, trees, cache)?,
+                    None => model.forward_padded(&ids, &valid, Attention::Causal, Some(cache))?,
                 };
                 *t = l.dim(1)?;
                 *logits = l.flatten_all()?.to_vec1::<f32>()?;

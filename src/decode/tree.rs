@@ -17,11 +17,64 @@
 //! a branch are fed again, as committed text, by the next pass.
 
 use super::sampling::{draw, Dist};
-use super::verify::{Draft, Slot};
-use super::window::{RowLogits, RowState};
-use super::{GenOptions, SlotTrace, StepTrace};
+use super::window::{Entry, RowLogits, RowState};
+use super::{DraftSource, GenOptions, SlotTrace, StepTrace};
 use rand::Rng;
 use rand_pcg::Pcg64;
+
+/// A guessed token for a position after the committed text.
+#[derive(Clone)]
+pub(super) struct Draft {
+    pub token: u32,
+    /// Its probability under the distribution it was drawn from (0 for a runner-up).
+    pub conf: f32,
+    /// That distribution (sampling only: the acceptance rule needs it; None there is a
+    /// certain guess).
+    pub dist: Option<Dist>,
+    pub source: DraftSource,
+    /// The runners-up of a first mask draft, for a draft tree (empty otherwise).
+    pub alts: Vec<u32>,
+}
+
+/// A window entry: a draft of the main chain, fed as if it were text, a `[MASK]` slot
+/// predicting the position after it, or an alternative draft on a branch of a tree after
+/// window entry `after` (None: the committed text).
+pub(super) enum Slot {
+    Draft(Draft),
+    Mask,
+    Alt {
+        draft: Draft,
+        after: Option<usize>,
+    },
+    /// A `[MASK]` slot on a branch: the first of a block after window entry `after` that
+    /// stands for AR's token where the main chain's next draft fails, so that a pass which
+    /// rejects still drafts the next one (TiDAR-style; `tree.rs`).
+    Rescue {
+        after: Option<usize>,
+    },
+}
+
+impl Entry for Slot {
+    fn token(&self) -> Option<u32> {
+        self.draft().map(|d| d.token)
+    }
+
+    fn branch(&self) -> Option<Option<usize>> {
+        match self {
+            Slot::Alt { after, .. } | Slot::Rescue { after } => Some(*after),
+            _ => None,
+        }
+    }
+}
+
+impl Slot {
+    pub(super) fn draft(&self) -> Option<&Draft> {
+        match self {
+            Slot::Draft(d) | Slot::Alt { draft: d, .. } => Some(d),
+            Slot::Mask | Slot::Rescue { .. } => None,
+        }
+    }
+}
 
 /// Entries of `window` that are drafts following entry `node` (None: the committed text):
 /// its chain successor first, then its branches in window order.
@@ -234,7 +287,6 @@ pub(super) fn walk(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::DraftSource;
 
     fn draft(token: u32) -> Draft {
         Draft {

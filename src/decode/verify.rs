@@ -36,9 +36,9 @@
 
 use super::budget::{Budget, LookupPlan, MaskPlan, PassCost, TreePlan};
 use super::lookup;
-use super::sampling::{draw, Dist};
-use super::tree::{self, main_drafts, on_main, outcome, walk};
-use super::window::{Batch, Entry, RowLogits, RowState};
+use super::sampling::draw;
+use super::tree::{self, main_drafts, on_main, outcome, walk, Draft, Slot};
+use super::window::{Batch, RowLogits, RowState};
 use super::{Decoder, DraftSource, GenOptions, Generation, SlotTrace, StepTrace};
 use crate::config::ObjectiveKind;
 use crate::model::visibility::TREE_MAX;
@@ -80,60 +80,6 @@ impl Default for VerifyDecoder {
     /// them: the budget sends them only where the text repeats and they stand.
     fn default() -> Self {
         Self::with_lookup(2, DEFAULT_LOOKUP)
-    }
-}
-
-/// A guessed token for a position after the committed text.
-#[derive(Clone)]
-pub(super) struct Draft {
-    pub token: u32,
-    /// Its probability under the distribution it was drawn from (0 for a runner-up).
-    pub conf: f32,
-    /// That distribution (sampling only: the acceptance rule needs it; None there is a
-    /// certain guess).
-    pub dist: Option<Dist>,
-    pub source: DraftSource,
-    /// The runners-up of a first mask draft, for a draft tree (empty otherwise).
-    pub alts: Vec<u32>,
-}
-
-/// A window entry: a draft of the main chain, fed as if it were text, a `[MASK]` slot
-/// predicting the position after it, or an alternative draft on a branch of a tree after
-/// window entry `after` (None: the committed text).
-pub(super) enum Slot {
-    Draft(Draft),
-    Mask,
-    Alt {
-        draft: Draft,
-        after: Option<usize>,
-    },
-    /// A `[MASK]` slot on a branch: the first of a block after window entry `after` that
-    /// stands for AR's token where the main chain's next draft fails, so that a pass which
-    /// rejects still drafts the next one (TiDAR-style; `tree.rs`).
-    Rescue {
-        after: Option<usize>,
-    },
-}
-
-impl Entry for Slot {
-    fn token(&self) -> Option<u32> {
-        self.draft().map(|d| d.token)
-    }
-
-    fn branch(&self) -> Option<Option<usize>> {
-        match self {
-            Slot::Alt { after, .. } | Slot::Rescue { after } => Some(*after),
-            _ => None,
-        }
-    }
-}
-
-impl Slot {
-    pub(super) fn draft(&self) -> Option<&Draft> {
-        match self {
-            Slot::Draft(d) | Slot::Alt { draft: d, .. } => Some(d),
-            Slot::Mask | Slot::Rescue { .. } => None,
-        }
     }
 }
 

@@ -69,8 +69,8 @@ enum Inner<'m> {
 
 impl<'m> Session<'m> {
     /// A session for `batch` rows. `positions`: the most any row will hold (prompt + new
-    /// tokens); `scratch`: extra room candle's cache needs for a padded window; `pad`: the id
-    /// padding rows on candle's backend.
+    /// tokens); `scratch`: extra room for a padded window (candle) or a draft tree's
+    /// alternatives (host, at most `TREE_MAX`); `pad`: the id padding rows on candle's backend.
     pub fn new(
         model: &'m Transformer,
         backend: Backend,
@@ -82,8 +82,8 @@ impl<'m> Session<'m> {
         let c = &model.cfg;
         let inner = match backend {
             Backend::Host => {
-                // Room for a tree's alternatives beside the positions themselves.
-                let capacity = positions.min(c.max_seq_len) + TREE_MAX;
+                // The scratch holds a tree's alternatives beside the positions themselves.
+                let capacity = positions.min(c.max_seq_len) + scratch.min(TREE_MAX);
                 match host::HostPass::new(model, batch, capacity) {
                     Some(p) => Inner::Host(Box::new(p)),
                     None => bail!("the host backend needs plain f32 CPU weights"),

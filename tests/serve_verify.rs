@@ -52,11 +52,39 @@ fn verified_decoding_with_lookup_streams_its_sources_and_gives_ar_text() {
                 };
                 assert!(allowed.contains(&src), "K={k} L={l}: {c}");
             }
+            // A chain has no branches: the field is absent.
+            for c in committed.iter().chain(rejected) {
+                assert!(c.get("branch").is_none(), "K={k} L={l}: {c}");
+            }
         }
     }
-    // A draft tree gives AR's text too; its size is bounded.
+    // A draft tree gives AR's text too; its size is bounded. A branch mark, where the budget
+    // sent alternatives and one stood, sits only on a committed draft, named by its source.
     let tree = json!({"decoder": "verify", "block_size": 2, "lookup": 8, "tree": 4});
-    assert_eq!(text(tree), ar, "tree");
+    assert_eq!(text(tree.clone()), ar, "tree");
+    let mut body =
+        json!({"prompt": prompt, "max_tokens": 24, "ignore_eos": true, "temperature": 0});
+    body.as_object_mut()
+        .unwrap()
+        .extend(tree.as_object().unwrap().clone());
+    let events = Events::open(&s.addr, "/v1/playground/stream", &body).all();
+    for step in events.iter().filter(|e| e["type"] == "step") {
+        for c in step["committed"].as_array().unwrap() {
+            if let Some(b) = c.get("branch") {
+                assert_eq!(b, &json!(true), "{c}");
+                assert!(
+                    c["source"].is_string(),
+                    "a branch mark on AR's own token: {c}"
+                );
+            }
+        }
+        for c in step["rejected"].as_array().unwrap() {
+            assert!(
+                c.get("branch").is_none(),
+                "rejected drafts carry no mark: {c}"
+            );
+        }
+    }
     let r = post(
         &s.addr,
         "/v1/completions",

@@ -59,6 +59,8 @@ try {
   // A barely trained model is never confident: a low τ shows several commits per step.
   await page.fill("#threshold", "0.004");
   await page.fill("#delay", "80");
+  // The verifier with a draft tree: its text is still AR's.
+  await page.fill("#tree", "4");
   await page.click("#run");
   const card = ".panel[data-decoder=card]";
   const ar = ".panel[data-decoder=ar]";
@@ -81,6 +83,7 @@ try {
         tpf: el.querySelector(".s-tpf").textContent,
         tps: el.querySelector(".s-tps").textContent,
         status: el.querySelector(".status").textContent,
+        branch: el.querySelectorAll(".steps .tok.branch").length,
       };
     };
     return { ar: p("ar"), card: p("card"), verify: p("verify"), error: document.getElementById("error").textContent };

@@ -67,6 +67,10 @@ pub struct SlotView {
     /// The verifier: "mask" or "lookup" for a draft it checked; absent for AR's own token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<&'static str>,
+    /// The verifier: the draft stood on an alternative branch of a draft tree (absent when
+    /// it stood on the main chain or was no draft).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub branch: bool,
 }
 
 /// A decoding step of one row, as the playground shows it.

@@ -79,6 +79,7 @@ impl RowState {
                 confidence: s.confidence,
                 masked: s.masked,
                 source: s.source.map(|d| d.name()),
+                branch: s.branch,
             };
             let prefix = self.text.prefix(tok.eot_id());
             let _ = job.tx.send(Event::Step(Box::new(StepView {

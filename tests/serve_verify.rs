@@ -15,13 +15,23 @@ fn verified_decoding_with_lookup_streams_its_sources_and_gives_ar_text() {
     assert_eq!(defaults["verify_block_size"], 2, "{m}");
     assert_eq!(defaults["verify_lookup"], 8, "{m}");
     let prompt = "a b c a b c a b c a b";
-    let text = |decoder: Value| {
+    // The prompt's request with a decoder's fields.
+    let body = |decoder: &Value| {
         let mut body =
             json!({"prompt": prompt, "max_tokens": 24, "ignore_eos": true, "temperature": 0});
         body.as_object_mut()
             .unwrap()
             .extend(decoder.as_object().unwrap().clone());
-        let r = post(&s.addr, "/v1/completions", &body);
+        body
+    };
+    let steps = |decoder: &Value| {
+        let events = Events::open(&s.addr, "/v1/playground/stream", &body(decoder)).all();
+        let steps: Vec<Value> = events.into_iter().filter(|e| e["type"] == "step").collect();
+        assert!(!steps.is_empty());
+        steps
+    };
+    let text = |decoder: Value| {
+        let r = post(&s.addr, "/v1/completions", &body(&decoder));
         assert_eq!(r.status, 200, "{}", r.body);
         r.json()["choices"][0]["text"].as_str().unwrap().to_string()
     };
@@ -29,15 +39,7 @@ fn verified_decoding_with_lookup_streams_its_sources_and_gives_ar_text() {
     for (k, l) in [(0, 8), (1, 8), (2, 0)] {
         let v = json!({"decoder": "verify", "block_size": k, "lookup": l});
         assert_eq!(text(v.clone()), ar, "K={k} L={l}");
-        let mut body =
-            json!({"prompt": prompt, "max_tokens": 24, "ignore_eos": true, "temperature": 0});
-        body.as_object_mut()
-            .unwrap()
-            .extend(v.as_object().unwrap().clone());
-        let events = Events::open(&s.addr, "/v1/playground/stream", &body).all();
-        let steps: Vec<&Value> = events.iter().filter(|e| e["type"] == "step").collect();
-        assert!(!steps.is_empty());
-        for step in steps {
+        for step in steps(&v) {
             let committed = step["committed"].as_array().unwrap();
             let rejected = step["rejected"].as_array().unwrap();
             // Every committed slot but the last is a draft that stood; the last is AR's own
@@ -62,13 +64,7 @@ fn verified_decoding_with_lookup_streams_its_sources_and_gives_ar_text() {
     // sent alternatives and one stood, sits only on a committed draft, named by its source.
     let tree = json!({"decoder": "verify", "block_size": 2, "lookup": 8, "tree": 4});
     assert_eq!(text(tree.clone()), ar, "tree");
-    let mut body =
-        json!({"prompt": prompt, "max_tokens": 24, "ignore_eos": true, "temperature": 0});
-    body.as_object_mut()
-        .unwrap()
-        .extend(tree.as_object().unwrap().clone());
-    let events = Events::open(&s.addr, "/v1/playground/stream", &body).all();
-    for step in events.iter().filter(|e| e["type"] == "step") {
+    for step in steps(&tree) {
         for c in step["committed"].as_array().unwrap() {
             if let Some(b) = c.get("branch") {
                 assert_eq!(b, &json!(true), "{c}");

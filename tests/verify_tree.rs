@@ -133,3 +133,33 @@ fn tree_sampling_follows_ar_distribution() {
         "TV between tree verification and AR sampling: {tv}"
     );
 }
+
+/// One-token prompts that progress unequally: a row that finished holds nearly all the
+/// positions of the call while another still feeds a pass with a rescue block, alternatives
+/// and a re-fed branch. The cache keeps room for that pass on both backends.
+#[test]
+fn short_ragged_rows_leave_room_for_tree_passes() {
+    let f = fixture();
+    let prompts: Vec<Vec<u32>> = encode(&["a", "the", "Alice", "Queen", "'", "and"])
+        .into_iter()
+        .map(|p| p[..1].to_vec())
+        .collect();
+    for backend in [Backend::Candle, Backend::Host] {
+        let o = GenOptions {
+            eos_id: u32::MAX,
+            ..opts(48, Sampling::default(), backend)
+        };
+        let ar = ArDecoder
+            .generate(&f.plain, &prompts, &o, &mut |_| {})
+            .unwrap();
+        for d in [tree(4, 0, 3), tree(2, 8, 8), tree(4, 8, 16)] {
+            let what = format!("{backend:?} {d:?}");
+            let g = d
+                .generate(&f.plain, &prompts, &o, &mut |_| {})
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            for (a, v) in ar.rows.iter().zip(&g.rows) {
+                assert_eq!(a.tokens, v.tokens, "{what}");
+            }
+        }
+    }
+}

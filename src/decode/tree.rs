@@ -67,6 +67,15 @@ impl Entry for Slot {
     }
 }
 
+impl Draft {
+    /// A guess that was not drawn (greedy, lookup, a runner-up): no distribution, or a
+    /// one-hot one. A certain guess of a token a sibling already guesses adds nothing: if
+    /// the sibling fails, the target left has no mass on it.
+    fn certain(&self) -> bool {
+        self.dist.as_ref().is_none_or(|q| q.len() == 1)
+    }
+}
+
 impl Slot {
     pub(super) fn draft(&self) -> Option<&Draft> {
         match self {
@@ -163,8 +172,10 @@ pub(super) fn runners_up(logits: &[f32], not: u32, banned: u32, count: usize) ->
 }
 
 /// Alternatives to add after the window's masks, at most `nodes` positions: `chains` (each
-/// off the committed text, cut so they end within `room`) and then `singles`, skipping any
-/// whose first token some earlier first-level draft already guesses.
+/// off the committed text, cut so they end within `room`) and then `singles`, skipping a
+/// certain guess whose token some earlier first-level draft already guesses. A drawn draft
+/// is never skipped for its value: recursive rejection needs it distributed as its q, and
+/// as a repeat it simply fails (the target left has no mass on its token).
 pub(super) fn grow(
     window: &mut Vec<Slot>,
     chains: Vec<Vec<Draft>>,
@@ -182,7 +193,7 @@ pub(super) fn grow(
         .chain(singles.into_iter().map(|d| vec![d]));
     for chain in chains {
         let Some(head) = chain.first() else { continue };
-        if left == 0 || firsts.contains(&head.token) {
+        if left == 0 || head.certain() && firsts.contains(&head.token) {
             continue;
         }
         firsts.push(head.token);
@@ -333,24 +344,28 @@ mod tests {
         assert_eq!(runners_up(&l, 3, 4, 3), vec![1, 2, 0]);
     }
 
-    #[test]
-    fn recursive_rejection_commits_tokens_distributed_as_ar() {
-        use crate::decode::Sampling;
-        use rand::SeedableRng;
-        // AR's distribution over tokens 0..5 (5 is [MASK], banned).
-        let logits = [1.0, 0.5, 2.0, 0.0, -1.0, 3.0];
-        let opts = GenOptions {
+    /// Sampling at temperature 1 with `mask` banned.
+    fn sampling(mask: u32) -> GenOptions<'static> {
+        GenOptions {
             max_new_tokens: 1,
             eos_id: u32::MAX,
-            mask_id: 5,
-            sampling: Sampling {
+            mask_id: mask,
+            sampling: crate::decode::Sampling {
                 temperature: 1.0,
-                ..Sampling::default()
+                ..Default::default()
             },
             seed: 0,
             stop: None,
             backend: None,
-        };
+        }
+    }
+
+    #[test]
+    fn recursive_rejection_commits_tokens_distributed_as_ar() {
+        use rand::SeedableRng;
+        // AR's distribution over tokens 0..5 (5 is [MASK], banned).
+        let logits = [1.0, 0.5, 2.0, 0.0, -1.0, 3.0];
+        let opts = sampling(5);
         let p = opts.sampling.distribution(&logits, &[], &[5]);
         let q: Dist = vec![(0, 0.7), (1, 0.3)];
         let mut rng = rand_pcg::Pcg64::seed_from_u64(3);
@@ -378,5 +393,42 @@ mod tests {
             assert!(d < 0.006, "token {t}: {} against {pt}", counts[t as usize]);
         }
         assert_eq!(counts[5], 0.0);
+    }
+
+    #[test]
+    fn a_drawn_draft_is_checked_even_where_a_guess_took_its_token() {
+        use rand::SeedableRng;
+        // AR: p = {0: .5, 1: .3, 2: .2} (3 is [MASK]). The main chain guesses 0 for certain
+        // (lookup); beside it, a mask draft drawn from q = {0: .5, 1: .5}. Dropping the
+        // drawn draft whenever it repeats the guess commits {.5, .4, .1}.
+        let logits = [0.5f32.ln(), 0.3f32.ln(), 0.2f32.ln(), 0.0];
+        let opts = sampling(3);
+        let q: Dist = vec![(0, 0.5), (1, 0.5)];
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(5);
+        let n = 200_000;
+        let mut counts = [0f64; 4];
+        for _ in 0..n {
+            let (token, _) = draw(&q, &mut rng);
+            let drawn = Draft {
+                dist: Some(q.clone()),
+                ..draft(token)
+            };
+            let mut w = vec![Slot::Draft(draft(0))];
+            grow(&mut w, vec![vec![drawn]], Vec::new(), 4, 10);
+            let first: Vec<&Draft> = children(&w, None)
+                .into_iter()
+                .filter_map(|e| w[e].draft())
+                .collect();
+            let tok = match check(&first, &logits, &[], &opts, &mut rng) {
+                Check::Accept(k) => first[k].token,
+                Check::Replace(t, _) => t,
+            };
+            counts[tok as usize] += 1.0 / n as f64;
+        }
+        // Standard error ≈ 0.001.
+        for (t, pt) in [(0, 0.5), (1, 0.3), (2, 0.2), (3, 0.0)] {
+            let d = (counts[t] - pt).abs();
+            assert!(d < 0.006, "token {t}: {} against {pt}", counts[t]);
+        }
     }
 }

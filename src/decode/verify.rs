@@ -380,7 +380,11 @@ impl Decoder for VerifyDecoder {
             tree: self.tree,
         };
         let window = d.most_drafts() + d.block_size + d.tree;
-        let (mut batch, mut rngs) = Batch::start(model, prompts, opts, window + 1)?;
+        // The most a pass feeds one row: its pending token and window, and with a tree also
+        // the tokens of a branch that stood (fed again, up to `tree`) and a rescue block (up
+        // to K). Candle's cache needs that room past the longest row, finished rows included.
+        let widest = window + 1 + if d.tree > 0 { d.block_size + d.tree } else { 0 };
+        let (mut batch, mut rngs) = Batch::start(model, prompts, opts, widest)?;
         let mut rows: Vec<RowState<Slot>> = prompts
             .iter()
             .map(|p| RowState::new(p, opts, window))

@@ -360,55 +360,56 @@ mod tests {
         }
     }
 
+    /// Commits 200,000 tokens with `one` (a pass's check, from the rng) and asserts their
+    /// frequencies are `p`'s within 0.006 (standard error ≈ 0.001), no other token included.
+    fn assert_commits(p: &Dist, seed: u64, mut one: impl FnMut(&mut Pcg64) -> u32) {
+        use rand::SeedableRng;
+        let mut rng = Pcg64::seed_from_u64(seed);
+        let n = 200_000;
+        let mut counts = [0f64; 16];
+        for _ in 0..n {
+            counts[one(&mut rng) as usize] += 1.0 / n as f64;
+        }
+        for (t, &c) in counts.iter().enumerate() {
+            let pt = p.iter().find(|x| x.0 == t as u32).map_or(0.0, |x| x.1);
+            assert!((c - pt).abs() < 0.006, "token {t}: {c} against {pt}");
+        }
+    }
+
     #[test]
     fn recursive_rejection_commits_tokens_distributed_as_ar() {
-        use rand::SeedableRng;
         // AR's distribution over tokens 0..5 (5 is [MASK], banned).
         let logits = [1.0, 0.5, 2.0, 0.0, -1.0, 3.0];
         let opts = sampling(5);
         let p = opts.sampling.distribution(&logits, &[], &[5]);
         let q: Dist = vec![(0, 0.7), (1, 0.3)];
-        let mut rng = rand_pcg::Pcg64::seed_from_u64(3);
-        let n = 200_000;
-        let mut counts = [0f64; 6];
-        for _ in 0..n {
-            // A draft drawn from q, then a certain guess of token 2 beside it.
-            let (token, _) = draw(&q, &mut rng);
+        // A draft drawn from q, then a certain guess of token 2 beside it. Checking the
+        // guess against p instead of the residual after the first rejection commits token 2
+        // with chance ≈ 0.38, not 0.56.
+        assert_commits(&p, 3, |rng| {
+            let (token, _) = draw(&q, rng);
             let first = Draft {
                 dist: Some(q.clone()),
                 ..draft(token)
             };
-            let second = draft(2);
-            let tok = match check(&[&first, &second], &logits, &[], &opts, &mut rng) {
+            match check(&[&first, &draft(2)], &logits, &[], &opts, rng) {
                 Check::Accept(0) => token,
                 Check::Accept(_) => 2,
                 Check::Replace(t, _) => t,
-            };
-            counts[tok as usize] += 1.0 / n as f64;
-        }
-        // Standard error ≈ 0.001. Checking the certain guess against p instead of the
-        // residual after the first rejection commits token 2 with chance ≈ 0.38, not 0.56.
-        for &(t, pt) in &p {
-            let d = (counts[t as usize] - pt).abs();
-            assert!(d < 0.006, "token {t}: {} against {pt}", counts[t as usize]);
-        }
-        assert_eq!(counts[5], 0.0);
+            }
+        });
     }
 
     #[test]
     fn a_drawn_draft_is_checked_even_where_a_guess_took_its_token() {
-        use rand::SeedableRng;
         // AR: p = {0: .5, 1: .3, 2: .2} (3 is [MASK]). The main chain guesses 0 for certain
         // (lookup); beside it, a mask draft drawn from q = {0: .5, 1: .5}. Dropping the
         // drawn draft whenever it repeats the guess commits {.5, .4, .1}.
         let logits = [0.5f32.ln(), 0.3f32.ln(), 0.2f32.ln(), 0.0];
         let opts = sampling(3);
         let q: Dist = vec![(0, 0.5), (1, 0.5)];
-        let mut rng = rand_pcg::Pcg64::seed_from_u64(5);
-        let n = 200_000;
-        let mut counts = [0f64; 4];
-        for _ in 0..n {
-            let (token, _) = draw(&q, &mut rng);
+        assert_commits(&vec![(0, 0.5), (1, 0.3), (2, 0.2)], 5, |rng| {
+            let (token, _) = draw(&q, rng);
             let drawn = Draft {
                 dist: Some(q.clone()),
                 ..draft(token)
@@ -419,16 +420,10 @@ mod tests {
                 .into_iter()
                 .filter_map(|e| w[e].draft())
                 .collect();
-            let tok = match check(&first, &logits, &[], &opts, &mut rng) {
+            match check(&first, &logits, &[], &opts, rng) {
                 Check::Accept(k) => first[k].token,
                 Check::Replace(t, _) => t,
-            };
-            counts[tok as usize] += 1.0 / n as f64;
-        }
-        // Standard error ≈ 0.001.
-        for (t, pt) in [(0, 0.5), (1, 0.3), (2, 0.2), (3, 0.0)] {
-            let d = (counts[t] - pt).abs();
-            assert!(d < 0.006, "token {t}: {} against {pt}", counts[t]);
-        }
+            }
+        });
     }
 }

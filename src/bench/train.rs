@@ -168,13 +168,18 @@ pub struct MemoryProbe {
     /// Resident memory after warm-up + `steps` steps, and after `steps` more (MiB).
     pub rss_after_warmup_mb: f64,
     pub rss_end_mb: f64,
+    /// Growth over each half of the watched steps (MiB).
+    pub rss_growth_halves_mb: [f64; 2],
+    /// Sustained growth over the watched steps: the smaller half's growth, doubled. Memory
+    /// kept alive per step grows in both halves; a one-off rise (an allocator heap a
+    /// starved thread first touches late) shows in one half only.
     pub rss_growth_mb: f64,
     pub steps: usize,
 }
 
 /// One objective's memory in this process: warm-up and `steps` steps, then `steps` more,
-/// reading the resident set before and after those (run it in a fresh process so nothing
-/// else shares the heap).
+/// reading the resident set before, halfway through and after those (run it in a fresh
+/// process so nothing else shares the heap).
 pub fn memory_probe(
     cfg: &Config,
     data: &Prepared,
@@ -193,17 +198,32 @@ pub fn memory_probe(
         trainer.step()?;
     }
     let start = rss_mb();
-    for _ in 0..steps {
+    let half = steps / 2;
+    for _ in 0..half {
+        trainer.step()?;
+    }
+    let middle = rss_mb();
+    for _ in half..steps {
         trainer.step()?;
     }
     let end = rss_mb();
+    let halves = [middle - start, end - middle];
     Ok(MemoryProbe {
         peak_rss_mb: peak_rss_mb(),
         rss_after_warmup_mb: start,
         rss_end_mb: end,
-        rss_growth_mb: end - start,
+        rss_growth_halves_mb: halves,
+        rss_growth_mb: sustained_growth(halves),
         steps,
     })
+}
+
+/// Growth that went on through both halves of a window, scaled to the whole window.
+fn sustained_growth([a, b]: [f64; 2]) -> f64 {
+    if a.signum() != b.signum() {
+        return 0.0;
+    }
+    2.0 * if a.abs() < b.abs() { a } else { b }
 }
 
 /// One data-parallel configuration's training throughput, as rank 0 measured it.
@@ -373,5 +393,21 @@ impl std::fmt::Display for DistReport<'_> {
             write!(f, "\nnote: every rank ran on this machine, sharing its {cores} cores, so more ranks add no compute here; comm_s/step is the cost the transport adds per step")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sustained_growth;
+
+    #[test]
+    fn growth_counts_only_what_both_halves_show() {
+        // Memory kept per step grows in both halves.
+        assert_eq!(sustained_growth([3.0, 4.0]), 6.0);
+        assert_eq!(sustained_growth([-2.0, -3.0]), -4.0);
+        // A one-off rise in either half, or a rise then a fall, is not a leak.
+        assert_eq!(sustained_growth([9.0, 0.0]), 0.0);
+        assert_eq!(sustained_growth([0.0, 9.0]), 0.0);
+        assert_eq!(sustained_growth([9.0, -1.0]), 0.0);
     }
 }

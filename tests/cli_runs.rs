@@ -48,6 +48,7 @@ fn every_experiment_smoke_run_writes_report_csv_and_plots() {
                 "gap on validation",
                 "Trend of the gap",
                 "Strict vs soft tail",
+                "Acceptance of [MASK] drafts by slot",
             ] {
                 assert!(report.contains(part), "scaling report lacks {part}");
             }
@@ -67,9 +68,16 @@ fn every_experiment_smoke_run_writes_report_csv_and_plots() {
         });
         assert!(svgs.count() >= 1, "{name}: no plot");
     }
-    // A second call reuses the finished runs instead of training again.
+    // A second call reuses the finished runs instead of training again, and the scaling
+    // sweep's acceptance counts instead of decoding again.
     let out = card(&["experiment", "ema", "--smoke"], cwd);
     assert!(String::from_utf8_lossy(&out.stderr).contains("done earlier"));
+    let out = card(&["experiment", "scaling", "--smoke"], cwd);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !log.contains("acceptance of"),
+        "{log}"
+    );
     // ... but never a smoke run as the real one.
     let out = card(&["experiment", "ema"], cwd);
     assert!(!out.status.success());
@@ -258,7 +266,7 @@ fn a_killed_run_leaves_a_loadable_checkpoint_and_resumes() {
 fn training_memory_does_not_grow_over_hundreds_of_steps() {
     // The benchmark's own probe: a fresh process, 10 warm-up steps and 150 steps, then 150
     // more while it watches the resident set. A graph, batch or metric kept alive per step
-    // would add megabytes every step.
+    // would add megabytes every step, in both halves of the watch.
     let dir = tempfile::tempdir().unwrap();
     let args = [
         "bench",
@@ -280,9 +288,10 @@ fn training_memory_does_not_grow_over_hundreds_of_steps() {
     let growth = probe["rss_growth_mb"].as_f64().unwrap();
     let peak = probe["peak_rss_mb"].as_f64().unwrap();
     assert!(peak > 0.0, "peak RSS is measured: {probe}");
+    assert_eq!(probe["rss_growth_halves_mb"].as_array().unwrap().len(), 2);
     assert!(
         growth.abs() < 8.0,
-        "resident memory grew {growth} MiB over 150 steps"
+        "resident memory grew {growth} MiB over 150 steps: {probe}"
     );
 }
 

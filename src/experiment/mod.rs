@@ -4,6 +4,7 @@
 //! finished run keeps its `result.json` and is skipped on the next call, an interrupted one
 //! resumes from its last checkpoint.
 
+mod acceptance;
 pub mod adaptation;
 mod bench_cache;
 pub mod data_efficiency;

@@ -1,8 +1,11 @@
 //! Scaling: does CARD's gap to ARM close as the token budget grows? ARM and CARD (soft tail,
 //! the default) train the same model on the same data at several budgets, and strict-tail CARD
 //! joins them at the largest. The report is rewritten after every budget, so a sweep stopped
-//! part-way still reports the budgets it finished.
+//! part-way still reports the budgets it finished. It also counts how often each CARD
+//! model's `[MASK]` drafts stand in the lossless verifier (`acceptance.rs`): does training
+//! longer raise acceptance?
 
+use super::acceptance;
 use super::plot::{plot, Series};
 use super::runner::{RunSpec, Runner};
 use super::runs::{commit_report, RunResult};
@@ -63,7 +66,12 @@ pub fn run(runner: &mut Runner) -> Result<()> {
                 results.push(runner.run(&spec(kind, steps, seed))?);
             }
         }
-        write_report(runner, &results, &budgets, train_tokens)?;
+        let accepted = acceptance::measure(
+            &runner.opts.out.join("acceptance.json"),
+            &results,
+            runner.opts.smoke,
+        )?;
+        write_report(runner, &results, &accepted, &budgets, train_tokens)?;
         if steps != largest {
             commit_report(&runner.opts, "scaling");
         }
@@ -115,6 +123,7 @@ fn splits(results: &[RunResult]) -> Vec<(String, Metric)> {
 fn write_report(
     runner: &Runner,
     results: &[RunResult],
+    accepted: &[acceptance::Measured],
     budgets: &[usize],
     train_tokens: usize,
 ) -> Result<()> {
@@ -177,6 +186,15 @@ fn write_report(
         ));
     }
     gap_plot(runner, results, &done, &splits, &tokens_at)?;
+    if !accepted.is_empty() {
+        tables.push(acceptance::table(accepted));
+        findings.extend(acceptance::findings(accepted));
+        acceptance::write_plot(&runner.opts.out.join("acceptance.svg"), accepted)?;
+        plots.push((
+            "acceptance.svg".into(),
+            "Acceptance of the first two [MASK] drafts against training tokens, one point per seed (soft tail)".into(),
+        ));
+    }
     let report = Report {
         title: "Does CARD's gap to ARM close as training grows? A budget sweep".into(),
         intro: vec![

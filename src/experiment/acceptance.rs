@@ -144,11 +144,17 @@ pub fn table(rows: &[Measured]) -> Table {
                 of.len().to_string(),
             ];
             for i in 0..SLOTS {
+                // A slot no pass checked has no share (and a seed none of whose passes got
+                // that far has no entry).
                 let v: Vec<f64> = of
                     .iter()
                     .filter_map(|m| m.by_slot.get(i).copied())
+                    .filter(|a| a.is_finite())
                     .collect();
-                row.push(fmt_mean_sd(&v, 3));
+                row.push(match v.is_empty() {
+                    true => "–".into(),
+                    false => fmt_mean_sd(&v, 3),
+                });
             }
             let tpf: Vec<f64> = of.iter().map(|m| m.tokens_per_forward).collect();
             row.push(fmt_mean_sd(&tpf, 3));
@@ -161,7 +167,7 @@ pub fn table(rows: &[Measured]) -> Table {
     header.extend((1..=SLOTS).map(|i| format!("slot {i}")));
     header.push("tokens/forward".into());
     Table {
-        caption: format!("Acceptance of [MASK] drafts by slot against training tokens: the lossless verifier with K = {SLOTS} slots sent every pass, greedy, batch 1; for slot i the share of passes checking its draft that accepted it (every earlier draft stood), mean ± sd over seeds. Counted, not timed"),
+        caption: format!("Acceptance of [MASK] drafts by slot against training tokens: the lossless verifier with K = {SLOTS} slots sent every pass, greedy, batch 1; for slot i the share of passes checking its draft that accepted it (every earlier draft stood), mean ± sd over the seeds whose passes reached that slot (– where none did). A slot is checked only after every earlier draft stood, so slots 3 and 4 rest on a few passes each. Counted, not timed"),
         header,
         rows: out,
     }
@@ -260,9 +266,14 @@ mod tests {
             "{f:?}"
         );
         assert!(f[0].contains("+0.100 per tenfold"), "{f:?}");
+        // A slot no seed's passes reached has no share to average.
+        rows[0].by_slot = vec![0.2];
+        rows[1].by_slot = vec![0.2, f64::NAN];
         let t = table(&rows);
         assert_eq!(t.rows.len(), 3, "{:?}", t.rows);
         assert_eq!(t.rows[0][3], "3");
+        assert_eq!(t.rows[0][5], "0.110", "{:?}", t.rows[0]);
+        assert_eq!(t.rows[0][6], "–", "{:?}", t.rows[0]);
         // One budget alone shows no trend.
         assert!(findings(&rows[..3]).is_empty());
     }

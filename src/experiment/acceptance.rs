@@ -29,7 +29,7 @@ pub struct Measured {
     pub variant: String,
     pub seed: u64,
     pub tokens: u64,
-    /// The checkpoint measured (a rerun measures again only if it changed).
+    /// The checkpoint measured (a rerun measures again when the run names another one).
     pub checkpoint: String,
     pub set: String,
     /// For slot i: the share of passes checking its draft that accepted it (every earlier
@@ -58,7 +58,8 @@ fn plan(checkpoint: &Path, smoke: bool) -> DecodePlan {
 }
 
 /// Acceptance of every CARD run in `runs`, measured where not kept in `path` already; a run
-/// whose checkpoint is gone and was never measured is left out.
+/// whose checkpoint is gone and was never measured, or that fails to decode, is left out
+/// (with a warning).
 pub fn measure(path: &Path, runs: &[RunResult], smoke: bool) -> Result<Vec<Measured>> {
     let mut kept: Vec<Measured> = std::fs::read(path)
         .ok()
@@ -84,7 +85,14 @@ pub fn measure(path: &Path, runs: &[RunResult], smoke: bool) -> Result<Vec<Measu
             continue;
         }
         eprintln!("  acceptance of {} seed {} ...", r.variant, r.seed);
-        let report = plan(ckpt, smoke).run(|_| {})?;
+        // A model that cannot be decoded costs its rows in this table, not the sweep's report.
+        let report = match plan(ckpt, smoke).run(|_| {}) {
+            Ok(report) => report,
+            Err(e) => {
+                eprintln!("  acceptance of {} seed {}: {e:#}", r.variant, r.seed);
+                continue;
+            }
+        };
         kept.retain(|m| !same(m));
         for row in report.rows.iter().filter(|b| b.decoder == "verify") {
             kept.push(Measured {

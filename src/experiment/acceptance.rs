@@ -110,7 +110,7 @@ pub fn measure(path: &Path, runs: &[RunResult], smoke: bool) -> Result<Vec<Measu
     Ok(kept)
 }
 
-/// The variants in the order they first appear, each with its tokens.
+/// The variants, each with its tokens, fewest tokens first.
 fn variants(rows: &[Measured]) -> Vec<(String, u64)> {
     let mut out: Vec<(String, u64)> = Vec::new();
     for m in rows {
@@ -186,6 +186,7 @@ fn points(rows: &[Measured], set: &str, slot: usize) -> Vec<(f64, f64)> {
     rows.iter()
         .filter(|m| m.set == set && m.variant.starts_with("card-") && !m.variant.contains("strict"))
         .filter_map(|m| Some(((m.tokens as f64).log10(), *m.by_slot.get(slot)?)))
+        .filter(|p| p.1.is_finite())
         .collect()
 }
 

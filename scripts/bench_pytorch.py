@@ -95,7 +95,6 @@ or all (default: all four). `--json` prints one JSON list (one object per mode) 
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import time

@@ -536,9 +536,16 @@ fn load_test_concurrent_streaming_clients() {
         CLIENTS * PER_CLIENT - dropped,
         "lost responses"
     );
-    wait_until("the dropped rows to stop", Duration::from_secs(10), || {
-        s.health()["active_rows"] == 0
-    });
+    // A job's queue place is freed after it is counted as completed or cancelled (and
+    // `active_rows` falls before that), so "nothing admitted" is the moment all are counted.
+    wait_until(
+        "every request to be counted",
+        Duration::from_secs(10),
+        || {
+            let h = s.health();
+            h["active_rows"] == 0 && h["queue"]["admitted"] == 0
+        },
+    );
     let mut lat: Vec<f64> = results.iter().map(|r| r.0).collect();
     let mut ttft: Vec<f64> = results.iter().map(|r| r.1).collect();
     lat.sort_by(f64::total_cmp);

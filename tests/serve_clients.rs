@@ -23,8 +23,9 @@ fn client_disconnect_stops_generation() {
             ev.next().unwrap();
         }
         drop(ev);
+        // Its queue place is freed only after the job is counted as cancelled.
         wait_until("the generation to stop", Duration::from_secs(5), || {
-            s.health()["active_rows"] == 0
+            s.health()["queue"]["admitted"] == 0
         });
         let h = s.health();
         let used = h["forward_passes"].as_u64().unwrap() - before;

@@ -247,7 +247,12 @@ macro_rules! block_dots {
             assert!(x.len() >= M * k && wrow.len() >= kind.row_bytes(k) && o.len() >= M);
             let mut acc: [[$vec; A]; M] = [[$zero(); A]; M];
             let xp = x.as_ptr();
+            let per_block = kind.row_bytes(k) / blocks.max(1);
             for b in 0..blocks {
+                // The weight stream prefetched ahead of the products (a prefetch never
+                // faults, so running past the row into the next ones is fine).
+                let ahead = wrow.as_ptr().wrapping_add(b * per_block + PREFETCH_BYTES);
+                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
                 // SAFETY: block b lies within wrow, and x row i's block b within x (asserted).
                 let w = match KQ {
                     true => expand_k(kind, wrow.as_ptr(), b),
@@ -280,9 +285,15 @@ macro_rules! block_dots {
 #[cfg(target_arch = "x86_64")]
 use block_dots;
 
+/// How far ahead of the products the packed weights are prefetched: on a 2-core Emerald
+/// Rapids guest a three-position pass of SmolLM2 went from 21.5 to 13.5 ms in bf16 and from
+/// 14.5–15.9 to 12.8 ms in Q4_1/Q8_0 with 8 KiB (the hardware prefetcher alone left the loads
+/// waiting); 2–4 KiB measured between the two.
+const PREFETCH_BYTES: usize = 8192;
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Blocks, BLOCK};
+    use super::{Blocks, BLOCK, PREFETCH_BYTES};
     use std::arch::x86_64::*;
 
     /// The f16 at `p` (F16C: `half`'s portable conversion cost more than the block's math).
@@ -378,7 +389,7 @@ mod avx2 {
 /// The AVX2 kernel's shape at 16 lanes: a block is two vectors, A ≤ 2 accumulators per row.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Blocks, BLOCK};
+    use super::{Blocks, BLOCK, PREFETCH_BYTES};
     use std::arch::x86_64::*;
 
     /// Values 32b..32b+32 of a row of K-quant super-blocks in two vectors.

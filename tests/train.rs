@@ -383,3 +383,30 @@ fn bf16_compute_trains_and_resumes_exactly() {
         .to_string();
     assert!(err.contains("train.compute"), "{err}");
 }
+
+/// `train.compute = "auto"` is decided once, when the run starts: the saved config names
+/// f32 or bf16, and a resume that asks for `auto` keeps that choice and continues exactly.
+#[test]
+fn auto_compute_is_decided_once_and_kept_on_resume() {
+    use card::config::ComputeDtype;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny(4, ObjectiveKind::Card);
+    cfg.train.compute = ComputeDtype::Auto;
+    let mut straight = Trainer::new(cfg.clone(), data(), &Device::Cpu).unwrap();
+    let chosen = straight.cfg.train.compute;
+    assert_ne!(chosen, ComputeDtype::Auto, "auto was not resolved");
+    straight.run(&dir.path().join("straight"), false).unwrap();
+    let mut half = cfg.clone();
+    half.train.max_steps = 2;
+    let run = dir.path().join("resumed");
+    Trainer::new(half, data(), &Device::Cpu)
+        .unwrap()
+        .run(&run, false)
+        .unwrap();
+    let ckpt = checkpoint::load(&run, &Device::Cpu).unwrap();
+    assert_eq!(ckpt.config.train.compute, chosen);
+    let mut resumed = Trainer::resume(cfg, ckpt, data()).unwrap();
+    assert_eq!(resumed.cfg.train.compute, chosen);
+    resumed.run(&run, false).unwrap();
+    assert_eq!(weights_of(&resumed), weights_of(&straight));
+}

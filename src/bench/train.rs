@@ -81,6 +81,12 @@ pub fn bench_train(
     device: &Device,
     progress: impl Fn(&str),
 ) -> Result<Vec<TrainBench>> {
+    // `auto` measured here, as a training run would decide it.
+    let f32_weights = cfg.train.dtype == crate::config::DType::F32;
+    let variants: &[(ObjectiveKind, ComputeDtype)] = &variants
+        .iter()
+        .map(|&(o, c)| (o, c.resolved(f32_weights, || super::bf16_pays(device))))
+        .collect::<Vec<_>>();
     progress("measuring the matmul peak");
     let peak_f32 = matmul_peak_gflops(device, 1024, 7, false)?;
     let peak_bf16 = if variants.iter().any(|v| v.1 == ComputeDtype::Bf16) {
@@ -95,7 +101,7 @@ pub fn bench_train(
     let mut peaks = Vec::new();
     let label = |(o, c): (ObjectiveKind, ComputeDtype)| match c {
         ComputeDtype::F32 => o.name().to_string(),
-        ComputeDtype::Bf16 => format!("{} (bf16)", o.name()),
+        other => format!("{} ({})", o.name(), other.name()),
     };
     for &(obj, compute) in variants {
         progress(&format!("{}: warm-up", label((obj, compute))));
@@ -129,15 +135,12 @@ pub fn bench_train(
         let tokens = c.tokens_per_step();
         let flops = c.model.train_flops_per_token(c.train.seq_len) * tokens as f64;
         let peak = match variants[o].1 {
-            ComputeDtype::F32 => peak_f32,
             ComputeDtype::Bf16 => peak_bf16,
+            _ => peak_f32,
         };
         out.push(TrainBench {
             objective: variants[o].0.name().to_string(),
-            compute: match variants[o].1 {
-                ComputeDtype::F32 => "f32".into(),
-                ComputeDtype::Bf16 => "bf16".into(),
-            },
+            compute: variants[o].1.name().into(),
             params: trainer.params.count(),
             tokens_per_step: tokens,
             step_time_s: step_time,

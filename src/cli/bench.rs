@@ -109,8 +109,8 @@ pub struct TrainBenchArgs {
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
     /// What the linear layers compute in, comma-separated: f32, bf16 (bf16 operands, f32
-    /// sums; `train.compute`). Each objective runs once per entry, interleaved [default: the
-    /// config's train.compute].
+    /// sums; `train.compute`), auto (whichever this CPU's products run faster, measured).
+    /// Each objective runs once per entry, interleaved [default: the config's train.compute].
     #[arg(long, value_delimiter = ',', value_name = "DTYPES")]
     pub compute: Vec<String>,
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -186,7 +186,8 @@ fn parse_computes(given: &[String], config: ComputeDtype) -> Result<Vec<ComputeD
         .map(|c| match c.trim() {
             "f32" => Ok(ComputeDtype::F32),
             "bf16" => Ok(ComputeDtype::Bf16),
-            other => bail!("--compute: unknown '{other}' (known: f32, bf16)"),
+            "auto" => Ok(ComputeDtype::Auto),
+            other => bail!("--compute: unknown '{other}' (known: f32, bf16, auto)"),
         })
         .collect()
 }

@@ -273,13 +273,37 @@ impl DType {
 
 /// What training's matrix products compute in (`train.compute`): `f32`, or `bf16` operands
 /// with f32 sums (CPU, with AVX512_BF16 dot products where the CPU has them), the weights,
-/// optimizer state, norms, softmax and loss staying f32.
+/// optimizer state, norms, softmax and loss staying f32; or `auto`, whichever of the two this
+/// machine's products run faster, measured when a run starts and written into its config so
+/// that a resumed run keeps it (`ComputeDtype::resolved`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ComputeDtype {
     #[default]
     F32,
     Bf16,
+    Auto,
+}
+
+impl ComputeDtype {
+    /// The name `train.compute` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            ComputeDtype::F32 => "f32",
+            ComputeDtype::Bf16 => "bf16",
+            ComputeDtype::Auto => "auto",
+        }
+    }
+
+    /// `Auto` made concrete: bf16 where `bf16_pays` (this CPU's bf16 products measured faster
+    /// than its f32 ones) and the weights are f32, else f32. The others stay as they are.
+    pub fn resolved(self, weights_f32: bool, bf16_pays: impl FnOnce() -> bool) -> ComputeDtype {
+        match self {
+            ComputeDtype::Auto if weights_f32 && bf16_pays() => ComputeDtype::Bf16,
+            ComputeDtype::Auto => ComputeDtype::F32,
+            other => other,
+        }
+    }
 }
 
 fn is_f32_compute(c: &ComputeDtype) -> bool {
@@ -353,5 +377,31 @@ impl Default for TrainConfig {
             freeze_embeddings: false,
             freeze_layers: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ComputeDtype;
+
+    #[test]
+    fn auto_compute_resolves_to_bf16_only_where_it_pays_over_f32_weights() {
+        let never = || -> bool { panic!("measured although the answer was known") };
+        assert_eq!(
+            ComputeDtype::Auto.resolved(true, || true),
+            ComputeDtype::Bf16
+        );
+        assert_eq!(
+            ComputeDtype::Auto.resolved(true, || false),
+            ComputeDtype::F32
+        );
+        assert_eq!(ComputeDtype::Auto.resolved(false, never), ComputeDtype::F32);
+        assert_eq!(ComputeDtype::Bf16.resolved(true, never), ComputeDtype::Bf16);
+        assert_eq!(ComputeDtype::F32.resolved(true, never), ComputeDtype::F32);
+        let parsed: ComputeDtype = toml::from_str::<toml::Value>("c = \"auto\"").unwrap()["c"]
+            .clone()
+            .try_into()
+            .unwrap();
+        assert_eq!(parsed, ComputeDtype::Auto);
     }
 }

@@ -169,7 +169,11 @@ impl<'a> Trainer<'a> {
 
     /// Continue a checkpoint exactly. `cfg` may differ from the saved config only in
     /// run-length and cadence fields (max_steps, eval/ckpt/log intervals).
-    pub fn resume(cfg: Config, ckpt: Checkpoint, data: &'a Prepared) -> Result<Self> {
+    pub fn resume(mut cfg: Config, ckpt: Checkpoint, data: &'a Prepared) -> Result<Self> {
+        // `auto` asks for what the run decided when it started, not a new measurement.
+        if cfg.train.compute == crate::config::ComputeDtype::Auto {
+            cfg.train.compute = ckpt.config.train.compute;
+        }
         let mut saved = ckpt.config.clone();
         let mut wanted = cfg.clone();
         wanted.model.vocab_size = saved.model.vocab_size;
@@ -242,13 +246,20 @@ impl<'a> Trainer<'a> {
     }
 
     fn assemble(
-        cfg: Config,
+        mut cfg: Config,
         params: Params,
         opt: AdamW,
         ema: Option<Ema>,
         state: TrainState,
         data: &'a Prepared,
     ) -> Result<Self> {
+        // `auto` is decided here, once, and kept in the config every checkpoint saves.
+        let device = params.vars[0].device().clone();
+        let weights_f32 = cfg.train.dtype == crate::config::DType::F32;
+        cfg.train.compute = cfg
+            .train
+            .compute
+            .resolved(weights_f32, || crate::bench::bf16_pays(&device));
         let mut model = Transformer::from_params(&cfg.model, &params)?;
         model.compute = cfg.train.compute;
         let objective = objective::build(&cfg, data.tokenizer.mask_id());

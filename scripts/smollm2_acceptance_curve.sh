@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Acceptance of SmolLM2's [MASK] drafts against training tokens (issue 34, item 5), on a CPU:
 # the distillation recipe (the base model's greedy continuations of corpus prefixes mixed
-# with real text, CARD objective, bf16 compute) run for STEPS steps, a checkpoint every
+# with real text, CARD objective, bf16 compute where this CPU's bf16 products are the faster,
+# f32 elsewhere: train.compute = "auto") run for STEPS steps, a checkpoint every
 # EVERY steps kept aside as it appears (training keeps only the newest two), then the
 # lossless verifier on each kept checkpoint and on the base, with K = 4 [MASK] slots sent
 # every pass (positions priced at 0), greedy, batch 1, 128 tokens, prose and probes.
@@ -9,6 +10,7 @@
 #
 #   scripts/smollm2_acceptance_curve.sh            # 600 steps × 1,024 tokens, ~40 min on 2 cores
 #   STEPS=200 EVERY=50 scripts/smollm2_acceptance_curve.sh
+#   SEED=1 OUT=runs/smol-curve-s1 RESULTS=results/smollm2-curve-s1 scripts/smollm2_acceptance_curve.sh
 #
 # Needs `card data fetch --model smollm2` and the corpus prepared with SmolLM2's tokenizer
 # (docs/results.md, "SmolLM2 trained for acceptance"). Rerunning resumes: the distillation
@@ -23,6 +25,7 @@ OUT=${OUT:-runs/smol-curve}
 STEPS=${STEPS:-600}
 EVERY=${EVERY:-100}
 MIX=${MIX:-0.2}
+SEED=${SEED:-0}
 RESULTS=${RESULTS:-results/smollm2-curve}
 [ -x "$CARD" ] || { echo "no $CARD: run cargo build --release first" >&2; exit 1; }
 [ -d "$BASE" ] || { echo "no $BASE: run card data fetch --model smollm2 first" >&2; exit 1; }
@@ -47,8 +50,8 @@ if [ ! -f "$OUT/report.json" ]; then
     fi
     "$CARD" --threads 2 distill "$BASE" --out "$OUT" --data "$DATA" --objective card \
         --prefixes 512 --new-tokens 96 --mix "$MIX" --max-steps "$STEPS" \
-        --set noise.ar_fraction=0.25 --set 'train.compute="bf16"' --set train.batch_size=4 \
-        --set train.ema=false --set "train.ckpt_every=$EVERY" --quiet &
+        --set noise.ar_fraction=0.25 --set 'train.compute="auto"' --set train.batch_size=4 \
+        --set train.ema=false --set "train.ckpt_every=$EVERY" --set "train.seed=$SEED" --quiet &
     pid=$!
     trap 'kill $pid 2>/dev/null' INT TERM
     while kill -0 $pid 2>/dev/null; do keep; sleep 10; done

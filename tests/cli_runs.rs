@@ -387,7 +387,7 @@ fn bench_train_measures_f32_and_bf16_compute_side_by_side() {
     ];
     assert_error(
         &card(&bad, dir.path()),
-        "--compute: unknown 'f16' (known: f32, bf16)",
+        "--compute: unknown 'f16' (known: f32, bf16, auto)",
     );
     // --from: the checkpoint's shape (tiny's), not the default preset's (small's).
     train_tiny(dir.path(), "card", 3, "base");

@@ -336,6 +336,17 @@ fn a_failed_save_leaves_nothing_behind() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// `cfg` trained for `steps` steps into `run`, and its checkpoint there.
+fn trained_for(cfg: &Config, steps: usize, run: &std::path::Path) -> checkpoint::Checkpoint {
+    let mut short = cfg.clone();
+    short.train.max_steps = steps;
+    Trainer::new(short, data(), &Device::Cpu)
+        .unwrap()
+        .run(run, false)
+        .unwrap();
+    checkpoint::load(run, &Device::Cpu).unwrap()
+}
+
 /// `train.compute = "bf16"` trains (the loss falls like f32's), saves its setting, resumes
 /// exactly, and is refused over bf16 weights.
 #[test]
@@ -362,14 +373,8 @@ fn bf16_compute_trains_and_resumes_exactly() {
     }
     assert_ne!(log, f32_log, "bf16 compute gave f32's losses exactly");
     // Resume halfway: the same weights as the straight run, bit for bit.
-    let mut half = cfg.clone();
-    half.train.max_steps = 4;
     let run = dir.path().join("resumed");
-    Trainer::new(half, data(), &Device::Cpu)
-        .unwrap()
-        .run(&run, false)
-        .unwrap();
-    let ckpt = checkpoint::load(&run, &Device::Cpu).unwrap();
+    let ckpt = trained_for(&cfg, 4, &run);
     assert_eq!(ckpt.config.train.compute, ComputeDtype::Bf16);
     let mut resumed = Trainer::resume(cfg.clone(), ckpt, data()).unwrap();
     resumed.run(&run, false).unwrap();
@@ -396,14 +401,8 @@ fn auto_compute_is_decided_once_and_kept_on_resume() {
     let chosen = straight.cfg.train.compute;
     assert_ne!(chosen, ComputeDtype::Auto, "auto was not resolved");
     straight.run(&dir.path().join("straight"), false).unwrap();
-    let mut half = cfg.clone();
-    half.train.max_steps = 2;
     let run = dir.path().join("resumed");
-    Trainer::new(half, data(), &Device::Cpu)
-        .unwrap()
-        .run(&run, false)
-        .unwrap();
-    let ckpt = checkpoint::load(&run, &Device::Cpu).unwrap();
+    let ckpt = trained_for(&cfg, 2, &run);
     assert_eq!(ckpt.config.train.compute, chosen);
     let mut resumed = Trainer::resume(cfg, ckpt, data()).unwrap();
     assert_eq!(resumed.cfg.train.compute, chosen);

@@ -69,25 +69,6 @@ pub fn matmul_peak_gflops(device: &Device, n: usize, rounds: usize, bf16: bool) 
     Ok(2.0 * (n * n * n) as f64 / median(&mut times) / 1e9)
 }
 
-/// Whether this machine's bf16 products run faster than its f32 ones (`train.compute =
-/// "auto"`): measured once per process on a 512³ product, 5 rounds each, about 20 ms. The
-/// answer differs by CPU family, not by instruction set alone: on Zen 4 the `vdpbf16ps` path
-/// ran 1.7× f32 in training, on Sapphire and Emerald Rapids without AMX 0.74–0.84×
-/// (docs/results.md). False off the CPU and where no bf16 hardware path exists.
-pub fn bf16_pays(device: &Device) -> bool {
-    static PAYS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if !device.is_cpu()
-        || crate::kernels::bf16::Path::best() == crate::kernels::bf16::Path::Portable
-    {
-        return false;
-    }
-    *PAYS.get_or_init(|| {
-        let gflops = |bf16| matmul_peak_gflops(device, 512, 5, bf16).unwrap_or(0.0);
-        let (f32, bf16) = (gflops(false), gflops(true));
-        bf16 > f32
-    })
-}
-
 /// A `/proc/self/status` field in MiB (Linux), 0 elsewhere.
 fn status_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")

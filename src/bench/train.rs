@@ -85,7 +85,10 @@ pub fn bench_train(
     let f32_weights = cfg.train.dtype == crate::config::DType::F32;
     let variants: &[(ObjectiveKind, ComputeDtype)] = &variants
         .iter()
-        .map(|&(o, c)| (o, c.resolved(f32_weights, || super::bf16_pays(device))))
+        .map(|&(o, c)| {
+            let pays = || device.is_cpu() && crate::kernels::bf16::pays_over_f32();
+            (o, c.resolved(f32_weights, pays))
+        })
         .collect::<Vec<_>>();
     progress("measuring the matmul peak");
     let peak_f32 = matmul_peak_gflops(device, 1024, 7, false)?;

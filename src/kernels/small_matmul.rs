@@ -123,10 +123,9 @@ fn dots(x: &[f32], wrow: &[f32], k: usize, o: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // Constant counts keep the accumulators in registers. U chunks in flight per row so
-        // that M·U ≥ 8 independent FMA chains hide the FMA latency where registers allow: with
-        // one chain per row, a one- or two-row pass was bound by that latency, not by the
-        // weights' bytes, on a CPU whose cache holds much of the model (Emerald Rapids,
-        // 260 MiB L3). (An AVX-512 variant measured slower on an AMD Zen 4 machine.)
+        // that M·U ≥ 8 independent FMA chains can hide the FMA latency where registers allow
+        // (within noise on its own on an Emerald Rapids guest, where the prefetch is what
+        // paid). (An AVX-512 variant measured slower on an AMD Zen 4 machine.)
         macro_rules! by_rows {
             ($($m:literal => $u:literal),*) => {
                 match o.len() {

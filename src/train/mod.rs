@@ -256,10 +256,9 @@ impl<'a> Trainer<'a> {
         // `auto` is decided here, once, and kept in the config every checkpoint saves.
         let device = params.vars[0].device().clone();
         let weights_f32 = cfg.train.dtype == crate::config::DType::F32;
-        cfg.train.compute = cfg
-            .train
-            .compute
-            .resolved(weights_f32, || crate::bench::bf16_pays(&device));
+        cfg.train.compute = cfg.train.compute.resolved(weights_f32, || {
+            device.is_cpu() && crate::kernels::bf16::pays_over_f32()
+        });
         let mut model = Transformer::from_params(&cfg.model, &params)?;
         model.compute = cfg.train.compute;
         let objective = objective::build(&cfg, data.tokenizer.mask_id());

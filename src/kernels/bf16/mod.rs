@@ -59,6 +59,39 @@ impl Path {
     }
 }
 
+/// Whether this CPU's bf16 products run faster than its f32 ones (`train.compute = "auto"`):
+/// a 512³ product timed both ways (median of 5 after a warm-up, about 20 ms), once per
+/// process. The answer differs by CPU family, not by instruction set alone: on Zen 4 the
+/// `vdpbf16ps` path trains at 1.7× f32, on Sapphire and Emerald Rapids without AMX at
+/// 0.74–0.84× (docs/results.md). False without a bf16 hardware path.
+pub fn pays_over_f32() -> bool {
+    static PAYS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if Path::best() == Path::Portable {
+        return false;
+    }
+    *PAYS.get_or_init(|| {
+        let n = 512;
+        let a: Vec<f32> = (0..n * n).map(|i| (i % 97) as f32 / 97.0 - 0.5).collect();
+        let median_s = |product: &dyn Fn()| {
+            product();
+            let mut t: Vec<f64> = (0..5)
+                .map(|_| {
+                    let start = std::time::Instant::now();
+                    product();
+                    start.elapsed().as_secs_f64()
+                })
+                .collect();
+            t.sort_by(f64::total_cmp);
+            t[2]
+        };
+        let bf16 = median_s(&|| drop(matmul((&a, n, 1), (&a, n, 1), (n, n, n))));
+        let dev = candle_core::Device::Cpu;
+        let x = candle_core::Tensor::from_slice(&a, (n, n), &dev).expect("host tensor");
+        let f32 = median_s(&|| drop(x.matmul(&x).expect("f32 product")));
+        bf16 < f32
+    })
+}
+
 /// C [m×n] = A [m×k] · B [k×n] with bf16-rounded operands and f32 sums.
 pub fn matmul(a: Strided, b: Strided, dims: (usize, usize, usize)) -> Vec<f32> {
     matmul_on(Path::best(), a, b, dims)

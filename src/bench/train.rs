@@ -5,7 +5,7 @@ use super::{matmul_peak_gflops, median, peak_rss_mb, rss_mb};
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::{ComputeDtype, Config, ObjectiveKind};
 use crate::data::{Prepared, TextTokenizer};
-use crate::train::Trainer;
+use crate::train::{resolved_compute, Trainer};
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
@@ -82,13 +82,9 @@ pub fn bench_train(
     progress: impl Fn(&str),
 ) -> Result<Vec<TrainBench>> {
     // `auto` measured here, as a training run would decide it.
-    let f32_weights = cfg.train.dtype == crate::config::DType::F32;
     let variants: &[(ObjectiveKind, ComputeDtype)] = &variants
         .iter()
-        .map(|&(o, c)| {
-            let pays = || device.is_cpu() && crate::kernels::bf16::pays_over_f32();
-            (o, c.resolved(f32_weights, pays))
-        })
+        .map(|&(o, c)| (o, resolved_compute(c, cfg.train.dtype, device)))
         .collect::<Vec<_>>();
     progress("measuring the matmul peak");
     let peak_f32 = matmul_peak_gflops(device, 1024, 7, false)?;

@@ -12,7 +12,7 @@ pub mod start;
 pub const FINE_TUNE_SETS: [&str; 2] = ["train.lr=3e-4", "train.warmup_steps=50"];
 
 use crate::checkpoint::{self, Checkpoint, TrainState, FORMAT_VERSION};
-use crate::config::Config;
+use crate::config::{ComputeDtype, Config, DType as WeightDType};
 use crate::data::{eval_windows, Prepared};
 use crate::dist::{self, Collective};
 use crate::eval;
@@ -79,6 +79,18 @@ pub struct Trainer<'a> {
 
 /// Gradients are summed over ranks in buckets of this many elements (16 MiB of f32).
 const BUCKET: usize = 4 << 20;
+
+/// `compute` made concrete for a run on `device` with `weights`: `auto` becomes bf16 where
+/// this CPU's bf16 products measure faster than its f32 ones and the weights are f32, else f32.
+pub fn resolved_compute(
+    compute: ComputeDtype,
+    weights: WeightDType,
+    device: &Device,
+) -> ComputeDtype {
+    compute.resolved(weights == WeightDType::F32, || {
+        device.is_cpu() && crate::kernels::bf16::pays_over_f32()
+    })
+}
 
 impl<'a> Trainer<'a> {
     /// A fresh run (model vocabulary taken from the tokenizer).
@@ -171,7 +183,7 @@ impl<'a> Trainer<'a> {
     /// run-length and cadence fields (max_steps, eval/ckpt/log intervals).
     pub fn resume(mut cfg: Config, ckpt: Checkpoint, data: &'a Prepared) -> Result<Self> {
         // `auto` asks for what the run decided when it started, not a new measurement.
-        if cfg.train.compute == crate::config::ComputeDtype::Auto {
+        if cfg.train.compute == ComputeDtype::Auto {
             cfg.train.compute = ckpt.config.train.compute;
         }
         let mut saved = ckpt.config.clone();
@@ -254,11 +266,8 @@ impl<'a> Trainer<'a> {
         data: &'a Prepared,
     ) -> Result<Self> {
         // `auto` is decided here, once, and kept in the config every checkpoint saves.
-        let device = params.vars[0].device().clone();
-        let weights_f32 = cfg.train.dtype == crate::config::DType::F32;
-        cfg.train.compute = cfg.train.compute.resolved(weights_f32, || {
-            device.is_cpu() && crate::kernels::bf16::pays_over_f32()
-        });
+        let device = params.vars[0].device();
+        cfg.train.compute = resolved_compute(cfg.train.compute, cfg.train.dtype, device);
         let mut model = Transformer::from_params(&cfg.model, &params)?;
         model.compute = cfg.train.compute;
         let objective = objective::build(&cfg, data.tokenizer.mask_id());

@@ -11,7 +11,7 @@
 //! computed once per input row.
 
 use super::core::{avx2_fma_f16c, no_avx512};
-use super::quant::{Blocks, BLOCK};
+use super::quant::{Blocks, BLOCK, PREFETCH_BYTES};
 use super::small_matmul::{by_weight_rows, MAX_ROWS};
 
 /// Activations per scale (llama.cpp's Q8_K groups 256 too). Scales per block would add a
@@ -271,6 +271,10 @@ macro_rules! int_dots {
                 let mut b = b0;
                 while b < b1 {
                     for a in 0..A.min(b1 - b) {
+                        // The weight stream prefetched ahead, as `quant.rs` does (a prefetch
+                        // never faults, so running past the row is fine).
+                        let ahead = w.wrapping_add((b + a) * bytes + PREFETCH_BYTES);
+                        _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
                         // SAFETY: block b + a lies within the weight row, and row i's block
                         // within x (asserted by `dots`).
                         let (u, d, m) = expand::<KIND>(w.add((b + a) * bytes));
@@ -344,7 +348,7 @@ unsafe fn expand<const KIND: u8>(blk: *const u8) -> (std::arch::x86_64::__m256i,
 
 #[cfg(target_arch = "x86_64")]
 mod vnni {
-    use super::{expand, Blocks, BLOCK};
+    use super::{expand, Blocks, BLOCK, PREFETCH_BYTES};
     use std::arch::x86_64::*;
 
     /// Σ u·q by groups of four bytes, in 8 lanes; a Q8_0 block's signed bytes as
@@ -364,7 +368,7 @@ mod vnni {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{expand, Blocks, BLOCK};
+    use super::{expand, Blocks, BLOCK, PREFETCH_BYTES};
     use std::arch::x86_64::*;
 
     /// Σ u·q by groups of four bytes, in 8 lanes, through 16-bit pair sums: u ≤ 15 for the

@@ -288,8 +288,9 @@ use block_dots;
 /// How far ahead of the products the packed weights are prefetched: on a 2-core Emerald
 /// Rapids guest a three-position pass of SmolLM2 went from 21.5 to 13.5 ms in bf16 and from
 /// 14.5–15.9 to 12.8 ms in Q4_1/Q8_0 with 8 KiB (the hardware prefetcher alone left the loads
-/// waiting); 2–4 KiB measured between the two.
-const PREFETCH_BYTES: usize = 8192;
+/// waiting); 2–4 KiB measured between the two. The int8 kernel (`int8.rs`) streams the same
+/// blocks and prefetches as far.
+pub(super) const PREFETCH_BYTES: usize = 8192;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {

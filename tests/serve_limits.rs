@@ -170,11 +170,13 @@ fn slow_and_idle_clients_time_out_and_connections_are_capped() {
     std::thread::sleep(Duration::from_millis(300));
     let mut fourth = TcpStream::connect(&s.addr).unwrap();
     let (t, answer) = time_to_close(&mut fourth);
-    assert!(t < Duration::from_secs(1), "{t:?}");
+    // The answer tells a refusal from the header timeout (which closes without one); the
+    // time bound leaves room for a loaded machine.
     assert!(
         answer.starts_with("HTTP/1.1 503") && answer.contains("too_many_connections"),
-        "{answer}"
+        "after {t:?}: {answer}"
     );
+    assert!(t < Duration::from_secs(2), "{t:?}");
     // The idle ones are closed by the header timeout, which frees their places.
     for mut c in idle {
         let (t, _) = time_to_close(&mut c);

@@ -11,6 +11,8 @@
 #   scripts/smollm2_acceptance_curve.sh            # 600 steps × 1,024 tokens, ~40 min on 2 cores
 #   STEPS=200 EVERY=50 scripts/smollm2_acceptance_curve.sh
 #   SEED=1 OUT=runs/smol-curve-s1 RESULTS=results/smollm2-curve-s1 scripts/smollm2_acceptance_curve.sh
+#   EXTRA='--set noise.mode="uniform" --set noise.t_max=0.25' OUT=... RESULTS=... scripts/...
+#                                                  # other training settings (word-split)
 #
 # Needs `card data fetch --model smollm2` and the corpus prepared with SmolLM2's tokenizer
 # (docs/results.md, "SmolLM2 trained for acceptance"). Rerunning resumes: the distillation
@@ -27,6 +29,7 @@ EVERY=${EVERY:-100}
 MIX=${MIX:-0.2}
 SEED=${SEED:-0}
 RESULTS=${RESULTS:-results/smollm2-curve}
+EXTRA=${EXTRA:-}
 [ -x "$CARD" ] || { echo "no $CARD: run cargo build --release first" >&2; exit 1; }
 [ -d "$BASE" ] || { echo "no $BASE: run card data fetch --model smollm2 first" >&2; exit 1; }
 [ -d "$DATA" ] || { echo "no $DATA: prepare the corpus with SmolLM2's tokenizer first" >&2; exit 1; }
@@ -51,7 +54,7 @@ if [ ! -f "$OUT/report.json" ]; then
     "$CARD" --threads 2 distill "$BASE" --out "$OUT" --data "$DATA" --objective card \
         --prefixes 512 --new-tokens 96 --mix "$MIX" --max-steps "$STEPS" \
         --set noise.ar_fraction=0.25 --set 'train.compute="auto"' --set train.batch_size=4 \
-        --set train.ema=false --set "train.ckpt_every=$EVERY" --set "train.seed=$SEED" --quiet &
+        --set train.ema=false --set "train.ckpt_every=$EVERY" --set "train.seed=$SEED" $EXTRA --quiet &
     pid=$!
     trap 'kill $pid 2>/dev/null' INT TERM
     while kill -0 $pid 2>/dev/null; do keep; sleep 10; done

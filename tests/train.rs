@@ -306,6 +306,48 @@ fn ar_fraction_keeps_that_share_of_rows_clean() {
 }
 
 #[test]
+fn t_max_caps_the_noise_and_uniform_mode_scatters_it() {
+    use card::objective::{Card, Objective};
+    use rand::SeedableRng;
+    let (rows, len) = (16, 128);
+    let x0: Vec<u32> = (0..rows * len).map(|i| 2 + (i % 50) as u32).collect();
+    let mask = data().tokenizer.mask_id();
+    let sets: Vec<String> = ["noise.t_max=0.2", "noise.mode=\"uniform\""]
+        .map(String::from)
+        .to_vec();
+    let cfg = Config::load("tiny", &sets).unwrap();
+    assert_eq!(cfg.noise.t_max, 0.2);
+    let card = Card::new(&cfg, mask);
+    let (mut alone, mut early) = (0, 0);
+    for seed in 0..4 {
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
+        let nb = card.corrupt(&x0, rows, len, None, &mut rng);
+        for (b, &t) in nb.t.iter().enumerate() {
+            assert!((0.0..0.2).contains(&t), "t = {t}");
+            let input = &nb.input[b * (len - 1)..(b + 1) * (len - 1)];
+            let m: Vec<bool> = input.iter().map(|&x| x == mask).collect();
+            assert!(m.iter().filter(|&&x| x).count() <= (0.2 * len as f64) as usize);
+            // A mask after a clean token: what a verifier's first slot sees.
+            alone += m.windows(2).filter(|w| !w[0] && w[1]).count();
+            early += m[..len / 2].iter().filter(|&&x| x).count();
+        }
+    }
+    // The masks spread over the whole text, not only its tail.
+    assert!(
+        early > 100 && alone > 200,
+        "{early} in the first halves, {alone} after a clean token"
+    );
+    for bad in ["noise.t_max=0", "noise.t_max=1.5"] {
+        let err = Config::load("tiny", &[bad.to_string()]).unwrap_err();
+        assert!(format!("{err:#}").contains("t_max"), "{err:#}");
+    }
+    // The default draws the whole range and is absent from a saved config.
+    let d = Config::load("tiny", &[]).unwrap();
+    assert_eq!(d.noise.t_max, 1.0);
+    assert!(!d.to_toml().contains("t_max"));
+}
+
+#[test]
 fn an_init_run_starts_exactly_from_its_checkpoint() {
     let mut fresh = Trainer::new(tiny(2, ObjectiveKind::Card), data(), &Device::Cpu).unwrap();
     // A checkpoint of the untrained weights, then a run started from it.

@@ -92,6 +92,9 @@ impl Config {
         if !(0.0..=1.0).contains(&n.ar_fraction) {
             bail!("noise.ar_fraction must be in [0, 1], got {}", n.ar_fraction);
         }
+        if !(n.t_max > 0.0 && n.t_max <= 1.0) {
+            bail!("noise.t_max must be in (0, 1], got {}", n.t_max);
+        }
         if self.train.freeze_layers > self.model.n_layers {
             bail!(
                 "train.freeze_layers ({}) exceeds the model's {} layers",
@@ -229,6 +232,7 @@ fn apply_set(root: &mut toml::Table, set: &str) -> Result<()> {
     every.model.n_kv_heads = Some(1);
     every.model.qkv_bias = true;
     every.noise.ar_fraction = 0.5;
+    every.noise.t_max = 0.5;
     every.train.freeze_embeddings = true;
     every.train.freeze_layers = 1;
     every.train.compute = ComputeDtype::Bf16;

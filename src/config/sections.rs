@@ -97,10 +97,19 @@ pub struct NoiseConfig {
     /// WeDLM's auxiliary AR loss for adapting an AR model; CARD only.
     #[serde(skip_serializing_if = "is_zero")]
     pub ar_fraction: f64,
+    /// The highest noise level drawn: t ∈ [0, t_max] (1: the whole range). With
+    /// `mode = "uniform"` and a small t_max, few masks scattered through the text, most of
+    /// them alone after a clean prefix: the context a verifier's first `[MASK]` slot sees.
+    #[serde(skip_serializing_if = "is_one")]
+    pub t_max: f64,
 }
 
 fn is_zero(x: &f64) -> bool {
     *x == 0.0
+}
+
+fn is_one(x: &f64) -> bool {
+    *x == 1.0
 }
 
 fn is_zero_usize(x: &usize) -> bool {
@@ -115,6 +124,7 @@ impl Default for NoiseConfig {
             count: MaskCount::Exact,
             t_sampling: TSampling::Uniform,
             ar_fraction: 0.0,
+            t_max: 1.0,
         }
     }
 }

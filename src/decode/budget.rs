@@ -18,6 +18,11 @@ pub const DEFAULT_SLOPE: f64 = 0.25;
 /// Recency: each new record weighs the old ones down by this factor, so a row's estimate
 /// follows the text (a copied passage starts or ends) over about the last 1/(1−FADE) passes.
 const FADE: f64 = 0.95;
+/// A position a pass does not check keeps its verdict longer: had it faded as fast, the
+/// verdict on a second draft that fails would be gone after a few dozen passes sending one,
+/// the prior would send two again, and the row would swing between them. This one halves
+/// in ~140 passes, so a stale verdict is still retried now and then.
+const IDLE_FADE: f64 = 0.995;
 
 /// Passes a row tries a source before its record decides. A try is the cheapest that teaches
 /// something: one `[MASK]` slot (and its draft in the next pass), or one lookup draft; a
@@ -100,15 +105,16 @@ impl Budget {
             .0
     }
 
-    /// Tokens per unit cost of decoding with k `[MASK]` slots a pass, in the steady state:
-    /// a pass with k mask drafts and k slots costs 1 + 2k·slope and commits `expected(k)`;
+    /// Tokens per unit cost of decoding with m mask drafts and k `[MASK]` slots a pass, in
+    /// the steady state: such a pass costs 1 + (m + k)·slope and commits `expected(m)`;
     /// when a draft fails the next pass has none (its slots predicted from a wrong context),
-    /// costs 1 + k·slope and commits one token. Plain AR (k = 0) scores 1.
-    fn mask_rate(&self, k: usize, slope: f64) -> f64 {
-        let miss = 1.0 - self.all_stand(k);
-        let drafted = 1.0 + 2.0 * slope * k as f64;
+    /// costs 1 + k·slope and commits one token. Plain AR (m = k = 0) scores 1. A draft that
+    /// often fails thus also costs the next pass's drafts, which one pass's count misses.
+    fn steady_rate(&self, m: usize, k: usize, slope: f64) -> f64 {
+        let miss = 1.0 - self.all_stand(m);
+        let drafted = 1.0 + slope * (m + k) as f64;
         let fresh = 1.0 + slope * k as f64;
-        (self.expected(k) + miss) / (drafted + miss * fresh)
+        (self.expected(m) + miss) / (drafted + miss * fresh)
     }
 
     /// After a pass that checked `checked` drafts, of which the first `accepted` stood.
@@ -120,9 +126,10 @@ impl Budget {
             self.checked.resize(checked, 0.0);
             self.accepted.resize(checked, 0.0);
         }
-        for (c, a) in self.checked.iter_mut().zip(&mut self.accepted) {
-            *c *= FADE;
-            *a *= FADE;
+        for (i, (c, a)) in self.checked.iter_mut().zip(&mut self.accepted).enumerate() {
+            let fade = if i < checked { FADE } else { IDLE_FADE };
+            *c *= fade;
+            *a *= fade;
         }
         for i in 0..checked {
             self.checked[i] += 1.0;
@@ -172,7 +179,7 @@ impl MaskPlan {
     pub fn slots(&mut self, k: usize, slope: f64) -> usize {
         self.explored = self.exploring;
         let best = (0..=k)
-            .map(|n| (n, self.record.mask_rate(n, slope)))
+            .map(|n| (n, self.record.steady_rate(n, n, slope)))
             .fold((0, 1.0), |best, x| if x.1 > best.1 { x } else { best })
             .0;
         self.exploring = k > 0 && best == 0 && self.explore.due(2.0 * slope);
@@ -182,14 +189,17 @@ impl MaskPlan {
     }
 
     /// Of up to `offered` mask drafts (made by the last pass's slots), in a pass that also
-    /// feeds `fixed` other positions (call after `slots`), how many to send: all when the
-    /// slots that made them were exploring, so the record learns, else what pays.
-    pub fn drafts(&self, offered: usize, fixed: usize, slope: f64) -> usize {
+    /// feeds `slots` `[MASK]` slots (call after `slots`), how many to send: all when the
+    /// slots that made them were exploring, so the record learns, else the count with the
+    /// best steady-state rate.
+    pub fn drafts(&self, offered: usize, slots: usize, slope: f64) -> usize {
         if self.explored {
-            offered
-        } else {
-            self.record.drafts(offered, fixed, slope)
+            return offered;
         }
+        (0..=offered)
+            .map(|m| (m, self.record.steady_rate(m, slots, slope)))
+            .fold((0, 0.0), |best, x| if x.1 > best.1 { x } else { best })
+            .0
     }
 }
 

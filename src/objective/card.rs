@@ -46,7 +46,8 @@ impl Objective for Card {
                 let clean = want.floor() as usize + usize::from(extra);
                 let mut t = vec![0.0; clean.min(batch)];
                 let rest = batch - t.len();
-                t.extend(levels(rest, self.noise.t_sampling.into(), 0.0, 1.0, rng));
+                let (spacing, hi) = (self.noise.t_sampling.into(), self.noise.t_max);
+                t.extend(levels(rest, spacing, 0.0, hi, rng));
                 t
             }
         };

@@ -98,11 +98,9 @@ impl Budget {
     /// the row's next token, how many to send: the m maximising expected committed tokens
     /// over the pass's cost (0 when none pays).
     pub fn drafts(&self, offered: usize, fixed: usize, slope: f64) -> usize {
-        let cost = |m: usize| 1.0 + slope * (m + fixed) as f64;
-        (0..=offered)
-            .map(|m| (m, self.expected(m) / cost(m)))
-            .fold((0, 0.0), |best, x| if x.1 > best.1 { x } else { best })
-            .0
+        best_count(offered, |m| {
+            self.expected(m) / (1.0 + slope * (m + fixed) as f64)
+        })
     }
 
     /// Tokens per unit cost of decoding with m mask drafts and k `[MASK]` slots a pass, in
@@ -136,6 +134,14 @@ impl Budget {
             self.accepted[i] += f64::from(u8::from(i < accepted));
         }
     }
+}
+
+/// Of the counts 0..=most, the smallest with the highest `score` (count 0 is plain AR's).
+fn best_count(most: usize, score: impl Fn(usize) -> f64) -> usize {
+    (0..=most)
+        .map(|n| (n, score(n)))
+        .fold((0, f64::MIN), |best, x| if x.1 > best.1 { x } else { best })
+        .0
 }
 
 /// When a row tries a source its record has turned off: its first `WARMUP` uses, then once
@@ -178,10 +184,7 @@ impl MaskPlan {
     /// is due (a slot, then its draft).
     pub fn slots(&mut self, k: usize, slope: f64) -> usize {
         self.explored = self.exploring;
-        let best = (0..=k)
-            .map(|n| (n, self.record.steady_rate(n, n, slope)))
-            .fold((0, 1.0), |best, x| if x.1 > best.1 { x } else { best })
-            .0;
+        let best = best_count(k, |n| self.record.steady_rate(n, n, slope));
         self.exploring = k > 0 && best == 0 && self.explore.due(2.0 * slope);
         let chosen = if self.exploring { 1 } else { best };
         self.explore.note(chosen > 0);
@@ -196,10 +199,7 @@ impl MaskPlan {
         if self.explored {
             return offered;
         }
-        (0..=offered)
-            .map(|m| (m, self.record.steady_rate(m, slots, slope)))
-            .fold((0, 0.0), |best, x| if x.1 > best.1 { x } else { best })
-            .0
+        best_count(offered, |m| self.record.steady_rate(m, slots, slope))
     }
 }
 

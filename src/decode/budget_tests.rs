@@ -66,9 +66,15 @@ fn the_record_follows_the_recent_passes() {
 }
 
 /// A simulated row over `passes` passes whose mask drafts stand with `stands(position)`
-/// (deterministic: a draft stands when the pass index makes it so): the modelled cost of its
-/// passes per committed token, 1 for plain AR.
-fn mask_cost_per_token(k: usize, slope: f64, passes: usize, stands: impl Fn(usize) -> bool) -> f64 {
+/// (asked in order, each given that every earlier draft stood): the modelled cost of its
+/// passes per committed token, 1 for plain AR. A pass records the drafts it checked, as the
+/// verifier does: up to the first that failed.
+fn mask_cost_per_token(
+    k: usize,
+    slope: f64,
+    passes: usize,
+    mut stands: impl FnMut(usize) -> bool,
+) -> f64 {
     let mut plan = MaskPlan::default();
     let (mut cost, mut tokens) = (0.0, 0usize);
     // Drafts the previous pass's slots made for this one.
@@ -78,7 +84,7 @@ fn mask_cost_per_token(k: usize, slope: f64, passes: usize, stands: impl Fn(usiz
         let sent = plan.drafts(drafts, slots, slope);
         cost += 1.0 + slope * (sent + slots) as f64;
         let stood = (0..sent).take_while(|&i| stands(i)).count();
-        plan.record.record(sent, stood);
+        plan.record.record(sent.min(stood + 1), stood);
         tokens += stood + 1;
         // Slots predicted from the right context only when every draft stood.
         drafts = if stood == sent { slots } else { 0 };
@@ -157,26 +163,14 @@ fn lookup_probes_a_source_the_prior_turned_off_and_keeps_it_when_it_stands() {
     }
 }
 
-/// Mask drafts that stand at random, draft i (given every earlier one stood) with chance
-/// `p[i]` (0 past the list): the modelled cost per committed token of `passes` passes with
-/// up to k slots.
+/// `mask_cost_per_token` with draft i standing at random with chance `p[i]` (0 past the
+/// list), from a fixed seed.
 fn random_mask_cost(k: usize, slope: f64, p: &[f64], passes: usize) -> f64 {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_pcg::Pcg64::seed_from_u64(5);
-    let mut plan = MaskPlan::default();
-    let (mut cost, mut tokens, mut drafts) = (0.0, 0usize, 0);
-    for _ in 0..passes {
-        let slots = plan.slots(k, slope);
-        let sent = plan.drafts(drafts, slots, slope);
-        cost += 1.0 + slope * (sent + slots) as f64;
-        let stood = (0..sent)
-            .take_while(|&i| rng.random_bool(p.get(i).copied().unwrap_or(0.0)))
-            .count();
-        plan.record.record(sent.min(stood + 1), stood);
-        tokens += stood + 1;
-        drafts = if stood == sent { slots } else { 0 };
-    }
-    cost / tokens as f64
+    mask_cost_per_token(k, slope, passes, |i| {
+        rng.random_bool(p.get(i).copied().unwrap_or(0.0))
+    })
 }
 
 #[test]
